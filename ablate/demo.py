@@ -1,0 +1,163 @@
+"""``ablate demo``: the whole loop on a corpus every Python install has, with no download.
+
+The corpus is the running interpreter's own standard library: source code partitioned by
+top-level package, plus the prose of the help topics that ship in ``pydoc_data``. Part of
+each partition is held out as that domain's eval set. The demo trains a tiny tokenizer and
+seed model, grows one member per partition, scores every subset, and writes a report.
+Running it again reuses everything already built (pool, members, scores).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from pool.atomic import write_bytes
+
+log = logging.getLogger(__name__)
+
+_CHUNK_CHARS = 3000  # one document ~ one screenful of code: long enough to need context
+_EVAL_EVERY = 8  # every 8th document of a partition is held out for evaluation
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    packages: tuple[str, ...]
+    unit_tokens: int
+    seed_tokens: int
+    eval_docs: int  # held-out documents per domain
+    vocab_size: int
+    hidden_size: int
+    layers: int
+    heads: int
+    seq_len: int
+    batch_size: int
+    lr: float
+
+
+FULL = DemoSettings(
+    packages=("asyncio", "email", "unittest", "multiprocessing", "xml"),
+    unit_tokens=60_000,
+    seed_tokens=150_000,
+    eval_docs=12,
+    vocab_size=4096,
+    hidden_size=128,
+    layers=4,
+    heads=4,
+    seq_len=128,
+    batch_size=16,
+    lr=2e-3,
+)
+QUICK = DemoSettings(
+    packages=("asyncio", "email"),
+    unit_tokens=3_000,
+    seed_tokens=6_000,
+    eval_docs=3,
+    vocab_size=512,
+    hidden_size=32,
+    layers=2,
+    heads=2,
+    seq_len=64,
+    batch_size=8,
+    lr=3e-3,
+)
+
+
+def _chunks(text: str, size: int = _CHUNK_CHARS) -> list[str]:
+    """Cut text at line boundaries into pieces of about ``size`` characters."""
+    out, cur, n = [], [], 0
+    for line in text.splitlines(keepends=True):
+        cur.append(line)
+        n += len(line)
+        if n >= size:
+            out.append("".join(cur))
+            cur, n = [], 0
+    if "".join(cur).strip():
+        out.append("".join(cur))
+    return out
+
+
+def stdlib_corpus(packages: tuple[str, ...]) -> tuple[dict[str, list[str]], list[str]]:
+    """Documents per partition (packages + ``docs``) and the seed corpus (top-level modules)."""
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    parts: dict[str, list[str]] = {}
+    for pkg in packages:
+        files = sorted(f for f in (lib / pkg).rglob("*.py") if not {"test", "tests"} & set(f.parts))
+        parts[pkg] = [c for f in files for c in _chunks(f.read_text(encoding="utf-8", errors="replace"))]
+    from pydoc_data.topics import topics
+
+    parts["docs"] = [c for k in sorted(topics) for c in _chunks(topics[k])]
+    seed = [c for f in sorted(lib.glob("*.py")) for c in _chunks(f.read_text(encoding="utf-8", errors="replace"))]
+    return parts, seed
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    write_bytes(path, text.encode("utf-8"))
+
+
+def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True, device: str | None = None) -> Path:
+    """Build (or reuse) the demo pool under ``out``, score every subset, write the report."""
+    from ablate.evaluator import Evaluator, results_frame
+    from ablate.report import write_report
+    from pool import Pool, Recipe, TinyModelSpec
+
+    s = QUICK if quick else FULL
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts, seed = stdlib_corpus(s.packages)
+    pool_path = out / "pool"
+    if (pool_path / "pool.json").is_file():
+        pool = Pool.open(pool_path)
+        print(f"reusing the demo pool in {pool_path}")
+    else:
+        seed_chars = s.seed_tokens * 6  # ~3.5 chars per token; 6 leaves room for the tokenizer to vary
+        seed_docs, n = [], 0
+        for d in seed:
+            seed_docs.append({"text": d})
+            n += len(d)
+            if n > seed_chars:
+                break
+        _write_jsonl(out / "seed.jsonl", seed_docs)
+        recipe = Recipe(unit_tokens=s.unit_tokens, seq_len=s.seq_len, batch_size=s.batch_size, lr=s.lr)
+        tiny = TinyModelSpec(
+            vocab_size=s.vocab_size, hidden_size=s.hidden_size, layers=s.layers, heads=s.heads,
+            intermediate_size=3 * s.hidden_size, seed_tokens=s.seed_tokens,
+        )
+        print(f"training the tiny tokenizer and seed model ({s.seed_tokens} tokens)")
+        pool = Pool.create(pool_path, seed_data=out / "seed.jsonl", recipe=recipe, tiny=tiny, progress=progress, device=device)
+    # Hold out every _EVAL_EVERY-th document; keep one unit of tokens per partition so that
+    # each partition is one base unit (one member).
+    train, evals = [], []
+    tok = pool.tokenizer
+    for name, docs in parts.items():
+        held = docs[::_EVAL_EVERY][: s.eval_docs]
+        held_set = {id(d) for d in held}
+        kept, n = [], 0
+        for d in docs:
+            if id(d) in held_set:
+                continue
+            kept.append(d)
+            n += len(tok(d, add_special_tokens=False)["input_ids"]) + 2
+            if n >= s.unit_tokens:  # exactly one base unit closes here, nothing remains
+                break
+        train += [{"text": d, "domain": name} for d in kept]
+        evals += [{"text": d, "domain": name} for d in held]
+    _write_jsonl(out / "train.jsonl", train)
+    _write_jsonl(out / "eval.jsonl", evals)
+    pool.add([out / "train.jsonl"], by="domain", progress=progress)
+    missing = pool.missing()
+    if missing:
+        print(f"growing {len(missing)} member(s)")
+        pool.grow(progress=progress, device=device)
+    ev = Evaluator(pool, out / "eval.jsonl", by="domain", device=device, progress=progress)
+    mixtures = ev.all_subsets()
+    print(f"scoring {len(mixtures)} mixtures on {len(ev.domains)} eval domains")
+    frame = results_frame(ev.run_many(mixtures))
+    report = write_report(frame, out, title="ablate demo: Python standard library")
+    print(report.summary)
+    print(f"report: {report.markdown}\nheatmap: {report.heatmap}")
+    return report.markdown

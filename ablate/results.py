@@ -1,0 +1,79 @@
+"""The results store: every scored (pool members, mixture, eval set) is remembered.
+
+SQLite in WAL mode next to the pool, so several processes (search workers, notebooks) can
+read while one writes, and a repeated or resumed study never scores a mixture twice. A
+mixture's key includes the sha256 of exactly the members it merges, so growing the pool
+invalidates only the mixtures whose members changed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+
+from pool.errors import PoolError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    pool_key    TEXT NOT NULL,
+    eval_key    TEXT NOT NULL,
+    mixture_key TEXT NOT NULL,
+    domain      TEXT NOT NULL,
+    mixture     TEXT NOT NULL,
+    tokens      INTEGER NOT NULL,
+    nll         REAL NOT NULL,
+    bytes       INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (pool_key, eval_key, mixture_key, domain)
+)
+"""
+_BUSY_MS = 60_000  # writers wait this long for another writer's transaction instead of failing
+
+Row = tuple[int, float, int]  # (tokens, summed nll, bytes)
+
+
+class ResultsStore:
+    """Scores per (pool key, eval key, mixture key, domain)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None)
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across app crashes
+            self._db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise PoolError(
+                f"results store {self.path} is unusable ({e}); move it aside - scores will be recomputed"
+            ) from None
+
+    def get(self, pool_key: str, eval_key: str, mixture_key: str) -> dict[str, Row] | None:
+        rows = self._db.execute(
+            "SELECT domain, tokens, nll, bytes FROM results WHERE pool_key=? AND eval_key=? AND mixture_key=?",
+            (pool_key, eval_key, mixture_key),
+        ).fetchall()
+        return {d: (t, n, b) for d, t, n, b in rows} or None
+
+    def put(
+        self, pool_key: str, eval_key: str, mixture_key: str, mixture: Mapping[str, float], rows: Mapping[str, Row]
+    ) -> None:
+        """Store all domains of one mixture in one transaction (all or nothing)."""
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        text = json.dumps(dict(mixture), sort_keys=True)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
+                [(pool_key, eval_key, mixture_key, d, text, t, n, b, now) for d, (t, n, b) in rows.items()],
+            )
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(DISTINCT pool_key || eval_key || mixture_key) FROM results").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,25 @@
+"""The model pool: partitions, the seed, and one trained member per base unit."""
+
+# ablate-room: pool (do not remove: ablate checks this line to detect a shadowing package)
+
+from pool.errors import AblateError, CorruptMemberError, DataError, PoolError
+from pool.pool import Pool, UnitRef, VerifyReport
+from pool.recipe import LoraSpec, Recipe, TinyModelSpec
+from pool.storage import FORMAT_VERSION, MemberRecord, PartitionIndex, PoolManifest
+
+__all__ = [
+    "FORMAT_VERSION",
+    "AblateError",
+    "CorruptMemberError",
+    "DataError",
+    "LoraSpec",
+    "MemberRecord",
+    "PartitionIndex",
+    "Pool",
+    "PoolError",
+    "PoolManifest",
+    "Recipe",
+    "TinyModelSpec",
+    "UnitRef",
+    "VerifyReport",
+]

@@ -1,0 +1,440 @@
+"""A pool: one seed model, tokenized partitions, and one trained member per base unit.
+
+Growing is incremental: ``grow`` trains only the units that have no finished member, so the
+cost of new data is linear in the new data. Members are written atomically (staged folder,
+then rename) and a member's ``member.json`` marks it finished, so an interrupted ``grow``
+loses at most the member it was training. A lock file per member keeps two concurrent
+``grow`` runs (local or on a cluster) from training the same member twice.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from pool import seed as seedlib
+from pool.atomic import remove_stale_temporaries, sha256_file, staged_dir, write_json
+from pool.corpus import read_documents
+from pool.errors import CorruptMemberError, DataError, PoolError
+from pool.partition import partition_documents, validate_partition_name
+from pool.recipe import Recipe, TinyModelSpec
+from pool.storage import MemberRecord, PartitionIndex, PoolManifest, member_id, read_record
+from pool.tokens import TokenizedPartition, content_hash, encode_documents, token_dtype_for, write_partition
+from pool.train import SequenceSampler, pick_device, train_model
+from pool.weights import FULL_FILE, LORA_FILE, save_tensors, trained_tensors, wrap_lora
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "pool.json"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _bar(total: int, desc: str, enabled: bool, **kw: object):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, **kw)
+
+
+def member_seed(recipe_seed: int, ident: str) -> int:
+    """Per-member seed: fixed by the recipe seed and the member's name, not by run order."""
+    return (recipe_seed * 1_000_003 + zlib.crc32(ident.encode())) % (2**31)
+
+
+class UnitRef(NamedTuple):
+    """A base unit that should have a member."""
+
+    partition: str
+    unit: int
+    data_hash: str
+
+    @property
+    def member_id(self) -> str:
+        return member_id(self.partition, self.unit)
+
+
+@dataclass
+class VerifyReport:
+    """What ``Pool.verify`` found; ``ok`` when nothing is missing or corrupt."""
+
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.corrupt
+
+
+class Pool:
+    """A folder of trained members; see ``pool.storage`` for the layout."""
+
+    def __init__(self, path: Path, manifest: PoolManifest):
+        self.path = path
+        self.manifest = manifest
+
+    # ----------------------------------------------------------------- create / open
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Pool:
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            raise PoolError(f"{path} is not a pool (no {MANIFEST}); create one with `ablate pool init {path}`")
+        return cls(path, read_record(path / MANIFEST, PoolManifest))
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        base: str = "tiny",
+        seed_data: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        recipe: Recipe | None = None,
+        tiny: TinyModelSpec | None = None,
+        text_field: str = "text",
+        progress: bool = True,
+        device: str | None = None,
+    ) -> Pool:
+        """Start a pool from ``base`` ("tiny" trains a seed on ``seed_data``; else a local HF folder)."""
+        path = Path(path)
+        recipe = recipe or Recipe()
+        if (path / MANIFEST).exists():
+            raise PoolError(f"{path} is already a pool; add data with `ablate pool add` instead")
+        if path.exists() and not path.is_dir():
+            raise PoolError(f"{path} exists and is not a folder; choose another pool path")
+        if path.is_dir() and any(not p.name.startswith(".") and p.name != "base" for p in path.iterdir()):
+            raise PoolError(f"{path} is not empty and not a pool; choose an empty or new folder")
+        if base == "tiny":
+            if seed_data is None:
+                raise DataError("--base tiny trains a seed model and needs --seed-data FILE")
+            tiny = tiny or TinyModelSpec()
+            paths = [seed_data] if isinstance(seed_data, (str, os.PathLike)) else list(seed_data)
+            texts = [d.text for d in read_documents(paths, text_field=text_field)]
+            path.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(path)
+            base_path, context = "base", recipe.seq_len
+            cls._train_tiny_seed(path / base_path, texts, tiny, recipe, progress, device)
+            base_folder = path / base_path
+        else:
+            if tiny is not None:
+                raise PoolError("tiny-model options (--vocab-size, --seed-tokens) apply only to --base tiny")
+            base_folder = seedlib.check_base_folder(base)
+            model, _ = seedlib.load_base(base_folder)
+            limit = seedlib.model_context(model, cap=1 << 30)
+            if recipe.seq_len > limit:
+                raise PoolError(f"--seq-len {recipe.seq_len} exceeds the model's context of {limit} tokens")
+            base, base_path, context = str(base_folder), str(base_folder), recipe.seq_len
+            del model
+            path.mkdir(parents=True, exist_ok=True)
+        model_config = _read_config(base_folder)
+        manifest = PoolManifest(
+            base=base,
+            base_path=base_path,
+            base_sha256=seedlib.weights_fingerprint(base_folder),
+            vocab_size=int(model_config["vocab_size"]),
+            context=context,
+            token_dtype=token_dtype_for(int(model_config["vocab_size"])),
+            recipe=recipe,
+            tiny=tiny,
+            created_at=_now(),
+        )
+        write_json(path / MANIFEST, manifest.model_dump(mode="json"))
+        log.info("created pool %s from %s", path, base)
+        return cls(path, manifest)
+
+    @staticmethod
+    def _train_tiny_seed(
+        folder: Path, texts: list[str], spec: TinyModelSpec, recipe: Recipe, progress: bool, device: str | None
+    ) -> None:
+        tokenizer = seedlib.train_tiny_tokenizer(texts, spec.vocab_size)
+        model = seedlib.build_tiny_model(spec, len(tokenizer), recipe.seq_len, recipe.seed)
+        stream = encode_documents(tokenizer, texts)
+        import numpy as np
+
+        sampler = SequenceSampler([np.concatenate(stream)], [1.0], recipe.seq_len, recipe.seed)
+        # The seed is plain pre-training: full weights, whatever the members' method.
+        seed_recipe = recipe.model_copy(update={"method": "full"})
+        with _bar(seed_recipe.steps_for(spec.seed_tokens), "seed model", progress) as bar:
+            train_model(
+                model, sampler, seed_recipe, spec.seed_tokens,
+                seed=recipe.seed, device=pick_device(device), progress=bar,
+            )
+        with staged_dir(folder) as tmp:
+            seedlib.save_pretrained(model.cpu(), tokenizer, tmp)
+
+    # ----------------------------------------------------------------- base model
+    @property
+    def base_folder(self) -> Path:
+        p = Path(self.manifest.base_path)
+        return p if p.is_absolute() else self.path / p
+
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.base_folder, local_files_only=True)
+
+    def load_base_model(self, *, check: bool = False) -> PreTrainedModel:
+        """A fresh copy of the seed model (fp32 on CPU so training and merging are exact)."""
+        import torch
+
+        if check and seedlib.weights_fingerprint(self.base_folder) != self.manifest.base_sha256:
+            raise PoolError(
+                f"the seed model in {self.base_folder} changed since the pool was created; "
+                "members no longer share it - restore the original seed weights"
+            )
+        model, _ = seedlib.load_base(self.base_folder, dtype=torch.float32)
+        return model.eval()
+
+    # ----------------------------------------------------------------- data
+    @property
+    def data_folder(self) -> Path:
+        return self.path / "data"
+
+    @property
+    def partitions(self) -> dict[str, TokenizedPartition]:
+        """Tokenized partitions by name (sorted)."""
+        if not self.data_folder.is_dir():
+            return {}
+        out = {}
+        for d in sorted(self.data_folder.iterdir()):
+            if d.is_dir() and not d.name.startswith(".") and (d / "index.json").is_file():
+                out[d.name] = TokenizedPartition.open(d)
+        return out
+
+    def add(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        by: str | None = None,
+        by_folder: bool = False,
+        units: int | None = None,
+        name: str | None = None,
+        text_field: str = "text",
+        progress: bool = True,
+    ) -> list[str]:
+        """Tokenize new partitions into the pool; returns the names that were new.
+
+        Re-adding identical data is a no-op; different data under an existing name is an
+        error raised before anything is written.
+        """
+        docs = read_documents(paths, text_field=text_field)
+        groups = partition_documents(
+            docs, by=by, by_folder=by_folder, units=units, seed=self.manifest.recipe.seed, name=name
+        )
+        existing = self.partitions
+        todo: dict[str, list] = {}
+        for pname, pdocs in groups.items():
+            validate_partition_name(pname)
+            texts = [d.text for d in pdocs]
+            if pname in existing:
+                if existing[pname].index.content_hash != content_hash(texts):
+                    raise DataError(
+                        f"partition {pname!r} already exists with different data; "
+                        "add the new data under another name (or start a new pool)"
+                    )
+                log.info("partition %s is already in the pool with the same data; skipped", pname)
+                continue
+            todo[pname] = pdocs
+        self.data_folder.mkdir(exist_ok=True)
+        remove_stale_temporaries(self.data_folder)
+        total = sum(len(v) for v in todo.values())
+        with _bar(total, "tokenize", progress, unit="doc") as bar:
+            for pname, pdocs in todo.items():
+                write_partition(
+                    self.data_folder / pname,
+                    name=pname,
+                    texts=[d.text for d in pdocs],
+                    sources=[d.source for d in pdocs],
+                    tokenizer=self.tokenizer,
+                    token_dtype=self.manifest.token_dtype,
+                    unit_tokens=self.manifest.recipe.unit_tokens,
+                    progress=bar,
+                )
+        return list(todo)
+
+    # ----------------------------------------------------------------- members
+    def units(self) -> list[UnitRef]:
+        """Every base unit of every partition, in (partition, unit) order."""
+        return [
+            UnitRef(name, i, h)
+            for name, part in self.partitions.items()
+            for i, h in enumerate(part.index.unit_hashes)
+        ]
+
+    def member_folder(self, partition: str, unit: int) -> Path:
+        return self.path / "members" / partition / f"{unit:04d}"
+
+    def member(self, partition: str, unit: int) -> MemberRecord | None:
+        """The finished member of a unit, or None if it has not been trained."""
+        f = self.member_folder(partition, unit) / "member.json"
+        return read_record(f, MemberRecord) if f.is_file() else None
+
+    @property
+    def members(self) -> list[MemberRecord]:
+        """Finished members, in (partition, unit) order."""
+        out = []
+        for ref in self.units():
+            rec = self.member(ref.partition, ref.unit)
+            if rec is not None and rec.data_hash == ref.data_hash:
+                out.append(rec)
+        return out
+
+    def missing(self, only: Sequence[str] | None = None) -> list[UnitRef]:
+        """Units without a finished member (restricted to partitions ``only`` if given)."""
+        if only:
+            known = set(self.partitions)
+            for n in only:
+                if n not in known:
+                    raise DataError(f"unknown partition {n!r}; known: {', '.join(sorted(known)) or 'none'}")
+        done = {(m.partition, m.unit) for m in self.members}
+        return [u for u in self.units() if (u.partition, u.unit) not in done and (not only or u.partition in only)]
+
+    def weights_path(self, rec: MemberRecord) -> Path:
+        return self.member_folder(rec.partition, rec.unit) / rec.weights_file
+
+    def grow(
+        self, only: Sequence[str] | None = None, *, progress: bool = True, device: str | None = None
+    ) -> list[MemberRecord]:
+        """Train every missing member (one after another); returns the ones trained now."""
+        from filelock import FileLock, Timeout
+
+        todo = self.missing(only)
+        if not todo:
+            return []
+        trained: list[MemberRecord] = []
+        base = self.load_base_model(check=True)
+        base_state = {k: v.clone() for k, v in base.state_dict().items()}
+        with _bar(len(todo), "members", progress, unit="member") as overall:
+            for ref in todo:
+                folder = self.member_folder(ref.partition, ref.unit)
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                lock = FileLock(str(folder.parent / f".{folder.name}.lock"))
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    log.warning("member %s is being trained by another process; skipped", ref.member_id)
+                    overall.update(1)
+                    continue
+                try:
+                    if self.member(ref.partition, ref.unit) is None:  # another run may have finished it
+                        base.load_state_dict(base_state)
+                        trained.append(self.train_member(ref, base, progress=progress, device=device))
+                finally:
+                    lock.release()
+                overall.update(1)
+        return trained
+
+    def train_member(
+        self, ref: UnitRef, base: PreTrainedModel, *, progress: bool = True, device: str | None = None
+    ) -> MemberRecord:
+        """Train one member from ``base`` (left unchanged for LoRA, trained in place for full)."""
+        import copy
+
+        recipe = self.manifest.recipe
+        part = self.partitions[ref.partition]
+        seed = member_seed(recipe.seed, ref.member_id)
+        sampler = SequenceSampler([part.unit_stream(ref.unit)], [1.0], recipe.seq_len, seed)
+        model = wrap_lora(copy.deepcopy(base), recipe.lora) if recipe.method == "lora" else base
+        with _bar(recipe.steps_for(recipe.unit_tokens), ref.member_id, progress, leave=False) as bar:
+            result = train_model(
+                model, sampler, recipe, recipe.unit_tokens, seed=seed, device=pick_device(device), progress=bar
+            )
+        return self._write_member(ref, model, result, seed)
+
+    def _write_member(self, ref: UnitRef, model: PreTrainedModel, result, seed: int) -> MemberRecord:
+        recipe = self.manifest.recipe
+        tensors = trained_tensors(model, recipe.method)
+        weights_file = LORA_FILE if recipe.method == "lora" else FULL_FILE
+        folder = self.member_folder(ref.partition, ref.unit)
+        remove_stale_temporaries(folder.parent)
+        with staged_dir(folder) as tmp:
+            sha = save_tensors(tensors, tmp / weights_file)
+            rec = MemberRecord(
+                partition=ref.partition,
+                unit=ref.unit,
+                data_hash=ref.data_hash,
+                base_sha256=self.manifest.base_sha256,
+                method=recipe.method,
+                recipe=recipe,
+                seed=seed,
+                tokens_seen=result.tokens_seen,
+                steps=result.steps,
+                final_loss=result.final_loss,
+                loss_curve=result.loss_curve,
+                wall_time_s=round(result.wall_time_s, 3),
+                device=result.device,
+                weights_file=weights_file,
+                weights_sha256=sha,
+                n_params=sum(t.numel() for t in tensors.values()),
+                created_at=_now(),
+            )
+            write_json(tmp / "member.json", rec.model_dump(mode="json"))
+        model.cpu()
+        return rec
+
+    # ----------------------------------------------------------------- checks
+    def verify(self) -> VerifyReport:
+        """Re-hash the seed, every partition's tokens and every member's weights."""
+        report = VerifyReport()
+        try:
+            if seedlib.weights_fingerprint(self.base_folder) != self.manifest.base_sha256:
+                report.corrupt.append(f"seed model {self.base_folder}")
+        except PoolError:
+            report.missing.append(f"seed model {self.base_folder}")
+        report.checked += 1
+        for name, part in self.partitions.items():
+            report.checked += 1
+            tokens = part.folder / "tokens.bin"
+            if not tokens.is_file() or sha256_file(tokens) != part.index.tokens_sha256:
+                report.corrupt.append(f"data/{name}/tokens.bin")
+        for ref in self.units():
+            report.checked += 1
+            folder = self.member_folder(ref.partition, ref.unit)
+            try:
+                rec = self.member(ref.partition, ref.unit)
+            except PoolError:
+                report.corrupt.append(f"{ref.member_id} (member.json unreadable)")
+                continue
+            if rec is None:
+                report.missing.append(ref.member_id)
+            elif not (folder / rec.weights_file).is_file():
+                report.corrupt.append(f"{ref.member_id} ({rec.weights_file} missing)")
+            elif sha256_file(folder / rec.weights_file) != rec.weights_sha256:
+                report.corrupt.append(f"{ref.member_id} ({rec.weights_file} sha256 mismatch)")
+            elif rec.base_sha256 != self.manifest.base_sha256:
+                report.corrupt.append(f"{ref.member_id} (trained from a different seed model)")
+        return report
+
+    def check_member(self, rec: MemberRecord) -> None:
+        """Refuse a member that was trained from another seed or another recipe."""
+        if rec.base_sha256 != self.manifest.base_sha256:
+            raise CorruptMemberError(
+                f"member {rec.member_id} was trained from a different seed model; "
+                "delete it and run `ablate pool grow`"
+            )
+        if rec.method != self.manifest.recipe.method:
+            raise CorruptMemberError(f"member {rec.member_id} is a {rec.method} member in a {self.manifest.recipe.method} pool")
+
+    def __repr__(self) -> str:
+        return f"Pool({str(self.path)!r}, partitions={len(self.partitions)}, members={len(self.members)})"
+
+
+def _read_config(folder: Path) -> dict:
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    if "vocab_size" not in cfg and "text_config" in cfg:
+        cfg = cfg["text_config"]
+    return cfg

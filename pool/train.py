@@ -1,0 +1,149 @@
+"""Continued pre-training of one member (or one validation model) from the seed.
+
+Same recipe and token budget for every member: AdamW, linear warmup then cosine decay to
+``min_lr_ratio * lr``, global gradient-norm clipping, bf16 autocast on CUDA and fp32 on
+CPU. Data order depends only on the seed, so a member trains identically wherever and
+whenever it is trained.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pool.recipe import Recipe
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+_CURVE_POINTS = 100  # loss-curve resolution kept in member.json (enough to plot, small on disk)
+
+
+class SequenceSampler:
+    """Draws training sequences of ``seq_len + 1`` tokens from weighted token streams.
+
+    Each source is cut into non-overlapping windows, visited in a fresh random order per
+    epoch; each sequence picks its source with probability proportional to its weight
+    (one source = plain epoch shuffling). A source shorter than one window is repeated.
+    """
+
+    def __init__(self, sources: Sequence[np.ndarray], weights: Sequence[float], seq_len: int, seed: int):
+        if not sources or len(sources) != len(weights):
+            raise ValueError("need one weight per source and at least one source")
+        w = np.asarray(weights, dtype=np.float64)
+        if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(f"source weights must be finite, non-negative and not all zero, got {weights}")
+        self.p = w / w.sum()
+        self.window = seq_len + 1
+        self.rng = np.random.default_rng(seed)
+        self.sources = []
+        for s in sources:
+            s = np.asarray(s)
+            if len(s) < self.window:  # a tiny unit still yields full windows
+                s = np.tile(s, -(-self.window // max(len(s), 1)) + 1)
+            n = len(s) // self.window
+            self.sources.append(s[: n * self.window].reshape(n, self.window))  # (n, T+1)
+        self.orders = [self.rng.permutation(len(s)) for s in self.sources]
+        self.cursors = [0] * len(self.sources)
+
+    def _next(self, i: int) -> np.ndarray:
+        if self.cursors[i] == len(self.orders[i]):
+            self.orders[i] = self.rng.permutation(len(self.sources[i]))
+            self.cursors[i] = 0
+        row = self.sources[i][self.orders[i][self.cursors[i]]]
+        self.cursors[i] += 1
+        return row
+
+    def batch(self, batch_size: int) -> np.ndarray:
+        picks = self.rng.choice(len(self.sources), size=batch_size, p=self.p)
+        return np.stack([self._next(int(i)) for i in picks]).astype(np.int64)  # (B, T+1)
+
+
+def lr_factor(step: int, total: int, warmup_ratio: float, min_ratio: float) -> float:
+    """Linear warmup, then cosine decay to ``min_ratio``."""
+    warmup = max(1, round(total * warmup_ratio)) if warmup_ratio > 0 else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    tokens_seen: int
+    final_loss: float
+    loss_curve: tuple[tuple[int, float], ...]
+    wall_time_s: float
+    device: str
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    import torch
+
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_model(
+    model: PreTrainedModel,
+    sampler: SequenceSampler,
+    recipe: Recipe,
+    tokens: int,
+    *,
+    seed: int,
+    device: torch.device,
+    progress: object = None,
+) -> TrainResult:
+    """Train ``model`` in place for ``tokens`` tokens; returns the loss record."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95))
+    steps = recipe.steps_for(tokens)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, steps, recipe.warmup_ratio, recipe.min_lr_ratio)
+    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    losses = np.zeros(steps)
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = torch.from_numpy(sampler.batch(recipe.batch_size)).to(device)
+        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs, (B, T) next-token targets
+        with autocast:
+            logits = model(input_ids=x).logits  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses[step] = loss.item()
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[step]:.3f}", refresh=False)
+    if not np.isfinite(losses[-1]):
+        raise FloatingPointError(f"training diverged (loss {losses[-1]}); lower --lr")
+    model.eval()
+    # Average the per-step losses into at most _CURVE_POINTS buckets for the record.
+    edges = np.linspace(0, steps, min(steps, _CURVE_POINTS) + 1).astype(int)
+    curve = tuple((int(b), float(losses[a:b].mean())) for a, b in zip(edges[:-1], edges[1:]))
+    tail = max(1, steps // 10)  # final loss = mean of the last 10% of steps (less noisy than one step)
+    return TrainResult(
+        steps=steps,
+        tokens_seen=steps * recipe.tokens_per_step,
+        final_loss=float(losses[-tail:].mean()),
+        loss_curve=curve,
+        wall_time_s=time.perf_counter() - start,
+        device=str(device),
+    )

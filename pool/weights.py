@@ -1,0 +1,77 @@
+"""Member weights: what is saved for a full or LoRA member, and how it is read back.
+
+Full members store every trainable parameter (tied weights once) as ``model.safetensors``;
+LoRA members store only the adapter factors as ``adapter.safetensors``. Reads go through
+safetensors (never pickle) and can be checked against the sha256 recorded at write time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pool.atomic import sha256_file
+from pool.errors import CorruptMemberError
+from pool.recipe import LoraSpec
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+FULL_FILE = "model.safetensors"
+LORA_FILE = "adapter.safetensors"
+
+
+def wrap_lora(model: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
+    """Freeze ``model`` and attach fresh LoRA adapters (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in spec.target_modules if t in present]
+    if not targets:
+        raise ValueError(
+            f"none of the LoRA target modules {list(spec.target_modules)} exist in this model; "
+            "set recipe.lora.target_modules to its linear layer names"
+        )
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets)
+    return get_peft_model(model, config)
+
+
+def trained_tensors(model: PreTrainedModel, method: str) -> dict[str, torch.Tensor]:
+    """The tensors that define a member: all parameters (full) or the adapter (lora)."""
+    if method == "lora":
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    # named_parameters() lists a tied weight once, which safetensors requires.
+    return {k: p.detach().cpu().contiguous() for k, p in model.named_parameters()}
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
+    """Write tensors as safetensors into a staged folder; returns the file's sha256."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return sha256_file(path)
+
+
+def load_tensors(
+    path: str | os.PathLike, *, sha256: str | None = None, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Read a member's tensors; with ``sha256`` the file is checked before it is used."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptMemberError(f"{path} is missing; run `ablate pool grow` to retrain that member")
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise CorruptMemberError(
+            f"{path} does not match the sha256 recorded when it was written (corrupt or modified); "
+            "delete its member folder and run `ablate pool grow` to retrain it"
+        )
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError) as e:
+        raise CorruptMemberError(f"{path} is not a readable safetensors file ({e}); delete it and regrow") from None

@@ -1,0 +1,65 @@
+"""Test helpers shared by test modules (conftest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+# Three synthetic domains with disjoint vocabularies: models trained on one are measurably
+# better on it, so merge/score tests have signal even at this size.
+WORDS = {
+    "code": "def return import class self for in if else while print yield lambda".split(),
+    "wiki": "the history of city river was born in king war empire north south".split(),
+    "math": "theorem proof lemma integral sum prime group field let x y equals".split(),
+}
+
+
+def make_docs(domain: str, n: int, seed: int, length: int = 60) -> list[dict]:
+    rng = random.Random(f"{domain}-{seed}")
+    return [
+        {"text": " ".join(rng.choice(WORDS[domain]) for _ in range(length)), "domain": domain}
+        for _ in range(n)
+    ]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def tiny_recipe(**kw):
+    from pool import Recipe
+
+    base = dict(unit_tokens=600, seq_len=32, batch_size=4, lr=3e-3)
+    base.update(kw)
+    return Recipe(**base)
+
+
+def tiny_spec():
+    from pool import TinyModelSpec
+
+    return TinyModelSpec(
+        vocab_size=300, hidden_size=32, layers=2, heads=2, intermediate_size=64, seed_tokens=3000
+    )
+
+
+def run_cli(*args: str, cwd: Path | None = None):
+    """Run the real ``ablate`` console entry in a subprocess; returns CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "ablate.cli", "-q", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def tree_digest(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes: equal digests = byte-identical trees."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
