@@ -1,4 +1,4 @@
-"""The ``ablate`` command line: ``pool init|add|grow|ls|verify``, ``eval``, ``demo``.
+"""The ``ablate`` command line: ``pool init|add|grow|ls|verify``, ``eval``, ``validate``, ``demo``.
 
 Each command parses, validates, calls one public function, prints (a table for people,
 ``--json`` for machines) and returns an exit code. Errors the user caused print one line
@@ -113,9 +113,17 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
     if args.backend == "ray":
         from ablate.distributed import grow_with_ray
 
-        trained = grow_with_ray(pool, only=args.only, address=args.address, gpus_per_member=args.gpus_per_member)
+        trained = grow_with_ray(
+            pool, only=args.only, address=args.address, gpus_per_member=args.gpus_per_member,
+            progress=not args.quiet,
+        )
     else:
-        trained = pool.grow(args.only, progress=not args.quiet, device=args.device)
+        from ablate.distributed import torchrun_group
+
+        with torchrun_group(args.device) as main_rank:  # a no-op unless started by torchrun
+            trained = pool.grow(args.only, progress=not args.quiet, device=args.device)
+        if not main_rank:
+            return 0  # rank 0 reports
     for rec in trained:
         print(f"trained {rec.member_id}: loss {rec.final_loss:.4f}, {rec.tokens_seen} tokens, {rec.wall_time_s:.1f}s")
     left = pool.missing(args.only)
@@ -193,10 +201,18 @@ def _mixtures_from_args(args: argparse.Namespace, ev: Any) -> list:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ablate.evaluator import Evaluator
 
-    ev = Evaluator(
-        args.pool, args.eval_data, by=args.eval_by, text_field=args.text_field,
-        device=args.device, progress=not args.quiet,
-    )
+    if args.backend == "ray":
+        from ablate.distributed import RayEvaluator
+
+        ev = RayEvaluator(
+            args.pool, args.eval_data, by=args.eval_by, text_field=args.text_field, workers=args.workers,
+            address=args.address, device=args.device, progress=not args.quiet,
+        )
+    else:
+        ev = Evaluator(
+            args.pool, args.eval_data, by=args.eval_by, text_field=args.text_field,
+            device=args.device, progress=not args.quiet,
+        )
     mixtures = _mixtures_from_args(args, ev)
     results = ev.run_many(mixtures)
     if args.json:
@@ -211,6 +227,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
         line = f"{i:>4}  {str(r.mixture)[:40]:<40} " + " ".join(f"{r.ppl[d]:>12.3f}" for d in domains)
         line += f" {r.macro_ppl:>10.3f} {r.macro_bpb:>10.4f}" if len(domains) > 1 else f" {r.macro_bpb:>10.4f}"
         print(line)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ablate.evaluator import Evaluator
+    from ablate.mixture import Mixture
+    from ablate.validation import validate
+
+    try:
+        sizes = tuple(int(x) for x in args.sizes.split(","))
+    except ValueError:
+        raise _usage(f"--sizes takes comma-separated integers like 2,3,4, got {args.sizes!r}") from None
+    mixtures = [Mixture.parse(s) for s in args.mixture] if args.mixture else None
+    ev = Evaluator(
+        args.pool, args.eval_data, by=args.eval_by, text_field=args.text_field,
+        device=args.device, progress=not args.quiet,
+    )
+    report = validate(
+        ev, mixtures=mixtures, sample=args.sample, sizes=sizes, seed=args.seed, bootstrap=args.bootstrap
+    )
+    files = report.write(args.out)
+    if args.json:
+        print(json.dumps({"correlations": report.json_rows(), "mixtures": report.mixtures}, indent=1))
+        return 0
+    print(f"{report.mixtures} mixture(s) validated ({report.trained} trained now, the rest reused)")
+    print(report.summary())
+    print(f"report: {files.markdown}\nscatter: {files.scatter}\npairs: {files.csv}")
     return 0
 
 
@@ -288,7 +331,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, default=None, help="largest subset with --all-subsets")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="score here or on Ray actors")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors, each holding the stacked pool (default: 2)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("validate", help="really train models on mixtures; correlate proxy and real perplexity")
+    p.add_argument("pool")
+    p.add_argument("--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)")
+    p.add_argument("--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain")
+    p.add_argument("--text-field", default="text")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--sample", type=int, default=None, metavar="N", help="validate N random uniform subsets")
+    what.add_argument("--mixture", action="append", metavar="A,B", help="a mixture to validate: a,b or a=1,b=3 (repeatable)")
+    p.add_argument("--sizes", default="2,3,4", help="subset sizes to sample with --sample (default: 2,3,4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and the bootstrap (default: 0)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of eval documents (default: 1000)")
+    p.add_argument("--out", default="ablate-validation", help="folder for validation.csv, report.md, scatter.png")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"))
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("demo", help="the whole loop on Python's own standard library (no download)")
     p.add_argument("--out", default="ablate-demo", help="folder for the pool, report.md and heatmap.png")

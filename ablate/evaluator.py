@@ -345,7 +345,7 @@ class Evaluator:
                 sign = 1.0 if p not in current else -1.0
                 rows = self._rows_of[p]
                 for r in rows:
-                    running.add_(merged.stack[r], alpha=sign / len(rows))
+                    merged.add_member_(running, r, alpha=sign / len(rows))  # streams when chunked
             current = target
             kernels.weighted_average(running.unsqueeze(0), [1.0 / len(target)], out=merged.flat)
             yield m, self.score_current()

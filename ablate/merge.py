@@ -6,11 +6,18 @@ merged vector into that buffer *is* loading the merged model (no state-dict copy
 is one ``kernels.weighted_average`` call; subset walks keep a running sum and cost one row
 update per step (Gray code). LoRA pools merge exactly: sum_i w_i B_i A_i is one GEMM of the
 concatenated factors per adapted weight, added onto the seed weight.
+
+Large pools: when the ``[N, P]`` stack does not fit in device memory (or a caller forces it
+with ``stack_budget_bytes``), members stay memory-mapped on CPU (safetensors ``load_file`` is
+mmap-backed) and a merge streams them chunk by chunk of P through a bounded ``[N, chunk]``
+staging buffer, one ``kernels.weighted_average`` per chunk into the same flat buffer.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +30,12 @@ from pool.storage import MemberRecord
 from pool.weights import load_tensors
 
 log = logging.getLogger(__name__)
+
+# Share of free device memory (or available RAM on CPU) the stack may take; the rest is
+# left for activations, eval windows and other processes.
+STACK_FRACTION = 0.7
+# Fewest stack columns per streamed chunk: below this, per-chunk Python overhead dominates.
+MIN_CHUNK_COLS = 1024
 
 
 @dataclass(frozen=True)
@@ -40,7 +53,16 @@ class _LoraSite:
 class MergedModel:
     """A model skeleton whose weights are a weighted average of pool members."""
 
-    def __init__(self, pool: Pool, members: Sequence[MemberRecord], *, device: torch.device, progress: bool = True):
+    def __init__(
+        self,
+        pool: Pool,
+        members: Sequence[MemberRecord],
+        *,
+        device: torch.device,
+        progress: bool = True,
+        stack_budget_bytes: int | None = None,
+    ):
+        """Load the members; ``stack_budget_bytes`` caps the stack's device memory (None: measure)."""
         if not members:
             raise CorruptMemberError("the pool has no trained members; run `ablate pool grow` first")
         self.pool = pool
@@ -64,38 +86,63 @@ class MergedModel:
         self.model = model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.chunked = False
+        self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
         if self.method == "lora":
             self._sites = self._load_lora(progress)
-        else:
-            self.stack = self._load_full(progress)  # [N, P]
+            return
+        need = len(self.members) * numel * self.flat.element_size()
+        budget = _stack_budget(self.device) if stack_budget_bytes is None else stack_budget_bytes
+        if need <= budget:
+            self.stack = self._load_full(progress)
+            return
+        self.chunked = True
+        self._mapped = [self._map(rec) for rec in self.members]  # N x [tensor (numel,)], mmap-backed
+        self._starts = [a for a, _ in self._offsets.values()]
+        cols = min(numel, max(MIN_CHUNK_COLS, budget // (len(self.members) * self.flat.element_size())))
+        self._stage = torch.empty(len(self.members), cols, dtype=dtype, device=device)  # (N, cols)
+        # Pinned host staging makes each chunk one host-to-device copy instead of N x tensors.
+        on_gpu = device.type == "cuda"
+        self._host = torch.empty(self._stage.shape, dtype=dtype, pin_memory=on_gpu) if on_gpu else self._stage
+        log.info(
+            "stack of %d members needs %.1f GiB > budget %.1f GiB: streaming %d columns per chunk",
+            len(self.members), need / 2**30, budget / 2**30, cols,
+        )
 
     # ------------------------------------------------------------------ loading
     def _read(self, rec: MemberRecord) -> dict[str, torch.Tensor]:
         self.pool.check_member(rec)
         return load_tensors(self.pool.weights_path(rec), sha256=rec.weights_sha256)
 
+    def _map(self, rec: MemberRecord) -> list[torch.Tensor]:
+        """A full member's tensors as flat CPU views in skeleton order (memory-mapped, unread)."""
+        tensors = self._read(rec)
+        expected = set(self._offsets)
+        if set(tensors) != expected:
+            extra = sorted(set(tensors) - expected)[:3]
+            lacking = sorted(expected - set(tensors))[:3]
+            raise CorruptMemberError(
+                f"member {rec.member_id} does not have the seed model's architecture "
+                f"(unexpected {extra}, missing {lacking}); delete it and run `ablate pool grow`"
+            )
+        flat = []
+        for name, (a, b) in self._offsets.items():
+            t = tensors[name]
+            if t.numel() != b - a:
+                raise CorruptMemberError(
+                    f"member {rec.member_id}: tensor {name} has shape {tuple(t.shape)}, "
+                    "which does not match the seed model; delete it and regrow"
+                )
+            flat.append(t.reshape(-1))  # (numel,)
+        return flat
+
     def _load_full(self, progress: bool) -> torch.Tensor:
         from tqdm.auto import tqdm
 
         stack = torch.empty(len(self.members), self.flat.numel(), dtype=self.flat.dtype, device=self.device)
-        expected = set(self._offsets)
         for i, rec in enumerate(tqdm(self.members, desc="load members", disable=not progress, leave=False)):
-            tensors = self._read(rec)
-            if set(tensors) != expected:
-                extra = sorted(set(tensors) - expected)[:3]
-                lacking = sorted(expected - set(tensors))[:3]
-                raise CorruptMemberError(
-                    f"member {rec.member_id} does not have the seed model's architecture "
-                    f"(unexpected {extra}, missing {lacking}); delete it and run `ablate pool grow`"
-                )
-            for name, (a, b) in self._offsets.items():
-                t = tensors[name]
-                if t.numel() != b - a:
-                    raise CorruptMemberError(
-                        f"member {rec.member_id}: tensor {name} has shape {tuple(t.shape)}, "
-                        "which does not match the seed model; delete it and regrow"
-                    )
-                stack[i, a:b].copy_(t.reshape(-1))
+            for t, (a, b) in zip(self._map(rec), self._offsets.values()):
+                stack[i, a:b].copy_(t)
         return stack
 
     def _load_lora(self, progress: bool) -> list[_LoraSite]:
@@ -142,11 +189,64 @@ class MergedModel:
                     # W = W0 + scaling * [w_1 B_1 ... w_N B_N] @ [A_1; ...; A_N]: one GEMM.
                     torch.addmm(s.base, s.b * w, s.a, alpha=s.scaling, out=s.param.data)
             return
-        kernels.weighted_average(self.stack, weights.to(self.device), out=self.flat)
+        if not self.chunked:
+            kernels.weighted_average(self.stack, weights.to(self.device), out=self.flat)
+            return
+        w = weights.to(self.device)
+        for a, b, block in self._chunks(range(len(self.members))):
+            kernels.weighted_average(block, w, out=self.flat[a:b])
+
+    def add_member_(self, out: torch.Tensor, row: int, alpha: float = 1.0) -> None:
+        """``out += alpha * member[row]`` (out: [P] on the device); subset walks patch with it."""
+        if not self.chunked:
+            out.add_(self.stack[row], alpha=alpha)
+            return
+        for a, b, block in self._chunks([row]):
+            out[a:b].add_(block[0], alpha=alpha)
+
+    def member_row(self, row: int) -> torch.Tensor:
+        """One member's flat parameters [P] on the device (a view of the stack when it is in memory)."""
+        if not self.chunked:
+            return self.stack[row]
+        out = torch.zeros_like(self.flat)
+        self.add_member_(out, row)
+        return out
+
+    def _chunks(self, rows: Sequence[int]):
+        """Yield (a, b, block): members ``rows`` at columns [a, b) as a device block [len(rows), b - a]."""
+        cols = self._stage.shape[1]
+        names = list(self._offsets.values())
+        for a in range(0, self.flat.numel(), cols):
+            b = min(self.flat.numel(), a + cols)
+            host = self._host[: len(rows), : b - a]  # (len(rows), b - a)
+            k = bisect.bisect_right(self._starts, a) - 1  # first tensor that overlaps [a, b)
+            while k < len(names) and names[k][0] < b:
+                s, e = names[k]
+                lo, hi = max(a, s), min(b, e)
+                for j, r in enumerate(rows):
+                    host[j, lo - a : hi - a].copy_(self._mapped[r][k][lo - s : hi - s])
+                k += 1
+            block = self._stage[: len(rows), : b - a]
+            if block.data_ptr() != host.data_ptr():
+                block.copy_(host)  # blocking: the next chunk refills `host`
+            yield a, b, block
 
     def set_flat(self, values: torch.Tensor) -> None:
         """Load an already merged parameter vector (full pools; used by subset walks)."""
         self.flat.copy_(values)
+
+
+def _stack_budget(device: torch.device) -> int:
+    """Bytes the stack may take on ``device``: a share of what is free there now."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * STACK_FRACTION)
+    try:  # CPU: RAM that is available without swapping (Linux); page cache counts as free
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return int(kib * 1024 * STACK_FRACTION)
+    except (OSError, StopIteration, ValueError):
+        return sys.maxsize
 
 
 def _unique_params(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:

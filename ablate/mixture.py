@@ -51,7 +51,10 @@ class Mixture:
                 raise MixtureError(f"weight of {name!r} is negative ({w}); mixture weights must be >= 0")
             if w > 0:
                 clean[name] = clean.get(name, 0.0) + w
-        total = math.fsum(clean.values())
+        try:
+            total = math.fsum(clean.values())
+        except OverflowError:
+            total = math.inf
         if not clean or total <= 0:
             raise MixtureError("a mixture needs at least one partition with a positive weight")
         if not math.isfinite(total):

@@ -27,7 +27,7 @@ from pool.partition import partition_documents, validate_partition_name
 from pool.recipe import Recipe, TinyModelSpec
 from pool.storage import MemberRecord, PartitionIndex, PoolManifest, member_id, read_record
 from pool.tokens import TokenizedPartition, content_hash, encode_documents, token_dtype_for, write_partition
-from pool.train import SequenceSampler, pick_device, train_model
+from pool.train import SequenceSampler, broadcast_from_main, is_main_rank, pick_device, train_model
 from pool.weights import FULL_FILE, LORA_FILE, save_tensors, trained_tensors, wrap_lora
 
 if TYPE_CHECKING:
@@ -308,33 +308,58 @@ class Pool:
         self, only: Sequence[str] | None = None, *, progress: bool = True, device: str | None = None
     ) -> list[MemberRecord]:
         """Train every missing member (one after another); returns the ones trained now."""
-        from filelock import FileLock, Timeout
-
-        todo = self.missing(only)
+        # Under torchrun all ranks must walk the same list: rank 0's.
+        todo = broadcast_from_main(self.missing(only))
         if not todo:
             return []
         trained: list[MemberRecord] = []
         base = self.load_base_model(check=True)
         base_state = {k: v.clone() for k, v in base.state_dict().items()}
-        with _bar(len(todo), "members", progress, unit="member") as overall:
+        with _bar(len(todo), "members", progress and is_main_rank(), unit="member") as overall:
             for ref in todo:
-                folder = self.member_folder(ref.partition, ref.unit)
-                folder.parent.mkdir(parents=True, exist_ok=True)
-                lock = FileLock(str(folder.parent / f".{folder.name}.lock"))
-                try:
-                    lock.acquire(timeout=0)
-                except Timeout:
-                    log.warning("member %s is being trained by another process; skipped", ref.member_id)
-                    overall.update(1)
-                    continue
-                try:
-                    if self.member(ref.partition, ref.unit) is None:  # another run may have finished it
-                        base.load_state_dict(base_state)
-                        trained.append(self.train_member(ref, base, progress=progress, device=device))
-                finally:
-                    lock.release()
+                rec = self.grow_one(ref, base, base_state=base_state, progress=progress, device=device)
+                if rec is not None:
+                    trained.append(rec)
                 overall.update(1)
         return trained
+
+    def grow_one(
+        self,
+        ref: UnitRef,
+        base: PreTrainedModel,
+        *,
+        base_state: dict | None = None,
+        progress: bool = True,
+        device: str | None = None,
+    ) -> MemberRecord | None:
+        """Train one member under its lock; None if another run holds it or has finished it.
+
+        The one path for every backend (local ``grow``, Ray tasks), so that two runs on one
+        pool never train a member twice. ``base_state`` restores ``base`` first (a local
+        ``grow`` reuses one base model whose weights the previous full member changed).
+        """
+        from filelock import FileLock, Timeout
+
+        folder = self.member_folder(ref.partition, ref.unit)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder.parent / f".{folder.name}.lock"))
+        held = False
+        if is_main_rank():  # under torchrun rank 0 locks and decides; the other ranks follow
+            try:
+                lock.acquire(timeout=0)
+                held = True
+            except Timeout:
+                log.warning("member %s is being trained by another process; skipped", ref.member_id)
+        try:
+            # Another run may have finished it between our `missing()` and the lock.
+            if not broadcast_from_main(held and self.member(ref.partition, ref.unit) is None):
+                return None
+            if base_state is not None:
+                base.load_state_dict(base_state)
+            return self.train_member(ref, base, progress=progress, device=device)
+        finally:
+            if held:
+                lock.release()
 
     def train_member(
         self, ref: UnitRef, base: PreTrainedModel, *, progress: bool = True, device: str | None = None
@@ -346,12 +371,21 @@ class Pool:
         part = self.partitions[ref.partition]
         seed = member_seed(recipe.seed, ref.member_id)
         sampler = SequenceSampler([part.unit_stream(ref.unit)], [1.0], recipe.seq_len, seed)
-        model = wrap_lora(copy.deepcopy(base), recipe.lora) if recipe.method == "lora" else base
-        with _bar(recipe.steps_for(recipe.unit_tokens), ref.member_id, progress, leave=False) as bar:
+        if recipe.method == "lora":
+            import torch
+
+            torch.manual_seed(seed)  # adapter init from the member's seed, not from run order
+            model = wrap_lora(copy.deepcopy(base), recipe.lora)
+        else:
+            model = base
+        show = progress and is_main_rank()
+        with _bar(recipe.steps_for(recipe.unit_tokens), ref.member_id, show, leave=False) as bar:
             result = train_model(
                 model, sampler, recipe, recipe.unit_tokens, seed=seed, device=pick_device(device), progress=bar
             )
-        return self._write_member(ref, model, result, seed)
+        # Under torchrun every rank holds the same weights; rank 0 alone writes them.
+        rec = self._write_member(ref, model, result, seed) if is_main_rank() else None
+        return broadcast_from_main(rec)
 
     def _write_member(self, ref: UnitRef, model: PreTrainedModel, result, seed: int) -> MemberRecord:
         recipe = self.manifest.recipe

@@ -9,10 +9,11 @@ whenever it is trained.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from pool.recipe import Recipe
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
+
+T = TypeVar("T")
 
 _CURVE_POINTS = 100  # loss-curve resolution kept in member.json (enough to plot, small on disk)
 
@@ -89,7 +92,35 @@ def pick_device(device: str | None = None) -> torch.device:
 
     if device:
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        # torchrun / accelerate start one process per GPU and say which in LOCAL_RANK.
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of an initialised ``torch.distributed`` group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_rank() -> bool:
+    """True outside ``torch.distributed`` and on its rank 0 (the one that writes files)."""
+    return _rank_world()[0] == 0
+
+
+def broadcast_from_main(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (so that all ranks take the same decision); no-op alone."""
+    if _rank_world()[1] == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def train_model(
@@ -109,6 +140,20 @@ def train_model(
     torch.manual_seed(seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
+    rank, world = _rank_world()
+    net, share = model, recipe.batch_size
+    if world > 1:
+        # Data parallel under torchrun/accelerate: every rank draws the same global batch
+        # (same seed) and trains on its 1/world slice; DDP averages the gradients, so the
+        # data order and the update equal one process's (up to float summation order).
+        if recipe.batch_size % world:
+            raise ValueError(f"batch size {recipe.batch_size} must be divisible by the {world} processes")
+        from torch.nn.parallel import DistributedDataParallel
+
+        share = recipe.batch_size // world
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95))
     steps = recipe.steps_for(tokens)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -118,16 +163,21 @@ def train_model(
     losses = np.zeros(steps)
     start = time.perf_counter()
     for step in range(steps):
-        batch = torch.from_numpy(sampler.batch(recipe.batch_size)).to(device)
+        batch = sampler.batch(recipe.batch_size)[rank * share : (rank + 1) * share]
+        batch = torch.from_numpy(batch).to(device)
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs, (B, T) next-token targets
         with autocast:
-            logits = model(input_ids=x).logits  # (B, T, V)
+            logits = net(input_ids=x).logits  # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if world > 1:  # record the global batch's loss, the same on every rank
+            loss = loss.detach().clone()
+            torch.distributed.all_reduce(loss)
+            loss /= world
         losses[step] = loss.item()
         if progress is not None:
             progress.update(1)

@@ -1,0 +1,424 @@
+"""Scale out: grow a pool and score mixtures on a Ray cluster; join a torchrun process group.
+
+The simulator's two costly loops parallelise naturally (Na et al., EMNLP 2024: members are
+trained independently, and mixtures are scored independently):
+
+* ``grow_with_ray``: one Ray task per missing member. Every task opens the pool by path on
+  the shared filesystem and trains through ``Pool.grow_one``, the same lock-and-train path as
+  the local ``Pool.grow``, so a member is never trained twice, whichever runs overlap.
+* ``RayEvaluator``: Ray actors that each stack the pool once and score batches of
+  mixtures. The driver alone reads and writes the results store: one SQLite writer, and the
+  actors never need the store's filesystem to honour SQLite's locks.
+* ``torchrun_group``: lets ``ablate pool grow`` run under ``torchrun``/``accelerate launch``
+  (one member trained data-parallel over the processes; see ``pool.train.train_model``).
+
+Ray is optional (``pip install 'ablate[ray]'``) and imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from ablate.evaluator import (
+    EvalResult,
+    Evaluator,
+    MixtureLike,
+    _gray_rank,
+    as_mixture,
+    results_frame,
+)
+from ablate.mixture import Mixture
+from pool import Pool
+from pool.errors import AblateError, PoolError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from ablate.evalset import EvalSet
+    from pool.storage import MemberRecord
+
+log = logging.getLogger(__name__)
+
+RAY_EXTRA = "pip install 'ablate[ray]'"
+# A worker lost to a crash or a preempted node reruns its task this many times; an I/O
+# error on the shared filesystem (OSError) is retried as well. Training errors are not:
+# a member trains deterministically, so a second try would fail the same way.
+TASK_RETRIES = 2
+# Mixtures per actor call: about this many batches per worker balance the load while
+# each batch stays long enough for the Gray-code walk to save most of its merges.
+BATCHES_PER_WORKER = 4
+MAX_BATCH = 256
+
+
+@cache
+def ray_available() -> bool:
+    """Whether ray is installed (cached: a find_spec, not an import)."""
+    return importlib.util.find_spec("ray") is not None
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
+    """The ``ray`` module, joined to the cluster at ``address`` or to a new local one.
+
+    Nothing happens when Ray is already initialised (tests, notebooks, a driver that
+    configured Ray itself).
+    """
+    if not ray_available():
+        raise AblateError(f"the Ray backend needs ray; install it with {RAY_EXTRA}")
+    import ray
+
+    if not ray.is_initialized():
+        if address or os.environ.get("RAY_ADDRESS"):
+            # An existing cluster says how many CPUs it has; Ray refuses num_cpus here.
+            ray.init(address=address or None)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+    return ray
+
+
+# ---------------------------------------------------------------------- growing
+def _grow_member(pool_path: str, ref: tuple[str, int, str], device: str) -> MemberRecord | None:
+    """Ray task body: train one member into the shared pool folder, or None if not ours."""
+    from pool.pool import UnitRef
+
+    pool = Pool.open(pool_path)
+    unit = UnitRef(*ref)
+    if pool.member(unit.partition, unit.unit) is not None:  # cheap check before loading the seed
+        return None
+    base = pool.load_base_model(check=True)
+    return pool.grow_one(unit, base, progress=False, device=device)
+
+
+def grow_with_ray(
+    pool: Pool | str | os.PathLike,
+    only: Sequence[str] | None = None,
+    *,
+    address: str | None = None,
+    gpus_per_member: float = 0.0,
+    progress: bool = True,
+) -> list[MemberRecord]:
+    """Train every missing member as one Ray task each; returns the members trained now.
+
+    The pool folder must be on a filesystem that every node mounts at the same path.
+    Members that another run is training (or has finished) are skipped, exactly as in
+    ``Pool.grow``. Failed tasks are retried (``TASK_RETRIES``); members that still fail
+    are named in one error after the others have finished.
+
+    Args:
+        pool: The pool or its path.
+        only: Train only these partitions.
+        address: Ray cluster address; None starts a local cluster (or uses ``RAY_ADDRESS``).
+        gpus_per_member: GPUs (or a fraction of one) per task; 0 trains on CPU.
+        progress: Show a bar that advances as members finish.
+    """
+    from tqdm.auto import tqdm
+
+    pool = pool if isinstance(pool, Pool) else Pool.open(pool)
+    if gpus_per_member < 0:
+        raise AblateError(f"--gpus-per-member must be >= 0, got {gpus_per_member}")
+    todo = pool.missing(only)
+    if not todo:
+        return []
+    ray = connect(address)
+    task = ray.remote(_grow_member).options(
+        num_cpus=1, num_gpus=gpus_per_member, max_retries=TASK_RETRIES, retry_exceptions=[OSError]
+    )
+    path = str(pool.path.resolve())
+    device = "cuda" if gpus_per_member > 0 else "cpu"
+    pending = {task.remote(path, tuple(ref), device): ref for ref in todo}
+    trained: list[MemberRecord] = []
+    failed: list[tuple[str, BaseException]] = []
+    try:
+        with tqdm(
+            total=len(todo), desc="members (ray)", unit="member", disable=not progress
+        ) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                ref = pending.pop(done[0])
+                try:
+                    rec = ray.get(done[0])
+                except ray.exceptions.RayError as e:
+                    cause = getattr(e, "cause", None) or e
+                    failed.append((ref.member_id, cause))
+                    log.error("member %s failed: %s", ref.member_id, cause)
+                else:
+                    if rec is None:
+                        log.warning("member %s was trained by another run; skipped", ref.member_id)
+                    else:
+                        trained.append(rec)
+                    bar.set_postfix_str(ref.member_id, refresh=False)
+                bar.update(1)
+    except KeyboardInterrupt:
+        for obj in pending:  # a cancelled task releases its lock; finished members stay
+            ray.cancel(obj)
+        raise
+    if failed:
+        if len(failed) == 1 and isinstance(failed[0][1], AblateError):
+            raise failed[0][1]  # a user's error (say, a changed seed model) reads as one line
+        named = "; ".join(
+            f"{mid} ({type(c).__name__}: {(str(c).splitlines() or [''])[0]})" for mid, c in failed
+        )
+        raise PoolError(f"{len(failed)} member(s) failed on Ray: {named}")
+    trained.sort(key=lambda r: (r.partition, r.unit))
+    return trained
+
+
+# ---------------------------------------------------------------------- evaluating
+class _EvalWorker:
+    """Ray actor: one ``Evaluator`` (its own stacked pool) that scores batches of mixtures."""
+
+    def __init__(
+        self,
+        pool_path: str,
+        eval_set: EvalSet,
+        expected: list[str],
+        device: str | None,
+        batch_tokens: int,
+    ):
+        self.ev = Evaluator(
+            pool_path,
+            eval_set,
+            device=device,
+            batch_tokens=batch_tokens,
+            store=False,
+            progress=False,
+        )
+        if [m.weights_sha256 for m in self.ev.members] != expected:
+            raise PoolError(
+                f"pool {pool_path} changed while it was being evaluated; run the evaluation again"
+            )
+
+    def run(self, mixtures: list[Mixture]) -> list[tuple[str, dict]]:
+        return [(r.mixture.key, dict(r.scores)) for r in self.ev.run_many(mixtures, progress=False)]
+
+
+class RayEvaluator:
+    """``Evaluator.run_many`` fanned out over Ray actors that each hold the stacked pool.
+
+    A drop-in for ``Evaluator`` where a study scores many mixtures (``ablate eval``,
+    ``ablate search``): ``run_many``, ``evaluate``, ``evaluate_many``, ``partitions``,
+    ``domains``, ``all_subsets``. Actors start on the first mixture that is not in the
+    store and live until ``close()`` (or the ``with`` block ends), so repeated calls pay
+    for loading the pool once. Only this driver touches the results store.
+
+    Args:
+        pool: A ``Pool`` or its path (on a filesystem every node mounts at the same path).
+        eval_data: Eval files or an ``EvalSet`` (tokenized once, here, and shipped to actors).
+        by: Metadata field naming each eval document's domain.
+        workers: Number of actors (each stacks the whole pool once).
+        address: Ray cluster address; None starts a local cluster (or uses ``RAY_ADDRESS``).
+        device: Actors' device (``"cpu"``/``"cuda"``); None picks CUDA when the actor has a GPU.
+        gpus_per_worker: GPUs (or a fraction) per actor; 0 keeps actors on CPU.
+        store: As for ``Evaluator``: the pool's ``results.sqlite``, another path, or False.
+    """
+
+    def __init__(
+        self,
+        pool: Pool | str | os.PathLike,
+        eval_data: EvalSet | str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        by: str | None = None,
+        text_field: str = "text",
+        workers: int = 2,
+        address: str | None = None,
+        device: str | None = None,
+        gpus_per_worker: float = 0.0,
+        batch_tokens: int = 8192,
+        store: bool | str | os.PathLike = True,
+        progress: bool = True,
+    ):
+        if workers < 1:
+            raise AblateError(f"--workers must be at least 1, got {workers}")
+        if not ray_available():  # fail before tokenizing anything
+            raise AblateError(f"the Ray backend needs ray; install it with {RAY_EXTRA}")
+        # The driver's evaluator keys, caches and stores; it never stacks the pool itself.
+        self.local = Evaluator(
+            pool,
+            eval_data,
+            by=by,
+            text_field=text_field,
+            device="cpu",
+            store=store,
+            progress=progress,
+        )
+        self.workers = workers
+        self.address = address
+        self.device = device if device is not None else ("cuda" if gpus_per_worker > 0 else "cpu")
+        self.gpus_per_worker = gpus_per_worker
+        self.batch_tokens = batch_tokens
+        self.progress = progress
+        self._actors: list[Any] = []
+
+    # ------------------------------------------------------------------ the Evaluator face
+    @property
+    def pool(self) -> Pool:
+        return self.local.pool
+
+    @property
+    def partitions(self) -> tuple[str, ...]:
+        return self.local.partitions
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return self.local.domains
+
+    @property
+    def eval_set(self) -> EvalSet:
+        return self.local.eval_set
+
+    @property
+    def members(self) -> list[MemberRecord]:
+        return self.local.members
+
+    @property
+    def store(self):
+        return self.local.store
+
+    def member_weights(self, mixture: Mixture) -> np.ndarray:
+        return self.local.member_weights(mixture)
+
+    def pool_key(self, mixture: Mixture) -> str:
+        return self.local.pool_key(mixture)
+
+    def all_subsets(self, max_size: int | None = None) -> list[Mixture]:
+        return self.local.all_subsets(max_size)
+
+    def evaluate(self, mixture: MixtureLike) -> EvalResult:
+        return self.run_many([mixture], progress=False)[0]
+
+    def evaluate_many(
+        self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
+    ) -> pd.DataFrame:
+        return results_frame(self.run_many(mixtures, progress=progress))
+
+    # ------------------------------------------------------------------ fan-out
+    def _start(self) -> list[Any]:
+        if self._actors:
+            return self._actors
+        ray = connect(self.address)
+        resources = ray.cluster_resources()
+        if self.gpus_per_worker > 0:
+            room = int(resources.get("GPU", 0) // self.gpus_per_worker)
+        else:
+            room = int(resources.get("CPU", 1))
+        n = self.workers
+        if room < n:
+            # An actor that can never be placed would leave its batches waiting forever.
+            log.warning(
+                "the Ray cluster has room for %d of %d evaluation workers; using %d",
+                room,
+                n,
+                max(room, 1),
+            )
+            n = max(room, 1)
+        actor = ray.remote(_EvalWorker).options(
+            num_cpus=1,
+            num_gpus=self.gpus_per_worker,
+            max_restarts=TASK_RETRIES,
+            max_task_retries=TASK_RETRIES,
+        )
+        eval_ref = ray.put(self.eval_set)
+        expected = [m.weights_sha256 for m in self.members]
+        path = str(self.pool.path.resolve())
+        self._actors = [
+            actor.remote(path, eval_ref, expected, self.device, self.batch_tokens) for _ in range(n)
+        ]
+        return self._actors
+
+    def _order(self, todo: list[Mixture]) -> list[Mixture]:
+        """Uniform subsets in Gray-code order first (contiguous batches walk cheaply), then the rest."""
+        if self.pool.manifest.recipe.method != "full":
+            return todo
+        index = {p: i for i, p in enumerate(self.partitions)}
+        subsets = sorted(
+            (m for m in todo if m.is_uniform),
+            key=lambda m: _gray_rank(sum(1 << index[n] for n in m.names)),
+        )
+        return subsets + [m for m in todo if not m.is_uniform]
+
+    def run_many(
+        self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
+    ) -> list[EvalResult]:
+        """Scores of ``mixtures`` in their order; the store answers what it already knows."""
+        from ray.util import ActorPool
+        from tqdm.auto import tqdm
+
+        mixtures = [as_mixture(m) for m in mixtures]
+        for m in mixtures:
+            m.check(self.partitions)
+        out: dict[str, EvalResult | None] = {}
+        todo: list[Mixture] = []
+        for m in mixtures:
+            if m.key in out:
+                continue
+            out[m.key] = self.local._cached(m)  # noqa: SLF001  # same package: shared cache logic
+            if out[m.key] is None:
+                todo.append(m)
+        if todo:
+            actors = self._start()
+            todo = self._order(todo)
+            size = min(MAX_BATCH, max(1, math.ceil(len(todo) / (BATCHES_PER_WORKER * len(actors)))))
+            batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+            by_key = {m.key: m for m in todo}
+            show = self.progress if progress is None else progress
+            with tqdm(total=len(todo), desc="mixtures (ray)", disable=not show, unit="mix") as bar:
+                for scored in ActorPool(actors).map_unordered(
+                    lambda a, b: a.run.remote(b), batches
+                ):
+                    for key, scores in scored:  # stored as they arrive: an interrupt keeps them
+                        out[key] = self.local._remember(by_key[key], scores)  # noqa: SLF001
+                    bar.update(len(scored))
+        return [out[m.key] for m in mixtures]  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Stop the actors (the Ray cluster itself is left running)."""
+        if self._actors:
+            import ray
+
+            for a in self._actors:
+                ray.kill(a)
+            self._actors = []
+
+    def __enter__(self) -> RayEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------- torchrun
+@contextmanager
+def torchrun_group(device: str | None = None) -> Iterator[bool]:
+    """Join the process group that torchrun/accelerate describe in the environment.
+
+    Yields whether this process is rank 0 (the one that prints). Outside a launcher
+    (``WORLD_SIZE`` unset or 1) it does nothing and yields True.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield True
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield dist.get_rank() == 0
+        return
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield dist.get_rank() == 0
+    finally:
+        dist.destroy_process_group()
+
+
+__all__ = ["RayEvaluator", "connect", "grow_with_ray", "ray_available", "torchrun_group"]

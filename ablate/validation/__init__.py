@@ -1,0 +1,14 @@
+"""Validation: really train models on mixtures and measure how well merging predicts them.
+
+Na et al. (EMNLP 2024): the perplexity of a parameter average of per-partition models
+correlates with the perplexity of a model trained on the same mixture. ``validate`` checks
+that claim on your own pool and eval data and fits a calibration map from proxy to real
+perplexity.
+"""
+
+from ablate.validation.models import ValidationRecord
+from ablate.validation.report import ValidationReport
+from ablate.validation.stats import Calibration
+from ablate.validation.validate import sample_mixtures, validate
+
+__all__ = ["Calibration", "ValidationRecord", "ValidationReport", "sample_mixtures", "validate"]

@@ -1,0 +1,235 @@
+"""What a validation run found, as tables, a report and a scatter plot.
+
+The central table of Na et al. (EMNLP 2024): per eval domain, how well the perplexity of a
+merged proxy predicts the perplexity of a model really trained on the same mixture.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ablate.validation.stats import POOLED, Calibration, CalibrationKind
+from pool.atomic import write_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ablate.validation.models import ValidationRecord
+
+
+@dataclass(frozen=True)
+class ValidationFiles:
+    csv: Path
+    markdown: Path
+    scatter: Path
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Proxy vs real perplexity for validated mixtures, and how well they agree.
+
+    Attributes:
+        pairs: One row per mixture x eval domain: ``mixture``, ``domain``, ``proxy``, ``real``.
+        correlations: Eval domain (plus ``pooled``) x ``pearson``, ``spearman``, ``kendall``, ``n``.
+        intervals: Bootstrap intervals over eval documents, ``<stat>_lo`` / ``<stat>_hi``.
+        gaps: Proxy-minus-real perplexity: ``mean_gap``, ``max_gap`` (largest in size,
+            signed) and ``mean_rel_gap`` (mean of gap / real).
+        records: The really trained models, one per mixture, in mixture order.
+        trained: How many of them this run trained (the rest were reused).
+        level: Coverage of the bootstrap intervals.
+    """
+
+    pairs: pd.DataFrame
+    correlations: pd.DataFrame
+    intervals: pd.DataFrame
+    gaps: pd.DataFrame
+    records: tuple[ValidationRecord, ...]
+    trained: int
+    level: float
+
+    @property
+    def domains(self) -> list[str]:
+        return [d for d in self.correlations.index if d != POOLED]
+
+    @property
+    def mixtures(self) -> int:
+        return len(self.records)
+
+    def calibrate(
+        self, domain: str | None = None, *, kind: CalibrationKind = "linear", level: float = 0.9
+    ) -> Calibration:
+        """Fit a map from proxy to real perplexity on one domain's pairs (all pairs if None)."""
+        rows = self.pairs if domain is None else self.pairs[self.pairs["domain"] == domain]
+        if domain is not None and rows.empty:
+            raise KeyError(f"no eval domain {domain!r}; domains: {', '.join(self.domains)}")
+        return Calibration(
+            kind,
+            domain or POOLED,
+            rows["proxy"].to_numpy(float),
+            rows["real"].to_numpy(float),
+            level=level,
+        )
+
+    def table(self) -> pd.DataFrame:
+        """Correlations with their intervals and the gaps, one row per domain and pooled."""
+        return self.correlations.join(self.intervals).join(self.gaps)
+
+    def json_rows(self) -> list[dict]:
+        """The ``--json`` schema: one record per eval domain and one for ``pooled``."""
+        out = []
+        for d, r in self.correlations.iterrows():
+            out.append(
+                {
+                    "domain": str(d),
+                    **{k: _num(r[k]) for k in ("pearson", "spearman", "kendall")},
+                    "n": int(r["n"]),
+                }
+            )
+        return out
+
+    def summary(self) -> str:
+        """A short text table for people."""
+        lines = [
+            f"{'domain':<16} {'n':>4} {'pearson':>18} {'spearman':>18} {'kendall':>18} {'mean gap':>9}"
+        ]
+        t = self.table()
+        for d, r in t.iterrows():
+            cells = [
+                f"{_fmt(r[s])} [{_fmt(r[s + '_lo'])},{_fmt(r[s + '_hi'])}]"
+                for s in ("pearson", "spearman", "kendall")
+            ]
+            lines.append(
+                f"{str(d)[:16]:<16} {int(r['n']):>4} "
+                + " ".join(f"{c:>18}" for c in cells)
+                + f" {r['mean_gap']:>9.3f}"
+            )
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ files
+    def write(
+        self, out: str | Path, *, title: str = "ablate validation: proxy vs really trained"
+    ) -> ValidationFiles:
+        """Write ``validation.csv``, ``report.md`` and ``scatter.png`` into ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        csv = out / "validation.csv"
+        write_bytes(
+            csv,
+            self.pairs[["mixture", "domain", "proxy", "real"]].to_csv(index=False).encode("utf-8"),
+        )
+        scatter = plot_scatter(self.pairs, out / "scatter.png", title, self.correlations)
+        md = out / "report.md"
+        write_bytes(md, self._markdown(title).encode("utf-8"))
+        return ValidationFiles(csv, md, scatter)
+
+    def _markdown(self, title: str) -> str:
+        pct = f"{100 * self.level:.0f}%"
+        t = self.table()
+        lines = [
+            f"# {title}",
+            "",
+            f"{self.mixtures} mixtures really trained ({self.trained} now, {self.mixtures - self.trained} reused) "
+            f"and compared with their merged proxies on {len(self.domains)} eval domain(s). "
+            f"Brackets: {pct} bootstrap intervals over eval documents. Gap: proxy minus real perplexity.",
+            "",
+            "| domain | n | Pearson | Spearman | Kendall | mean gap | largest gap | mean gap / real |",
+            "|---|---:|---|---|---|---:|---:|---:|",
+        ]
+        for d, r in t.iterrows():
+            cells = [
+                f"{_fmt(r[s])} [{_fmt(r[s + '_lo'])}, {_fmt(r[s + '_hi'])}]"
+                for s in ("pearson", "spearman", "kendall")
+            ]
+            lines.append(
+                f"| {d} | {int(r['n'])} | "
+                + " | ".join(cells)
+                + f" | {r['mean_gap']:.3f} | {r['max_gap']:.3f} | {100 * r['mean_rel_gap']:.2f}% |"
+            )
+        lines += ["", "## Calibration (proxy -> real perplexity)", ""]
+        for domain in [None, *self.domains]:
+            try:
+                lines.append(f"- {self.calibrate(domain).describe()}")
+            except ValueError as e:
+                lines.append(f"- {domain or POOLED}: {e}")
+        lines += [
+            "",
+            "## Mixtures",
+            "",
+            "| mixture | units | tokens | final loss | train time (s) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in self.records:
+            from ablate.mixture import Mixture
+
+            lines.append(
+                f"| {Mixture(r.mixture)} | {len(r.units)} | {r.tokens_seen} | {r.final_loss:.4f} | {r.wall_time_s:.1f} |"
+            )
+        lines += ["", "![proxy vs real perplexity](scatter.png)", ""]
+        return "\n".join(lines)
+
+
+def gap_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and largest proxy-minus-real gap per domain and pooled."""
+    import pandas as pd
+
+    rows = {}
+    groups = [(d, g) for d, g in pairs.groupby("domain", sort=True)] + [(POOLED, pairs)]
+    for d, g in groups:
+        gap = (g["proxy"] - g["real"]).to_numpy()
+        rows[d] = {
+            "mean_gap": float(gap.mean()),
+            "max_gap": float(gap[np.argmax(np.abs(gap))]),
+            "mean_rel_gap": float(np.mean(gap / g["real"].to_numpy())),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("domain")
+
+
+def plot_scatter(
+    pairs: pd.DataFrame, path: Path, title: str, correlations: pd.DataFrame | None = None
+) -> Path:
+    """Proxy vs real perplexity, one colour per eval domain, with the y = x line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for d, g in pairs.groupby("domain", sort=True):
+        label = str(d)
+        if (
+            correlations is not None
+            and d in correlations.index
+            and not math.isnan(correlations.loc[d, "pearson"])
+        ):
+            label += f" (r={correlations.loc[d, 'pearson']:.2f})"
+        ax.scatter(g["proxy"], g["real"], label=label, s=28, alpha=0.8)
+    lo = float(min(pairs["proxy"].min(), pairs["real"].min()))
+    hi = float(max(pairs["proxy"].max(), pairs["real"].max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="real = proxy")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("proxy perplexity (merged pool members)")
+    ax.set_ylabel("real perplexity (trained on the mixture)")
+    if correlations is not None and POOLED in correlations.index:
+        title += f"\npooled Pearson {_fmt(correlations.loc[POOLED, 'pearson'])}, Spearman {_fmt(correlations.loc[POOLED, 'spearman'])}"
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, title="eval domain", title_fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _fmt(x: float) -> str:
+    return "nan" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)

@@ -1,0 +1,189 @@
+"""Mixtures scored per minute: ablate's evaluator vs the way a user would do it without us.
+
+Baseline (mergekit-style, generous: one process, warm page cache): for each mixture read
+the members' safetensors, average them tensor by tensor, ``save_pretrained`` the merged
+model, load it back with ``AutoModelForCausalLM.from_pretrained`` and compute the loss with
+``model(input_ids, labels=...)``. Ours: ``Evaluator.run_many`` over the same mixtures
+(stack loaded once, one fused merge per mixture or one row update in a Gray-code walk,
+``token_nll`` on the final hidden states), with the results store disabled so every
+mixture is really scored.
+
+Both sides score the same eval tokens, so the ratio depends on how the merge/IO cost
+compares with the forward pass: the script prints the per-mixture breakdown and the ratio
+for each eval size given with ``--eval-tokens``.
+
+    python benchmarks/bench_eval.py                        # 8 members of a ~58M Llama, CPU
+    python benchmarks/bench_eval.py --eval-tokens 256 2048 --mixtures 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def build_pool(root: Path, members: int, hidden: int, layers: int, vocab: int, context: int) -> Path:
+    """A pool folder with a random ~50M-parameter Llama seed and ``members`` perturbed members.
+
+    Training is irrelevant to the cost being measured, so members are the seed plus noise,
+    written through the same storage code as trained members.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pool.atomic import staged_dir, write_json
+    from pool.recipe import Recipe
+    from pool.seed import save_pretrained, train_tiny_tokenizer, weights_fingerprint
+    from pool.storage import MemberRecord, PartitionIndex, PoolManifest
+    from pool.tokens import write_partition
+    from pool.weights import save_tensors
+
+    texts = [f"document {i} about topic {i % 7} with words " * 20 for i in range(200)]
+    tok = train_tiny_tokenizer(texts, 1000)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=int(hidden * 2.75), num_hidden_layers=layers,
+        num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=context,
+        tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+    )
+    torch.manual_seed(0)
+    seed = LlamaForCausalLM(cfg)
+    with staged_dir(root / "base") as tmp:
+        save_pretrained(seed, tok, tmp)
+    recipe = Recipe(unit_tokens=10**9, seq_len=context)
+    manifest = PoolManifest(
+        base="tiny", base_path="base", base_sha256=weights_fingerprint(root / "base"), vocab_size=vocab,
+        context=context, token_dtype="uint16", recipe=recipe, created_at="bench",
+    )
+    write_json(root / "pool.json", manifest.model_dump(mode="json"))
+    state = {k: p.detach() for k, p in seed.named_parameters()}
+    for i in range(members):
+        name = f"p{i}"
+        idx: PartitionIndex = write_partition(
+            root / "data" / name, name=name, texts=texts[i::members], sources=["bench"], tokenizer=tok,
+            token_dtype="uint16", unit_tokens=10**9,
+        )
+        g = torch.Generator().manual_seed(i)
+        tensors = {k: (v + 0.01 * torch.randn(v.shape, generator=g)).contiguous() for k, v in state.items()}
+        with staged_dir(root / "members" / name / "0000") as tmp:
+            sha = save_tensors(tensors, tmp / "model.safetensors")
+            rec = MemberRecord(
+                partition=name, unit=0, data_hash=idx.unit_hashes[0], base_sha256=manifest.base_sha256,
+                method="full", recipe=recipe, seed=i, tokens_seen=0, steps=0, final_loss=0.0, loss_curve=(),
+                wall_time_s=0.0, device="cpu", weights_file="model.safetensors", weights_sha256=sha,
+                n_params=sum(t.numel() for t in tensors.values()), created_at="bench",
+            )
+            write_json(tmp / "member.json", rec.model_dump(mode="json"))
+    return root
+
+
+def eval_file(path: Path, tokens: int) -> Path:
+    """Eval documents of about ``tokens`` tokens in total (the tiny tokenizer: ~1 token per char)."""
+    docs = [{"text": ("lorem ipsum dolor sit amet " * 40)[: max(8, tokens // 4)]} for _ in range(4)]
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return path
+
+
+def baseline(pool_dir: Path, mixtures, eval_set, work: Path) -> dict[str, float]:
+    """mergekit-style: merge on disk, reload with transformers, labels= loss."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from pool import Pool
+
+    pool = Pool.open(pool_dir)
+    t = {"merge": 0.0, "save+load": 0.0, "score": 0.0}
+    ctx = pool.manifest.context
+    for mix in mixtures:
+        s = time.perf_counter()
+        names = list(mix.names)
+        w = dict(mix.weights)
+        sds = [load_file(str(pool.weights_path(pool.member(n, 0)))) for n in names]
+        merged = {k: sum(w[n] * sd[k] for n, sd in zip(names, sds)) for k in sds[0]}
+        t["merge"] += time.perf_counter() - s
+        s = time.perf_counter()
+        model = pool.load_base_model()
+        model.load_state_dict(merged, strict=False)
+        out = work / "merged"
+        shutil.rmtree(out, ignore_errors=True)
+        model.save_pretrained(out)
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        t["save+load"] += time.perf_counter() - s
+        s = time.perf_counter()
+        nll = 0.0
+        with torch.inference_mode():
+            for doc in eval_set.docs:
+                doc = torch.as_tensor(doc, dtype=torch.long)
+                for a in range(0, len(doc) - 1, ctx):
+                    x = doc[a : a + ctx + 1][None]
+                    nll += model(input_ids=x, labels=x).loss.item() * (x.shape[1] - 1)
+        t["score"] += time.perf_counter() - s
+    return t
+
+
+def ours(pool_dir: Path, mixtures, eval_set) -> tuple[dict[str, float], float]:
+    from ablate import Evaluator
+
+    s = time.perf_counter()
+    ev = Evaluator(pool_dir, eval_set, store=False, progress=False)
+    ev.merged  # noqa: B018  # load + stack the members once (reported separately)
+    ev._windows  # noqa: B018
+    setup = time.perf_counter() - s
+    s = time.perf_counter()
+    ev.run_many(mixtures, progress=False)
+    return {"total": time.perf_counter() - s}, setup
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--mixtures", type=int, default=6, help="mixtures scored by each side")
+    ap.add_argument("--eval-tokens", type=int, nargs="+", default=[256, 2048])
+    args = ap.parse_args()
+
+    from transformers.utils import logging as hf_logging
+
+    from ablate import EvalSet, Mixture, Pool
+    from ablate.evaluator import gray_subsets
+
+    hf_logging.disable_progress_bar()
+    work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
+    try:
+        pool_dir = build_pool(work / "pool", args.members, args.hidden, args.layers, args.vocab, args.context)
+        pool = Pool.open(pool_dir)
+        n_params = sum(p.numel() for p in pool.load_base_model().parameters())
+        names = sorted(pool.partitions)
+        subsets = [s for s in gray_subsets(len(names)) if len(s) >= 2][: args.mixtures]
+        mixtures = [Mixture.uniform([names[i] for i in s]) for s in subsets]
+        print(f"pool: {args.members} members x {n_params / 1e6:.1f}M parameters (fp32), "
+              f"{args.mixtures} mixtures, torch threads {torch.get_num_threads()}")
+        print(f"{'eval tokens':>11} {'baseline s/mix':>15} {'(merge':>8} {'save+load':>10} {'score)':>8} "
+              f"{'ours s/mix':>11} {'mix/min base':>13} {'mix/min ours':>13} {'ratio':>7}")
+        for tokens in args.eval_tokens:
+            es = EvalSet.load(pool, eval_file(work / f"eval{tokens}.jsonl", tokens))
+            n_tok = sum(len(d) - 1 for d in es.docs)
+            tb = baseline(pool_dir, mixtures, es, work)
+            to, setup = ours(pool_dir, mixtures, es)
+            base_per = sum(tb.values()) / len(mixtures)
+            ours_per = to["total"] / len(mixtures)
+            print(f"{n_tok:>11} {base_per:>15.2f} {tb['merge'] / len(mixtures):>8.2f} "
+                  f"{tb['save+load'] / len(mixtures):>10.2f} {tb['score'] / len(mixtures):>8.2f} "
+                  f"{ours_per:>11.3f} {60 / base_per:>13.1f} {60 / ours_per:>13.1f} {base_per / ours_per:>6.1f}x")
+        print(f"(ours, once per study: load + stack members {setup:.1f}s; target: ratio >= 10x)")
+        print("ratio = baseline seconds per mixture / ours; both score the same tokens in the same windows")
+        assert math.isfinite(base_per)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""`ablate demo` end to end on a reduced setting, and its reuse of everything built."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support import run_cli
+
+from ablate.demo import QUICK, stdlib_corpus
+
+
+def test_stdlib_corpus_has_code_and_prose():
+    parts, seed = stdlib_corpus(QUICK.packages)
+    assert set(parts) == {*QUICK.packages, "docs"}
+    assert all(len(docs) > 10 for docs in parts.values()) and len(seed) > 10
+    assert "import " in parts["asyncio"][0] and "statement" in parts["docs"][0]
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_and_reuses(tmp_path):
+    out = tmp_path / "demo"
+    r = run_cli("demo", "--quick", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "best per domain" in r.stdout
+    report = (out / "report.md").read_text()
+    assert "Ranked by macro perplexity" in report and "asyncio+docs+email" in report
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    members = {p: p.stat().st_mtime_ns for p in (out / "pool" / "members").rglob("member.json")}
+    assert len(members) == 3  # one member per partition
+    rows = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
+    assert {x["domain"] for x in rows} == {*QUICK.packages, "docs"}
+
+    again = run_cli("demo", "--quick", "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert "reusing the demo pool" in again.stdout and "growing" not in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in (out / "pool" / "members").rglob("member.json")} == members
