@@ -12,6 +12,8 @@ check_rooms()
 from ablate.evalset import EvalSet  # noqa: E402
 from ablate.evaluator import DomainScore, EvalResult, Evaluator, results_frame  # noqa: E402
 from ablate.mixture import Mixture, MixtureError  # noqa: E402
+from ablate.search import Study, search  # noqa: E402  (shadows the subpackage name: use `from ablate.search import ...`)
+from ablate.validation import ValidationReport, validate  # noqa: E402
 from pool import AblateError, LoraSpec, Pool, Recipe, TinyModelSpec  # noqa: E402
 
 __version__ = "0.1.0"
@@ -27,6 +29,10 @@ __all__ = [
     "MixtureError",
     "Pool",
     "Recipe",
+    "Study",
     "TinyModelSpec",
+    "ValidationReport",
     "results_frame",
+    "search",
+    "validate",
 ]

@@ -1,4 +1,4 @@
-"""The ``ablate`` command line: ``pool init|add|grow|ls|verify``, ``eval``, ``validate``, ``demo``.
+"""The ``ablate`` command line: ``pool init|add|grow|ls|verify``, ``eval``, ``search``, ``validate``, ``demo``.
 
 Each command parses, validates, calls one public function, prints (a table for people,
 ``--json`` for machines) and returns an exit code. Errors the user caused print one line
@@ -8,6 +8,7 @@ and exit 2; an interrupt exits 130 and says how to resume.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -18,6 +19,17 @@ from pool.recipe import LoraSpec, Recipe, TinyModelSpec
 
 EXIT_USER = 2
 EXIT_INTERRUPTED = 130
+
+# OS errors that describe the machine, not a bug: one line and how to fix it, no traceback.
+# Writes are atomic (pool.atomic), so whatever was written before the failure is intact.
+_DISK_FIXES = {
+    errno.ENOSPC: "free some disk space and run the same command again",
+    errno.EDQUOT: "free some space within your disk quota and run the same command again",
+    errno.EROFS: "the filesystem is read-only; use a writable location",
+    errno.EACCES: "check the permissions of that path",
+    errno.EPERM: "check the permissions of that path",
+    errno.EIO: "the disk reported an I/O error; check it (e.g. `ablate pool verify`)",
+}
 
 # CLI flag -> (model, field). Help text and choices come from the field, defined once.
 _RECIPE_FLAGS = {
@@ -257,6 +269,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from ablate.evaluator import Evaluator
+    from ablate.search import search
+
+    ev = Evaluator(
+        args.pool, args.eval_data, by=args.eval_by, text_field=args.text_field,
+        device=args.device, progress=not args.quiet,
+    )
+    study = search(
+        ev, target=args.target, strategy=args.strategy, budget=args.budget, max_size=args.max_size,
+        require=args.require or (), exclude=args.exclude or (), continuous=args.continuous,
+        storage=args.storage, study_name=args.study_name, heldout=args.heldout, seed=args.seed,
+    )
+    if args.plot:
+        study.plot(args.plot)
+    if args.json:
+        print(json.dumps(study.to_json(), indent=1))
+        return 0
+    frame, domains = study.frame, list(study.domains)
+    print(f"{'rank':>4}  {'mixture':<40} {'score':>10} " + " ".join(f"{d[:12]:>12}" for d in domains))
+    for rank, row in frame.head(args.top).iterrows():
+        cells = " ".join(f"{row[f'ppl:{d}']:>12.3f}" for d in domains)
+        print(f"{rank:>4}  {row['mixture'][:40]:<40} {row['score']:>10.3f} {cells}")
+    b = study.best
+    if b is not None:
+        held = "" if b.heldout_score is None else f", held-out {b.heldout_score:.3f}"
+        print(f"best ({args.target}): {b.mixture}  score {b.score:.3f}{held}")
+    print(f"{study.evaluations} mixture(s) evaluated by {study.strategy}")
+    for note in study.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ablate.demo import run_demo
 
@@ -352,6 +397,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.set_defaults(func=cmd_validate)
 
+    from ablate.search import STRATEGIES
+
+    p = sub.add_parser("search", help="search mixtures for the one that minimises a target perplexity")
+    p.add_argument("pool")
+    p.add_argument("--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)")
+    p.add_argument("--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--target", default="macro", help="macro (default), DOMAIN[,DOMAIN...] or weighted:DOMAIN=W,...")
+    p.add_argument(
+        "--strategy", default="tpe", choices=sorted(STRATEGIES),
+        help="; ".join(f"{k}: {v.summary}" for k, v in sorted(STRATEGIES.items())),
+    )
+    p.add_argument("--budget", type=int, default=None, help="most mixtures to evaluate (default: 50; exhaustive: all)")
+    p.add_argument("--max-size", type=int, default=None, help="most partitions per mixture")
+    p.add_argument("--require", nargs="+", metavar="NAME", help="partitions every mixture must contain")
+    p.add_argument("--exclude", nargs="+", metavar="NAME", help="partitions no mixture may contain")
+    p.add_argument("--continuous", action="store_true", help="search weights on the simplex, not subsets")
+    p.add_argument("--storage", default=None, metavar="URL", help="Optuna RDB storage shared by workers, e.g. sqlite:///study.db")
+    p.add_argument("--study-name", default=None, help="Optuna study name (default: derived from pool, eval data, target)")
+    p.add_argument("--heldout", type=float, default=None, metavar="F", help="eval docs kept out of the search (default: 0.25 if enough)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=10, help="rows of the ranked table to print")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write the search plot here")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"))
+    p.set_defaults(func=cmd_search)
+
     p = sub.add_parser("demo", help="the whole loop on Python's own standard library (no download)")
     p.add_argument("--out", default="ablate-demo", help="folder for the pool, report.md and heatmap.png")
     p.add_argument("--quick", action="store_true", help="smaller settings (tests, a first look)")
@@ -386,6 +458,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ablate: interrupted; finished work is saved - run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:
+        fix = _DISK_FIXES.get(e.errno)
+        if fix is None:  # not the machine's state: a bug, keep the traceback
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"ablate: error: {e.strerror}{where}; {fix} - finished work is kept", file=sys.stderr)
+        return EXIT_USER
 
 
 if __name__ == "__main__":

@@ -248,6 +248,8 @@ class RayEvaluator:
             store=store,
             progress=progress,
         )
+        if device == "cuda" and gpus_per_worker == 0:
+            gpus_per_worker = 1.0  # Ray hides every GPU from an actor that asked for none
         self.workers = workers
         self.address = address
         self.device = device if device is not None else ("cuda" if gpus_per_worker > 0 else "cpu")

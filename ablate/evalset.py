@@ -8,6 +8,7 @@ byte so that numbers compare across tokenizers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pool import Pool
-from pool.atomic import sha256_json, staged_dir, write_json
+from pool.atomic import sha256_file, sha256_json, staged_dir, write_json
 from pool.corpus import read_documents
 from pool.errors import DataError
 from pool.tokens import content_hash, encode_documents
@@ -26,6 +27,23 @@ log = logging.getLogger(__name__)
 
 ALL = "all"  # the single domain's name when --eval-by is not given
 IGNORE = -100
+
+
+_CACHE_FILES = ("tokens.npy", "offsets.npy")
+
+
+def _read_cache(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cached (tokens, offsets), or None when a file is damaged: a bad cache would score wrong
+    tokens silently, and rebuilding it costs one tokenization."""
+    try:
+        meta = json.loads((cache / "meta.json").read_text(encoding="utf-8"))
+        ok = all(sha256_file(cache / f) == meta["sha256"][f] for f in _CACHE_FILES)
+        if ok:
+            return np.load(cache / "tokens.npy"), np.load(cache / "offsets.npy")
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable, not JSON, older format
+        pass
+    log.warning("eval cache %s is damaged or stale; tokenizing the eval set again", cache)
+    return None
 
 
 @dataclass(frozen=True)
@@ -75,17 +93,20 @@ class EvalSet:
         doc_domain = np.asarray([domains.index(x) for x in labels], dtype=np.int64)
         doc_bytes = np.asarray([len(t.encode("utf-8")) for t in texts], dtype=np.int64)
         cache = pool.path / "eval_cache" / fp[:24]
-        if (cache / "meta.json").is_file():
-            tokens, offsets = np.load(cache / "tokens.npy"), np.load(cache / "offsets.npy")
+        cached = _read_cache(cache) if (cache / "meta.json").is_file() else None
+        if cached is not None:
+            tokens, offsets = cached
         else:
             encoded = encode_documents(pool.tokenizer, texts)
             offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
             np.cumsum([len(e) for e in encoded], out=offsets[1:])
             tokens = np.concatenate(encoded)
-            with staged_dir(cache) as tmp:
+            with staged_dir(cache) as tmp:  # replaces a damaged cache folder in one rename
                 np.save(tmp / "tokens.npy", tokens)
                 np.save(tmp / "offsets.npy", offsets)
-                write_json(tmp / "meta.json", {"fingerprint": fp, "domains": list(domains), "docs": len(texts)})
+                sha = {f: sha256_file(tmp / f) for f in _CACHE_FILES}
+                meta = {"fingerprint": fp, "domains": list(domains), "docs": len(texts), "sha256": sha}
+                write_json(tmp / "meta.json", meta)
         split = tuple(tokens[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
         return cls(domains, split, doc_domain, doc_bytes, fp)
 
@@ -125,7 +146,7 @@ class EvalSet:
     def windows(self, context: int, pad_id: int) -> Windows:
         """Cut every document into non-overlapping windows of ``context`` tokens."""
         inputs, targets, dom = [], [], []
-        for doc, d in zip(self.docs, self.doc_domain):
+        for doc, d in zip(self.docs, self.doc_domain, strict=True):
             doc = np.asarray(doc, dtype=np.int64)
             for start in range(0, len(doc) - 1, context):
                 x = doc[start : start + context]

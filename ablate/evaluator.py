@@ -264,7 +264,7 @@ class Evaluator:
         with torch.inference_mode():
             for s in range(0, inputs.shape[0], per_batch):
                 x, y = inputs[s : s + per_batch], targets[s : s + per_batch]  # (B, C)
-                hidden = body(input_ids=x).last_hidden_state  # (B, C, H)
+                hidden = body(input_ids=x, use_cache=False).last_hidden_state  # (B, C, H)
                 tok = kernels.token_nll(
                     hidden.flatten(0, 1), head.weight, y.flatten(),
                     bias=head.bias, logit_scale=scale, softcap=softcap,

@@ -88,6 +88,9 @@ class MergedModel:
             p.requires_grad_(False)
         self.chunked = False
         self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
+        # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
+        # so mixtures without it still merge; a merge that needs it raises that reason.
+        self.unusable: dict[int, str] = {}
         if self.method == "lora":
             self._sites = self._load_lora(progress)
             return
@@ -97,7 +100,7 @@ class MergedModel:
             self.stack = self._load_full(progress)
             return
         self.chunked = True
-        self._mapped = [self._map(rec) for rec in self.members]  # N x [tensor (numel,)], mmap-backed
+        self._mapped = [self._map_or_zeros(i, rec) for i, rec in enumerate(self.members)]  # N x [(numel,)]
         self._starts = [a for a, _ in self._offsets.values()]
         cols = min(numel, max(MIN_CHUNK_COLS, budget // (len(self.members) * self.flat.element_size())))
         self._stage = torch.empty(len(self.members), cols, dtype=dtype, device=device)  # (N, cols)
@@ -126,9 +129,10 @@ class MergedModel:
                 f"(unexpected {extra}, missing {lacking}); delete it and run `ablate pool grow`"
             )
         flat = []
-        for name, (a, b) in self._offsets.items():
+        shapes = {name: tuple(p.shape) for name, p in self._params}
+        for name in self._offsets:
             t = tensors[name]
-            if t.numel() != b - a:
+            if tuple(t.shape) != shapes[name]:  # not just numel: a transposed weight is foreign too
                 raise CorruptMemberError(
                     f"member {rec.member_id}: tensor {name} has shape {tuple(t.shape)}, "
                     "which does not match the seed model; delete it and regrow"
@@ -136,12 +140,29 @@ class MergedModel:
             flat.append(t.reshape(-1))  # (numel,)
         return flat
 
+    def _unusable(self, i: int, err: CorruptMemberError) -> None:
+        self.unusable[i] = str(err)
+        log.info("member %s cannot be used and is left out: %s", self.members[i].member_id, err)
+
+    def _map_or_zeros(self, i: int, rec: MemberRecord) -> list[torch.Tensor]:
+        """``_map``, or zeros for a member that fails its checks (recorded in ``unusable``)."""
+        try:
+            return self._map(rec)
+        except CorruptMemberError as e:
+            self._unusable(i, e)
+            return [torch.zeros(b - a, dtype=self.flat.dtype) for a, b in self._offsets.values()]
+
+    def _check_usable(self, rows: Sequence[int]) -> None:
+        for r in rows:
+            if r in self.unusable:
+                raise CorruptMemberError(self.unusable[r])
+
     def _load_full(self, progress: bool) -> torch.Tensor:
         from tqdm.auto import tqdm
 
         stack = torch.empty(len(self.members), self.flat.numel(), dtype=self.flat.dtype, device=self.device)
         for i, rec in enumerate(tqdm(self.members, desc="load members", disable=not progress, leave=False)):
-            for t, (a, b) in zip(self._map(rec), self._offsets.values()):
+            for t, (a, b) in zip(self._map_or_zeros(i, rec), self._offsets.values(), strict=True):
                 stack[i, a:b].copy_(t)
         return stack
 
@@ -149,9 +170,17 @@ class MergedModel:
         from tqdm.auto import tqdm
 
         spec = self.pool.manifest.recipe.lora
-        per_member = [
-            self._read(rec) for rec in tqdm(self.members, desc="load adapters", disable=not progress, leave=False)
-        ]
+        per_member: list[dict[str, torch.Tensor] | None] = []
+        for i, rec in enumerate(tqdm(self.members, desc="load adapters", disable=not progress, leave=False)):
+            try:
+                per_member.append(self._read(rec))
+            except CorruptMemberError as e:
+                self._unusable(i, e)
+                per_member.append(None)
+        good = next((m for m in per_member if m is not None), None)
+        if good is None:
+            self._check_usable([0])  # no member loads: say why the first one does not
+        per_member = [m if m is not None else {k: torch.zeros_like(v) for k, v in good.items()} for m in per_member]
         params = dict(self._params)
         sites = []
         for key in sorted(k for k in per_member[0] if k.endswith("lora_A.weight")):
@@ -182,6 +211,8 @@ class MergedModel:
     # ------------------------------------------------------------------ merging
     def merge(self, weights: torch.Tensor) -> None:
         """Write sum_i weights[i] * member_i into the skeleton (weights: fp32 [N])."""
+        if self.unusable:
+            self._check_usable([r for r in self.unusable if float(weights[r]) != 0.0])
         if self.method == "lora":
             with torch.no_grad():
                 for s in self._sites:
@@ -198,6 +229,7 @@ class MergedModel:
 
     def add_member_(self, out: torch.Tensor, row: int, alpha: float = 1.0) -> None:
         """``out += alpha * member[row]`` (out: [P] on the device); subset walks patch with it."""
+        self._check_usable([row])
         if not self.chunked:
             out.add_(self.stack[row], alpha=alpha)
             return
@@ -206,6 +238,7 @@ class MergedModel:
 
     def member_row(self, row: int) -> torch.Tensor:
         """One member's flat parameters [P] on the device (a view of the stack when it is in memory)."""
+        self._check_usable([row])
         if not self.chunked:
             return self.stack[row]
         out = torch.zeros_like(self.flat)

@@ -59,7 +59,16 @@ class Mixture:
             raise MixtureError("a mixture needs at least one partition with a positive weight")
         if not math.isfinite(total):
             raise MixtureError("mixture weights are too large to normalise; use relative weights like a=1,b=3")
-        return cls(tuple(sorted((n, round(w / total, _DIGITS)) for n, w in clean.items())))
+        # Whole parts per 10**_DIGITS that sum to exactly 10**_DIGITS (largest remainder,
+        # ties by name): the key's weights then already sum to one, so parsing the key back
+        # normalises nothing and gives the same mixture (plain rounding drifts by 1e-12).
+        scale = 10**_DIGITS
+        exact = {n: w / total * scale for n, w in clean.items()}
+        parts = {n: math.floor(x) for n, x in exact.items()}
+        missing = max(0, scale - sum(parts.values()))  # < len(parts): each floor lost < 1 part
+        for n in sorted(exact, key=lambda n: (parts[n] - exact[n], n))[:missing]:
+            parts[n] += 1
+        return cls(tuple(sorted((n, u / scale) for n, u in parts.items() if u > 0)))
 
     @classmethod
     def uniform(cls, names: Iterable[str]) -> Mixture:

@@ -35,14 +35,14 @@ def best_per_domain(frame: pd.DataFrame) -> pd.DataFrame:
 
 def plot_heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
     """Perplexity relative to each domain's best (1.0 = best), mixtures x domains."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot) renders headless without switching the process's backend,
+    # so notebooks that call this keep their inline plots.
+    from matplotlib.figure import Figure
 
     table = ranked(frame)
     rel = table / table.min(axis=0)
-    fig, ax = plt.subplots(figsize=(1.2 * len(rel.columns) + 4, 0.22 * len(rel) + 2))
+    fig = Figure(figsize=(1.2 * len(rel.columns) + 4, 0.22 * len(rel) + 2))
+    ax = fig.subplots()
     im = ax.imshow(rel.to_numpy(), aspect="auto", cmap="viridis_r")
     ax.set_xticks(range(len(rel.columns)), rel.columns, rotation=30, ha="right")
     ax.set_yticks(range(len(rel)), rel.index, fontsize=7)
@@ -53,7 +53,6 @@ def plot_heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(path)
     return path
 

@@ -65,12 +65,18 @@ class ResultsStore:
         """Store all domains of one mixture in one transaction (all or nothing)."""
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         text = json.dumps(dict(mixture), sort_keys=True)
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
-                [(pool_key, eval_key, mixture_key, d, text, t, n, b, now) for d, (t, n, b) in rows.items()],
-            )
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
+                    [(pool_key, eval_key, mixture_key, d, text, t, n, b, now) for d, (t, n, b) in rows.items()],
+                )
+        except sqlite3.OperationalError as e:  # disk full, I/O error, locked past the busy timeout
+            raise PoolError(
+                f"cannot write to results store {self.path} ({e}); scores stored before are kept - "
+                "fix the cause and run again"
+            ) from None
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(DISTINCT pool_key || eval_key || mixture_key) FROM results").fetchone()[0]

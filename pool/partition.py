@@ -57,6 +57,15 @@ def _name_problem(name: Any) -> str | None:
     return None
 
 
+def _shown(name: Any, limit: int = 70) -> str:
+    """``repr`` of a name for an error message, cut short: a 100 kB name is not echoed back."""
+    text = repr(name)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(name)} characters)" if isinstance(name, str) else ""
+    return f"{text[: limit - 5]}...{text[-1]}{size}"
+
+
 def validate_partition_name(name: str) -> str:
     """Return ``name`` if it is safe to use as a folder name in the pool.
 
@@ -65,7 +74,7 @@ def validate_partition_name(name: str) -> str:
     """
     problem = _name_problem(name)
     if problem is not None:
-        raise DataError(f"invalid partition name {name!r}: {problem}; {_NAME_RULE}")
+        raise DataError(f"invalid partition name {_shown(name)}: {problem}; {_NAME_RULE}")
     return name
 
 
@@ -124,7 +133,7 @@ def partition_documents(
         problem = _name_problem(name)
         if problem is not None:
             raise DataError(
-                f"invalid partition name {name!r}: {problem}; choose another name ({_NAME_RULE})"
+                f"invalid partition name {_shown(name)}: {problem}; choose another name ({_NAME_RULE})"
             )
         groups = {name: list(docs)}
 
@@ -159,7 +168,7 @@ def _group_by_field(docs: Sequence[Document], by: str) -> dict[str, list[Documen
             problem = _name_problem(key)
             if problem is not None:
                 raise DataError(
-                    f"{doc.source}: {by!r} value {key!r} is not a valid partition name: {problem}; "
+                    f"{doc.source}: {by!r} value {_shown(key)} is not a valid partition name: {problem}; "
                     f"rename it in the data ({_NAME_RULE})"
                 )
             groups[key] = []
@@ -185,7 +194,7 @@ def _group_by_folder(docs: Sequence[Document]) -> dict[str, list[Document]]:
             problem = _name_problem(folder)
             if problem is not None:
                 raise DataError(
-                    f"{doc.source}: folder {folder!r} is not a valid partition name: {problem}; "
+                    f"{doc.source}: folder {_shown(folder)} is not a valid partition name: {problem}; "
                     f"rename the folder ({_NAME_RULE})"
                 )
             groups[folder] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import shutil
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -351,8 +352,10 @@ class Pool:
             except Timeout:
                 log.warning("member %s is being trained by another process; skipped", ref.member_id)
         try:
-            # Another run may have finished it between our `missing()` and the lock.
-            if not broadcast_from_main(held and self.member(ref.partition, ref.unit) is None):
+            # Another run may have finished it between our `missing()` and the lock. A member
+            # left from older data under the same name is not finished: it is replaced.
+            done = self.member(ref.partition, ref.unit) if held else None
+            if not broadcast_from_main(held and (done is None or done.data_hash != ref.data_hash)):
                 return None
             if base_state is not None:
                 base.load_state_dict(base_state)
@@ -392,7 +395,11 @@ class Pool:
         tensors = trained_tensors(model, recipe.method)
         weights_file = LORA_FILE if recipe.method == "lora" else FULL_FILE
         folder = self.member_folder(ref.partition, ref.unit)
-        remove_stale_temporaries(folder.parent)
+        # Only this member's leftovers: we hold its lock, while other processes may be
+        # staging the partition's other units in the same folder right now.
+        for child in folder.parent.glob(f".{folder.name}.*"):
+            if child.is_dir() and child.name.endswith((".tmp", ".old")):
+                shutil.rmtree(child, ignore_errors=True)
         with staged_dir(folder) as tmp:
             sha = save_tensors(tensors, tmp / weights_file)
             rec = MemberRecord(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ablate.mixture import Mixture
-from pool.atomic import remove_stale_temporaries, sha256_json, staged_dir, write_json
+from pool.atomic import sha256_json, staged_dir, write_json
 from pool.errors import CorruptMemberError, PoolError
 from pool.recipe import Recipe
 from pool.storage import member_id, read_record
@@ -137,7 +137,6 @@ def ensure_trained(
     pool = ev.pool
     root = pool.path / VALIDATION_DIR
     root.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(root)
     records: dict[str, ValidationRecord] = {}
     todo = []
     for plan in plans:
@@ -156,6 +155,7 @@ def ensure_trained(
             with FileLock(str(root / f".{plan.key}.lock")):
                 rec = read_validation(pool, plan.key)  # another run may have finished it meanwhile
                 if rec is None:
+                    _remove_leftovers(root, plan.key)  # of an interrupted run; we hold the lock
                     if base is None:
                         base = pool.load_base_model(check=True)
                         base_state = {k: v.clone() for k, v in base.state_dict().items()}
@@ -246,7 +246,14 @@ def load_into(ev: Evaluator, rec: ValidationRecord) -> None:
     from pool.weights import load_tensors
 
     pool = ev.pool
-    tensors = load_tensors(folder_of(pool, rec.key) / rec.weights_file, sha256=rec.weights_sha256)
+    folder = folder_of(pool, rec.key)
+    try:
+        tensors = load_tensors(folder / rec.weights_file, sha256=rec.weights_sha256)
+    except CorruptMemberError:
+        raise CorruptMemberError(
+            f"validation model {folder} is missing, corrupt or modified (sha256 mismatch); "
+            "delete that folder and run again to retrain it"
+        ) from None
     if rec.method == "lora":
         tensors = _lora_to_full(pool, tensors)
     params = dict(ev.merged.model.named_parameters())
@@ -254,7 +261,7 @@ def load_into(ev: Evaluator, rec: ValidationRecord) -> None:
         odd = sorted(set(tensors) ^ set(params))[:3]
         raise CorruptMemberError(
             f"validation model {rec.key} does not match the seed model's architecture ({odd}); "
-            f"delete {folder_of(pool, rec.key)} and run again"
+            f"delete {folder} and run again"
         )
     with torch.no_grad():
         for name, p in params.items():
@@ -271,6 +278,15 @@ def _lora_to_full(pool: Pool, adapter: dict[str, torch.Tensor]) -> dict[str, tor
     set_peft_model_state_dict(model, adapter)
     plain = model.merge_and_unload()
     return {k: p.detach() for k, p in plain.named_parameters()}
+
+
+def _remove_leftovers(root: Path, key: str) -> None:
+    """Delete half-written folders of ``key`` (staged_dir's ``.<key>.*.tmp``/``.old``)."""
+    import shutil
+
+    for child in root.glob(f".{key}.*"):
+        if child.is_dir() and child.name.endswith((".tmp", ".old")):
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def _now() -> str:

@@ -2,8 +2,10 @@
 
 The evaluator sums token NLL per eval domain; confidence intervals for the proxy-vs-real
 correlations of Na et al. (EMNLP 2024) need the same sums per *document*, so that eval
-documents can be resampled. This module reuses the evaluator's windows and fused
-``kernels.token_nll`` path and only changes where the sums go.
+documents can be resampled. Rather than copying the scoring loop, a second evaluator sees
+the same documents with every document as its own "domain" and shares the first one's
+loaded members and model skeleton: ``score_current`` then returns per-document sums through
+exactly the evaluator's windows and fused ``kernels.token_nll`` path.
 """
 
 from __future__ import annotations
@@ -39,49 +41,46 @@ class DocScores:
         }
 
 
-def window_documents(eval_set: EvalSet, context: int) -> np.ndarray:
-    """Document index of every scoring window ``(W,)``, cut exactly as ``EvalSet.windows``."""
-    # EvalSet.windows starts a window at 0, context, 2*context, ... < len(doc) - 1.
-    counts = [len(range(0, len(doc) - 1, context)) for doc in eval_set.docs]
-    return np.repeat(np.arange(len(counts)), counts)
+def _doc_name(i: int, n: int) -> str:
+    return f"doc{i:0{len(str(n))}d}"  # zero-padded: sorted names keep document order
 
 
-def score_documents(ev: Evaluator) -> DocScores:
-    """Score whatever weights ``ev``'s skeleton holds now, per eval document."""
-    import torch
+def document_evaluator(ev: Evaluator) -> Evaluator:
+    """An evaluator over ``ev``'s documents, one domain per document, sharing ``ev``'s model.
 
-    import kernels
+    Whatever weights ``ev.merged`` holds (a merge, or a real model loaded into it),
+    ``document_evaluator(ev).score_current()`` scores them per document.
+    """
+    from ablate.evalset import EvalSet
+    from ablate.evaluator import Evaluator
+    from pool.atomic import sha256_json
 
-    model = ev.merged.model
-    body = model.base_model
-    head = model.get_output_embeddings()
-    cfg = model.config
-    softcap = getattr(cfg, "final_logit_softcapping", None)
-    scale = float(getattr(cfg, "logit_scale", None) or 1.0)
-    inputs, targets, _ = ev._windows  # noqa: SLF001  (the evaluator's cached windows)
-    doc_of = window_documents(ev.eval_set, ev.pool.manifest.context)
-    if len(doc_of) != inputs.shape[0]:
-        raise RuntimeError(
-            f"window/document mapping is out of step ({len(doc_of)} vs {inputs.shape[0]} windows)"
-        )
-    window_nll = torch.zeros(inputs.shape[0], dtype=torch.float64, device=inputs.device)  # (W,)
-    per_batch = max(1, ev.batch_tokens // inputs.shape[1])
-    with torch.inference_mode():
-        for s in range(0, inputs.shape[0], per_batch):
-            x, y = inputs[s : s + per_batch], targets[s : s + per_batch]  # (B, C)
-            hidden = body(input_ids=x).last_hidden_state  # (B, C, H)
-            tok = kernels.token_nll(
-                hidden.flatten(0, 1),
-                head.weight,
-                y.flatten(),
-                bias=head.bias,
-                logit_scale=scale,
-                softcap=softcap,
-            )  # (B*C,) fp32, 0 at ignored targets
-            window_nll[s : s + per_batch] = tok.view(x.shape).sum(1).double()
-    window_tokens = (targets != -100).sum(1).cpu().numpy()  # (W,)
-    n_docs = len(ev.eval_set.docs)
+    es = ev.eval_set
+    n = len(es.docs)
+    per_doc = EvalSet(
+        domains=tuple(_doc_name(i, n) for i in range(n)),
+        docs=es.docs,
+        doc_domain=np.arange(n, dtype=np.int64),
+        doc_bytes=es.doc_bytes,
+        fingerprint=sha256_json({"parent": es.fingerprint, "per": "document"}),
+    )
+    doc_ev = Evaluator(
+        ev.pool,
+        per_doc,
+        device=ev.device_name,
+        batch_tokens=ev.batch_tokens,
+        store=False,
+        progress=False,
+    )
+    doc_ev.__dict__["merged"] = ev.merged  # share the loaded stack and skeleton (a cached_property)
+    return doc_ev
+
+
+def score_documents(doc_ev: Evaluator) -> DocScores:
+    """Score the shared skeleton's current weights per document (``doc_ev`` from ``document_evaluator``)."""
+    scores = doc_ev.score_current()
+    names = doc_ev.eval_set.domains  # in document order
     return DocScores(
-        nll=np.bincount(doc_of, weights=window_nll.cpu().numpy(), minlength=n_docs),
-        tokens=np.bincount(doc_of, weights=window_tokens, minlength=n_docs).astype(np.int64),
+        nll=np.array([scores[d].nll for d in names], dtype=np.float64),
+        tokens=np.array([scores[d].tokens for d in names], dtype=np.int64),
     )

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 POOLED = "pooled"
-_KENDALL_CHUNK = 256  # bootstrap replicates per (B, n, n) sign tensor: bounds memory at n ~ 300
+_KENDALL_ELEMENTS = 1 << 22  # elements per (b, n, n) sign tensor: ~32 MiB of float64 at a time
 
 
 # ---------------------------------------------------------------------- correlations
@@ -62,14 +62,15 @@ def batched_kendall(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Kendall tau-b of each row pair (ties handled as scipy does), ``(B, n)`` -> ``(B,)``."""
     out = np.empty(x.shape[0])
     iu = np.triu_indices(x.shape[1], k=1)
-    for s in range(0, x.shape[0], _KENDALL_CHUNK):
-        xs, ys = x[s : s + _KENDALL_CHUNK], y[s : s + _KENDALL_CHUNK]
+    chunk = max(1, _KENDALL_ELEMENTS // max(1, x.shape[1] ** 2))
+    for s in range(0, x.shape[0], chunk):
+        xs, ys = x[s : s + chunk], y[s : s + chunk]
         dx = np.sign(xs[:, :, None] - xs[:, None, :])[:, iu[0], iu[1]]  # (b, n(n-1)/2)
         dy = np.sign(ys[:, :, None] - ys[:, None, :])[:, iu[0], iu[1]]
         num = (dx * dy).sum(1)
         den = np.sqrt((dx != 0).sum(1) * (dy != 0).sum(1))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[s : s + _KENDALL_CHUNK] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+            out[s : s + chunk] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
     return out
 
 

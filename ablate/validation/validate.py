@@ -89,7 +89,7 @@ def validate(
 
     from ablate.evaluator import as_mixture
     from ablate.validation.models import ensure_trained, load_into, plan_for
-    from ablate.validation.scoring import score_documents
+    from ablate.validation.scoring import document_evaluator, score_documents
 
     if (mixtures is None) == (sample is None):
         raise MixtureError("say what to validate: mixtures=[...] or sample=N (not both)")
@@ -106,13 +106,14 @@ def validate(
     records, trained = ensure_trained(ev, plans, progress=show, device=device or ev.device_name)
 
     eval_set = ev.eval_set
+    doc_ev = document_evaluator(ev)
     proxy_docs, real_docs, rows = [], [], []
     for m, rec in zip(chosen, records, strict=True):
         proxy = ev.evaluate(m)  # the simulator's answer (and into the results store)
         ev.merged.merge(torch.from_numpy(ev.member_weights(m)).float())
-        p_docs = score_documents(ev)
+        p_docs = score_documents(doc_ev)
         load_into(ev, rec)
-        r_docs = score_documents(ev)
+        r_docs = score_documents(doc_ev)
         real = r_docs.domain_totals(eval_set)
         proxy_docs.append(p_docs.nll)
         real_docs.append(r_docs.nll)

@@ -3,14 +3,13 @@
     python inject.py FAULT N -- pool grow POOL ...
 
 FAULT names a critical moment in a write; the fault fires on its N-th occurrence (1-based).
-``kill-*`` faults SIGKILL the process (no ``finally``, no ``atexit``: the harshest crash a
-pool can see); ``enospc-*`` and ``disk-full-*`` make a write fail as a full disk would.
+Every fault SIGKILLs the process (no ``finally``, no ``atexit``: the harshest crash a pool
+can see). Full-disk faults need no new process and live in ``test_disk_full.py``.
 The hooks patch library seams from the outside, so product code carries no test hooks.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -47,12 +46,9 @@ def _nth(n: int) -> Callable[[], bool]:
     return hit
 
 
-def _enospc(filename: object = None) -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if filename is None else str(filename))
-
-
-def _patch_save_file(after_write: Callable[[str], None], n: int) -> None:
-    """Wrap safetensors' ``save_file`` (what member writes go through)."""
+@fault("kill-in-member-save")
+def _kill_in_member_save(n: int) -> None:
+    """Kill with half of a member's safetensors file on disk (what a crash mid-write leaves)."""
     import safetensors.torch as st
 
     real, hit = st.save_file, _nth(n)
@@ -60,23 +56,10 @@ def _patch_save_file(after_write: Callable[[str], None], n: int) -> None:
     def save_file(tensors: Any, filename: Any, metadata: Any = None) -> None:
         real(tensors, filename, metadata=metadata)
         if hit():
-            os.truncate(filename, os.path.getsize(filename) // 2)  # a half-flushed write
-            after_write(str(filename))
+            os.truncate(filename, os.path.getsize(filename) // 2)
+            _die()
 
     st.save_file = save_file
-
-
-@fault("kill-in-member-save")
-def _kill_in_member_save(n: int) -> None:
-    _patch_save_file(lambda _: _die(), n)
-
-
-@fault("enospc-in-member-save")
-def _enospc_in_member_save(n: int) -> None:
-    def fail(filename: str) -> None:
-        raise _enospc(filename)
-
-    _patch_save_file(fail, n)
 
 
 @fault("kill-at-publish")
@@ -109,15 +92,15 @@ def _kill_in_tokenize(n: int) -> None:
 
 
 class _Connection:
-    """A sqlite3 connection whose n-th ``executemany`` is followed by ``then()``."""
+    """A sqlite3 connection that dies after its n-th ``executemany``, before the commit."""
 
-    def __init__(self, db: Any, then: Callable[[], None], hit: Callable[[], bool]):
-        self._db, self._then, self._hit = db, then, hit
+    def __init__(self, db: Any, hit: Callable[[], bool]):
+        self._db, self._hit = db, hit
 
     def executemany(self, *args: Any) -> Any:
         cur = self._db.executemany(*args)
         if self._hit():
-            self._then()  # rows inserted, transaction not yet committed
+            _die()  # rows inserted, transaction not yet committed
         return cur
 
     def __enter__(self) -> _Connection:
@@ -131,31 +114,17 @@ class _Connection:
         return getattr(self._db, name)
 
 
-def _patch_store(then: Callable[[], None], n: int) -> None:
+@fault("kill-in-store-put")
+def _kill_in_store_put(n: int) -> None:
     from ablate.results import ResultsStore
 
     real_init, hit = ResultsStore.__init__, _nth(n)
 
     def __init__(self: ResultsStore, *args: Any, **kw: Any) -> None:
         real_init(self, *args, **kw)
-        self._db = _Connection(self._db, then, hit)
+        self._db = _Connection(self._db, hit)
 
     ResultsStore.__init__ = __init__  # type: ignore[method-assign]
-
-
-@fault("kill-in-store-put")
-def _kill_in_store_put(n: int) -> None:
-    _patch_store(_die, n)
-
-
-@fault("disk-full-in-store-put")
-def _disk_full_in_store_put(n: int) -> None:
-    import sqlite3
-
-    def fail() -> None:
-        raise sqlite3.OperationalError("database or disk is full")
-
-    _patch_store(fail, n)
 
 
 def main(argv: list[str]) -> int:

@@ -21,6 +21,16 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Test tensors are tiny: one thread avoids OpenMP barriers, which stall for whole
+    scheduler slices when a shared CI machine is oversubscribed (seen: 1 s per test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def device() -> torch.device:
     """Where Triton tests put their tensors: CUDA if present, else CPU (interpreter)."""

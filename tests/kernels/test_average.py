@@ -95,6 +95,16 @@ def test_sequence_of_tensors_keeps_member_shape():
     assert_close(out, expected, 1e-5, 1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
+def test_empty_members_give_empty_output(backend):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    stack = torch.empty(3, 0, dtype=torch.bfloat16)
+    assert kernels.weighted_average(stack, [1, 2, 3], backend=backend).shape == (0,)
+    members = [torch.empty(0, 4)] * 2
+    assert kernels.weighted_average(members, [1, 1], backend=backend).shape == (0, 4)
+
+
 def test_sixty_four_members_uniform_is_mean():
     stack = torch.randn(64, 3001)
     out = kernels.weighted_average(stack, [1 / 64] * 64)
@@ -231,3 +241,38 @@ def test_triton_backend_without_triton_names_the_extra(monkeypatch):
         kernels.weighted_average(torch.randn(2, 3), [1, 1], backend="triton")
     # "auto" quietly uses the twin instead.
     assert kernels.weighted_average(torch.randn(2, 3), [1, 1]).shape == (3,)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_kernel_compiles_for_h100_without_a_gpu(dtype):
+    """Ahead-of-time compile for sm_90: the interpreter does not catch GPU-only errors."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels.triton_average import BLOCK_P, _weighted_average_kernel
+
+    signature = {
+        "stack_ptr": f"*{dtype}",
+        "weights_ptr": "*fp32",
+        "out_ptr": f"*{dtype}",
+        "n_members": "i32",
+        "n_cols": "i64",
+        "stride_member": "i64",
+        "BLOCK": "constexpr",
+    }
+    source = ASTSource(
+        _compilable(_weighted_average_kernel), signature, constexprs={"BLOCK": BLOCK_P}
+    )
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    assert "ld.global" in compiled.asm["ptx"]
+
+
+def _compilable(kernel):
+    """The JIT form of a kernel, also when the interpreter wrapped it (TRITON_INTERPRET=1)."""
+    from triton.runtime.jit import JITFunction
+
+    return kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)

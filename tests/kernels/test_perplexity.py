@@ -309,3 +309,42 @@ def test_triton_backend_without_triton_names_the_extra(monkeypatch):
     monkeypatch.setattr(_backend, "triton_available", lambda: False)
     with pytest.raises(ImportError, match=r"ablate\[triton\]"):
         kernels.token_nll(**_args(), backend="triton")
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
+def test_kernel_compiles_for_h100_without_a_gpu():
+    """Ahead-of-time compile for sm_90 (bf16, bias, softcap): tl.dot must lower to wgmma."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels.triton_perplexity import GPU_BLOCKS, _token_nll_kernel
+
+    pointers = ["hidden_ptr", "weight_ptr", "bias_ptr", "targets_ptr", "part_lse_ptr"]
+    signature = dict(zip(pointers, ["*bf16", "*bf16", "*fp32", "*i64", "*fp32"], strict=True))
+    signature |= {"part_target_ptr": "*fp32", "logit_scale": "fp32", "softcap": "fp32"}
+    for name in ("n_tokens", "n_vocab", "hidden_size", "stride_hidden", "stride_weight"):
+        signature[name] = "i32"
+    signature["tiles_per_split"] = "i32"
+    constexprs = dict(
+        zip(("BLOCK_T", "BLOCK_V", "BLOCK_H"), GPU_BLOCKS, strict=True),
+        HAS_BIAS=True,
+        HAS_SOFTCAP=True,
+        UPCAST=False,
+        IEEE=False,
+    )
+    signature |= dict.fromkeys(constexprs, "constexpr")
+    # Keyword order must follow the kernel's parameters: build it from the kernel itself.
+    signature = {name: signature[name] for name in _compilable(_token_nll_kernel).arg_names}
+    source = ASTSource(_compilable(_token_nll_kernel), signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    assert "wgmma" in compiled.asm["ptx"]
+
+
+def _compilable(kernel):
+    """The JIT form of a kernel, also when the interpreter wrapped it (TRITON_INTERPRET=1)."""
+    from triton.runtime.jit import JITFunction
+
+    return kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)

@@ -1,0 +1,218 @@
+"""Shared plumbing of the Optuna-backed strategies (``tpe``, ``gp``): ask, decode, tell.
+
+Subsets are encoded as one boolean (categorical) parameter per free partition; weights as
+one float in [0, 1] per allowed partition (values under 0.05 read as 0, so sparse mixtures
+are reachable), normalised onto the simplex by ``SearchSpace.project``. A subset that breaks the member rules (empty, or over
+``--max-size``) is never scored: it is pruned (TPE ranks pruned trials below every scored
+one) or, for samplers that ignore pruned trials, told a penalty beyond the worst score so
+far. With an RDB ``storage`` several workers share one study (Optuna's distributed mode);
+a file lock in the pool folder makes "ask, then check whether another worker is already
+scoring this mixture" atomic, so no two workers score one mixture: a worker that draws a
+mixture another one is scoring waits for that score and then reads it from the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ablate.mixture import Mixture
+from ablate.search.base import SearchContext, Trial, require_extra
+from pool.atomic import sha256_json
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+_MAX_INFEASIBLE = 100  # infeasible draws in a row before the sampler is deemed stuck
+_POLL_S = 0.2  # how often a waiting worker looks at the twin trial it waits for
+_WAIT_S = 600.0  # longest wait for another worker's twin trial before scoring it here
+_SNAP = 0.05  # weight-space parameters below this are read as 0 (a partition left out)
+_HUGE = 1e300  # told instead of an infinite perplexity (Optuna wants finite values)
+
+
+def default_study_name(ctx: SearchContext, strategy: str) -> str:
+    """Same pool, eval documents, target, space and strategy: same study (workers meet)."""
+    ev = ctx.evaluator
+    key = sha256_json(
+        {
+            "members": [(m.member_id, m.weights_sha256) for m in ev.members],
+            "eval": ev.eval_set.fingerprint,
+            "target": ctx.target.spec,
+            "space": ctx.space.describe(),
+            "strategy": strategy,
+        }
+    )
+    return f"ablate-{strategy}-{key[:16]}"
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _is_dead_local(worker: str | None) -> bool:
+    """Whether ``host:pid`` names a process on this host that no longer runs."""
+    if not worker or ":" not in worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class OptunaStrategy:
+    """Base of the Optuna strategies; subclasses provide ``make_sampler``."""
+
+    name = "optuna"
+    penalise_infeasible = False  # see _reject
+    uses_storage = True  # search() accepts --storage for these strategies only
+
+    def __init__(self, ctx: SearchContext):
+        require_extra("optuna", f"the {self.name} search strategy")
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # an INFO line per trial is noise
+        self._ctx = ctx
+        self._space = ctx.space
+        # Workers sharing a study must not draw the same random start-up points.
+        seed = ctx.seed
+        if ctx.storage is not None:
+            seed = int(hashlib.sha256(f"{ctx.seed}/{_worker_id()}".encode()).hexdigest()[:8], 16)
+        n_startup = max(3, min(10, ctx.budget // 4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = self.make_sampler(
+                seed=seed, n_startup=n_startup, shared=ctx.storage is not None
+            )
+        self._lock: Any = contextlib.nullcontext()
+        if ctx.storage is not None:
+            from filelock import FileLock
+
+            # One lock per storage, in the pool folder that every worker opens anyway.
+            lock_name = hashlib.sha256(ctx.storage.encode()).hexdigest()[:16]
+            self._lock = FileLock(str(ctx.evaluator.pool.path / f".search-{lock_name}.lock"))
+        name = ctx.study_name or default_study_name(ctx, self.name)
+        # Two workers creating a fresh RDB schema at once collide ("table alembic_version
+        # already exists"): create or load the study under the lock.
+        with self._lock:
+            self.study: optuna.Study = optuna.create_study(
+                storage=ctx.storage,
+                study_name=name,
+                sampler=sampler,
+                direction="minimize",
+                load_if_exists=True,
+            )
+        d = optuna.distributions
+        if self._space.continuous:
+            self._dists = {p: d.FloatDistribution(0.0, 1.0) for p in self._space.allowed}
+        else:
+            self._dists = {p: d.CategoricalDistribution((False, True)) for p in self._space.free}
+        self._pending: list[tuple[optuna.Trial, Mixture]] = []
+        self._told: set[str] = set()
+
+    def make_sampler(
+        self, *, seed: int, n_startup: int, shared: bool
+    ) -> optuna.samplers.BaseSampler:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ encoding
+    def _decode(self, params: dict[str, Any]) -> Mixture | None:
+        space = self._space
+        if space.continuous:
+            # Raw values below _SNAP count as zero so that sparse mixtures (and the simplex's
+            # vertices, often where optima lie) are reachable, not just approached.
+            return space.project(
+                {p: params[p] if params[p] >= _SNAP else 0.0 for p in space.allowed}
+            )
+        names = set(space.require) | {p for p in space.free if params[p]}
+        return Mixture.uniform(sorted(names)) if space.feasible(names) else None
+
+    def _reject(self, trial: optuna.Trial) -> None:
+        """Tell an infeasible subset: pruned, or a penalty beyond the worst feasible score.
+
+        TPE ranks pruned trials below every complete one, which is what an infeasible
+        subset deserves. Samplers that ignore pruned trials (GP) would draw it again, so
+        they are told ``worst + (worst - best)`` once two feasible scores exist.
+        """
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("infeasible", True)
+        values = []
+        if self.penalise_infeasible:
+            done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            values = [
+                t.value for t in done if not t.user_attrs.get("infeasible") and t.value is not None
+            ]
+        if len(values) >= 2:
+            self.study.tell(trial, 2 * max(values) - min(values))
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED)
+
+    def _twin(self, trial: optuna.Trial, key: str) -> optuna.trial.FrozenTrial | None:
+        """Another worker's running trial on the same mixture, if any."""
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            same = t.number != trial.number and t.user_attrs.get("mixture") == key
+            if same and not _is_dead_local(t.user_attrs.get("worker")):
+                return t
+        return None
+
+    def _wait_for(self, twin: optuna.trial.FrozenTrial) -> None:
+        from optuna.trial import TrialState
+
+        deadline = time.monotonic() + _WAIT_S
+        while time.monotonic() < deadline:
+            (now,) = [t for t in self.study.get_trials(deepcopy=False) if t.number == twin.number]
+            if now.state != TrialState.RUNNING or _is_dead_local(now.user_attrs.get("worker")):
+                return
+            time.sleep(_POLL_S)
+        log.warning(
+            "trial %d of another worker did not finish in %.0f s; scoring its mixture here",
+            twin.number,
+            _WAIT_S,
+        )
+
+    # ------------------------------------------------------------------ protocol
+    def propose(self, n: int) -> list[Mixture]:
+        for _ in range(_MAX_INFEASIBLE):
+            with self._lock:
+                trial = self.study.ask(self._dists)
+                mix = self._decode(trial.params)
+                if mix is None:
+                    self._reject(trial)
+                    continue
+                trial.set_user_attr("mixture", mix.key)
+                trial.set_user_attr("worker", _worker_id())
+                twin = self._twin(trial, mix.key)
+            if twin is not None:
+                self._wait_for(twin)  # its score lands in the results store; ours is then a hit
+            self._pending.append((trial, mix))
+            return [mix]
+        log.warning(
+            "%s proposed %d infeasible subsets in a row; stopping", self.name, _MAX_INFEASIBLE
+        )
+        return []
+
+    def observe(self, trials: Sequence[Trial]) -> None:
+        for (trial, mix), t in zip(self._pending, trials, strict=False):
+            scored = not t.result.cached and mix.key not in self._told
+            trial.set_user_attr("scored", scored)
+            self._told.add(mix.key)
+            self.study.tell(trial, t.score if math.isfinite(t.score) else _HUGE)
+        self._pending.clear()

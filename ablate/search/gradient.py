@@ -1,0 +1,201 @@
+"""Gradient: mirror descent on the simplex with exact gradients of the merged model's loss.
+
+The merge is linear in the mixture weights, theta(w) = sum_i w_i theta_i, so one backward
+pass through the merged model gives every weight's derivative at once:
+d L / d w_i = <grad_theta L, theta_i> (the chain rule through the merge), i.e. the
+``[N, P]`` member stack times the flat parameter gradient. The target is a weighted mean
+of domain perplexities, so d ppl_d = ppl_d / tokens_d * d nll_d. Steps are exponentiated
+gradient (Kivinen & Warmuth, 1997; mirror descent with the entropy on the simplex, Beck &
+Teboulle, 2003): w <- w * exp(-eta * g) / Z, with g centred and scaled to unit max-norm,
+eta grown after an improvement and halved (from the best point) after a worsening. Full
+pools only: a LoRA pool's merge is not a weighted sum of stacked parameter vectors here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ablate.mixture import Mixture
+from ablate.search.base import SearchContext, Trial, register
+from pool.errors import AblateError
+
+if TYPE_CHECKING:
+    from ablate.evaluator import EvalResult, Evaluator
+    from ablate.search.space import Target
+
+_ETA0 = 1.0  # first step: the most-favoured partition's weight moves by a factor e
+_ETA_GROW = 1.5  # after an improvement
+_ETA_MAX = 8.0
+_ETA_MIN = 1e-2  # stop when steps this small stop improving
+_MIN_CHANGE = 1e-4  # stop when no weight moves by more than this
+_DROP = 1e-6  # weights below this are left out of a proposal (they change nothing measurable)
+_REENTER = 1e-8  # floor inside the iterate so a dropped partition can come back
+
+
+def mixture_gradient(
+    ev: Evaluator,
+    mixture: Mixture,
+    target: Target,
+    result: EvalResult | None = None,
+    partitions: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """d target / d w_p for each partition p (default: all of ``ev``'s pool), at ``mixture``.
+
+    One forward and one backward pass over the eval windows. ``result`` (the mixture's
+    scores, from the store or a fresh evaluation) supplies the perplexities of the chain
+    rule; it is computed when not given.
+
+    Returns:
+        ``{partition: derivative}`` of the target's weighted mean perplexity.
+    """
+    import torch
+
+    import kernels
+
+    if ev.pool.manifest.recipe.method != "full":
+        raise AblateError(
+            "the gradient strategy needs a full-weight pool; this pool is LoRA - use tpe, gp or regression"
+        )
+    result = result if result is not None else ev.evaluate(mixture)
+    merged = ev.merged
+    merged.merge(torch.from_numpy(ev.member_weights(mixture)).float())
+    model = merged.model
+    body, head, cfg = model.base_model, model.get_output_embeddings(), model.config
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    scale = float(getattr(cfg, "logit_scale", None) or 1.0)
+    pad = ev.pool.tokenizer.pad_token_id
+    win = ev.eval_set.windows(ev.pool.manifest.context, 0 if pad is None else pad)
+    inputs = torch.from_numpy(win.inputs).to(ev.device)  # (W, C)
+    targets = torch.from_numpy(win.targets).to(ev.device)  # (W, C)
+    coef = target.coefficients(target.domains(ev.domains))
+    # d (sum_d c_d exp(nll_d / T_d)) = sum_d c_d ppl_d / T_d * d nll_d, one factor per window.
+    per_domain = torch.tensor(
+        [coef.get(d, 0.0) * result.scores[d].ppl / result.scores[d].tokens for d in ev.domains],
+        dtype=torch.float32,
+        device=ev.device,
+    )
+    win_coef = per_domain[torch.from_numpy(win.domain).to(ev.device)]  # (W,)
+    params = list(model.parameters())
+    grads = [torch.zeros_like(p) for p in params]
+    per_batch = max(1, ev.batch_tokens // inputs.shape[1])
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            for s in range(0, inputs.shape[0], per_batch):
+                x, y = inputs[s : s + per_batch], targets[s : s + per_batch]  # (B, C)
+                hidden = body(input_ids=x, use_cache=False).last_hidden_state  # (B, C, H)
+                tok = kernels.token_nll(
+                    hidden.flatten(0, 1),
+                    head.weight,
+                    y.flatten(),
+                    bias=head.bias,
+                    logit_scale=scale,
+                    softcap=softcap,
+                )  # (B*C,)
+                loss = (tok.view(x.shape).sum(1) * win_coef[s : s + per_batch]).sum()
+                for acc, g in zip(
+                    grads, torch.autograd.grad(loss, params, allow_unused=True), strict=True
+                ):
+                    if g is not None:
+                        acc.add_(g)
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    # Parameters are views into merged.flat (see ablate.merge): place each gradient there.
+    flat = merged.flat
+    grad_flat = torch.zeros(flat.numel(), dtype=torch.float32, device=flat.device)  # (P,)
+    base = flat.data_ptr()
+    for p, g in zip(params, grads, strict=True):
+        off = (p.data_ptr() - base) // flat.element_size()
+        grad_flat[off : off + p.numel()] = g.reshape(-1).float()
+    wanted = set(ev.partitions if partitions is None else partitions)
+    rows: dict[str, list[int]] = {}
+    for i, m in enumerate(ev.members):
+        if m.partition in wanted:
+            rows.setdefault(m.partition, []).append(i)
+    # d L / d member weight = <grad_theta L, theta_i>; a partition's weight is spread evenly
+    # over its units' members, so its derivative is their mean.
+    return {p: sum(_dot_member(merged, i, grad_flat) for i in r) / len(r) for p, r in rows.items()}
+
+
+def _dot_member(merged, row: int, vec) -> float:
+    """``<member_row, vec>`` in fp32, for in-memory and streamed (chunked) stacks alike."""
+    import torch
+
+    theta = merged.stack[row] if merged.stack is not None else merged.member_row(row)  # (P,)
+    if theta.dtype == torch.float32:
+        return float(torch.dot(theta, vec))
+    chunk = 1 << 20  # upcast 4 MiB at a time
+    return float(
+        sum(
+            torch.dot(theta[a : a + chunk].float(), vec[a : a + chunk])
+            for a in range(0, theta.numel(), chunk)
+        )
+    )
+
+
+@register("gradient", spaces=("weights",))
+class Gradient:
+    """Exponentiated-gradient descent on the simplex from one backward pass per step."""
+
+    def __init__(self, ctx: SearchContext):
+        ev = ctx.evaluator
+        if ev.pool.manifest.recipe.method != "full":
+            raise AblateError(
+                "the gradient strategy needs a full-weight pool; this pool is LoRA - use tpe, gp or regression"
+            )
+        self._ev, self._space, self._target = ev, ctx.space, ctx.target
+        self._names = ctx.space.allowed
+        self._w = ctx.space.vector(
+            ctx.space.project(dict.fromkeys(self._names, 1.0))
+        )  # (n,) iterate
+        self._eta = _ETA0
+        self._best: tuple[float, np.ndarray, np.ndarray] | None = None  # (score, w, gradient)
+        self._done = False
+        self.steps: list[tuple[float, float]] = []  # (eta, score) per observation
+
+    def _proposal(self) -> Mixture:
+        w = {
+            p: v
+            for p, v in zip(self._names, self._w, strict=True)
+            if v >= _DROP or p in self._space.require
+        }
+        return self._space.project(w)
+
+    def propose(self, n: int) -> list[Mixture]:
+        return [] if self._done else [self._proposal()]
+
+    def observe(self, trials: Sequence[Trial]) -> None:
+        if not trials:
+            return
+        t = trials[-1]
+        self.steps.append((self._eta, t.score))
+        if self._best is None or t.score < self._best[0]:
+            g = mixture_gradient(self._ev, t.mixture, self._target, t.result, self._names)
+            grad = np.array([g[p] for p in self._names])
+            if self._best is not None:
+                self._eta = min(self._eta * _ETA_GROW, _ETA_MAX)
+            self._best = (t.score, self._w.copy(), grad)
+        else:
+            self._eta *= 0.5
+            if self._eta < _ETA_MIN:
+                self._done = True
+                return
+        _, w, grad = self._best
+        gc = grad - grad.mean()  # the update is shift-invariant; centring makes the scale fair
+        scale = np.abs(gc).max()
+        if not math.isfinite(scale) or scale == 0:
+            self._done = True
+            return
+        new = np.maximum(w, _REENTER) * np.exp(-self._eta * gc / scale)
+        new /= new.sum()
+        new = self._space.vector(self._space.project(dict(zip(self._names, new, strict=True))))
+        if np.abs(new - w).max() < _MIN_CHANGE:
+            self._done = True
+            return
+        self._w = new

@@ -1,0 +1,265 @@
+"""Validation: real models train once and are reused, statistics agree with scipy, the CLI works."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from scipy import stats
+from support import run_cli
+
+from ablate import Evaluator, Mixture, MixtureError, Pool
+from ablate.validation import ValidationRecord, sample_mixtures, validate
+from ablate.validation.models import RECORD, VALIDATION_DIR, plan_for
+from ablate.validation.scoring import document_evaluator, score_documents
+from ablate.validation.stats import (
+    Calibration,
+    batched_kendall,
+    batched_pearson,
+    batched_spearman,
+    bootstrap_correlations,
+    correlations,
+)
+
+
+def _records(pool_path) -> dict[str, ValidationRecord]:
+    return {
+        f.parent.name: ValidationRecord.model_validate_json(f.read_text())
+        for f in sorted((pool_path / VALIDATION_DIR).glob(f"*/{RECORD}"))
+    }
+
+
+def _one_unit_partition(pool: Pool) -> str:
+    return next(name for name, p in pool.partitions.items() if len(p.index.units) == 1)
+
+
+# ---------------------------------------------------------------------- statistics
+@pytest.mark.parametrize("n", [3, 7, 40])
+def test_batched_correlations_agree_with_scipy(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(6, n))
+    y = 0.6 * x + rng.normal(size=(6, n))
+    x[1, : n // 2] = x[1, 0]  # ties, which Spearman and Kendall tau-b must handle as scipy does
+    y[2] = np.round(y[2])
+    for i in range(6):
+        assert batched_pearson(x, y)[i] == pytest.approx(
+            stats.pearsonr(x[i], y[i]).statistic, abs=1e-12
+        )
+        assert batched_spearman(x, y)[i] == pytest.approx(
+            stats.spearmanr(x[i], y[i]).statistic, abs=1e-12
+        )
+        assert batched_kendall(x, y)[i] == pytest.approx(
+            stats.kendalltau(x[i], y[i]).statistic, abs=1e-12
+        )
+        got = correlations(x[i], y[i])
+        assert got["n"] == n
+        assert got["kendall"] == pytest.approx(stats.kendalltau(x[i], y[i]).statistic, abs=1e-12)
+
+
+def test_correlations_known_values_and_degenerate_inputs():
+    r = correlations([1, 2, 3, 4], [10, 20, 30, 40])
+    assert (r["pearson"], r["spearman"], r["kendall"]) == pytest.approx((1.0, 1.0, 1.0))
+    r = correlations([1, 2, 3, 4], [4, 3, 2, 1])
+    assert (r["pearson"], r["spearman"], r["kendall"]) == pytest.approx((-1.0, -1.0, -1.0))
+    assert math.isnan(correlations([1, 2], [1, 2])["pearson"])  # two points: undefined, not 1.0
+    assert math.isnan(correlations([1, 1, 1], [1, 2, 3])["spearman"])
+    assert math.isnan(batched_pearson(np.ones((1, 4)), np.arange(4.0)[None])[0])
+
+
+def test_bootstrap_intervals_cover_point_estimates():
+    rng = np.random.default_rng(0)
+    m, docs = 8, 30
+    tokens = rng.integers(50, 200, size=docs)
+    domain = np.repeat([0, 1, 2], 10)
+    quality = rng.normal(size=(m, 1))  # mixture quality drives both proxy and real
+    proxy = (3 + 0.3 * quality + 0.05 * rng.normal(size=(m, docs))) * tokens
+    real = (3.2 + 0.3 * quality + 0.05 * rng.normal(size=(m, docs))) * tokens
+    ci = bootstrap_correlations(proxy, real, tokens, domain, ("a", "b", "c"), replicates=300)
+    assert list(ci.index) == ["a", "b", "c", "pooled"]
+    for d in range(3):
+        idx = domain == d
+        p = np.exp(proxy[:, idx].sum(1) / tokens[idx].sum())
+        r = np.exp(real[:, idx].sum(1) / tokens[idx].sum())
+        est = correlations(p, r)
+        row = ci.iloc[d]
+        for s in ("pearson", "spearman"):
+            assert row[f"{s}_lo"] <= est[s] + 1e-9 <= row[f"{s}_hi"] + 2e-9
+
+
+def test_calibration_recovers_a_linear_map_and_its_intervals():
+    rng = np.random.default_rng(1)
+    proxy = np.exp(rng.uniform(2, 4, size=40))
+    real = np.exp(0.2 + 0.9 * np.log(proxy) + 0.02 * rng.normal(size=40))
+    cal = Calibration("linear", "x", proxy, real, level=0.9)
+    pred = cal.predict([20.0, 30.0])
+    assert pred["real"].to_numpy() == pytest.approx(
+        np.exp(0.2 + 0.9 * np.log([20.0, 30.0])), rel=0.02
+    )
+    assert (pred["lo"] < pred["real"]).all() and (pred["real"] < pred["hi"]).all()
+    assert cal.loo_mape < 0.03
+    iso = Calibration("isotonic", "x", proxy, real)
+    assert iso.loo_mape < 0.1
+    assert np.all(np.diff(iso.predict(np.sort(proxy))["real"].to_numpy()) >= -1e-12)  # monotone
+    with pytest.raises(ValueError, match="at least 3"):
+        Calibration("linear", "x", proxy[:2], real[:2])
+
+
+def test_sample_mixtures_is_seeded_distinct_and_extends():
+    names = ["a", "b", "c", "d", "e"]
+    six = sample_mixtures(names, 6, (2, 3), seed=3)
+    assert six == sample_mixtures(names, 6, (2, 3), seed=3)
+    assert len({m.key for m in six}) == 6
+    assert all(len(m.names) in (2, 3) and m.is_uniform for m in six)
+    assert sample_mixtures(names, 9, (2, 3), seed=3)[:6] == six  # more = the same plus new ones
+    assert len(sample_mixtures(["a", "b", "c"], 50, (2,), seed=0)) == 3  # only 3 pairs exist
+    with pytest.raises(MixtureError, match="subset size"):
+        sample_mixtures(["a", "b"], 2, (3, 4))
+
+
+# ---------------------------------------------------------------------- scoring
+def test_document_scores_add_up_to_the_evaluators(full_pool_dir, corpus):
+    ev = Evaluator(full_pool_dir, corpus["eval"], by="domain", store=False, progress=False)
+    res = ev.evaluate(Mixture.uniform(["code", "wiki"]))  # leaves the merge in the skeleton
+    docs = score_documents(document_evaluator(ev))
+    assert len(docs.nll) == len(ev.eval_set.docs) and (docs.tokens > 0).all()
+    assert docs.tokens.sum() == (ev._windows[1] != -100).sum()  # noqa: SLF001  every target once
+    for d, s in docs.domain_totals(ev.eval_set).items():
+        assert s.tokens == res.scores[d].tokens
+        assert s.nll == pytest.approx(res.scores[d].nll, rel=1e-9)
+
+
+# ---------------------------------------------------------------------- end to end
+def test_validate_api_trains_once_and_real_equals_member_for_one_unit(full_pool, corpus):
+    ev = Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False)
+    single = _one_unit_partition(full_pool)
+    mixes = [
+        Mixture.uniform(["math", "wiki"]),
+        Mixture.parse("code=1,math=3"),
+        Mixture.uniform([single]),
+    ]
+    report = validate(ev, mixtures=mixes, bootstrap=50)
+    assert report.trained == 3 and report.mixtures == 3
+    assert list(report.correlations.columns) == ["pearson", "spearman", "kendall", "n"]
+    assert list(report.correlations.index) == [*ev.domains, "pooled"]
+    assert report.correlations.loc["pooled", "n"] == 3 * len(ev.domains)
+    recipe = full_pool.manifest.recipe
+    for m, rec in zip(mixes, report.records, strict=True):
+        plan = plan_for(ev, m)
+        assert rec.key == plan.key and rec.mixture == m.weights
+        assert rec.tokens == plan.k * recipe.unit_tokens  # k units of tokens for k units
+        assert rec.steps == recipe.steps_for(rec.tokens)
+    # Same data, seed and recipe as the member: the real model of one unit *is* that member.
+    rows = report.pairs[report.pairs["mixture"] == single]
+    assert rows["real"].to_numpy() == pytest.approx(rows["proxy"].to_numpy(), rel=1e-5)
+    other = report.pairs[report.pairs["mixture"] != single]
+    assert not np.allclose(other["real"], other["proxy"], rtol=1e-3)  # merging is an approximation
+    cal = report.calibrate()
+    assert len(cal.proxy) == 3 * len(ev.domains) and np.isfinite(cal.loo_mape)
+    before = {
+        k: (full_pool.path / VALIDATION_DIR / k / RECORD).stat().st_mtime_ns
+        for k in _records(full_pool.path)
+    }
+    again = validate(ev, mixtures=mixes[:2], bootstrap=0)
+    assert again.trained == 0
+    after = {k: (full_pool.path / VALIDATION_DIR / k / RECORD).stat().st_mtime_ns for k in before}
+    assert after == before
+    assert again.pairs["real"].to_numpy() == pytest.approx(
+        report.pairs["real"].to_numpy()[: len(again.pairs)]
+    )
+
+
+def test_cli_validate_writes_files_and_reuses_models(full_pool, corpus, tmp_path):
+    out = tmp_path / "val"
+    mixes = ["math", "math,wiki", "code,math"]  # 1 + 4 + 5 units: cheap, and n = 3 per domain
+    args = [
+        "validate",
+        full_pool.path,
+        "--eval-data",
+        corpus["eval"],
+        "--eval-by",
+        "domain",
+        "--out",
+        out,
+    ]
+    args += [a for m in mixes for a in ("--mixture", m)] + ["--bootstrap", "100", "--json"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert doc["mixtures"] == 3
+    rows = {r["domain"]: r for r in doc["correlations"]}
+    assert set(rows) == {"code", "math", "wiki", "pooled"}
+    assert all(r["n"] == 3 for d, r in rows.items() if d != "pooled") and rows["pooled"]["n"] == 9
+    for r in rows.values():
+        assert set(r) == {"domain", "pearson", "spearman", "kendall", "n"}
+        assert all(-1 <= r[s] <= 1 for s in ("pearson", "spearman", "kendall"))
+    with open(out / "validation.csv", newline="") as f:
+        pairs = list(csv.DictReader(f))
+    assert list(pairs[0]) == ["mixture", "domain", "proxy", "real"] and len(pairs) == 9
+    proxy = np.array([float(p["proxy"]) for p in pairs])
+    real = np.array([float(p["real"]) for p in pairs])
+    assert rows["pooled"]["pearson"] == pytest.approx(
+        stats.pearsonr(proxy, real).statistic, abs=1e-9
+    )
+    assert rows["pooled"]["kendall"] == pytest.approx(
+        stats.kendalltau(proxy, real).statistic, abs=1e-9
+    )
+    # The proxy column is exactly what `ablate eval` reports for the same mixtures.
+    ev = Evaluator(full_pool.path, corpus["eval"], by="domain", store=False, progress=False)
+    for p in pairs:
+        mix = Mixture.uniform(p["mixture"].split("+"))
+        assert float(p["proxy"]) == pytest.approx(ev.evaluate(mix).ppl[p["domain"]], rel=1e-6)
+    assert (out / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "| pooled | 9 |" in md and "Calibration" in md and "scatter.png" in md
+
+    records = _records(full_pool.path)
+    assert len(records) == 3
+    stamp = {
+        k: (full_pool.path / VALIDATION_DIR / k / r.weights_file).stat().st_mtime_ns
+        for k, r in records.items()
+    }
+    second = run_cli(*args[:-1])  # people's table this time
+    assert second.returncode == 0, second.stderr
+    assert "0 trained now" in second.stdout and "pooled" in second.stdout
+    assert _records(full_pool.path) == records  # same sha256, loss, timestamps: nothing retrained
+    for k, r in records.items():
+        assert (full_pool.path / VALIDATION_DIR / k / r.weights_file).stat().st_mtime_ns == stamp[k]
+    with open(out / "validation.csv", newline="") as f:
+        assert [p["real"] for p in csv.DictReader(f)] == [p["real"] for p in pairs]
+
+
+def test_cli_unknown_partition_is_a_one_line_error(full_pool, corpus, tmp_path):
+    r = run_cli(
+        "validate",
+        full_pool.path,
+        "--eval-data",
+        corpus["eval"],
+        "--mixture",
+        "code,nosuch",
+        "--out",
+        tmp_path / "val",
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ablate: error:") and "nosuch" in lines[0]
+    assert not list((full_pool.path / VALIDATION_DIR).glob("*/" + RECORD))  # nothing trained
+
+
+def test_lora_pool_validates(lora_pool_dir, corpus, tmp_path):
+    pool_dir = tmp_path / "pool"
+    shutil.copytree(lora_pool_dir, pool_dir)
+    ev = Evaluator(pool_dir, corpus["eval"], by="domain", store=False, progress=False)
+    single = _one_unit_partition(ev.pool)
+    report = validate(ev, mixtures=[Mixture.uniform([single])], bootstrap=0)
+    assert all(
+        r.method == "lora" and r.weights_file == "adapter.safetensors" for r in report.records
+    )
+    assert np.isfinite(report.pairs[["proxy", "real"]].to_numpy()).all()
+    # The adapter trained on the member's unit with its seed reproduces the member.
+    assert report.pairs["real"].to_numpy() == pytest.approx(
+        report.pairs["proxy"].to_numpy(), rel=1e-4
+    )
