@@ -24,7 +24,9 @@ def check_rooms() -> None:
             with open(origin, encoding="utf-8", errors="replace") as f:
                 text = f.read(4096)
         if spec is None:
-            raise ImportError(f"ablate's '{name}' package is not installed; reinstall ablate (pip install ablate)")
+            raise ImportError(
+                f"ablate's '{name}' package is not installed; reinstall ablate (pip install ablate)"
+            )
         if f"{_MARKER} {name}" not in text:
             where = origin or "nowhere"
             raise ImportError(

@@ -68,7 +68,9 @@ def _add_model_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[type, st
         )
 
 
-def _model_from_flags(args: argparse.Namespace, flags: dict[str, tuple[type, str]], model: type) -> dict[str, Any]:
+def _model_from_flags(
+    args: argparse.Namespace, flags: dict[str, tuple[type, str]], model: type
+) -> dict[str, Any]:
     return {
         name: getattr(args, flag.replace("-", "_"))
         for flag, (m, name) in flags.items()
@@ -91,12 +93,22 @@ def cmd_pool_init(args: argparse.Namespace) -> int:
     tiny_fields = _model_from_flags(args, _TINY_FLAGS, TinyModelSpec)
     tiny = TinyModelSpec(**tiny_fields) if args.base == "tiny" else None
     if args.base != "tiny" and tiny_fields:
-        raise _usage("--vocab-size/--seed-tokens/--hidden-size/--layers/--heads apply only to --base tiny")
+        raise _usage(
+            "--vocab-size/--seed-tokens/--hidden-size/--layers/--heads apply only to --base tiny"
+        )
     pool = Pool.create(
-        args.pool, base=args.base, seed_data=args.seed_data, recipe=_recipe(args), tiny=tiny,
-        text_field=args.text_field, progress=not args.quiet, device=args.device,
+        args.pool,
+        base=args.base,
+        seed_data=args.seed_data,
+        recipe=_recipe(args),
+        tiny=tiny,
+        text_field=args.text_field,
+        progress=not args.quiet,
+        device=args.device,
     )
-    print(f"created pool {pool.path} (base {pool.manifest.base}, method {pool.manifest.recipe.method})")
+    print(
+        f"created pool {pool.path} (base {pool.manifest.base}, method {pool.manifest.recipe.method})"
+    )
     return 0
 
 
@@ -105,8 +117,13 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
 
     pool = Pool.open(args.pool)
     added = pool.add(
-        args.files, by=args.partition_by, by_folder=args.by_folder, units=args.units, name=args.name,
-        text_field=args.text_field, progress=not args.quiet,
+        args.files,
+        by=args.partition_by,
+        by_folder=args.by_folder,
+        units=args.units,
+        name=args.name,
+        text_field=args.text_field,
+        progress=not args.quiet,
     )
     parts = pool.partitions
     for name in added:
@@ -126,7 +143,10 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
         from ablate.distributed import grow_with_ray
 
         trained = grow_with_ray(
-            pool, only=args.only, address=args.address, gpus_per_member=args.gpus_per_member,
+            pool,
+            only=args.only,
+            address=args.address,
+            gpus_per_member=args.gpus_per_member,
             progress=not args.quiet,
         )
     else:
@@ -137,7 +157,9 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
         if not main_rank:
             return 0  # rank 0 reports
     for rec in trained:
-        print(f"trained {rec.member_id}: loss {rec.final_loss:.4f}, {rec.tokens_seen} tokens, {rec.wall_time_s:.1f}s")
+        print(
+            f"trained {rec.member_id}: loss {rec.final_loss:.4f}, {rec.tokens_seen} tokens, {rec.wall_time_s:.1f}s"
+        )
     left = pool.missing(args.only)
     print(f"{len(trained)} member(s) trained; {len(pool.members)} in the pool; {len(left)} missing")
     return 0 if not left else 1
@@ -174,7 +196,9 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     m = pool.manifest
-    print(f"pool {pool.path}: base {m.base}, method {m.recipe.method}, {m.recipe.unit_tokens} tokens/unit")
+    print(
+        f"pool {pool.path}: base {m.base}, method {m.recipe.method}, {m.recipe.unit_tokens} tokens/unit"
+    )
     print(f"{'partition':<24} {'unit':>4} {'docs':>6} {'status':>8} {'loss':>8} {'time':>8}")
     for r in rows:
         status = "trained" if r["trained"] else "missing"
@@ -193,7 +217,9 @@ def cmd_pool_verify(args: argparse.Namespace) -> int:
         print(f"CORRUPT  {item}")
     for item in report.missing:
         print(f"MISSING  {item}")
-    print(f"checked {report.checked} item(s): {len(report.corrupt)} corrupt, {len(report.missing)} missing")
+    print(
+        f"checked {report.checked} item(s): {len(report.corrupt)} corrupt, {len(report.missing)} missing"
+    )
     if report.corrupt:
         print("fix: delete the corrupt member folders and run `ablate pool grow`", file=sys.stderr)
     return 0 if report.ok else 1
@@ -204,7 +230,9 @@ def _mixtures_from_args(args: argparse.Namespace, ev: Any) -> list:
 
     if args.all_subsets:
         return ev.all_subsets(args.max_size)
-    specs = [Mixture.parse(s) for s in (args.mixture or [])] + [Mixture.parse(s) for s in (args.weights or [])]
+    specs = [Mixture.parse(s) for s in (args.mixture or [])] + [
+        Mixture.parse(s) for s in (args.weights or [])
+    ]
     if not specs:
         raise _usage("say what to score: --mixture a,b, --weights a=0.25,b=0.75 or --all-subsets")
     return specs
@@ -217,13 +245,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from ablate.distributed import RayEvaluator
 
         ev = RayEvaluator(
-            args.pool, args.eval_data, by=args.eval_by, text_field=args.text_field, workers=args.workers,
-            address=args.address, device=args.device, progress=not args.quiet,
+            args.pool,
+            args.eval_data,
+            by=args.eval_by,
+            text_field=args.text_field,
+            workers=args.workers,
+            address=args.address,
+            device=args.device,
+            progress=not args.quiet,
         )
     else:
         ev = Evaluator(
-            args.pool, args.eval_data, by=args.eval_by, text_field=args.text_field,
-            device=args.device, progress=not args.quiet,
+            args.pool,
+            args.eval_data,
+            by=args.eval_by,
+            text_field=args.text_field,
+            device=args.device,
+            progress=not args.quiet,
         )
     mixtures = _mixtures_from_args(args, ev)
     results = ev.run_many(mixtures)
@@ -236,8 +274,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     head += f" {'macro ppl':>10} {'macro bpb':>10}" if len(domains) > 1 else f" {'bpb':>10}"
     print(head)
     for i, r in enumerate(ranked, 1):
-        line = f"{i:>4}  {str(r.mixture)[:40]:<40} " + " ".join(f"{r.ppl[d]:>12.3f}" for d in domains)
-        line += f" {r.macro_ppl:>10.3f} {r.macro_bpb:>10.4f}" if len(domains) > 1 else f" {r.macro_bpb:>10.4f}"
+        line = f"{i:>4}  {str(r.mixture)[:40]:<40} " + " ".join(
+            f"{r.ppl[d]:>12.3f}" for d in domains
+        )
+        line += (
+            f" {r.macro_ppl:>10.3f} {r.macro_bpb:>10.4f}"
+            if len(domains) > 1
+            else f" {r.macro_bpb:>10.4f}"
+        )
         print(line)
     return 0
 
@@ -250,18 +294,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         sizes = tuple(int(x) for x in args.sizes.split(","))
     except ValueError:
-        raise _usage(f"--sizes takes comma-separated integers like 2,3,4, got {args.sizes!r}") from None
+        raise _usage(
+            f"--sizes takes comma-separated integers like 2,3,4, got {args.sizes!r}"
+        ) from None
     mixtures = [Mixture.parse(s) for s in args.mixture] if args.mixture else None
     ev = Evaluator(
-        args.pool, args.eval_data, by=args.eval_by, text_field=args.text_field,
-        device=args.device, progress=not args.quiet,
+        args.pool,
+        args.eval_data,
+        by=args.eval_by,
+        text_field=args.text_field,
+        device=args.device,
+        progress=not args.quiet,
     )
     report = validate(
-        ev, mixtures=mixtures, sample=args.sample, sizes=sizes, seed=args.seed, bootstrap=args.bootstrap
+        ev,
+        mixtures=mixtures,
+        sample=args.sample,
+        sizes=sizes,
+        seed=args.seed,
+        bootstrap=args.bootstrap,
     )
     files = report.write(args.out)
     if args.json:
-        print(json.dumps({"correlations": report.json_rows(), "mixtures": report.mixtures}, indent=1))
+        print(
+            json.dumps({"correlations": report.json_rows(), "mixtures": report.mixtures}, indent=1)
+        )
         return 0
     print(f"{report.mixtures} mixture(s) validated ({report.trained} trained now, the rest reused)")
     print(report.summary())
@@ -274,13 +331,26 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ablate.search import search
 
     ev = Evaluator(
-        args.pool, args.eval_data, by=args.eval_by, text_field=args.text_field,
-        device=args.device, progress=not args.quiet,
+        args.pool,
+        args.eval_data,
+        by=args.eval_by,
+        text_field=args.text_field,
+        device=args.device,
+        progress=not args.quiet,
     )
     study = search(
-        ev, target=args.target, strategy=args.strategy, budget=args.budget, max_size=args.max_size,
-        require=args.require or (), exclude=args.exclude or (), continuous=args.continuous,
-        storage=args.storage, study_name=args.study_name, heldout=args.heldout, seed=args.seed,
+        ev,
+        target=args.target,
+        strategy=args.strategy,
+        budget=args.budget,
+        max_size=args.max_size,
+        require=args.require or (),
+        exclude=args.exclude or (),
+        continuous=args.continuous,
+        storage=args.storage,
+        study_name=args.study_name,
+        heldout=args.heldout,
+        seed=args.seed,
     )
     if args.plot:
         study.plot(args.plot)
@@ -288,7 +358,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(study.to_json(), indent=1))
         return 0
     frame, domains = study.frame, list(study.domains)
-    print(f"{'rank':>4}  {'mixture':<40} {'score':>10} " + " ".join(f"{d[:12]:>12}" for d in domains))
+    print(
+        f"{'rank':>4}  {'mixture':<40} {'score':>10} " + " ".join(f"{d[:12]:>12}" for d in domains)
+    )
     for rank, row in frame.head(args.top).iterrows():
         cells = " ".join(f"{row[f'ppl:{d}']:>12.3f}" for d in domains)
         print(f"{rank:>4}  {row['mixture'][:40]:<40} {row['score']:>10.3f} {cells}")
@@ -327,7 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = pool.add_parser("init", help="start a pool from a seed model ('tiny' or a local HF folder)")
     p.add_argument("pool", help="pool folder to create")
-    p.add_argument("--base", default="tiny", help="'tiny' (train a small seed) or a local Hugging Face model folder")
+    p.add_argument(
+        "--base",
+        default="tiny",
+        help="'tiny' (train a small seed) or a local Hugging Face model folder",
+    )
     p.add_argument("--seed-data", nargs="+", help="corpus for the tiny tokenizer and seed model")
     p.add_argument("--text-field", default="text", help="field that holds the text (default: text)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -337,21 +413,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = pool.add_parser("add", help="tokenize new data partitions into the pool")
     p.add_argument("pool")
-    p.add_argument("files", nargs="+", help="JSONL/Parquet files, text folders or save_to_disk datasets")
+    p.add_argument(
+        "files", nargs="+", help="JSONL/Parquet files, text folders or save_to_disk datasets"
+    )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--partition-by", metavar="FIELD", help="partition by a metadata field")
-    mode.add_argument("--by-folder", action="store_true", help="partition by first-level folder name")
-    mode.add_argument("--units", type=int, metavar="K", help="deal documents at random into K partitions")
+    mode.add_argument(
+        "--by-folder", action="store_true", help="partition by first-level folder name"
+    )
+    mode.add_argument(
+        "--units", type=int, metavar="K", help="deal documents at random into K partitions"
+    )
     mode.add_argument("--name", help="add all documents as one partition with this name")
     p.add_argument("--text-field", default="text")
     p.set_defaults(func=cmd_pool_add)
 
-    p = pool.add_parser("grow", help="train every member that is missing (resumes after an interrupt)")
+    p = pool.add_parser(
+        "grow", help="train every member that is missing (resumes after an interrupt)"
+    )
     p.add_argument("pool")
     p.add_argument("--only", nargs="+", metavar="NAME", help="train only these partitions")
     p.add_argument("--device", default=None)
-    p.add_argument("--backend", choices=("local", "ray"), default="local", help="train here or on a Ray cluster")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="train here or on a Ray cluster",
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (default: start a local one)"
+    )
     p.add_argument("--gpus-per-member", type=float, default=0.0, help="GPU share per Ray task")
     p.set_defaults(func=cmd_pool_grow)
 
@@ -360,63 +451,144 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pool_ls)
 
-    p = pool.add_parser("verify", help="re-hash every member and name any that is corrupt or missing")
+    p = pool.add_parser(
+        "verify", help="re-hash every member and name any that is corrupt or missing"
+    )
     p.add_argument("pool")
     p.set_defaults(func=cmd_pool_verify)
 
     p = sub.add_parser("eval", help="score mixtures by merging pool members")
     p.add_argument("pool")
-    p.add_argument("--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)")
-    p.add_argument("--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain")
+    p.add_argument(
+        "--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)"
+    )
+    p.add_argument(
+        "--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain"
+    )
     p.add_argument("--text-field", default="text")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--mixture", action="append", metavar="A,B,C", help="uniform subset (repeatable)")
-    what.add_argument("--weights", action="append", metavar="A=W,B=W", help="weighted mixture (repeatable)")
+    what.add_argument(
+        "--mixture", action="append", metavar="A,B,C", help="uniform subset (repeatable)"
+    )
+    what.add_argument(
+        "--weights", action="append", metavar="A=W,B=W", help="weighted mixture (repeatable)"
+    )
     what.add_argument("--all-subsets", action="store_true", help="every subset of partitions")
     p.add_argument("--max-size", type=int, default=None, help="largest subset with --all-subsets")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
-    p.add_argument("--backend", choices=("local", "ray"), default="local", help="score here or on Ray actors")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
-    p.add_argument("--workers", type=int, default=2, help="Ray actors, each holding the stacked pool (default: 2)")
+    p.add_argument(
+        "--backend", choices=("local", "ray"), default="local", help="score here or on Ray actors"
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (default: start a local one)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="Ray actors, each holding the stacked pool (default: 2)",
+    )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("validate", help="really train models on mixtures; correlate proxy and real perplexity")
+    p = sub.add_parser(
+        "validate", help="really train models on mixtures; correlate proxy and real perplexity"
+    )
     p.add_argument("pool")
-    p.add_argument("--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)")
-    p.add_argument("--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain")
+    p.add_argument(
+        "--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)"
+    )
+    p.add_argument(
+        "--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain"
+    )
     p.add_argument("--text-field", default="text")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--sample", type=int, default=None, metavar="N", help="validate N random uniform subsets")
-    what.add_argument("--mixture", action="append", metavar="A,B", help="a mixture to validate: a,b or a=1,b=3 (repeatable)")
-    p.add_argument("--sizes", default="2,3,4", help="subset sizes to sample with --sample (default: 2,3,4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample and the bootstrap (default: 0)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of eval documents (default: 1000)")
-    p.add_argument("--out", default="ablate-validation", help="folder for validation.csv, report.md, scatter.png")
+    what.add_argument(
+        "--sample", type=int, default=None, metavar="N", help="validate N random uniform subsets"
+    )
+    what.add_argument(
+        "--mixture",
+        action="append",
+        metavar="A,B",
+        help="a mixture to validate: a,b or a=1,b=3 (repeatable)",
+    )
+    p.add_argument(
+        "--sizes", default="2,3,4", help="subset sizes to sample with --sample (default: 2,3,4)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the sample and the bootstrap (default: 0)"
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples of eval documents (default: 1000)",
+    )
+    p.add_argument(
+        "--out",
+        default="ablate-validation",
+        help="folder for validation.csv, report.md, scatter.png",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.set_defaults(func=cmd_validate)
 
     from ablate.search import STRATEGIES
 
-    p = sub.add_parser("search", help="search mixtures for the one that minimises a target perplexity")
+    p = sub.add_parser(
+        "search", help="search mixtures for the one that minimises a target perplexity"
+    )
     p.add_argument("pool")
-    p.add_argument("--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)")
-    p.add_argument("--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--target", default="macro", help="macro (default), DOMAIN[,DOMAIN...] or weighted:DOMAIN=W,...")
     p.add_argument(
-        "--strategy", default="tpe", choices=sorted(STRATEGIES),
+        "--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)"
+    )
+    p.add_argument(
+        "--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain"
+    )
+    p.add_argument("--text-field", default="text")
+    p.add_argument(
+        "--target",
+        default="macro",
+        help="macro (default), DOMAIN[,DOMAIN...] or weighted:DOMAIN=W,...",
+    )
+    p.add_argument(
+        "--strategy",
+        default="tpe",
+        choices=sorted(STRATEGIES),
         help="; ".join(f"{k}: {v.summary}" for k, v in sorted(STRATEGIES.items())),
     )
-    p.add_argument("--budget", type=int, default=None, help="most mixtures to evaluate (default: 50; exhaustive: all)")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="most mixtures to evaluate (default: 50; exhaustive: all)",
+    )
     p.add_argument("--max-size", type=int, default=None, help="most partitions per mixture")
-    p.add_argument("--require", nargs="+", metavar="NAME", help="partitions every mixture must contain")
+    p.add_argument(
+        "--require", nargs="+", metavar="NAME", help="partitions every mixture must contain"
+    )
     p.add_argument("--exclude", nargs="+", metavar="NAME", help="partitions no mixture may contain")
-    p.add_argument("--continuous", action="store_true", help="search weights on the simplex, not subsets")
-    p.add_argument("--storage", default=None, metavar="URL", help="Optuna RDB storage shared by workers, e.g. sqlite:///study.db")
-    p.add_argument("--study-name", default=None, help="Optuna study name (default: derived from pool, eval data, target)")
-    p.add_argument("--heldout", type=float, default=None, metavar="F", help="eval docs kept out of the search (default: 0.25 if enough)")
+    p.add_argument(
+        "--continuous", action="store_true", help="search weights on the simplex, not subsets"
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="Optuna RDB storage shared by workers, e.g. sqlite:///study.db",
+    )
+    p.add_argument(
+        "--study-name",
+        default=None,
+        help="Optuna study name (default: derived from pool, eval data, target)",
+    )
+    p.add_argument(
+        "--heldout",
+        type=float,
+        default=None,
+        metavar="F",
+        help="eval docs kept out of the search (default: 0.25 if enough)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=10, help="rows of the ranked table to print")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the search plot here")
@@ -425,7 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("demo", help="the whole loop on Python's own standard library (no download)")
-    p.add_argument("--out", default="ablate-demo", help="folder for the pool, report.md and heatmap.png")
+    p.add_argument(
+        "--out", default="ablate-demo", help="folder for the pool, report.md and heatmap.png"
+    )
     p.add_argument("--quick", action="store_true", help="smaller settings (tests, a first look)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_demo)
@@ -438,7 +612,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pool.errors import AblateError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
         from transformers.utils import logging as hf_logging
 
@@ -456,7 +632,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ablate: error: invalid {field.replace('_', '-')}: {first['msg']}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
-        print("ablate: interrupted; finished work is saved - run the same command again to resume", file=sys.stderr)
+        print(
+            "ablate: interrupted; finished work is saved - run the same command again to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except OSError as e:
         fix = _DISK_FIXES.get(e.errno)

@@ -94,11 +94,17 @@ def stdlib_corpus(packages: tuple[str, ...]) -> tuple[dict[str, list[str]], list
     parts: dict[str, list[str]] = {}
     for pkg in packages:
         files = sorted(f for f in (lib / pkg).rglob("*.py") if not {"test", "tests"} & set(f.parts))
-        parts[pkg] = [c for f in files for c in _chunks(f.read_text(encoding="utf-8", errors="replace"))]
+        parts[pkg] = [
+            c for f in files for c in _chunks(f.read_text(encoding="utf-8", errors="replace"))
+        ]
     from pydoc_data.topics import topics
 
     parts["docs"] = [c for k in sorted(topics) for c in _chunks(topics[k])]
-    seed = [c for f in sorted(lib.glob("*.py")) for c in _chunks(f.read_text(encoding="utf-8", errors="replace"))]
+    seed = [
+        c
+        for f in sorted(lib.glob("*.py"))
+        for c in _chunks(f.read_text(encoding="utf-8", errors="replace"))
+    ]
     return parts, seed
 
 
@@ -107,7 +113,9 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True, device: str | None = None) -> Path:
+def run_demo(
+    out: str | Path, *, quick: bool = False, progress: bool = True, device: str | None = None
+) -> Path:
     """Build (or reuse) the demo pool under ``out``, score every subset, write the report."""
     from ablate.evaluator import Evaluator, results_frame
     from ablate.report import write_report
@@ -122,7 +130,9 @@ def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True, dev
         pool = Pool.open(pool_path)
         print(f"reusing the demo pool in {pool_path}")
     else:
-        seed_chars = s.seed_tokens * 6  # ~3.5 chars per token; 6 leaves room for the tokenizer to vary
+        seed_chars = (
+            s.seed_tokens * 6
+        )  # ~3.5 chars per token; 6 leaves room for the tokenizer to vary
         seed_docs, n = [], 0
         for d in seed:
             seed_docs.append({"text": d})
@@ -130,13 +140,26 @@ def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True, dev
             if n > seed_chars:
                 break
         _write_jsonl(out / "seed.jsonl", seed_docs)
-        recipe = Recipe(unit_tokens=s.unit_tokens, seq_len=s.seq_len, batch_size=s.batch_size, lr=s.lr)
+        recipe = Recipe(
+            unit_tokens=s.unit_tokens, seq_len=s.seq_len, batch_size=s.batch_size, lr=s.lr
+        )
         tiny = TinyModelSpec(
-            vocab_size=s.vocab_size, hidden_size=s.hidden_size, layers=s.layers, heads=s.heads,
-            intermediate_size=3 * s.hidden_size, seed_tokens=s.seed_tokens,
+            vocab_size=s.vocab_size,
+            hidden_size=s.hidden_size,
+            layers=s.layers,
+            heads=s.heads,
+            intermediate_size=3 * s.hidden_size,
+            seed_tokens=s.seed_tokens,
         )
         print(f"training the tiny tokenizer and seed model ({s.seed_tokens} tokens)")
-        pool = Pool.create(pool_path, seed_data=out / "seed.jsonl", recipe=recipe, tiny=tiny, progress=progress, device=device)
+        pool = Pool.create(
+            pool_path,
+            seed_data=out / "seed.jsonl",
+            recipe=recipe,
+            tiny=tiny,
+            progress=progress,
+            device=device,
+        )
     # Hold out every _EVAL_EVERY-th document; keep one unit of tokens per partition so that
     # each partition is one base unit (one member).
     train, evals = [], []
@@ -172,11 +195,15 @@ def run_demo(out: str | Path, *, quick: bool = False, progress: bool = True, dev
     return report.markdown
 
 
-def _validate(ev: Evaluator, s: DemoSettings, out: Path, progress: bool, device: str | None) -> None:
+def _validate(
+    ev: Evaluator, s: DemoSettings, out: Path, progress: bool, device: str | None
+) -> None:
     """Really train a few mixtures and print how well the proxy predicted them (reused on reruns)."""
     from ablate.validation import validate
 
-    print(f"validating: really training {s.validate} pairs of partitions to compare with their proxies")
+    print(
+        f"validating: really training {s.validate} pairs of partitions to compare with their proxies"
+    )
     # Pairs only: a real model of k units costs k members' training, and the demo stays short.
     v = validate(ev, sample=s.validate, sizes=(2,), progress=progress, device=device)
     files = v.write(out, title="ablate demo: proxy vs really trained")

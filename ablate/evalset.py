@@ -82,7 +82,9 @@ class EvalSet:
                 labels.append(ALL)
             elif by not in d.meta:
                 fields = ", ".join(sorted(d.meta)) or "none"
-                raise DataError(f"eval document from {d.source} has no field {by!r} (fields: {fields})")
+                raise DataError(
+                    f"eval document from {d.source} has no field {by!r} (fields: {fields})"
+                )
             else:
                 labels.append(str(d.meta[by]))
         texts = [d.text for d in docs]
@@ -105,7 +107,12 @@ class EvalSet:
                 np.save(tmp / "tokens.npy", tokens)
                 np.save(tmp / "offsets.npy", offsets)
                 sha = {f: sha256_file(tmp / f) for f in _CACHE_FILES}
-                meta = {"fingerprint": fp, "domains": list(domains), "docs": len(texts), "sha256": sha}
+                meta = {
+                    "fingerprint": fp,
+                    "domains": list(domains),
+                    "docs": len(texts),
+                    "sha256": sha,
+                }
                 write_json(tmp / "meta.json", meta)
         split = tuple(tokens[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
         return cls(domains, split, doc_domain, doc_bytes, fp)
@@ -141,7 +148,9 @@ class EvalSet:
 
     @property
     def domain_bytes(self) -> np.ndarray:
-        return np.bincount(self.doc_domain, weights=self.doc_bytes, minlength=len(self.domains)).astype(np.int64)
+        return np.bincount(
+            self.doc_domain, weights=self.doc_bytes, minlength=len(self.domains)
+        ).astype(np.int64)
 
     def windows(self, context: int, pad_id: int) -> Windows:
         """Cut every document into non-overlapping windows of ``context`` tokens."""

@@ -84,7 +84,14 @@ class EvalResult:
         """One record per domain plus a ``macro`` record (the ``--json`` schema)."""
         mix = self.mixture.as_dict()
         out = [
-            {"mixture": mix, "domain": d, "tokens": s.tokens, "nll": s.nll, "ppl": s.ppl, "bpb": s.bpb}
+            {
+                "mixture": mix,
+                "domain": d,
+                "tokens": s.tokens,
+                "nll": s.nll,
+                "ppl": s.ppl,
+                "bpb": s.bpb,
+            }
             for d, s in self.scores.items()
         ]
         out.append(
@@ -113,7 +120,9 @@ def as_mixture(m: MixtureLike) -> Mixture:
 def gray_subsets(n: int, max_size: int | None = None) -> list[tuple[int, ...]]:
     """All non-empty subsets of ``range(n)`` in reflected Gray-code order (size-filtered)."""
     if n > _MAX_SUBSET_PARTITIONS:
-        raise MixtureError(f"{n} partitions have {2**n - 1} subsets; limit --max-size or use `ablate search`")
+        raise MixtureError(
+            f"{n} partitions have {2**n - 1} subsets; limit --max-size or use `ablate search`"
+        )
     out = []
     for i in range(1, 2**n):
         g = i ^ (i >> 1)
@@ -168,7 +177,9 @@ class Evaluator:
         self.store = ResultsStore(path) if path else None
         members = self.pool.members
         if not members:
-            raise PoolError(f"pool {self.pool.path} has no trained members; run `ablate pool grow {self.pool.path}`")
+            raise PoolError(
+                f"pool {self.pool.path} has no trained members; run `ablate pool grow {self.pool.path}`"
+            )
         missing = self.pool.missing()
         if missing:
             names = sorted({u.partition for u in missing})
@@ -226,9 +237,17 @@ class Evaluator:
         """Fingerprint of exactly the members this mixture merges (and their weights)."""
         w = self.member_weights(mixture)
         used = [
-            (m.member_id, m.weights_sha256, round(float(w[i]), 12)) for i, m in enumerate(self.members) if w[i] > 0
+            (m.member_id, m.weights_sha256, round(float(w[i]), 12))
+            for i, m in enumerate(self.members)
+            if w[i] > 0
         ]
-        return sha256_json({"seed": self.pool.manifest.base_sha256, "method": self.pool.manifest.recipe.method, "members": used})
+        return sha256_json(
+            {
+                "seed": self.pool.manifest.base_sha256,
+                "method": self.pool.manifest.recipe.method,
+                "members": used,
+            }
+        )
 
     def _cached(self, mixture: Mixture) -> EvalResult | None:
         if self.store is None:
@@ -241,7 +260,13 @@ class Evaluator:
     def _remember(self, mixture: Mixture, scores: dict[str, DomainScore]) -> EvalResult:
         if self.store is not None:
             rows: dict[str, Row] = {d: (s.tokens, s.nll, s.bytes) for d, s in scores.items()}
-            self.store.put(self.pool_key(mixture), self.eval_set.fingerprint, mixture.key, mixture.as_dict(), rows)
+            self.store.put(
+                self.pool_key(mixture),
+                self.eval_set.fingerprint,
+                mixture.key,
+                mixture.as_dict(),
+                rows,
+            )
         return EvalResult(mixture, scores)
 
     # ------------------------------------------------------------------ scoring
@@ -266,15 +291,20 @@ class Evaluator:
                 x, y = inputs[s : s + per_batch], targets[s : s + per_batch]  # (B, C)
                 hidden = body(input_ids=x, use_cache=False).last_hidden_state  # (B, C, H)
                 tok = kernels.token_nll(
-                    hidden.flatten(0, 1), head.weight, y.flatten(),
-                    bias=head.bias, logit_scale=scale, softcap=softcap,
+                    hidden.flatten(0, 1),
+                    head.weight,
+                    y.flatten(),
+                    bias=head.bias,
+                    logit_scale=scale,
+                    softcap=softcap,
                 )  # (B*C,) fp32, 0 at ignored targets
                 nll.index_add_(0, dom[s : s + per_batch], tok.view(x.shape).sum(1).double())
         counts = torch.zeros(n_dom, dtype=torch.int64, device=self.device)
         counts.index_add_(0, dom, (targets != -100).sum(1))
         nbytes = self.eval_set.domain_bytes
         return {
-            d: DomainScore(int(counts[i]), float(nll[i]), int(nbytes[i])) for i, d in enumerate(self.domains)
+            d: DomainScore(int(counts[i]), float(nll[i]), int(nbytes[i]))
+            for i, d in enumerate(self.domains)
         }
 
     def evaluate(self, mixture: MixtureLike) -> EvalResult:
@@ -288,12 +318,16 @@ class Evaluator:
         self.merged.merge(torch.from_numpy(self.member_weights(mixture)).float())
         return self._remember(mixture, self.score_current())
 
-    def evaluate_many(self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None) -> pd.DataFrame:
+    def evaluate_many(
+        self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
+    ) -> pd.DataFrame:
         """Score many mixtures; uniform subsets are walked in Gray-code order with a running sum."""
         results = self.run_many(mixtures, progress=progress)
         return results_frame(results)
 
-    def run_many(self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None) -> list[EvalResult]:
+    def run_many(
+        self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
+    ) -> list[EvalResult]:
         from tqdm.auto import tqdm
 
         mixtures = [as_mixture(m) for m in mixtures]
@@ -311,7 +345,9 @@ class Evaluator:
                 todo.append(m)
                 out[m.key] = None  # type: ignore[assignment]  # filled below, keeps order
         subsets = [m for m in todo if m.is_uniform and self.pool.manifest.recipe.method == "full"]
-        others = [m for m in todo if not (m.is_uniform and self.pool.manifest.recipe.method == "full")]
+        others = [
+            m for m in todo if not (m.is_uniform and self.pool.manifest.recipe.method == "full")
+        ]
         index = {p: i for i, p in enumerate(self.partitions)}
         subsets.sort(key=lambda m: _gray_rank(sum(1 << index[n] for n in m.names)))
         show = self.progress if progress is None else progress
@@ -352,7 +388,10 @@ class Evaluator:
 
     def all_subsets(self, max_size: int | None = None) -> list[Mixture]:
         """Every uniform subset of the pool's partitions (Gray-code order)."""
-        return [Mixture.uniform([self.partitions[i] for i in s]) for s in gray_subsets(len(self.partitions), max_size)]
+        return [
+            Mixture.uniform([self.partitions[i] for i in s])
+            for s in gray_subsets(len(self.partitions), max_size)
+        ]
 
 
 def results_frame(results: Iterable[EvalResult]) -> pd.DataFrame:

@@ -64,7 +64,9 @@ class MergedModel:
     ):
         """Load the members; ``stack_budget_bytes`` caps the stack's device memory (None: measure)."""
         if not members:
-            raise CorruptMemberError("the pool has no trained members; run `ablate pool grow` first")
+            raise CorruptMemberError(
+                "the pool has no trained members; run `ablate pool grow` first"
+            )
         self.pool = pool
         self.members = list(members)
         self.device = device
@@ -100,16 +102,27 @@ class MergedModel:
             self.stack = self._load_full(progress)
             return
         self.chunked = True
-        self._mapped = [self._map_or_zeros(i, rec) for i, rec in enumerate(self.members)]  # N x [(numel,)]
+        self._mapped = [
+            self._map_or_zeros(i, rec) for i, rec in enumerate(self.members)
+        ]  # N x [(numel,)]
         self._starts = [a for a, _ in self._offsets.values()]
-        cols = min(numel, max(MIN_CHUNK_COLS, budget // (len(self.members) * self.flat.element_size())))
+        cols = min(
+            numel, max(MIN_CHUNK_COLS, budget // (len(self.members) * self.flat.element_size()))
+        )
         self._stage = torch.empty(len(self.members), cols, dtype=dtype, device=device)  # (N, cols)
         # Pinned host staging makes each chunk one host-to-device copy instead of N x tensors.
         on_gpu = device.type == "cuda"
-        self._host = torch.empty(self._stage.shape, dtype=dtype, pin_memory=on_gpu) if on_gpu else self._stage
+        self._host = (
+            torch.empty(self._stage.shape, dtype=dtype, pin_memory=on_gpu)
+            if on_gpu
+            else self._stage
+        )
         log.info(
             "stack of %d members needs %.1f GiB > budget %.1f GiB: streaming %d columns per chunk",
-            len(self.members), need / 2**30, budget / 2**30, cols,
+            len(self.members),
+            need / 2**30,
+            budget / 2**30,
+            cols,
         )
 
     # ------------------------------------------------------------------ loading
@@ -160,8 +173,12 @@ class MergedModel:
     def _load_full(self, progress: bool) -> torch.Tensor:
         from tqdm.auto import tqdm
 
-        stack = torch.empty(len(self.members), self.flat.numel(), dtype=self.flat.dtype, device=self.device)
-        for i, rec in enumerate(tqdm(self.members, desc="load members", disable=not progress, leave=False)):
+        stack = torch.empty(
+            len(self.members), self.flat.numel(), dtype=self.flat.dtype, device=self.device
+        )
+        for i, rec in enumerate(
+            tqdm(self.members, desc="load members", disable=not progress, leave=False)
+        ):
             for t, (a, b) in zip(self._map_or_zeros(i, rec), self._offsets.values(), strict=True):
                 stack[i, a:b].copy_(t)
         return stack
@@ -171,7 +188,9 @@ class MergedModel:
 
         spec = self.pool.manifest.recipe.lora
         per_member: list[dict[str, torch.Tensor] | None] = []
-        for i, rec in enumerate(tqdm(self.members, desc="load adapters", disable=not progress, leave=False)):
+        for i, rec in enumerate(
+            tqdm(self.members, desc="load adapters", disable=not progress, leave=False)
+        ):
             try:
                 per_member.append(self._read(rec))
             except CorruptMemberError as e:
@@ -180,19 +199,28 @@ class MergedModel:
         good = next((m for m in per_member if m is not None), None)
         if good is None:
             self._check_usable([0])  # no member loads: say why the first one does not
-        per_member = [m if m is not None else {k: torch.zeros_like(v) for k, v in good.items()} for m in per_member]
+        per_member = [
+            m if m is not None else {k: torch.zeros_like(v) for k, v in good.items()}
+            for m in per_member
+        ]
         params = dict(self._params)
         sites = []
         for key in sorted(k for k in per_member[0] if k.endswith("lora_A.weight")):
             module = key[: -len(".lora_A.weight")].removeprefix("base_model.model.")
             name = f"{module}.weight"
             if name not in params:
-                raise CorruptMemberError(f"adapter tensor {key} has no matching weight {name} in the seed model")
+                raise CorruptMemberError(
+                    f"adapter tensor {key} has no matching weight {name} in the seed model"
+                )
             try:
                 a = torch.cat([m[key] for m in per_member])  # (N*r, in)
-                b = torch.cat([m[key.replace("lora_A", "lora_B")] for m in per_member], dim=1)  # (out, N*r)
+                b = torch.cat(
+                    [m[key.replace("lora_A", "lora_B")] for m in per_member], dim=1
+                )  # (out, N*r)
             except (KeyError, RuntimeError) as e:
-                raise CorruptMemberError(f"LoRA members disagree on {module} ({e}); regrow the odd one") from None
+                raise CorruptMemberError(
+                    f"LoRA members disagree on {module} ({e}); regrow the odd one"
+                ) from None
             p = params[name]
             sites.append(
                 _LoraSite(

@@ -48,7 +48,9 @@ class Mixture:
             if not math.isfinite(w):
                 raise MixtureError(f"weight of {name!r} is {w}; weights must be finite numbers")
             if w < 0:
-                raise MixtureError(f"weight of {name!r} is negative ({w}); mixture weights must be >= 0")
+                raise MixtureError(
+                    f"weight of {name!r} is negative ({w}); mixture weights must be >= 0"
+                )
             if w > 0:
                 clean[name] = clean.get(name, 0.0) + w
         try:
@@ -58,7 +60,9 @@ class Mixture:
         if not clean or total <= 0:
             raise MixtureError("a mixture needs at least one partition with a positive weight")
         if not math.isfinite(total):
-            raise MixtureError("mixture weights are too large to normalise; use relative weights like a=1,b=3")
+            raise MixtureError(
+                "mixture weights are too large to normalise; use relative weights like a=1,b=3"
+            )
         # Whole parts per 10**_DIGITS that sum to exactly 10**_DIGITS (largest remainder,
         # ties by name): the key's weights then already sum to one, so parsing the key back
         # normalises nothing and gives the same mixture (plain rounding drifts by 1e-12).
@@ -85,24 +89,32 @@ class Mixture:
         if not isinstance(spec, str) or not spec.strip():
             raise MixtureError("empty mixture; write partitions as a,b or weights as a=0.25,b=0.75")
         if len(spec) > MAX_SPEC_CHARS:
-            raise MixtureError(f"mixture string is {len(spec)} characters long; at most {MAX_SPEC_CHARS}")
+            raise MixtureError(
+                f"mixture string is {len(spec)} characters long; at most {MAX_SPEC_CHARS}"
+            )
         parts = [p.strip() for p in spec.split(",")]
         if any(not p for p in parts):
-            raise MixtureError(f"empty entry in mixture {spec[:80]!r}; separate names with single commas")
+            raise MixtureError(
+                f"empty entry in mixture {spec[:80]!r}; separate names with single commas"
+            )
         if not any("=" in p for p in parts):
             return cls.uniform(parts)
         weights: dict[str, float] = {}
         for p in parts:
             name, sep, value = p.partition("=")
             if not sep:
-                raise MixtureError(f"{p!r} has no weight; either give every partition a weight (a=1,b=3) or none")
+                raise MixtureError(
+                    f"{p!r} has no weight; either give every partition a weight (a=1,b=3) or none"
+                )
             name = name.strip()
             if name in weights:
                 raise MixtureError(f"partition {name!r} is given twice in {spec[:80]!r}")
             try:
                 weights[name] = float(value)
             except ValueError:
-                raise MixtureError(f"weight {value.strip()!r} of {name!r} is not a number") from None
+                raise MixtureError(
+                    f"weight {value.strip()!r} of {name!r} is not a number"
+                ) from None
         return cls.of(weights)
 
     @property

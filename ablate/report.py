@@ -63,8 +63,18 @@ def write_report(frame: pd.DataFrame, out: Path, title: str) -> Report:
     best = best_per_domain(frame)
     heatmap = plot_heatmap(frame, out / "heatmap.png", title)
     top = table.head(_TOP)
-    lines = [f"# {title}", "", f"{len(table)} mixtures scored on {len(table.columns) - 1} eval domains.", ""]
-    lines += ["## Ranked by macro perplexity", "", top.to_markdown(floatfmt=".3f") if _has_tabulate() else top.round(3).to_string(), ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(table)} mixtures scored on {len(table.columns) - 1} eval domains.",
+        "",
+    ]
+    lines += [
+        "## Ranked by macro perplexity",
+        "",
+        top.to_markdown(floatfmt=".3f") if _has_tabulate() else top.round(3).to_string(),
+        "",
+    ]
     lines += ["## Best mixture per eval domain", "", best.round(4).to_string(), ""]
     lines += ["## Heatmap", "", "![perplexity heatmap](heatmap.png)", ""]
     md = out / "report.md"

@@ -45,7 +45,9 @@ class ResultsStore:
             self._db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None)
             self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across app crashes
+            self._db.execute(
+                "PRAGMA synchronous=NORMAL"
+            )  # WAL + NORMAL is durable across app crashes
             self._db.execute(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise PoolError(
@@ -60,7 +62,12 @@ class ResultsStore:
         return {d: (t, n, b) for d, t, n, b in rows} or None
 
     def put(
-        self, pool_key: str, eval_key: str, mixture_key: str, mixture: Mapping[str, float], rows: Mapping[str, Row]
+        self,
+        pool_key: str,
+        eval_key: str,
+        mixture_key: str,
+        mixture: Mapping[str, float],
+        rows: Mapping[str, Row],
     ) -> None:
         """Store all domains of one mixture in one transaction (all or nothing)."""
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -70,7 +77,10 @@ class ResultsStore:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
                     "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(pool_key, eval_key, mixture_key, d, text, t, n, b, now) for d, (t, n, b) in rows.items()],
+                    [
+                        (pool_key, eval_key, mixture_key, d, text, t, n, b, now)
+                        for d, (t, n, b) in rows.items()
+                    ],
                 )
         except sqlite3.OperationalError as e:  # disk full, I/O error, locked past the busy timeout
             raise PoolError(
@@ -79,7 +89,9 @@ class ResultsStore:
             ) from None
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(DISTINCT pool_key || eval_key || mixture_key) FROM results").fetchone()[0]
+        return self._db.execute(
+            "SELECT COUNT(DISTINCT pool_key || eval_key || mixture_key) FROM results"
+        ).fetchone()[0]
 
     def close(self) -> None:
         self._db.close()

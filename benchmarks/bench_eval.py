@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 
 
-def build_pool(root: Path, members: int, hidden: int, layers: int, vocab: int, context: int) -> Path:
+def build_pool(
+    root: Path, members: int, hidden: int, layers: int, vocab: int, context: int
+) -> Path:
     """A pool folder with a random ~50M-parameter Llama seed and ``members`` perturbed members.
 
     Training is irrelevant to the cost being measured, so members are the seed plus noise,
@@ -47,9 +49,17 @@ def build_pool(root: Path, members: int, hidden: int, layers: int, vocab: int, c
     texts = [f"document {i} about topic {i % 7} with words " * 20 for i in range(200)]
     tok = train_tiny_tokenizer(texts, 1000)
     cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=int(hidden * 2.75), num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=context,
-        tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 2.75),
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=context,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
     )
     torch.manual_seed(0)
     seed = LlamaForCausalLM(cfg)
@@ -57,26 +67,52 @@ def build_pool(root: Path, members: int, hidden: int, layers: int, vocab: int, c
         save_pretrained(seed, tok, tmp)
     recipe = Recipe(unit_tokens=10**9, seq_len=context)
     manifest = PoolManifest(
-        base="tiny", base_path="base", base_sha256=weights_fingerprint(root / "base"), vocab_size=vocab,
-        context=context, token_dtype="uint16", recipe=recipe, created_at="bench",
+        base="tiny",
+        base_path="base",
+        base_sha256=weights_fingerprint(root / "base"),
+        vocab_size=vocab,
+        context=context,
+        token_dtype="uint16",
+        recipe=recipe,
+        created_at="bench",
     )
     write_json(root / "pool.json", manifest.model_dump(mode="json"))
     state = {k: p.detach() for k, p in seed.named_parameters()}
     for i in range(members):
         name = f"p{i}"
         idx: PartitionIndex = write_partition(
-            root / "data" / name, name=name, texts=texts[i::members], sources=["bench"], tokenizer=tok,
-            token_dtype="uint16", unit_tokens=10**9,
+            root / "data" / name,
+            name=name,
+            texts=texts[i::members],
+            sources=["bench"],
+            tokenizer=tok,
+            token_dtype="uint16",
+            unit_tokens=10**9,
         )
         g = torch.Generator().manual_seed(i)
-        tensors = {k: (v + 0.01 * torch.randn(v.shape, generator=g)).contiguous() for k, v in state.items()}
+        tensors = {
+            k: (v + 0.01 * torch.randn(v.shape, generator=g)).contiguous() for k, v in state.items()
+        }
         with staged_dir(root / "members" / name / "0000") as tmp:
             sha = save_tensors(tensors, tmp / "model.safetensors")
             rec = MemberRecord(
-                partition=name, unit=0, data_hash=idx.unit_hashes[0], base_sha256=manifest.base_sha256,
-                method="full", recipe=recipe, seed=i, tokens_seen=0, steps=0, final_loss=0.0, loss_curve=(),
-                wall_time_s=0.0, device="cpu", weights_file="model.safetensors", weights_sha256=sha,
-                n_params=sum(t.numel() for t in tensors.values()), created_at="bench",
+                partition=name,
+                unit=0,
+                data_hash=idx.unit_hashes[0],
+                base_sha256=manifest.base_sha256,
+                method="full",
+                recipe=recipe,
+                seed=i,
+                tokens_seen=0,
+                steps=0,
+                final_loss=0.0,
+                loss_curve=(),
+                wall_time_s=0.0,
+                device="cpu",
+                weights_file="model.safetensors",
+                weights_sha256=sha,
+                n_params=sum(t.numel() for t in tensors.values()),
+                created_at="bench",
             )
             write_json(tmp / "member.json", rec.model_dump(mode="json"))
     return root
@@ -158,16 +194,22 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     try:
-        pool_dir = build_pool(work / "pool", args.members, args.hidden, args.layers, args.vocab, args.context)
+        pool_dir = build_pool(
+            work / "pool", args.members, args.hidden, args.layers, args.vocab, args.context
+        )
         pool = Pool.open(pool_dir)
         n_params = sum(p.numel() for p in pool.load_base_model().parameters())
         names = sorted(pool.partitions)
         subsets = [s for s in gray_subsets(len(names)) if len(s) >= 2][: args.mixtures]
         mixtures = [Mixture.uniform([names[i] for i in s]) for s in subsets]
-        print(f"pool: {args.members} members x {n_params / 1e6:.1f}M parameters (fp32), "
-              f"{args.mixtures} mixtures, torch threads {torch.get_num_threads()}")
-        print(f"{'eval tokens':>11} {'baseline s/mix':>15} {'(merge':>8} {'save+load':>10} {'score)':>8} "
-              f"{'ours s/mix':>11} {'mix/min base':>13} {'mix/min ours':>13} {'ratio':>7}")
+        print(
+            f"pool: {args.members} members x {n_params / 1e6:.1f}M parameters (fp32), "
+            f"{args.mixtures} mixtures, torch threads {torch.get_num_threads()}"
+        )
+        print(
+            f"{'eval tokens':>11} {'baseline s/mix':>15} {'(merge':>8} {'save+load':>10} {'score)':>8} "
+            f"{'ours s/mix':>11} {'mix/min base':>13} {'mix/min ours':>13} {'ratio':>7}"
+        )
         for tokens in args.eval_tokens:
             es = EvalSet.load(pool, eval_file(work / f"eval{tokens}.jsonl", tokens))
             n_tok = sum(len(d) - 1 for d in es.docs)
@@ -175,11 +217,15 @@ def main() -> None:
             to, setup = ours(pool_dir, mixtures, es)
             base_per = sum(tb.values()) / len(mixtures)
             ours_per = to["total"] / len(mixtures)
-            print(f"{n_tok:>11} {base_per:>15.2f} {tb['merge'] / len(mixtures):>8.2f} "
-                  f"{tb['save+load'] / len(mixtures):>10.2f} {tb['score'] / len(mixtures):>8.2f} "
-                  f"{ours_per:>11.3f} {60 / base_per:>13.1f} {60 / ours_per:>13.1f} {base_per / ours_per:>6.1f}x")
+            print(
+                f"{n_tok:>11} {base_per:>15.2f} {tb['merge'] / len(mixtures):>8.2f} "
+                f"{tb['save+load'] / len(mixtures):>10.2f} {tb['score'] / len(mixtures):>8.2f} "
+                f"{ours_per:>11.3f} {60 / base_per:>13.1f} {60 / ours_per:>13.1f} {base_per / ours_per:>6.1f}x"
+            )
         print(f"(ours, once per study: load + stack members {setup:.1f}s; target: ratio >= 10x)")
-        print("ratio = baseline seconds per mixture / ours; both score the same tokens in the same windows")
+        print(
+            "ratio = baseline seconds per mixture / ours; both score the same tokens in the same windows"
+        )
         assert math.isfinite(base_per)
     finally:
         shutil.rmtree(work, ignore_errors=True)

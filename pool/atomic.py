@@ -104,7 +104,9 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     n = 0
     if folder.is_dir():
         for child in folder.iterdir():
-            if child.name.startswith(".") and (child.name.endswith(".tmp") or child.name.endswith(".old")):
+            if child.name.startswith(".") and (
+                child.name.endswith(".tmp") or child.name.endswith(".old")
+            ):
                 if child.is_dir():
                     shutil.rmtree(child, ignore_errors=True)
                 else:

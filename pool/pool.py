@@ -26,8 +26,14 @@ from pool.corpus import read_documents
 from pool.errors import CorruptMemberError, DataError, PoolError
 from pool.partition import partition_documents, validate_partition_name
 from pool.recipe import Recipe, TinyModelSpec
-from pool.storage import MemberRecord, PartitionIndex, PoolManifest, member_id, read_record
-from pool.tokens import TokenizedPartition, content_hash, encode_documents, token_dtype_for, write_partition
+from pool.storage import MemberRecord, PoolManifest, member_id, read_record
+from pool.tokens import (
+    TokenizedPartition,
+    content_hash,
+    encode_documents,
+    token_dtype_for,
+    write_partition,
+)
 from pool.train import SequenceSampler, broadcast_from_main, is_main_rank, pick_device, train_model
 from pool.weights import FULL_FILE, LORA_FILE, save_tensors, trained_tensors, wrap_lora
 
@@ -91,7 +97,9 @@ class Pool:
     def open(cls, path: str | os.PathLike) -> Pool:
         path = Path(path)
         if not (path / MANIFEST).is_file():
-            raise PoolError(f"{path} is not a pool (no {MANIFEST}); create one with `ablate pool init {path}`")
+            raise PoolError(
+                f"{path} is not a pool (no {MANIFEST}); create one with `ablate pool init {path}`"
+            )
         return cls(path, read_record(path / MANIFEST, PoolManifest))
 
     @classmethod
@@ -114,7 +122,9 @@ class Pool:
             raise PoolError(f"{path} is already a pool; add data with `ablate pool add` instead")
         if path.exists() and not path.is_dir():
             raise PoolError(f"{path} exists and is not a folder; choose another pool path")
-        if path.is_dir() and any(not p.name.startswith(".") and p.name != "base" for p in path.iterdir()):
+        if path.is_dir() and any(
+            not p.name.startswith(".") and p.name != "base" for p in path.iterdir()
+        ):
             raise PoolError(f"{path} is not empty and not a pool; choose an empty or new folder")
         if base == "tiny":
             if seed_data is None:
@@ -129,12 +139,16 @@ class Pool:
             base_folder = path / base_path
         else:
             if tiny is not None:
-                raise PoolError("tiny-model options (--vocab-size, --seed-tokens) apply only to --base tiny")
+                raise PoolError(
+                    "tiny-model options (--vocab-size, --seed-tokens) apply only to --base tiny"
+                )
             base_folder = seedlib.check_base_folder(base)
             model, _ = seedlib.load_base(base_folder)
             limit = seedlib.model_context(model, cap=1 << 30)
             if recipe.seq_len > limit:
-                raise PoolError(f"--seq-len {recipe.seq_len} exceeds the model's context of {limit} tokens")
+                raise PoolError(
+                    f"--seq-len {recipe.seq_len} exceeds the model's context of {limit} tokens"
+                )
             base, base_path, context = str(base_folder), str(base_folder), recipe.seq_len
             del model
             path.mkdir(parents=True, exist_ok=True)
@@ -156,7 +170,12 @@ class Pool:
 
     @staticmethod
     def _train_tiny_seed(
-        folder: Path, texts: list[str], spec: TinyModelSpec, recipe: Recipe, progress: bool, device: str | None
+        folder: Path,
+        texts: list[str],
+        spec: TinyModelSpec,
+        recipe: Recipe,
+        progress: bool,
+        device: str | None,
     ) -> None:
         tokenizer = seedlib.train_tiny_tokenizer(texts, spec.vocab_size)
         model = seedlib.build_tiny_model(spec, len(tokenizer), recipe.seq_len, recipe.seed)
@@ -168,8 +187,13 @@ class Pool:
         seed_recipe = recipe.model_copy(update={"method": "full"})
         with _bar(seed_recipe.steps_for(spec.seed_tokens), "seed model", progress) as bar:
             train_model(
-                model, sampler, seed_recipe, spec.seed_tokens,
-                seed=recipe.seed, device=pick_device(device), progress=bar,
+                model,
+                sampler,
+                seed_recipe,
+                spec.seed_tokens,
+                seed=recipe.seed,
+                device=pick_device(device),
+                progress=bar,
             )
         with staged_dir(folder) as tmp:
             seedlib.save_pretrained(model.cpu(), tokenizer, tmp)
@@ -298,9 +322,15 @@ class Pool:
             known = set(self.partitions)
             for n in only:
                 if n not in known:
-                    raise DataError(f"unknown partition {n!r}; known: {', '.join(sorted(known)) or 'none'}")
+                    raise DataError(
+                        f"unknown partition {n!r}; known: {', '.join(sorted(known)) or 'none'}"
+                    )
         done = {(m.partition, m.unit) for m in self.members}
-        return [u for u in self.units() if (u.partition, u.unit) not in done and (not only or u.partition in only)]
+        return [
+            u
+            for u in self.units()
+            if (u.partition, u.unit) not in done and (not only or u.partition in only)
+        ]
 
     def weights_path(self, rec: MemberRecord) -> Path:
         return self.member_folder(rec.partition, rec.unit) / rec.weights_file
@@ -318,7 +348,9 @@ class Pool:
         base_state = {k: v.clone() for k, v in base.state_dict().items()}
         with _bar(len(todo), "members", progress and is_main_rank(), unit="member") as overall:
             for ref in todo:
-                rec = self.grow_one(ref, base, base_state=base_state, progress=progress, device=device)
+                rec = self.grow_one(
+                    ref, base, base_state=base_state, progress=progress, device=device
+                )
                 if rec is not None:
                     trained.append(rec)
                 overall.update(1)
@@ -365,7 +397,12 @@ class Pool:
                 lock.release()
 
     def train_member(
-        self, ref: UnitRef, base: PreTrainedModel, *, progress: bool = True, device: str | None = None
+        self,
+        ref: UnitRef,
+        base: PreTrainedModel,
+        *,
+        progress: bool = True,
+        device: str | None = None,
     ) -> MemberRecord:
         """Train one member from ``base`` (left unchanged for LoRA, trained in place for full)."""
         import copy
@@ -384,13 +421,21 @@ class Pool:
         show = progress and is_main_rank()
         with _bar(recipe.steps_for(recipe.unit_tokens), ref.member_id, show, leave=False) as bar:
             result = train_model(
-                model, sampler, recipe, recipe.unit_tokens, seed=seed, device=pick_device(device), progress=bar
+                model,
+                sampler,
+                recipe,
+                recipe.unit_tokens,
+                seed=seed,
+                device=pick_device(device),
+                progress=bar,
             )
         # Under torchrun every rank holds the same weights; rank 0 alone writes them.
         rec = self._write_member(ref, model, result, seed) if is_main_rank() else None
         return broadcast_from_main(rec)
 
-    def _write_member(self, ref: UnitRef, model: PreTrainedModel, result, seed: int) -> MemberRecord:
+    def _write_member(
+        self, ref: UnitRef, model: PreTrainedModel, result, seed: int
+    ) -> MemberRecord:
         recipe = self.manifest.recipe
         tensors = trained_tensors(model, recipe.method)
         weights_file = LORA_FILE if recipe.method == "lora" else FULL_FILE
@@ -466,7 +511,9 @@ class Pool:
                 "delete it and run `ablate pool grow`"
             )
         if rec.method != self.manifest.recipe.method:
-            raise CorruptMemberError(f"member {rec.member_id} is a {rec.method} member in a {self.manifest.recipe.method} pool")
+            raise CorruptMemberError(
+                f"member {rec.member_id} is a {rec.method} member in a {self.manifest.recipe.method} pool"
+            )
 
     def __repr__(self) -> str:
         return f"Pool({str(self.path)!r}, partitions={len(self.partitions)}, members={len(self.members)})"

@@ -33,7 +33,9 @@ class LoraSpec(_Frozen):
 class Recipe(_Frozen):
     """Continued pre-training recipe shared by all members (and validation models)."""
 
-    method: Method = Field("full", description="Train all weights (full) or a peft LoRA adapter (lora).")
+    method: Method = Field(
+        "full", description="Train all weights (full) or a peft LoRA adapter (lora)."
+    )
     unit_tokens: int = Field(
         100_000, ge=1, description="Tokens per base unit; every member trains on this many tokens."
     )
@@ -64,10 +66,14 @@ class TinyModelSpec(_Frozen):
     layers: int = Field(4, ge=1, description="Transformer blocks.")
     heads: int = Field(4, ge=1, description="Attention heads.")
     intermediate_size: int = Field(384, ge=16, description="MLP width.")
-    seed_tokens: int = Field(200_000, ge=1_000, description="Seed-data tokens the seed model trains on.")
+    seed_tokens: int = Field(
+        200_000, ge=1_000, description="Seed-data tokens the seed model trains on."
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelSpec:
         if self.hidden_size % self.heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}"
+            )
         return self

@@ -48,7 +48,9 @@ def train_tiny_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTok
     )
 
 
-def build_tiny_model(spec: TinyModelSpec, vocab_size: int, context: int, seed: int) -> PreTrainedModel:
+def build_tiny_model(
+    spec: TinyModelSpec, vocab_size: int, context: int, seed: int
+) -> PreTrainedModel:
     """A randomly initialised Llama-style causal LM of the given shape (fp32)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -70,7 +72,9 @@ def build_tiny_model(spec: TinyModelSpec, vocab_size: int, context: int, seed: i
     return LlamaForCausalLM(config)
 
 
-def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+def save_pretrained(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path
+) -> None:
     """Save model (safetensors) and tokenizer into ``folder`` (the caller stages it)."""
     with _quiet_hf():
         model.save_pretrained(folder, safe_serialization=True)
@@ -110,16 +114,24 @@ def check_base_folder(folder: str | os.PathLike) -> Path:
 
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
-        raise PoolError(f"base model folder {folder} does not exist; pass a local Hugging Face model directory or 'tiny'")
+        raise PoolError(
+            f"base model folder {folder} does not exist; pass a local Hugging Face model directory or 'tiny'"
+        )
     if not (folder / "config.json").is_file():
         raise PoolError(f"{folder} has no config.json; it is not a Hugging Face model directory")
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as e:
         raise PoolError(f"cannot read the model config in {folder}: {e}") from None
-    causal = {c for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for c in ((v,) if isinstance(v, str) else v)}
+    causal = {
+        c
+        for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+        for c in ((v,) if isinstance(v, str) else v)
+    }
     archs = list(getattr(config, "architectures", None) or [])
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (archs and not set(archs) & causal):
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+        archs and not set(archs) & causal
+    ):
         kind = archs[0] if archs else config.model_type
         raise PoolError(
             f"{folder} holds a {kind} model, which is not a causal language model; "
@@ -129,7 +141,9 @@ def check_base_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_base(folder: str | os.PathLike, *, dtype: object = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_base(
+    folder: str | os.PathLike, *, dtype: object = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the seed model and tokenizer from a local folder, checking they fit together."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -137,7 +151,9 @@ def load_base(folder: str | os.PathLike, *, dtype: object = None) -> tuple[PreTr
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise PoolError(f"cannot load the tokenizer in {folder}: {e}; save one next to the model") from None
+        raise PoolError(
+            f"cannot load the tokenizer in {folder}: {e}; save one next to the model"
+        ) from None
     with _quiet_hf():
         model = AutoModelForCausalLM.from_pretrained(
             folder, local_files_only=True, use_safetensors=True, dtype=dtype or "auto"

@@ -63,7 +63,9 @@ class PartitionIndex(_Record):
     token_dtype: TokenDtype
     tokens_sha256: str
     unit_tokens: int
-    units: tuple[tuple[int, int], ...] = Field(description="Half-open document ranges, one per unit.")
+    units: tuple[tuple[int, int], ...] = Field(
+        description="Half-open document ranges, one per unit."
+    )
     unit_hashes: tuple[str, ...] = Field(description="sha256 of each unit's token ids.")
 
 
@@ -109,7 +111,9 @@ def read_record(path: str | os.PathLike, cls: type[_R]) -> _R:
     except FileNotFoundError:
         raise PoolError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PoolError(f"{path} is unreadable or not JSON ({e}); restore it or rebuild that entry") from None
+        raise PoolError(
+            f"{path} is unreadable or not JSON ({e}); restore it or rebuild that entry"
+        ) from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise PoolError(

@@ -36,12 +36,16 @@ class SequenceSampler:
     (one source = plain epoch shuffling). A source shorter than one window is repeated.
     """
 
-    def __init__(self, sources: Sequence[np.ndarray], weights: Sequence[float], seq_len: int, seed: int):
+    def __init__(
+        self, sources: Sequence[np.ndarray], weights: Sequence[float], seq_len: int, seed: int
+    ):
         if not sources or len(sources) != len(weights):
             raise ValueError("need one weight per source and at least one source")
         w = np.asarray(weights, dtype=np.float64)
         if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise ValueError(f"source weights must be finite, non-negative and not all zero, got {weights}")
+            raise ValueError(
+                f"source weights must be finite, non-negative and not all zero, got {weights}"
+            )
         self.p = w / w.sum()
         self.window = seq_len + 1
         self.rng = np.random.default_rng(seed)
@@ -147,14 +151,20 @@ def train_model(
         # (same seed) and trains on its 1/world slice; DDP averages the gradients, so the
         # data order and the update equal one process's (up to float summation order).
         if recipe.batch_size % world:
-            raise ValueError(f"batch size {recipe.batch_size} must be divisible by the {world} processes")
+            raise ValueError(
+                f"batch size {recipe.batch_size} must be divisible by the {world} processes"
+            )
         from torch.nn.parallel import DistributedDataParallel
 
         share = recipe.batch_size // world
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95))
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    opt = torch.optim.AdamW(
+        params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95)
+    )
     steps = recipe.steps_for(tokens)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, steps, recipe.warmup_ratio, recipe.min_lr_ratio)
@@ -188,7 +198,9 @@ def train_model(
     # Average the per-step losses into at most _CURVE_POINTS buckets for the record.
     edges = np.linspace(0, steps, min(steps, _CURVE_POINTS) + 1).astype(int)
     curve = tuple((int(b), float(losses[a:b].mean())) for a, b in zip(edges[:-1], edges[1:]))
-    tail = max(1, steps // 10)  # final loss = mean of the last 10% of steps (less noisy than one step)
+    tail = max(
+        1, steps // 10
+    )  # final loss = mean of the last 10% of steps (less noisy than one step)
     return TrainResult(
         steps=steps,
         tokens_seen=steps * recipe.tokens_per_step,

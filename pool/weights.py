@@ -34,7 +34,9 @@ def wrap_lora(model: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
             f"none of the LoRA target modules {list(spec.target_modules)} exist in this model; "
             "set recipe.lora.target_modules to its linear layer names"
         )
-    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets)
+    config = LoraConfig(
+        r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets
+    )
     return get_peft_model(model, config)
 
 
@@ -43,7 +45,9 @@ def trained_tensors(model: PreTrainedModel, method: str) -> dict[str, torch.Tens
     if method == "lora":
         from peft import get_peft_model_state_dict
 
-        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        return {
+            k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
+        }
     # named_parameters() lists a tied weight once, which safetensors requires.
     return {k: p.detach().cpu().contiguous() for k, p in model.named_parameters()}
 
@@ -65,7 +69,9 @@ def load_tensors(
 
     path = Path(path)
     if not path.is_file():
-        raise CorruptMemberError(f"{path} is missing; run `ablate pool grow` to retrain that member")
+        raise CorruptMemberError(
+            f"{path} is missing; run `ablate pool grow` to retrain that member"
+        )
     if sha256 is not None and sha256_file(path) != sha256:
         raise CorruptMemberError(
             f"{path} does not match the sha256 recorded when it was written (corrupt or modified); "
@@ -74,4 +80,6 @@ def load_tensors(
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError) as e:
-        raise CorruptMemberError(f"{path} is not a readable safetensors file ({e}); delete it and regrow") from None
+        raise CorruptMemberError(
+            f"{path} is not a readable safetensors file ({e}); delete it and regrow"
+        ) from None

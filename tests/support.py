@@ -10,9 +10,50 @@ from pathlib import Path
 # Three synthetic domains with disjoint vocabularies: models trained on one are measurably
 # better on it, so merge/score tests have signal even at this size.
 WORDS = {
-    "code": "def return import class self for in if else while print yield lambda".split(),
-    "wiki": "the history of city river was born in king war empire north south".split(),
-    "math": "theorem proof lemma integral sum prime group field let x y equals".split(),
+    "code": [
+        "def",
+        "return",
+        "import",
+        "class",
+        "self",
+        "for",
+        "in",
+        "if",
+        "else",
+        "while",
+        "print",
+        "yield",
+        "lambda",
+    ],
+    "wiki": [
+        "the",
+        "history",
+        "of",
+        "city",
+        "river",
+        "was",
+        "born",
+        "in",
+        "king",
+        "war",
+        "empire",
+        "north",
+        "south",
+    ],
+    "math": [
+        "theorem",
+        "proof",
+        "lemma",
+        "integral",
+        "sum",
+        "prime",
+        "group",
+        "field",
+        "let",
+        "x",
+        "y",
+        "equals",
+    ],
 }
 
 

@@ -89,10 +89,11 @@ class OptunaStrategy:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # an INFO line per trial is noise
         self._ctx = ctx
         self._space = ctx.space
-        # Workers sharing a study must not draw the same random start-up points.
-        seed = ctx.seed
-        if ctx.storage is not None:
-            seed = int(hashlib.sha256(f"{ctx.seed}/{_worker_id()}".encode()).hexdigest()[:8], 16)
+        # Hashed, because Optuna's RandomState streams for seeds 0, 1, 2, ... start alike (the
+        # first draws of seeds 1, 3 and 4 are all the full set of six partitions); and workers
+        # sharing a study must not draw the same random start-up points.
+        salt = "" if ctx.storage is None else f"/{_worker_id()}"
+        seed = int(hashlib.sha256(f"ablate-search/{ctx.seed}{salt}".encode()).hexdigest()[:8], 16)
         n_startup = max(3, min(10, ctx.budget // 4))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -193,12 +193,11 @@ def plot_scatter(
     pairs: pd.DataFrame, path: Path, title: str, correlations: pd.DataFrame | None = None
 ) -> Path:
     """Proxy vs real perplexity, one colour per eval domain, with the y = x line."""
-    import matplotlib
+    # A bare Figure renders headless without switching the process's matplotlib backend.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
     for d, g in pairs.groupby("domain", sort=True):
         label = str(d)
         if (
@@ -222,7 +221,6 @@ def plot_scatter(
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(path)
     return path
 

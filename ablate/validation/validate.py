@@ -101,6 +101,10 @@ def validate(
         raise MixtureError("no mixtures to validate")
     if bootstrap < 0 or not 0 < level < 1:
         raise MixtureError(f"need bootstrap >= 0 and 0 < level < 1, got {bootstrap} and {level}")
+    if POOLED in ev.domains:
+        raise MixtureError(
+            f"an eval domain is named {POOLED!r}, which the report uses for all domains; rename it"
+        )
     plans = [plan_for(ev, m) for m in chosen]  # checks every name before anything trains
     show = ev.progress if progress is None else progress
     records, trained = ensure_trained(ev, plans, progress=show, device=device or ev.device_name)

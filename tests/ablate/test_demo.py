@@ -34,4 +34,6 @@ def test_demo_quick_runs_and_reuses(tmp_path):
     again = run_cli("demo", "--quick", "--out", out)
     assert again.returncode == 0, again.stderr
     assert "reusing the demo pool" in again.stdout and "growing" not in again.stdout
-    assert {p: p.stat().st_mtime_ns for p in (out / "pool" / "members").rglob("member.json")} == members
+    assert {
+        p: p.stat().st_mtime_ns for p in (out / "pool" / "members").rglob("member.json")
+    } == members

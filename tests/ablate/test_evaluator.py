@@ -30,7 +30,9 @@ def test_uniform_subset_equals_mean_of_members(ev):
     params = dict(ev.merged.model.named_parameters())
     for name in ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight", "model.norm.weight"):
         # a partition's weight is spread evenly over its units
-        want = 0.5 * torch.stack([t[name] for t in code]).mean(0) + 0.5 * torch.stack([t[name] for t in wiki]).mean(0)
+        want = 0.5 * torch.stack([t[name] for t in code]).mean(0) + 0.5 * torch.stack(
+            [t[name] for t in wiki]
+        ).mean(0)
         torch.testing.assert_close(params[name], want, atol=1e-6, rtol=1e-6)
 
 
@@ -42,7 +44,9 @@ def test_single_member_matches_hf_labels_loss(ev):
     part = next(p for p, x in pool.partitions.items() if len(x.index.units) == 1)
     res = ev.evaluate(Mixture.uniform([part]))
     (rec,) = [m for m in pool.members if m.partition == part]
-    model = AutoModelForCausalLM.from_pretrained(pool.base_folder, local_files_only=True, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        pool.base_folder, local_files_only=True, dtype=torch.float32
+    )
     model.load_state_dict(load_tensors(pool.weights_path(rec)), strict=False)
     model.eval()
     ctx = pool.manifest.context
@@ -101,7 +105,9 @@ def test_growing_changes_keys_only_for_touched_mixtures(full_pool, corpus, tmp_p
     ev = Evaluator(full_pool, corpus["eval"], by="domain", progress=False)
     before = {m: ev.pool_key(Mixture.parse(m)) for m in ("code", "code,wiki")}
     ev.evaluate("code,wiki")
-    new = write_jsonl(tmp_path / "n.jsonl", [dict(r, domain="extra") for r in make_docs("math", 4, 7)])
+    new = write_jsonl(
+        tmp_path / "n.jsonl", [dict(r, domain="extra") for r in make_docs("math", 4, 7)]
+    )
     full_pool.add([new], by="domain", progress=False)
     full_pool.grow(progress=False)
     ev2 = Evaluator(full_pool, corpus["eval"], by="domain", progress=False)
@@ -119,7 +125,11 @@ def test_lora_merge_is_exact(lora_pool_dir, corpus):
     spec = pool.manifest.recipe.lora
     name = "model.layers.1.mlp.down_proj"
     delta = sum(
-        w[i] * (t[f"base_model.model.{name}.lora_B.weight"] @ t[f"base_model.model.{name}.lora_A.weight"])
+        w[i]
+        * (
+            t[f"base_model.model.{name}.lora_B.weight"]
+            @ t[f"base_model.model.{name}.lora_A.weight"]
+        )
         for i, t in enumerate(load_tensors(pool.weights_path(m)) for m in pool.members)
     )
     want = dict(base.named_parameters())[f"{name}.weight"] + spec.alpha / spec.rank * delta
@@ -172,7 +182,18 @@ def test_eval_by_missing_field(full_pool_dir, corpus):
 
 
 def test_cli_eval_json_schema(full_pool, corpus):
-    r = run_cli("eval", full_pool.path, "--eval-data", corpus["eval"], "--eval-by", "domain", "--all-subsets", "--max-size", "2", "--json")
+    r = run_cli(
+        "eval",
+        full_pool.path,
+        "--eval-data",
+        corpus["eval"],
+        "--eval-by",
+        "domain",
+        "--all-subsets",
+        "--max-size",
+        "2",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert len(rows) == 6 * 4  # 6 subsets x (3 domains + macro)
@@ -184,7 +205,18 @@ def test_cli_eval_json_schema(full_pool, corpus):
     macro = [r for r in rows if r["domain"] == "macro"]
     assert len(macro) == 6
     # a repeated run reads the store and prints the same numbers
-    r2 = run_cli("eval", full_pool.path, "--eval-data", corpus["eval"], "--eval-by", "domain", "--all-subsets", "--max-size", "2", "--json")
+    r2 = run_cli(
+        "eval",
+        full_pool.path,
+        "--eval-data",
+        corpus["eval"],
+        "--eval-by",
+        "domain",
+        "--all-subsets",
+        "--max-size",
+        "2",
+        "--json",
+    )
     assert json.loads(r2.stdout) == rows
     bad = run_cli("eval", full_pool.path, "--eval-data", corpus["eval"], "--mixture", "code,zzz")
     assert bad.returncode == 2 and "unknown partition(s) 'zzz'" in bad.stderr

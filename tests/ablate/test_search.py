@@ -25,7 +25,7 @@ from ablate.search.driver import split_evaluators
 
 SUBSET_TOL = 0.0  # subset spaces are small enough that every strategy must hit the optimum
 WEIGHT_TOL = 0.05  # weight spaces: within 5% of the best subset's perplexity (target "code")
-WEIGHT_BUDGET = 15
+WEIGHT_BUDGET = 20  # TPE, the weakest here, stays within 3.4% of the optimum over 8 seeds at 20
 
 
 def _store_rows(path) -> int:

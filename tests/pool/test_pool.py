@@ -69,13 +69,21 @@ def test_different_data_under_existing_name_is_refused(full_pool, tmp_path):
 
 
 def test_grow_trains_only_new_members(full_pool, tmp_path):
-    old = {m.member_id: (full_pool.weights_path(m).stat().st_mtime_ns, m.weights_sha256) for m in full_pool.members}
-    new = write_jsonl(tmp_path / "new.jsonl", [dict(r, domain="extra") for r in make_docs("math", 6, seed=5)])
+    old = {
+        m.member_id: (full_pool.weights_path(m).stat().st_mtime_ns, m.weights_sha256)
+        for m in full_pool.members
+    }
+    new = write_jsonl(
+        tmp_path / "new.jsonl", [dict(r, domain="extra") for r in make_docs("math", 6, seed=5)]
+    )
     assert full_pool.add([new], by="domain", progress=False) == ["extra"]
     assert [u.partition for u in full_pool.missing()] == ["extra"] * len(full_pool.missing())
     trained = full_pool.grow(progress=False)
     assert {m.partition for m in trained} == {"extra"}
-    after = {m.member_id: (full_pool.weights_path(m).stat().st_mtime_ns, m.weights_sha256) for m in full_pool.members}
+    after = {
+        m.member_id: (full_pool.weights_path(m).stat().st_mtime_ns, m.weights_sha256)
+        for m in full_pool.members
+    }
     assert {k: after[k] for k in old} == old  # old members untouched, byte for byte
     assert full_pool.grow(progress=False) == []
 
@@ -102,11 +110,19 @@ def test_verify_names_flipped_byte(full_pool):
 
 
 def test_interrupted_grow_resumes(tmp_path, corpus):
-    pool = Pool.create(tmp_path / "p", seed_data=corpus["seed"], recipe=tiny_recipe(unit_tokens=300), tiny=tiny_spec(), progress=False)
+    pool = Pool.create(
+        tmp_path / "p",
+        seed_data=corpus["seed"],
+        recipe=tiny_recipe(unit_tokens=300),
+        tiny=tiny_spec(),
+        progress=False,
+    )
     pool.add([corpus["train"]], by="domain", progress=False)
     total = len(pool.units())
     assert total >= 3
-    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "-q", "pool", "grow", str(pool.path)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ablate.cli", "-q", "pool", "grow", str(pool.path)]
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(pool.members) < 1:
         time.sleep(0.05)
@@ -132,13 +148,31 @@ def test_hf_model_directory_as_base(tmp_path, corpus):
     texts = [json.loads(x)["text"] for x in corpus["seed"].read_text().splitlines()]
     tok = train_tiny_tokenizer(texts, 300)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
     )
     hf = tmp_path / "my-model"
     LlamaForCausalLM(cfg).save_pretrained(hf)
     tok.save_pretrained(hf)
-    r = run_cli("pool", "init", tmp_path / "p", "--base", hf, "--unit-tokens", "400", "--seq-len", "32", "--batch-size", "4")
+    r = run_cli(
+        "pool",
+        "init",
+        tmp_path / "p",
+        "--base",
+        hf,
+        "--unit-tokens",
+        "400",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+    )
     assert r.returncode == 0, r.stderr
     r = run_cli("pool", "add", tmp_path / "p", corpus["train"], "--partition-by", "domain")
     assert r.returncode == 0, r.stderr
@@ -150,7 +184,7 @@ def test_hf_model_directory_as_base(tmp_path, corpus):
     from safetensors import safe_open
 
     with safe_open(pool.weights_path(pool.members[0]), "pt") as f:
-        assert "lm_head.weight" not in f.keys()
+        assert "lm_head.weight" not in f.keys()  # noqa: SIM118  (safe_open is not a dict)
 
 
 def test_lora_members_store_only_adapters(lora_pool_dir):
@@ -178,7 +212,15 @@ def _bert_dir(tmp_path: Path) -> Path:
     from transformers import BertConfig, BertModel
 
     d = tmp_path / "bert"
-    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(d)
+    BertModel(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    ).save_pretrained(d)
     return d
 
 
@@ -187,7 +229,13 @@ def _mismatched_dir(tmp_path: Path, full_pool_dir: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     d = tmp_path / "mismatch"
-    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
     LlamaForCausalLM(cfg).save_pretrained(d)
     AutoTokenizer.from_pretrained(full_pool_dir / "base").save_pretrained(d)
     return d
@@ -207,7 +255,9 @@ def _mismatched_dir(tmp_path: Path, full_pool_dir: Path) -> Path:
         ("unknown-only", "unknown partition 'nope'"),
     ],
 )
-def test_bad_input_is_one_line_and_leaves_pool_intact(case, message, full_pool, tmp_path, full_pool_dir):
+def test_bad_input_is_one_line_and_leaves_pool_intact(
+    case, message, full_pool, tmp_path, full_pool_dir
+):
     p = full_pool.path
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "hello", "domain": "../escape"}])
     args = {
@@ -216,7 +266,13 @@ def test_bad_input_is_one_line_and_leaves_pool_intact(case, message, full_pool, 
         "unsafe-name": ["pool", "add", p, bad, "--partition-by", "domain"],
         "not-a-pool": ["pool", "grow", tmp_path],
         "not-causal": ["pool", "init", tmp_path / "new", "--base", _bert_dir(tmp_path)],
-        "vocab-mismatch": ["pool", "init", tmp_path / "new", "--base", _mismatched_dir(tmp_path, full_pool_dir)],
+        "vocab-mismatch": [
+            "pool",
+            "init",
+            tmp_path / "new",
+            "--base",
+            _mismatched_dir(tmp_path, full_pool_dir),
+        ],
         "seed-missing": ["pool", "init", tmp_path / "new"],
         "bad-lr": ["pool", "init", tmp_path / "new", "--seed-data", bad, "--lr", "-1"],
         "unknown-only": ["pool", "grow", p, "--only", "nope"],
