@@ -388,6 +388,18 @@ def _usage(msg: str) -> Exception:
     return AblateError(msg)
 
 
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    """The pool and eval-set arguments shared by eval, search and validate."""
+    p.add_argument("pool")
+    p.add_argument(
+        "--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)"
+    )
+    p.add_argument(
+        "--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain"
+    )
+    p.add_argument("--text-field", default="text")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -458,14 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pool_verify)
 
     p = sub.add_parser("eval", help="score mixtures by merging pool members")
-    p.add_argument("pool")
-    p.add_argument(
-        "--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)"
-    )
-    p.add_argument(
-        "--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain"
-    )
-    p.add_argument("--text-field", default="text")
+    _add_eval_args(p)
     what = p.add_mutually_exclusive_group()
     what.add_argument(
         "--mixture", action="append", metavar="A,B,C", help="uniform subset (repeatable)"
@@ -494,14 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate", help="really train models on mixtures; correlate proxy and real perplexity"
     )
-    p.add_argument("pool")
-    p.add_argument(
-        "--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)"
-    )
-    p.add_argument(
-        "--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain"
-    )
-    p.add_argument("--text-field", default="text")
+    _add_eval_args(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--sample", type=int, default=None, metavar="N", help="validate N random uniform subsets"
@@ -538,14 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "search", help="search mixtures for the one that minimises a target perplexity"
     )
-    p.add_argument("pool")
-    p.add_argument(
-        "--eval-data", nargs="+", required=True, help="eval files (same formats as corpora)"
-    )
-    p.add_argument(
-        "--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain"
-    )
-    p.add_argument("--text-field", default="text")
+    _add_eval_args(p)
     p.add_argument(
         "--target",
         default="macro",
