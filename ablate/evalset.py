@@ -48,11 +48,26 @@ def _read_cache(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 @dataclass(frozen=True)
 class Windows:
-    """Scoring batches' raw material: inputs/targets ``(W, C)``, domain per window ``(W,)``."""
+    """Scoring batches' raw material: inputs/targets ``(W, C)``, domain per window ``(W,)``.
+
+    Windows are sorted longest first and right-padded, so a batch of neighbours can be cut
+    to its longest member: short documents cost their own length, not the full context.
+    """
 
     inputs: np.ndarray
     targets: np.ndarray
     domain: np.ndarray
+    lengths: np.ndarray  # (W,) real input tokens per window, non-increasing
+
+    def batches(self, batch_tokens: int) -> list[tuple[int, int, int]]:
+        """``(start, stop, length)`` row ranges holding at most ``batch_tokens`` real-width tokens."""
+        out, start, n = [], 0, len(self.lengths)
+        while start < n:
+            length = int(self.lengths[start])
+            stop = min(n, start + max(1, batch_tokens // length))
+            out.append((start, stop, length))
+            start = stop
+        return out
 
 
 @dataclass(frozen=True)
@@ -154,7 +169,7 @@ class EvalSet:
 
     def windows(self, context: int, pad_id: int) -> Windows:
         """Cut every document into non-overlapping windows of ``context`` tokens."""
-        inputs, targets, dom = [], [], []
+        inputs, targets, dom, lengths = [], [], [], []
         for doc, d in zip(self.docs, self.doc_domain, strict=True):
             doc = np.asarray(doc, dtype=np.int64)
             for start in range(0, len(doc) - 1, context):
@@ -167,6 +182,13 @@ class EvalSet:
                 inputs.append(row_x)
                 targets.append(row_y)
                 dom.append(int(d))
+                lengths.append(len(x))
         if not inputs:
             raise DataError("the eval documents hold no tokens to score")
-        return Windows(np.stack(inputs), np.stack(targets), np.asarray(dom, dtype=np.int64))
+        order = np.argsort(-np.asarray(lengths), kind="stable")
+        return Windows(
+            np.stack(inputs)[order],
+            np.stack(targets)[order],
+            np.asarray(dom, dtype=np.int64)[order],
+            np.asarray(lengths, dtype=np.int64)[order],
+        )

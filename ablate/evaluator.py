@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.evalset import EvalSet
+from ablate.evalset import IGNORE, EvalSet
 from ablate.mixture import Mixture, MixtureError
 from ablate.results import ResultsStore, Row
 from pool import Pool
@@ -217,7 +217,18 @@ class Evaluator:
             torch.from_numpy(w.inputs).to(self.device),
             torch.from_numpy(w.targets).to(self.device),
             torch.from_numpy(w.domain).to(self.device),
+            w.batches(self.batch_tokens),
         )
+
+    def scoring_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Eval windows as ``inputs (B, L)``, ``targets (B, L)``, ``domain (B,)``, cut to ``L``.
+
+        Windows are right-padded and the model is causal, so cutting a batch to its longest
+        window changes no score and skips the padding's compute.
+        """
+        inputs, targets, dom, batches = self._windows
+        for start, stop, length in batches:
+            yield inputs[start:stop, :length], targets[start:stop, :length], dom[start:stop]
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -274,33 +285,15 @@ class Evaluator:
         """Score whatever weights the skeleton holds now, per eval domain."""
         import torch
 
-        import kernels
-
-        model = self.merged.model
-        body = model.base_model
-        head = model.get_output_embeddings()
-        cfg = model.config
-        softcap = getattr(cfg, "final_logit_softcapping", None)
-        scale = float(getattr(cfg, "logit_scale", None) or 1.0)
-        inputs, targets, dom = self._windows
+        _, targets, dom, _ = self._windows
         n_dom = len(self.domains)
         nll = torch.zeros(n_dom, dtype=torch.float64, device=self.device)
-        per_batch = max(1, self.batch_tokens // inputs.shape[1])
         with torch.inference_mode():
-            for s in range(0, inputs.shape[0], per_batch):
-                x, y = inputs[s : s + per_batch], targets[s : s + per_batch]  # (B, C)
-                hidden = body(input_ids=x, use_cache=False).last_hidden_state  # (B, C, H)
-                tok = kernels.token_nll(
-                    hidden.flatten(0, 1),
-                    head.weight,
-                    y.flatten(),
-                    bias=head.bias,
-                    logit_scale=scale,
-                    softcap=softcap,
-                )  # (B*C,) fp32, 0 at ignored targets
-                nll.index_add_(0, dom[s : s + per_batch], tok.view(x.shape).sum(1).double())
+            for x, y, d in self.scoring_batches():
+                tok, rows = target_nll(self.merged.model, x, y)
+                nll.index_add_(0, d[rows], tok.double())
         counts = torch.zeros(n_dom, dtype=torch.int64, device=self.device)
-        counts.index_add_(0, dom, (targets != -100).sum(1))
+        counts.index_add_(0, dom, (targets != IGNORE).sum(1))
         nbytes = self.eval_set.domain_bytes
         return {
             d: DomainScore(int(counts[i]), float(nll[i]), int(nbytes[i]))
@@ -394,6 +387,32 @@ class Evaluator:
         ]
 
 
+def target_nll(
+    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NLL of every real target in a batch, and the batch row each one belongs to.
+
+    Runs the model body, then ``kernels.token_nll`` on the final hidden states of real
+    targets only (never on padding), so the ``(tokens, vocab)`` logits never exist at once.
+    """
+    import kernels
+
+    hidden = model.base_model(input_ids=inputs, use_cache=False).last_hidden_state  # (B, L, H)
+    real = targets != IGNORE  # (B, L)
+    rows = real.nonzero()[:, 0]  # (N,)
+    head = model.get_output_embeddings()
+    cfg = model.config
+    tok = kernels.token_nll(
+        hidden[real],  # (N, H)
+        head.weight,
+        targets[real],
+        bias=head.bias,
+        logit_scale=float(getattr(cfg, "logit_scale", None) or 1.0),
+        softcap=getattr(cfg, "final_logit_softcapping", None),
+    )  # (N,) fp32
+    return tok, rows
+
+
 def results_frame(results: Iterable[EvalResult]) -> pd.DataFrame:
     """One row per mixture x domain (plus ``macro``), with the mixture as text and weights."""
     import pandas as pd
@@ -417,4 +436,4 @@ def results_frame(results: Iterable[EvalResult]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-__all__ = ["AblateError", "DomainScore", "EvalResult", "Evaluator", "results_frame"]
+__all__ = ["AblateError", "DomainScore", "EvalResult", "Evaluator", "results_frame", "target_nll"]

@@ -54,7 +54,7 @@ def mixture_gradient(
     """
     import torch
 
-    import kernels
+    from ablate.evaluator import target_nll
 
     if ev.pool.manifest.recipe.method != "full":
         raise AblateError(
@@ -64,40 +64,22 @@ def mixture_gradient(
     merged = ev.merged
     merged.merge(torch.from_numpy(ev.member_weights(mixture)).float())
     model = merged.model
-    body, head, cfg = model.base_model, model.get_output_embeddings(), model.config
-    softcap = getattr(cfg, "final_logit_softcapping", None)
-    scale = float(getattr(cfg, "logit_scale", None) or 1.0)
-    pad = ev.pool.tokenizer.pad_token_id
-    win = ev.eval_set.windows(ev.pool.manifest.context, 0 if pad is None else pad)
-    inputs = torch.from_numpy(win.inputs).to(ev.device)  # (W, C)
-    targets = torch.from_numpy(win.targets).to(ev.device)  # (W, C)
     coef = target.coefficients(target.domains(ev.domains))
-    # d (sum_d c_d exp(nll_d / T_d)) = sum_d c_d ppl_d / T_d * d nll_d, one factor per window.
+    # d (sum_d c_d exp(nll_d / T_d)) = sum_d c_d ppl_d / T_d * d nll_d, one factor per token.
     per_domain = torch.tensor(
         [coef.get(d, 0.0) * result.scores[d].ppl / result.scores[d].tokens for d in ev.domains],
         dtype=torch.float32,
         device=ev.device,
     )
-    win_coef = per_domain[torch.from_numpy(win.domain).to(ev.device)]  # (W,)
     params = list(model.parameters())
     grads = [torch.zeros_like(p) for p in params]
-    per_batch = max(1, ev.batch_tokens // inputs.shape[1])
     for p in params:
         p.requires_grad_(True)
     try:
         with torch.enable_grad():
-            for s in range(0, inputs.shape[0], per_batch):
-                x, y = inputs[s : s + per_batch], targets[s : s + per_batch]  # (B, C)
-                hidden = body(input_ids=x, use_cache=False).last_hidden_state  # (B, C, H)
-                tok = kernels.token_nll(
-                    hidden.flatten(0, 1),
-                    head.weight,
-                    y.flatten(),
-                    bias=head.bias,
-                    logit_scale=scale,
-                    softcap=softcap,
-                )  # (B*C,)
-                loss = (tok.view(x.shape).sum(1) * win_coef[s : s + per_batch]).sum()
+            for x, y, dom in ev.scoring_batches():
+                tok, rows = target_nll(model, x, y)  # (N,), (N,)
+                loss = (tok * per_domain[dom[rows]]).sum()
                 for acc, g in zip(
                     grads, torch.autograd.grad(loss, params, allow_unused=True), strict=True
                 ):

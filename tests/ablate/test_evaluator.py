@@ -66,6 +66,36 @@ def test_single_member_matches_hf_labels_loss(ev):
         assert res.ppl[d] == pytest.approx(math.exp(nll / n), rel=1e-4)
 
 
+def test_batches_cut_padding_without_changing_scores(full_pool_dir, corpus):
+    """Longest-first windows cut to each batch's longest: same NLL as one window per batch."""
+    mix = Mixture.uniform(["code", "wiki"])
+    scores = {}
+    for budget in (1, 200, 1 << 20):
+        ev = Evaluator(
+            full_pool_dir,
+            corpus["eval"],
+            by="domain",
+            store=False,
+            progress=False,
+            batch_tokens=budget,
+        )
+        win = ev.eval_set.windows(ev.pool.manifest.context, 0)
+        assert (np.diff(win.lengths) <= 0).all()
+        assert ((win.targets != -100).sum(1) >= win.lengths - 1).all()
+        batches = win.batches(budget)
+        assert [b[0] for b in batches[1:]] == [b[1] for b in batches[:-1]]
+        assert batches[0][0] == 0 and batches[-1][1] == len(win.lengths)
+        for start, stop, length in batches:
+            assert win.lengths[start:stop].max() == length
+            assert (win.inputs[start:stop, length:] == 0).all() or length == win.inputs.shape[1]
+            assert stop - start == 1 or (stop - start) * length <= budget
+        scores[budget] = ev.evaluate(mix).scores
+    for budget in (200, 1 << 20):
+        for d, s in scores[budget].items():
+            assert s.tokens == scores[1][d].tokens
+            assert s.nll == pytest.approx(scores[1][d].nll, rel=1e-5)
+
+
 def test_gray_walk_matches_independent_merges(full_pool_dir, corpus):
     ev = Evaluator(full_pool_dir, corpus["eval"], by="domain", store=False, progress=False)
     walked = ev.run_many(ev.all_subsets())
