@@ -125,8 +125,13 @@ def eval_file(path: Path, tokens: int) -> Path:
     return path
 
 
-def baseline(pool_dir: Path, mixtures, eval_set, work: Path) -> dict[str, float]:
-    """mergekit-style: merge on disk, reload with transformers, labels= loss."""
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def baseline(pool_dir: Path, mixtures, eval_set, work: Path, device: str) -> dict[str, float]:
+    """mergekit-style: merge (on ``device``, like mergekit's --cuda), save, reload, labels= loss."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -139,8 +144,9 @@ def baseline(pool_dir: Path, mixtures, eval_set, work: Path) -> dict[str, float]
         s = time.perf_counter()
         names = list(mix.names)
         w = dict(mix.weights)
-        sds = [load_file(str(pool.weights_path(pool.member(n, 0)))) for n in names]
-        merged = {k: sum(w[n] * sd[k] for n, sd in zip(names, sds)) for k in sds[0]}
+        sds = [load_file(str(pool.weights_path(pool.member(n, 0))), device=device) for n in names]
+        merged = {k: sum(w[n] * sd[k] for n, sd in zip(names, sds)).cpu() for k in sds[0]}
+        _sync(device)
         t["merge"] += time.perf_counter() - s
         s = time.perf_counter()
         model = pool.load_base_model()
@@ -148,13 +154,14 @@ def baseline(pool_dir: Path, mixtures, eval_set, work: Path) -> dict[str, float]
         out = work / "merged"
         shutil.rmtree(out, ignore_errors=True)
         model.save_pretrained(out)
-        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to(device).eval()
+        _sync(device)
         t["save+load"] += time.perf_counter() - s
         s = time.perf_counter()
         nll = 0.0
         with torch.inference_mode():
             for doc in eval_set.docs:
-                doc = torch.as_tensor(doc, dtype=torch.long)
+                doc = torch.as_tensor(doc, dtype=torch.long, device=device)
                 for a in range(0, len(doc) - 1, ctx):
                     x = doc[a : a + ctx + 1][None]
                     nll += model(input_ids=x, labels=x).loss.item() * (x.shape[1] - 1)
@@ -162,16 +169,17 @@ def baseline(pool_dir: Path, mixtures, eval_set, work: Path) -> dict[str, float]
     return t
 
 
-def ours(pool_dir: Path, mixtures, eval_set) -> tuple[dict[str, float], float]:
+def ours(pool_dir: Path, mixtures, eval_set, device: str) -> tuple[dict[str, float], float]:
     from ablate import Evaluator
 
     s = time.perf_counter()
-    ev = Evaluator(pool_dir, eval_set, store=False, progress=False)
+    ev = Evaluator(pool_dir, eval_set, device=device, store=False, progress=False)
     ev.merged  # noqa: B018  # load + stack the members once (reported separately)
     ev._windows  # noqa: B018
     setup = time.perf_counter() - s
     s = time.perf_counter()
     ev.run_many(mixtures, progress=False)
+    _sync(device)
     return {"total": time.perf_counter() - s}, setup
 
 
@@ -184,6 +192,9 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--mixtures", type=int, default=6, help="mixtures scored by each side")
     ap.add_argument("--eval-tokens", type=int, nargs="+", default=[256, 2048])
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="both sides"
+    )
     args = ap.parse_args()
 
     from transformers.utils import logging as hf_logging
@@ -204,7 +215,7 @@ def main() -> None:
         mixtures = [Mixture.uniform([names[i] for i in s]) for s in subsets]
         print(
             f"pool: {args.members} members x {n_params / 1e6:.1f}M parameters (fp32), "
-            f"{args.mixtures} mixtures, torch threads {torch.get_num_threads()}"
+            f"{args.mixtures} mixtures, device {args.device}, torch threads {torch.get_num_threads()}"
         )
         print(
             f"{'eval tokens':>11} {'baseline s/mix':>15} {'(merge':>8} {'save+load':>10} {'score)':>8} "
@@ -213,8 +224,8 @@ def main() -> None:
         for tokens in args.eval_tokens:
             es = EvalSet.load(pool, eval_file(work / f"eval{tokens}.jsonl", tokens))
             n_tok = sum(len(d) - 1 for d in es.docs)
-            tb = baseline(pool_dir, mixtures, es, work)
-            to, setup = ours(pool_dir, mixtures, es)
+            tb = baseline(pool_dir, mixtures, es, work, args.device)
+            to, setup = ours(pool_dir, mixtures, es, args.device)
             base_per = sum(tb.values()) / len(mixtures)
             ours_per = to["total"] / len(mixtures)
             print(

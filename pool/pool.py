@@ -9,12 +9,13 @@ loses at most the member it was training. A lock file per member keeps two concu
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import shutil
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -47,6 +48,23 @@ MANIFEST = "pool.json"
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def _add_lock(data_folder: Path) -> Iterator[None]:
+    """Hold the pool's add lock, saying so when another ``pool add`` makes us wait."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(data_folder / ".add.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("another `ablate pool add` is writing to this pool; waiting for it to finish")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _bar(total: int, desc: str, enabled: bool, **kw: object):
@@ -258,13 +276,37 @@ class Pool:
         groups = partition_documents(
             docs, by=by, by_folder=by_folder, units=units, seed=self.manifest.recipe.seed, name=name
         )
+        if not self._new_partitions(groups):  # checked before the lock: a refusal writes nothing
+            return []
+        self.data_folder.mkdir(exist_ok=True)
+        # One add at a time per pool: a second add would otherwise race the name checks and
+        # sweep the first one's staging folders as stale leftovers.
+        with _add_lock(self.data_folder):
+            todo = self._new_partitions(groups)  # again: another add may have landed meanwhile
+            remove_stale_temporaries(self.data_folder)
+            total = sum(len(v) for v in todo.values())
+            with _bar(total, "tokenize", progress, unit="doc") as bar:
+                for pname, pdocs in todo.items():
+                    write_partition(
+                        self.data_folder / pname,
+                        name=pname,
+                        texts=[d.text for d in pdocs],
+                        sources=[d.source for d in pdocs],
+                        tokenizer=self.tokenizer,
+                        token_dtype=self.manifest.token_dtype,
+                        unit_tokens=self.manifest.recipe.unit_tokens,
+                        progress=bar,
+                    )
+        return list(todo)
+
+    def _new_partitions(self, groups: dict[str, list]) -> dict[str, list]:
+        """Groups not yet in the pool; identical re-adds are skipped, conflicting ones refused."""
         existing = self.partitions
         todo: dict[str, list] = {}
         for pname, pdocs in groups.items():
             validate_partition_name(pname)
-            texts = [d.text for d in pdocs]
             if pname in existing:
-                if existing[pname].index.content_hash != content_hash(texts):
+                if existing[pname].index.content_hash != content_hash([d.text for d in pdocs]):
                     raise DataError(
                         f"partition {pname!r} already exists with different data; "
                         "add the new data under another name (or start a new pool)"
@@ -272,22 +314,7 @@ class Pool:
                 log.info("partition %s is already in the pool with the same data; skipped", pname)
                 continue
             todo[pname] = pdocs
-        self.data_folder.mkdir(exist_ok=True)
-        remove_stale_temporaries(self.data_folder)
-        total = sum(len(v) for v in todo.values())
-        with _bar(total, "tokenize", progress, unit="doc") as bar:
-            for pname, pdocs in todo.items():
-                write_partition(
-                    self.data_folder / pname,
-                    name=pname,
-                    texts=[d.text for d in pdocs],
-                    sources=[d.source for d in pdocs],
-                    tokenizer=self.tokenizer,
-                    token_dtype=self.manifest.token_dtype,
-                    unit_tokens=self.manifest.recipe.unit_tokens,
-                    progress=bar,
-                )
-        return list(todo)
+        return todo
 
     # ----------------------------------------------------------------- members
     def units(self) -> list[UnitRef]:

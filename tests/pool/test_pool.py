@@ -68,6 +68,33 @@ def test_different_data_under_existing_name_is_refused(full_pool, tmp_path):
     assert tree_digest(full_pool.path) == before
 
 
+def test_add_waits_for_another_add(full_pool, tmp_path, caplog):
+    """Two adds never interleave: the second waits, then writes (no swept staging folders)."""
+    import threading
+
+    from filelock import FileLock
+
+    new = write_jsonl(
+        tmp_path / "new.jsonl", [dict(r, domain="extra") for r in make_docs("math", 4, seed=7)]
+    )
+    held = FileLock(str(full_pool.data_folder / ".add.lock"))
+    held.acquire()
+    added: list[list[str]] = []
+    worker = threading.Thread(
+        target=lambda: added.append(full_pool.add([new], by="domain", progress=False))
+    )
+    try:
+        with caplog.at_level("WARNING", logger="pool.pool"):
+            worker.start()
+            time.sleep(1.0)
+            assert worker.is_alive() and "extra" not in full_pool.partitions
+    finally:
+        held.release()
+    worker.join(timeout=60)
+    assert added == [["extra"]] and "extra" in full_pool.partitions
+    assert "another `ablate pool add`" in caplog.text
+
+
 def test_grow_trains_only_new_members(full_pool, tmp_path):
     old = {
         m.member_id: (full_pool.weights_path(m).stat().st_mtime_ns, m.weights_sha256)
