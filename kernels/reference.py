@@ -70,6 +70,8 @@ def weighted_average_reference(stack: Tensor, weights: Tensor, out: Tensor) -> T
         return out
     with torch.no_grad():
         if stack.dtype == _F32 and out.dtype == _F32 and stack.stride(1) == 1:
+            if n == 1:  # a scaled copy (subset walks): an elementwise pass beats a 1-wide gemv
+                return torch.mul(stack[0], weights[0], out=out)
             # One BLAS gemv: (P, N) @ (N,) -> (P,), a single pass over the stack.
             return torch.mv(stack.T, weights, out=out)
         chunk = min(column_chunk(n), p)
