@@ -239,7 +239,6 @@ def _mixtures_from_args(args: argparse.Namespace, ev: Any) -> list:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ablate.evaluator import Evaluator
 
     if args.backend == "ray":
         from ablate.distributed import RayEvaluator
@@ -255,14 +254,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     else:
-        ev = Evaluator(
-            args.pool,
-            args.eval_data,
-            by=args.eval_by,
-            text_field=args.text_field,
-            device=args.device,
-            progress=not args.quiet,
-        )
+        ev = _evaluator(args)
     mixtures = _mixtures_from_args(args, ev)
     results = ev.run_many(mixtures)
     if args.json:
@@ -287,7 +279,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ablate.evaluator import Evaluator
     from ablate.mixture import Mixture
     from ablate.validation import validate
 
@@ -298,14 +289,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"--sizes takes comma-separated integers like 2,3,4, got {args.sizes!r}"
         ) from None
     mixtures = [Mixture.parse(s) for s in args.mixture] if args.mixture else None
-    ev = Evaluator(
-        args.pool,
-        args.eval_data,
-        by=args.eval_by,
-        text_field=args.text_field,
-        device=args.device,
-        progress=not args.quiet,
-    )
+    ev = _evaluator(args)
     report = validate(
         ev,
         mixtures=mixtures,
@@ -326,11 +310,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def _evaluator(args: argparse.Namespace):
+    """The local evaluator for the pool and eval-set arguments of ``_add_eval_args``."""
     from ablate.evaluator import Evaluator
-    from ablate.search import search
 
-    ev = Evaluator(
+    return Evaluator(
         args.pool,
         args.eval_data,
         by=args.eval_by,
@@ -338,6 +322,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ablate.search import search
+
+    ev = _evaluator(args)
     study = search(
         ev,
         target=args.target,

@@ -30,8 +30,6 @@ from ablate.evaluator import (
     EvalResult,
     Evaluator,
     MixtureLike,
-    _gray_rank,
-    as_mixture,
     results_frame,
 )
 from ablate.mixture import Mixture
@@ -334,17 +332,6 @@ class RayEvaluator:
         ]
         return self._actors
 
-    def _order(self, todo: list[Mixture]) -> list[Mixture]:
-        """Uniform subsets in Gray-code order first (contiguous batches walk cheaply), then the rest."""
-        if self.pool.manifest.recipe.method != "full":
-            return todo
-        index = {p: i for i, p in enumerate(self.partitions)}
-        subsets = sorted(
-            (m for m in todo if m.is_uniform),
-            key=lambda m: _gray_rank(sum(1 << index[n] for n in m.names)),
-        )
-        return subsets + [m for m in todo if not m.is_uniform]
-
     def run_many(
         self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
     ) -> list[EvalResult]:
@@ -352,20 +339,12 @@ class RayEvaluator:
         from ray.util import ActorPool
         from tqdm.auto import tqdm
 
-        mixtures = [as_mixture(m) for m in mixtures]
-        for m in mixtures:
-            m.check(self.partitions)
-        out: dict[str, EvalResult | None] = {}
-        todo: list[Mixture] = []
-        for m in mixtures:
-            if m.key in out:
-                continue
-            out[m.key] = self.local._cached(m)  # noqa: SLF001  # same package: shared cache logic
-            if out[m.key] is None:
-                todo.append(m)
+        # same package: the local evaluator's store lookups and walk order are shared logic
+        mixtures, out, todo = self.local._split_cached(mixtures)  # noqa: SLF001
         if todo:
             actors = self._start()
-            todo = self._order(todo)
+            subsets, others = self.local._walk_order(todo)  # noqa: SLF001
+            todo = subsets + others  # contiguous batches of a Gray walk patch cheaply
             size = min(MAX_BATCH, max(1, math.ceil(len(todo) / (BATCHES_PER_WORKER * len(actors)))))
             batches = [todo[i : i + size] for i in range(0, len(todo), size)]
             by_key = {m.key: m for m in todo}

@@ -323,26 +323,8 @@ class Evaluator:
     ) -> list[EvalResult]:
         from tqdm.auto import tqdm
 
-        mixtures = [as_mixture(m) for m in mixtures]
-        for m in mixtures:
-            m.check(self.partitions)
-        out: dict[str, EvalResult] = {}
-        todo: list[Mixture] = []
-        for m in mixtures:
-            if m.key in out:
-                continue
-            hit = self._cached(m)
-            if hit is not None:
-                out[m.key] = hit
-            else:
-                todo.append(m)
-                out[m.key] = None  # type: ignore[assignment]  # filled below, keeps order
-        subsets = [m for m in todo if m.is_uniform and self.pool.manifest.recipe.method == "full"]
-        others = [
-            m for m in todo if not (m.is_uniform and self.pool.manifest.recipe.method == "full")
-        ]
-        index = {p: i for i, p in enumerate(self.partitions)}
-        subsets.sort(key=lambda m: _gray_rank(sum(1 << index[n] for n in m.names)))
+        mixtures, out, todo = self._split_cached(mixtures)
+        subsets, others = self._walk_order(todo)
         show = self.progress if progress is None else progress
         with tqdm(total=len(todo), desc="mixtures", disable=not show, unit="mix") as bar:
             for m, scores in self._walk_subsets(subsets):
@@ -351,7 +333,34 @@ class Evaluator:
             for m in others:
                 out[m.key] = self.evaluate(m)
                 bar.update(1)
-        return [out[m.key] for m in mixtures]
+        return [out[m.key] for m in mixtures]  # type: ignore[misc]
+
+    def _split_cached(
+        self, mixtures: Iterable[MixtureLike]
+    ) -> tuple[list[Mixture], dict[str, EvalResult | None], list[Mixture]]:
+        """Checked mixtures, the store's answers by key (None: not stored), and what to score once."""
+        mixtures = [as_mixture(m) for m in mixtures]
+        for m in mixtures:
+            m.check(self.partitions)
+        out: dict[str, EvalResult | None] = {}
+        todo: list[Mixture] = []
+        for m in mixtures:
+            if m.key not in out:
+                out[m.key] = self._cached(m)
+                if out[m.key] is None:
+                    todo.append(m)
+        return mixtures, out, todo
+
+    def _walk_order(self, todo: list[Mixture]) -> tuple[list[Mixture], list[Mixture]]:
+        """Uniform subsets of a full-weight pool in Gray-code order (one cheap walk), and the rest."""
+        if self.pool.manifest.recipe.method != "full":
+            return [], list(todo)
+        index = {p: i for i, p in enumerate(self.partitions)}
+        subsets = sorted(
+            (m for m in todo if m.is_uniform),
+            key=lambda m: _gray_rank(sum(1 << index[n] for n in m.names)),
+        )
+        return subsets, [m for m in todo if not m.is_uniform]
 
     def _walk_subsets(self, subsets: list[Mixture]):
         """Yield (mixture, scores) keeping R = sum of partition means; each step flips few rows."""
