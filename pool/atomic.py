@@ -98,6 +98,14 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def remove_stale_staging(folder: str | os.PathLike) -> None:
+    """Delete leftovers of interrupted ``staged_dir(folder)`` writes of this one folder only."""
+    folder = Path(folder)
+    for child in folder.parent.glob(f".{folder.name}.*"):
+        if child.is_dir() and child.name.endswith((".tmp", ".old")):
+            shutil.rmtree(child, ignore_errors=True)
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     """Delete leftovers of interrupted writes (``.NAME.*.tmp``) directly in ``folder``."""
     folder = Path(folder)

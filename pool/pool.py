@@ -10,10 +10,8 @@ loses at most the member it was training. A lock file per member keeps two concu
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import logging
 import os
-import shutil
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,12 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from pool import seed as seedlib
-from pool.atomic import remove_stale_temporaries, sha256_file, staged_dir, write_json
+from pool.atomic import (
+    remove_stale_staging,
+    remove_stale_temporaries,
+    sha256_file,
+    staged_dir,
+    write_json,
+)
 from pool.corpus import read_documents
 from pool.errors import CorruptMemberError, DataError, PoolError
 from pool.partition import partition_documents, validate_partition_name
 from pool.recipe import Recipe, TinyModelSpec
-from pool.storage import MemberRecord, PoolManifest, member_id, read_record
+from pool.storage import MemberRecord, PoolManifest, member_id, read_record, utc_now
 from pool.tokens import (
     TokenizedPartition,
     content_hash,
@@ -35,8 +39,13 @@ from pool.tokens import (
     token_dtype_for,
     write_partition,
 )
-from pool.train import SequenceSampler, broadcast_from_main, is_main_rank, pick_device, train_model
-from pool.weights import FULL_FILE, LORA_FILE, save_tensors, trained_tensors, wrap_lora
+from pool.train import (
+    TrainResult,
+    broadcast_from_main,
+    continue_pretraining,
+    is_main_rank,
+    save_trained,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -44,10 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "pool.json"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @contextlib.contextmanager
@@ -180,7 +185,7 @@ class Pool:
             token_dtype=token_dtype_for(int(model_config["vocab_size"])),
             recipe=recipe,
             tiny=tiny,
-            created_at=_now(),
+            created_at=utc_now(),
         )
         write_json(path / MANIFEST, manifest.model_dump(mode="json"))
         log.info("created pool %s from %s", path, base)
@@ -197,20 +202,20 @@ class Pool:
     ) -> None:
         tokenizer = seedlib.train_tiny_tokenizer(texts, spec.vocab_size)
         model = seedlib.build_tiny_model(spec, len(tokenizer), recipe.seq_len, recipe.seed)
-        stream = encode_documents(tokenizer, texts)
         import numpy as np
 
-        sampler = SequenceSampler([np.concatenate(stream)], [1.0], recipe.seq_len, recipe.seed)
+        stream = np.concatenate(encode_documents(tokenizer, texts))
         # The seed is plain pre-training: full weights, whatever the members' method.
         seed_recipe = recipe.model_copy(update={"method": "full"})
         with _bar(seed_recipe.steps_for(spec.seed_tokens), "seed model", progress) as bar:
-            train_model(
+            model, _ = continue_pretraining(
                 model,
-                sampler,
                 seed_recipe,
+                [stream],
+                [1.0],
                 spec.seed_tokens,
                 seed=recipe.seed,
-                device=pick_device(device),
+                device=device,
                 progress=bar,
             )
         with staged_dir(folder) as tmp:
@@ -432,28 +437,19 @@ class Pool:
         device: str | None = None,
     ) -> MemberRecord:
         """Train one member from ``base`` (left unchanged for LoRA, trained in place for full)."""
-        import copy
-
         recipe = self.manifest.recipe
-        part = self.partitions[ref.partition]
         seed = member_seed(recipe.seed, ref.member_id)
-        sampler = SequenceSampler([part.unit_stream(ref.unit)], [1.0], recipe.seq_len, seed)
-        if recipe.method == "lora":
-            import torch
-
-            torch.manual_seed(seed)  # adapter init from the member's seed, not from run order
-            model = wrap_lora(copy.deepcopy(base), recipe.lora)
-        else:
-            model = base
+        stream = self.partitions[ref.partition].unit_stream(ref.unit)
         show = progress and is_main_rank()
         with _bar(recipe.steps_for(recipe.unit_tokens), ref.member_id, show, leave=False) as bar:
-            result = train_model(
-                model,
-                sampler,
+            model, result = continue_pretraining(
+                base,
                 recipe,
+                [stream],
+                [1.0],
                 recipe.unit_tokens,
                 seed=seed,
-                device=pick_device(device),
+                device=device,
                 progress=bar,
             )
         # Under torchrun every rank holds the same weights; rank 0 alone writes them.
@@ -461,37 +457,23 @@ class Pool:
         return broadcast_from_main(rec)
 
     def _write_member(
-        self, ref: UnitRef, model: PreTrainedModel, result, seed: int
+        self, ref: UnitRef, model: PreTrainedModel, result: TrainResult, seed: int
     ) -> MemberRecord:
-        recipe = self.manifest.recipe
-        tensors = trained_tensors(model, recipe.method)
-        weights_file = LORA_FILE if recipe.method == "lora" else FULL_FILE
         folder = self.member_folder(ref.partition, ref.unit)
         # Only this member's leftovers: we hold its lock, while other processes may be
         # staging the partition's other units in the same folder right now.
-        for child in folder.parent.glob(f".{folder.name}.*"):
-            if child.is_dir() and child.name.endswith((".tmp", ".old")):
-                shutil.rmtree(child, ignore_errors=True)
+        remove_stale_staging(folder)
         with staged_dir(folder) as tmp:
-            sha = save_tensors(tensors, tmp / weights_file)
-            rec = MemberRecord(
-                partition=ref.partition,
-                unit=ref.unit,
-                data_hash=ref.data_hash,
-                base_sha256=self.manifest.base_sha256,
-                method=recipe.method,
-                recipe=recipe,
+            trained = save_trained(
+                model,
+                result,
+                self.manifest.recipe,
                 seed=seed,
-                tokens_seen=result.tokens_seen,
-                steps=result.steps,
-                final_loss=result.final_loss,
-                loss_curve=result.loss_curve,
-                wall_time_s=round(result.wall_time_s, 3),
-                device=result.device,
-                weights_file=weights_file,
-                weights_sha256=sha,
-                n_params=sum(t.numel() for t in tensors.values()),
-                created_at=_now(),
+                base_sha256=self.manifest.base_sha256,
+                folder=tmp,
+            )
+            rec = MemberRecord(
+                partition=ref.partition, unit=ref.unit, data_hash=ref.data_hash, **trained
             )
             write_json(tmp / "member.json", rec.model_dump(mode="json"))
         model.cpu()

@@ -16,6 +16,7 @@ message instead of being misread.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 from pathlib import Path
@@ -69,12 +70,9 @@ class PartitionIndex(_Record):
     unit_hashes: tuple[str, ...] = Field(description="sha256 of each unit's token ids.")
 
 
-class MemberRecord(_Record):
-    """One trained member; its presence on disk marks the member as finished."""
+class TrainedRecord(_Record):
+    """What every trained model records: its seed model, recipe, run and weights."""
 
-    partition: str
-    unit: int
-    data_hash: str = Field(description="sha256 of the unit's token ids.")
     base_sha256: str
     method: Literal["full", "lora"]
     recipe: Recipe
@@ -90,9 +88,22 @@ class MemberRecord(_Record):
     n_params: int
     created_at: str
 
+
+class MemberRecord(TrainedRecord):
+    """One trained member; its presence on disk marks the member as finished."""
+
+    partition: str
+    unit: int
+    data_hash: str = Field(description="sha256 of the unit's token ids.")
+
     @property
     def member_id(self) -> str:
         return member_id(self.partition, self.unit)
+
+
+def utc_now() -> str:
+    """Record timestamps: UTC, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def member_id(partition: str, unit: int) -> str:

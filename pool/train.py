@@ -20,6 +20,8 @@ import numpy as np
 from pool.recipe import Recipe
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from transformers import PreTrainedModel
 
@@ -89,6 +91,73 @@ class TrainResult:
     loss_curve: tuple[tuple[int, float], ...]
     wall_time_s: float
     device: str
+
+
+def continue_pretraining(
+    base: PreTrainedModel,
+    recipe: Recipe,
+    sources: Sequence[np.ndarray],
+    source_weights: Sequence[float],
+    tokens: int,
+    *,
+    seed: int,
+    device: str | None = None,
+    progress: object = None,
+) -> tuple[PreTrainedModel, TrainResult]:
+    """Continue ``base`` on ``sources`` exactly as every member trains.
+
+    Full fine-tuning trains ``base`` in place; LoRA wraps a copy in a fresh adapter whose
+    initialisation comes from ``seed`` (not from run order), leaving ``base`` unchanged.
+    """
+    import copy
+
+    import torch
+
+    from pool.weights import wrap_lora
+
+    sampler = SequenceSampler(sources, source_weights, recipe.seq_len, seed)
+    if recipe.method == "lora":
+        torch.manual_seed(seed)
+        model = wrap_lora(copy.deepcopy(base), recipe.lora)
+    else:
+        model = base
+    result = train_model(
+        model, sampler, recipe, tokens, seed=seed, device=pick_device(device), progress=progress
+    )
+    return model, result
+
+
+def save_trained(
+    model: PreTrainedModel,
+    result: TrainResult,
+    recipe: Recipe,
+    *,
+    seed: int,
+    base_sha256: str,
+    folder: Path,
+) -> dict:
+    """Write the trained weights into ``folder``; returns the ``TrainedRecord`` fields."""
+    from pool.storage import utc_now
+    from pool.weights import FULL_FILE, LORA_FILE, save_tensors, trained_tensors
+
+    tensors = trained_tensors(model, recipe.method)
+    weights_file = LORA_FILE if recipe.method == "lora" else FULL_FILE
+    return {
+        "base_sha256": base_sha256,
+        "method": recipe.method,
+        "recipe": recipe,
+        "seed": seed,
+        "tokens_seen": result.tokens_seen,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "loss_curve": result.loss_curve,
+        "wall_time_s": round(result.wall_time_s, 3),
+        "device": result.device,
+        "weights_file": weights_file,
+        "weights_sha256": save_tensors(tensors, folder / weights_file),
+        "n_params": sum(t.numel() for t in tensors.values()),
+        "created_at": utc_now(),
+    }
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -11,19 +11,17 @@ trains it again.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ablate.mixture import Mixture
-from pool.atomic import sha256_json, staged_dir, write_json
+from pool.atomic import remove_stale_staging, sha256_json, staged_dir, write_json
 from pool.errors import CorruptMemberError, PoolError
-from pool.recipe import Recipe
-from pool.storage import member_id, read_record
+from pool.storage import TrainedRecord, member_id, read_record
 
 if TYPE_CHECKING:
     import torch
@@ -40,32 +38,15 @@ FORMAT_VERSION = 1
 _KEY_CHARS = 24  # 96 bits of the sha256: unique for any realistic number of mixtures
 
 
-class ValidationRecord(BaseModel):
+class ValidationRecord(TrainedRecord):
     """One really trained mixture model; its presence on disk marks it finished."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    format_version: int = FORMAT_VERSION
     key: str = Field(description="Folder name: hash of mixture, units, seed model and recipe.")
     mixture: tuple[tuple[str, float], ...] = Field(description="Normalised partition weights.")
     units: tuple[tuple[str, str, float], ...] = Field(
         description="(member id, unit data sha256, sampling weight) of every unit trained on."
     )
-    base_sha256: str
-    method: Literal["full", "lora"]
-    recipe: Recipe
-    seed: int
     tokens: int = Field(description="Token budget: k base units for a mixture of k units.")
-    tokens_seen: int
-    steps: int
-    final_loss: float
-    loss_curve: tuple[tuple[int, float], ...]
-    wall_time_s: float
-    device: str
-    weights_file: str
-    weights_sha256: str
-    n_params: int
-    created_at: str
 
     @property
     def mixture_key(self) -> str:
@@ -155,7 +136,7 @@ def ensure_trained(
             with FileLock(str(root / f".{plan.key}.lock")):
                 rec = read_validation(pool, plan.key)  # another run may have finished it meanwhile
                 if rec is None:
-                    _remove_leftovers(root, plan.key)  # of an interrupted run; we hold the lock
+                    remove_stale_staging(root / plan.key)  # of an interrupted run; we hold the lock
                     if base is None:
                         base = pool.load_base_model(check=True)
                         base_state = {k: v.clone() for k, v in base.state_dict().items()}
@@ -177,13 +158,10 @@ def train_plan(
     device: str | None = None,
 ) -> ValidationRecord:
     """Continue ``base`` on the plan's units (weighted) for k units of tokens; store it."""
-    import copy
-
     from tqdm.auto import tqdm
 
     from pool.pool import member_seed
-    from pool.train import SequenceSampler, pick_device, train_model
-    from pool.weights import FULL_FILE, LORA_FILE, save_tensors, trained_tensors, wrap_lora
+    from pool.train import continue_pretraining, save_trained
 
     recipe = pool.manifest.recipe
     parts = pool.partitions
@@ -191,46 +169,32 @@ def train_plan(
     ident = member_id(*plan.units[0][:2]) if plan.k == 1 else f"validation/{plan.key}"
     seed = member_seed(recipe.seed, ident)
     sources = [parts[p].unit_stream(u) for p, u, _, _ in plan.units]
-    sampler = SequenceSampler(sources, [w for *_, w in plan.units], recipe.seq_len, seed)
-    if recipe.method == "lora":
-        import torch
-
-        torch.manual_seed(seed)  # adapter init from the seed, as for members
-        model = wrap_lora(copy.deepcopy(base), recipe.lora)
-    else:
-        model = base
     with tqdm(
         total=recipe.steps_for(plan.tokens),
         desc=str(plan.mixture)[:40],
         leave=False,
         disable=not progress,
     ) as bar:
-        result = train_model(
-            model, sampler, recipe, plan.tokens, seed=seed, device=pick_device(device), progress=bar
+        model, result = continue_pretraining(
+            base,
+            recipe,
+            sources,
+            [w for *_, w in plan.units],
+            plan.tokens,
+            seed=seed,
+            device=device,
+            progress=bar,
         )
-    tensors = trained_tensors(model, recipe.method)
-    weights_file = LORA_FILE if recipe.method == "lora" else FULL_FILE
     with staged_dir(folder_of(pool, plan.key)) as tmp:
-        sha = save_tensors(tensors, tmp / weights_file)
+        trained = save_trained(
+            model, result, recipe, seed=seed, base_sha256=pool.manifest.base_sha256, folder=tmp
+        )
         rec = ValidationRecord(
             key=plan.key,
             mixture=plan.mixture.weights,
             units=tuple((f"{p}/{u}", h, w) for p, u, h, w in plan.units),
-            base_sha256=pool.manifest.base_sha256,
-            method=recipe.method,
-            recipe=recipe,
-            seed=seed,
             tokens=plan.tokens,
-            tokens_seen=result.tokens_seen,
-            steps=result.steps,
-            final_loss=result.final_loss,
-            loss_curve=result.loss_curve,
-            wall_time_s=round(result.wall_time_s, 3),
-            device=result.device,
-            weights_file=weights_file,
-            weights_sha256=sha,
-            n_params=sum(t.numel() for t in tensors.values()),
-            created_at=_now(),
+            **trained,
         )
         write_json(tmp / RECORD, rec.model_dump(mode="json"))
     base.cpu()
@@ -278,16 +242,3 @@ def _lora_to_full(pool: Pool, adapter: dict[str, torch.Tensor]) -> dict[str, tor
     set_peft_model_state_dict(model, adapter)
     plain = model.merge_and_unload()
     return {k: p.detach() for k, p in plain.named_parameters()}
-
-
-def _remove_leftovers(root: Path, key: str) -> None:
-    """Delete half-written folders of ``key`` (staged_dir's ``.<key>.*.tmp``/``.old``)."""
-    import shutil
-
-    for child in root.glob(f".{key}.*"):
-        if child.is_dir() and child.name.endswith((".tmp", ".old")):
-            shutil.rmtree(child, ignore_errors=True)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
