@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import random
 import sqlite3
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,18 +43,37 @@ class ResultsStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        deadline = time.monotonic() + _BUSY_MS / 1000
+        while True:
+            try:
+                self._db = self._open()
+                return
+            except sqlite3.OperationalError as e:
+                # Switching a new database to WAL takes an exclusive lock, and SQLite answers a
+                # second process racing for it with "locked" at once, without its busy handler.
+                if _is_busy(e) and time.monotonic() < deadline:
+                    time.sleep(random.uniform(0.01, 0.05))
+                    continue
+                raise self._unusable(e) from None
+            except sqlite3.DatabaseError as e:
+                raise self._unusable(e) from None
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None)
         try:
-            self._db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None)
-            self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "PRAGMA synchronous=NORMAL"
-            )  # WAL + NORMAL is durable across app crashes
-            self._db.execute(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise PoolError(
-                f"results store {self.path} is unusable ({e}); move it aside - scores will be recomputed"
-            ) from None
+            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across app crashes
+            db.execute(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _unusable(self, e: Exception) -> PoolError:
+        return PoolError(
+            f"results store {self.path} is unusable ({e}); move it aside - scores will be recomputed"
+        )
 
     def get(self, pool_key: str, eval_key: str, mixture_key: str) -> dict[str, Row] | None:
         rows = self._db.execute(
@@ -95,3 +116,8 @@ class ResultsStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    msg = str(e).lower()
+    return "locked" in msg or "busy" in msg

@@ -56,6 +56,39 @@ def test_two_processes_write_one_results_store(tmp_path: Path) -> None:
         store.close()
 
 
+def test_two_writers_creating_a_new_store_at_once(tmp_path: Path) -> None:
+    """Both writers open the store the moment it is created (the WAL switch races).
+
+    SQLite answers the loser of that race "database is locked" at once, without waiting:
+    without a retry this failed about one opening in six.
+    """
+    import threading
+
+    for round_ in range(40):
+        db = tmp_path / f"r{round_}.sqlite"
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def write(me: str, db=db, barrier=barrier, errors=errors) -> None:
+            barrier.wait()
+            try:
+                store = ResultsStore(db)
+                store.put("pool", "eval", me, {me: 1.0}, {"a": (1, 1.0, 1)})
+                store.close()
+            except BaseException as e:  # noqa: BLE001  # collected and reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=write, args=(me,)) for me in ("x", "y")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, f"round {round_}: {errors[0]}"
+        store = ResultsStore(db)
+        assert len(store) == 2
+        store.close()
+
+
 def test_grow_leaves_another_writers_staging_alone(full_pool) -> None:
     """Cleaning up after a crash must not delete a member another process is writing now."""
     from filelock import FileLock
