@@ -9,6 +9,7 @@ from ablate._rooms import check_rooms
 
 check_rooms()
 
+from ablate.distributed import RayEvaluator  # noqa: E402  (imports Ray only when used)
 from ablate.evalset import EvalSet  # noqa: E402
 from ablate.evaluator import DomainScore, EvalResult, Evaluator, results_frame  # noqa: E402
 from ablate.mixture import Mixture, MixtureError  # noqa: E402
@@ -28,6 +29,7 @@ __all__ = [
     "Mixture",
     "MixtureError",
     "Pool",
+    "RayEvaluator",
     "Recipe",
     "Study",
     "TinyModelSpec",

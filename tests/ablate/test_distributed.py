@@ -19,6 +19,18 @@ from support import run_cli
 from ablate import Evaluator, Mixture, Pool
 
 
+def test_import_ablate_loads_no_optional_heavyweight():
+    """`import ablate` (and so `ablate --help`) stays fast: Ray, Optuna, sklearn load on use."""
+    code = (
+        "import sys, ablate\n"
+        "assert ablate.RayEvaluator.__module__ == 'ablate.distributed'\n"
+        "print(sorted({'ray', 'optuna', 'sklearn', 'datasets', 'matplotlib.pyplot'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
@@ -139,7 +151,7 @@ def _assert_same(got, want) -> None:
 
 @pytest.mark.ray
 def test_ray_evaluator_matches_local(ray_session, full_pool_dir, corpus, tmp_path, local_results):
-    from ablate.distributed import RayEvaluator
+    from ablate import RayEvaluator
 
     store = tmp_path / "results.sqlite"
     mixtures = [*Evaluator(full_pool_dir, corpus["eval"], by="domain", store=False).all_subsets()]

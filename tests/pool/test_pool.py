@@ -86,13 +86,16 @@ def test_add_waits_for_another_add(full_pool, tmp_path, caplog):
     try:
         with caplog.at_level("WARNING", logger="pool.pool"):
             worker.start()
-            time.sleep(1.0)
+            deadline = time.monotonic() + 120
+            while "another `ablate pool add`" not in caplog.text:  # it reached the lock and waits
+                assert worker.is_alive() and time.monotonic() < deadline, "add did not wait"
+                time.sleep(0.05)
+            time.sleep(0.2)
             assert worker.is_alive() and "extra" not in full_pool.partitions
     finally:
         held.release()
     worker.join(timeout=60)
     assert added == [["extra"]] and "extra" in full_pool.partitions
-    assert "another `ablate pool add`" in caplog.text
 
 
 def test_grow_trains_only_new_members(full_pool, tmp_path):
