@@ -22,6 +22,7 @@ import socket
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablate.mixture import Mixture
@@ -72,7 +73,16 @@ def _is_dead_local(worker: str | None) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    """An exited process its parent has not reaped yet still answers ``kill(pid, 0)``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS) or gone meanwhile
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class OptunaStrategy:
@@ -165,11 +175,15 @@ class OptunaStrategy:
             self.study.tell(trial, state=TrialState.PRUNED)
 
     def _twin(self, trial: optuna.Trial, key: str) -> optuna.trial.FrozenTrial | None:
-        """Another worker's running trial on the same mixture, if any."""
+        """An earlier running trial of another worker on the same mixture, if any.
+
+        Only earlier trials count: two workers that drew the same mixture at once would
+        otherwise each wait for the other. The earliest one scores; the others read the store.
+        """
         from optuna.trial import TrialState
 
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            same = t.number != trial.number and t.user_attrs.get("mixture") == key
+            same = t.number < trial.number and t.user_attrs.get("mixture") == key
             if same and not _is_dead_local(t.user_attrs.get("worker")):
                 return t
         return None

@@ -204,12 +204,14 @@ def _loop(plan: Strategy, ctx: SearchContext, progress: bool) -> list[Trial]:
                 stalls = 0
             else:
                 stalls += 1
-                if stalls >= _MAX_STALLS:
-                    log.info(
-                        "the %s strategy proposed only scored mixtures %d times in a row; stopping",
-                        type(plan).__name__,
-                        stalls,
-                    )
-                    break
+            # Always answer what was proposed, even when stopping: a shared Optuna study would
+            # otherwise keep the trial RUNNING and make other workers wait for it.
             plan.observe([seen[m.key] for m in batch if m.key in seen])
+            if stalls >= _MAX_STALLS:
+                log.info(
+                    "the %s strategy proposed only scored mixtures %d times in a row; stopping",
+                    type(plan).__name__,
+                    stalls,
+                )
+                break
     return list(seen.values())

@@ -278,6 +278,63 @@ def test_cli_table_and_errors(full_pool, corpus, capsys):
     assert "ablate: error: --target names eval domain(s) poetry" in capsys.readouterr().err
 
 
+def test_every_proposal_is_observed_even_when_the_loop_stops():
+    """A strategy that only repeats itself is stopped, but its last proposal is still answered.
+
+    A shared Optuna study otherwise keeps that trial RUNNING, and another worker that drew
+    the same mixture waits for it (this hung the two-worker test once).
+    """
+    from ablate.search import driver
+
+    mix = Mixture.uniform(["code"])
+    result = SimpleNamespace(mixture=mix, ppl={"code": 2.0})
+
+    class Repeater:
+        proposed = observed = 0
+
+        def propose(self, n):
+            self.proposed += 1
+            return [mix]
+
+        def observe(self, trials):
+            self.observed += 1
+
+    ctx = SimpleNamespace(
+        budget=5,
+        space=SimpleNamespace(contains=lambda m: True),
+        evaluator=SimpleNamespace(run_many=lambda ms, progress: [result for _ in ms]),
+        target=SimpleNamespace(score=lambda ppl: ppl["code"]),
+    )
+    plan = Repeater()
+    trials = driver._loop(plan, ctx, progress=False)  # noqa: SLF001
+    assert len(trials) == 1
+    assert plan.proposed == 1 + driver._MAX_STALLS  # noqa: SLF001  one new, then only repeats
+    assert plan.observed == plan.proposed
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_exited_unreaped_worker_counts_as_dead():
+    """A worker process that exited but was not reaped yet (a zombie) is not waited for."""
+    import socket
+    import time
+
+    from ablate.search._optuna import _is_dead_local
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    worker = f"{socket.gethostname()}:{proc.pid}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _is_dead_local(worker):  # never poll(): that would reap it
+            assert time.monotonic() < deadline, "an exited child never counted as dead"
+            time.sleep(0.05)
+        with open(f"/proc/{proc.pid}/stat") as f:
+            assert f.read().rpartition(")")[2].split()[0] == "Z"  # still there, as a zombie
+    finally:
+        proc.wait()
+    assert _is_dead_local(worker)
+    assert not _is_dead_local(f"{socket.gethostname()}:{__import__('os').getpid()}")
+
+
 def test_cli_json_and_workers_sharing_an_optuna_study(full_pool, corpus, tmp_path):
     """Two `ablate search --storage` processes share one TPE study and never score a mixture twice."""
     import optuna
