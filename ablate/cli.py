@@ -239,22 +239,7 @@ def _mixtures_from_args(args: argparse.Namespace, ev: Any) -> list:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-
-    if args.backend == "ray":
-        from ablate.distributed import RayEvaluator
-
-        ev = RayEvaluator(
-            args.pool,
-            args.eval_data,
-            by=args.eval_by,
-            text_field=args.text_field,
-            workers=args.workers,
-            address=args.address,
-            device=args.device,
-            progress=not args.quiet,
-        )
-    else:
-        ev = _evaluator(args)
+    ev = _evaluator(args)
     mixtures = _mixtures_from_args(args, ev)
     results = ev.run_many(mixtures)
     if args.json:
@@ -311,17 +296,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _evaluator(args: argparse.Namespace):
-    """The local evaluator for the pool and eval-set arguments of ``_add_eval_args``."""
+    """The evaluator for ``_add_eval_args``'s arguments: local, or Ray actors with ``--backend ray``."""
+    common = dict(
+        by=args.eval_by, text_field=args.text_field, device=args.device, progress=not args.quiet
+    )
+    if getattr(args, "backend", "local") == "ray":
+        from ablate.distributed import RayEvaluator
+
+        return RayEvaluator(
+            args.pool, args.eval_data, workers=args.workers, address=args.address, **common
+        )
     from ablate.evaluator import Evaluator
 
-    return Evaluator(
-        args.pool,
-        args.eval_data,
-        by=args.eval_by,
-        text_field=args.text_field,
-        device=args.device,
-        progress=not args.quiet,
-    )
+    return Evaluator(args.pool, args.eval_data, **common)
 
 
 def cmd_search(args: argparse.Namespace) -> int:

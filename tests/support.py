@@ -86,6 +86,19 @@ def tiny_spec():
     )
 
 
+def eval_cli_args(command: str, pool: Path, eval_data: Path, *more: object) -> list[str]:
+    """``COMMAND POOL --eval-data EVAL --eval-by domain MORE...`` as strings."""
+    return [
+        command,
+        str(pool),
+        "--eval-data",
+        str(eval_data),
+        "--eval-by",
+        "domain",
+        *map(str, more),
+    ]
+
+
 def run_cli(*args: str, cwd: Path | None = None):
     """Run the real ``ablate`` console entry in a subprocess; returns CompletedProcess."""
     import subprocess

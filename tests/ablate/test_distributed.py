@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import run_cli
+from support import eval_cli_args, run_cli
 
 from ablate import Evaluator, Mixture, Pool
 
@@ -29,6 +29,23 @@ def test_import_ablate_loads_no_optional_heavyweight():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def _grow_cmd(pool: Path, *launcher: str) -> list[str]:
+    """``ablate pool grow POOL --device cpu``, run by ``python -m`` or a launcher module."""
+    prefix = ["-m", *launcher] if launcher else []
+    return [
+        sys.executable,
+        *prefix,
+        "-m",
+        "ablate.cli",
+        "-q",
+        "pool",
+        "grow",
+        str(pool),
+        "--device",
+        "cpu",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +121,7 @@ def test_two_local_grows_train_each_member_once(full_pool_dir, tmp_path):
     """Two `ablate pool grow` processes at once: every member trained by exactly one of them."""
     pool = _fresh_copy(full_pool_dir, tmp_path / "pool", drop=("wiki",))
     want = sorted(u.member_id for u in pool.missing())
-    cmd = [
-        sys.executable,
-        "-m",
-        "ablate.cli",
-        "-q",
-        "pool",
-        "grow",
-        str(pool.path),
-        "--device",
-        "cpu",
-    ]
+    cmd = _grow_cmd(pool.path)
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
@@ -177,15 +184,7 @@ def test_cli_eval_backend_ray(ray_session, full_pool, corpus, local_results, cap
 
     from ablate.cli import main
 
-    args = [
-        "-q",
-        "eval",
-        str(full_pool.path),
-        "--eval-data",
-        str(corpus["eval"]),
-        "--eval-by",
-        "domain",
-    ]
+    args = ["-q", *eval_cli_args("eval", full_pool.path, corpus["eval"])]
     assert main([*args, "--all-subsets", "--json", "--backend", "ray", "--workers", "1"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len({json.dumps(r["mixture"], sort_keys=True) for r in rows}) == 7
@@ -242,22 +241,7 @@ def test_torchrun_grow_two_processes(full_pool_dir, tmp_path):
     """Two CPU processes (gloo) train one member data-parallel; rank 0 alone writes it."""
     pool = _fresh_copy(full_pool_dir, tmp_path / "pool", drop=("math",))
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "ablate.cli",
-            "-q",
-            "pool",
-            "grow",
-            str(pool.path),
-            "--device",
-            "cpu",
-        ],
+        _grow_cmd(pool.path, "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
         capture_output=True,
         text=True,
         timeout=600,

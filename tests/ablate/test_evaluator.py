@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from support import run_cli
+from support import eval_cli_args, run_cli
 
 from ablate import Evaluator, Mixture, MixtureError, Pool
 from pool.weights import load_tensors
@@ -212,18 +212,8 @@ def test_eval_by_missing_field(full_pool_dir, corpus):
 
 
 def test_cli_eval_json_schema(full_pool, corpus):
-    r = run_cli(
-        "eval",
-        full_pool.path,
-        "--eval-data",
-        corpus["eval"],
-        "--eval-by",
-        "domain",
-        "--all-subsets",
-        "--max-size",
-        "2",
-        "--json",
-    )
+    args = eval_cli_args("eval", full_pool.path, corpus["eval"], "--all-subsets", "--max-size", 2)
+    r = run_cli(*args, "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert len(rows) == 6 * 4  # 6 subsets x (3 domains + macro)
@@ -235,18 +225,7 @@ def test_cli_eval_json_schema(full_pool, corpus):
     macro = [r for r in rows if r["domain"] == "macro"]
     assert len(macro) == 6
     # a repeated run reads the store and prints the same numbers
-    r2 = run_cli(
-        "eval",
-        full_pool.path,
-        "--eval-data",
-        corpus["eval"],
-        "--eval-by",
-        "domain",
-        "--all-subsets",
-        "--max-size",
-        "2",
-        "--json",
-    )
+    r2 = run_cli(*args, "--json")
     assert json.loads(r2.stdout) == rows
     bad = run_cli("eval", full_pool.path, "--eval-data", corpus["eval"], "--mixture", "code,zzz")
     assert bad.returncode == 2 and "unknown partition(s) 'zzz'" in bad.stderr

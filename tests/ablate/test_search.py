@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import eval_cli_args
 
 from ablate import AblateError, Evaluator, Mixture, Study, search
 from ablate.cli import main
@@ -261,15 +262,7 @@ def test_missing_extra_names_the_install_command(monkeypatch, ev):
 
 # ---------------------------------------------------------------------- CLI
 def test_cli_table_and_errors(full_pool, corpus, capsys):
-    args = [
-        "-q",
-        "search",
-        str(full_pool.path),
-        "--eval-data",
-        str(corpus["eval"]),
-        "--eval-by",
-        "domain",
-    ]
+    args = ["-q", *eval_cli_args("search", full_pool.path, corpus["eval"])]
     assert main([*args, "--target", "code", "--strategy", "greedy"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[1].split()[:2] == ["1", "code"]

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from scipy import stats
-from support import run_cli
+from support import eval_cli_args, run_cli
 
 from ablate import Evaluator, Mixture, MixtureError, Pool
 from ablate.validation import ValidationRecord, sample_mixtures, validate
@@ -175,16 +175,7 @@ def test_validate_api_trains_once_and_real_equals_member_for_one_unit(full_pool,
 def test_cli_validate_writes_files_and_reuses_models(full_pool, corpus, tmp_path):
     out = tmp_path / "val"
     mixes = ["math", "math,wiki", "code,math"]  # 1 + 4 + 5 units: cheap, and n = 3 per domain
-    args = [
-        "validate",
-        full_pool.path,
-        "--eval-data",
-        corpus["eval"],
-        "--eval-by",
-        "domain",
-        "--out",
-        out,
-    ]
+    args = eval_cli_args("validate", full_pool.path, corpus["eval"], "--out", out)
     args += [a for m in mixes for a in ("--mixture", m)] + ["--bootstrap", "100", "--json"]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr

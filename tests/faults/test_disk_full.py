@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import make_docs, tree_digest, write_jsonl
+from support import eval_cli_args, make_docs, tree_digest, write_jsonl
 
 from ablate import Evaluator
 from ablate.cli import main
@@ -157,15 +157,7 @@ def test_full_disk_while_storing_scores(full_pool, corpus, monkeypatch, capsys) 
         self._db = _DiskFull(self._db)
 
     monkeypatch.setattr(ResultsStore, "__init__", init)
-    args = [
-        "-q",
-        "eval",
-        str(full_pool.path),
-        "--eval-data",
-        str(corpus["eval"]),
-        "--eval-by",
-        "domain",
-    ]
+    args = ["-q", *eval_cli_args("eval", full_pool.path, corpus["eval"])]
     assert main([*args, "--mixture", "code"]) == 2
     assert "database or disk is full" in _one_error_line(capsys)
     assert main([*args, "--mixture", "math"]) == 0  # a stored score needs no write
