@@ -343,18 +343,21 @@ class RayEvaluator:
         mixtures, out, todo = self.local._split_cached(mixtures)  # noqa: SLF001
         if todo:
             actors = self._start()
-            subsets, others = self.local._walk_order(todo)  # noqa: SLF001
-            todo = subsets + others  # contiguous batches of a Gray walk patch cheaply
-            size = min(MAX_BATCH, max(1, math.ceil(len(todo) / (BATCHES_PER_WORKER * len(actors)))))
-            batches = [todo[i : i + size] for i in range(0, len(todo), size)]
-            by_key = {m.key: m for m in todo}
+            subsets, others = self.local._walk_order(list(todo))  # noqa: SLF001
+            order = subsets + others  # contiguous batches of a Gray walk patch cheaply
+            size = min(
+                MAX_BATCH, max(1, math.ceil(len(order) / (BATCHES_PER_WORKER * len(actors))))
+            )
+            batches = [order[i : i + size] for i in range(0, len(order), size)]
+            by_key = {m.key: m for m in order}
             show = self.progress if progress is None else progress
-            with tqdm(total=len(todo), desc="mixtures (ray)", disable=not show, unit="mix") as bar:
+            with tqdm(total=len(order), desc="mixtures (ray)", disable=not show, unit="mix") as bar:
                 for scored in ActorPool(actors).map_unordered(
                     lambda a, b: a.run.remote(b), batches
                 ):
                     for key, scores in scored:  # stored as they arrive: an interrupt keeps them
-                        out[key] = self.local._remember(by_key[key], scores)  # noqa: SLF001
+                        m = by_key[key]
+                        out[key] = self.local._remember(m, scores, todo[m])  # noqa: SLF001
                     bar.update(len(scored))
         return [out[m.key] for m in mixtures]  # type: ignore[misc]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -213,22 +213,47 @@ class Evaluator:
         pad = self.pool.tokenizer.pad_token_id
         pad = pad if pad is not None else 0
         w = self.eval_set.windows(self.pool.manifest.context, pad)
-        return (
-            torch.from_numpy(w.inputs).to(self.device),
-            torch.from_numpy(w.targets).to(self.device),
-            torch.from_numpy(w.domain).to(self.device),
-            w.batches(self.batch_tokens),
-        )
+        with torch.inference_mode(False):  # see _batches
+            return (
+                torch.from_numpy(w.inputs).to(self.device),
+                torch.from_numpy(w.targets).to(self.device),
+                torch.from_numpy(w.domain).to(self.device),
+                w.batches(self.batch_tokens),
+            )
 
-    def scoring_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Eval windows as ``inputs (B, L)``, ``targets (B, L)``, ``domain (B,)``, cut to ``L``.
+    @cached_property
+    def _batches(self) -> list[ScoringBatch]:
+        """The eval windows cut into batches once; every mixture reuses them as they are.
 
         Windows are right-padded and the model is causal, so cutting a batch to its longest
-        window changes no score and skips the padding's compute.
+        window changes no score and skips the padding's compute; the real targets' positions
+        are found once here, not per mixture.
         """
+        import torch
+
         inputs, targets, dom, batches = self._windows
-        for start, stop, length in batches:
-            yield inputs[start:stop, :length], targets[start:stop, :length], dom[start:stop]
+        out = []
+        # Plain tensors even when first needed under inference mode: the gradient search
+        # runs them through autograd.
+        with torch.inference_mode(False):
+            for start, stop, length in batches:
+                y = targets[start:stop, :length].flatten()  # (B*L,)
+                at = (y != IGNORE).nonzero()[:, 0]  # (N,)
+                x = inputs[start:stop, :length]
+                out.append(ScoringBatch(x, at, y[at], dom[start:stop][at // length]))
+        return out
+
+    @cached_property
+    def _domain_tokens(self) -> list[int]:
+        """Scored targets per domain: the same for every mixture."""
+        counts = np.zeros(len(self.domains), dtype=np.int64)
+        for b in self._batches:
+            counts += np.bincount(b.domain.cpu().numpy(), minlength=len(self.domains))
+        return counts.tolist()
+
+    def scoring_batches(self) -> list[ScoringBatch]:
+        """Eval windows in batches: ``inputs (B, L)`` plus each real target's place and domain."""
+        return self._batches
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -260,23 +285,21 @@ class Evaluator:
             }
         )
 
-    def _cached(self, mixture: Mixture) -> EvalResult | None:
+    def _cached(self, mixture: Mixture, pool_key: str) -> EvalResult | None:
         if self.store is None:
             return None
-        hit = self.store.get(self.pool_key(mixture), self.eval_set.fingerprint, mixture.key)
+        hit = self.store.get(pool_key, self.eval_set.fingerprint, mixture.key)
         if hit is None or set(hit) != set(self.domains):
             return None
         return EvalResult(mixture, {d: DomainScore(*hit[d]) for d in self.domains}, cached=True)
 
-    def _remember(self, mixture: Mixture, scores: dict[str, DomainScore]) -> EvalResult:
+    def _remember(
+        self, mixture: Mixture, scores: dict[str, DomainScore], pool_key: str
+    ) -> EvalResult:
         if self.store is not None:
             rows: dict[str, Row] = {d: (s.tokens, s.nll, s.bytes) for d, s in scores.items()}
             self.store.put(
-                self.pool_key(mixture),
-                self.eval_set.fingerprint,
-                mixture.key,
-                mixture.as_dict(),
-                rows,
+                pool_key, self.eval_set.fingerprint, mixture.key, mixture.as_dict(), rows
             )
         return EvalResult(mixture, scores)
 
@@ -285,31 +308,30 @@ class Evaluator:
         """Score whatever weights the skeleton holds now, per eval domain."""
         import torch
 
-        _, targets, dom, _ = self._windows
-        n_dom = len(self.domains)
-        nll = torch.zeros(n_dom, dtype=torch.float64, device=self.device)
+        nll = torch.zeros(len(self.domains), dtype=torch.float64, device=self.device)
         with torch.inference_mode():
-            for x, y, d in self.scoring_batches():
-                tok, rows = target_nll(self.merged.model, x, y)
-                nll.index_add_(0, d[rows], tok.double())
-        counts = torch.zeros(n_dom, dtype=torch.int64, device=self.device)
-        counts.index_add_(0, dom, (targets != IGNORE).sum(1))
+            for b in self.scoring_batches():
+                nll.index_add_(0, b.domain, target_nll(self.merged.model, b).double())
+        totals = nll.tolist()  # one device sync per mixture
         nbytes = self.eval_set.domain_bytes
         return {
-            d: DomainScore(int(counts[i]), float(nll[i]), int(nbytes[i]))
+            d: DomainScore(self._domain_tokens[i], totals[i], int(nbytes[i]))
             for i, d in enumerate(self.domains)
         }
 
     def evaluate(self, mixture: MixtureLike) -> EvalResult:
         """Scores of one mixture (from the store when it was scored before)."""
-        import torch
 
         mixture = as_mixture(mixture)
-        hit = self._cached(mixture)
-        if hit is not None:
-            return hit
+        key = self.pool_key(mixture)
+        return self._cached(mixture, key) or self._score(mixture, key)
+
+    def _score(self, mixture: Mixture, pool_key: str) -> EvalResult:
+        """Merge and score one mixture (no store lookup), then store the scores."""
+        import torch
+
         self.merged.merge(torch.from_numpy(self.member_weights(mixture)).float())
-        return self._remember(mixture, self.score_current())
+        return self._remember(mixture, self.score_current(), pool_key)
 
     def evaluate_many(
         self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
@@ -324,31 +346,31 @@ class Evaluator:
         from tqdm.auto import tqdm
 
         mixtures, out, todo = self._split_cached(mixtures)
-        subsets, others = self._walk_order(todo)
+        subsets, others = self._walk_order(list(todo))
         show = self.progress if progress is None else progress
         with tqdm(total=len(todo), desc="mixtures", disable=not show, unit="mix") as bar:
             for m, scores in self._walk_subsets(subsets):
-                out[m.key] = self._remember(m, scores)
+                out[m.key] = self._remember(m, scores, todo[m])
                 bar.update(1)
             for m in others:
-                out[m.key] = self.evaluate(m)
+                out[m.key] = self._score(m, todo[m])
                 bar.update(1)
         return [out[m.key] for m in mixtures]  # type: ignore[misc]
 
     def _split_cached(
         self, mixtures: Iterable[MixtureLike]
-    ) -> tuple[list[Mixture], dict[str, EvalResult | None], list[Mixture]]:
-        """Checked mixtures, the store's answers by key (None: not stored), and what to score once."""
+    ) -> tuple[list[Mixture], dict[str, EvalResult | None], dict[Mixture, str]]:
+        """Checked mixtures, the store's answers by key (None: not stored), and what to score
+        once with its pool key."""
         mixtures = [as_mixture(m) for m in mixtures]
-        for m in mixtures:
-            m.check(self.partitions)
         out: dict[str, EvalResult | None] = {}
-        todo: list[Mixture] = []
+        todo: dict[Mixture, str] = {}
         for m in mixtures:
             if m.key not in out:
-                out[m.key] = self._cached(m)
+                key = self.pool_key(m)  # checks the mixture's names
+                out[m.key] = self._cached(m, key)
                 if out[m.key] is None:
-                    todo.append(m)
+                    todo[m] = key
         return mixtures, out, todo
 
     def _walk_order(self, todo: list[Mixture]) -> tuple[list[Mixture], list[Mixture]]:
@@ -396,30 +418,37 @@ class Evaluator:
         ]
 
 
-def target_nll(
-    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """NLL of every real target in a batch, and the batch row each one belongs to.
+@dataclass(frozen=True)
+class ScoringBatch:
+    """Eval windows cut to their longest (``inputs (B, L)``) and their real targets:
+    flat position in ``B*L`` (``at``), token id (``targets``) and eval domain (``domain``),
+    each ``(N,)``."""
+
+    inputs: torch.Tensor
+    at: torch.Tensor
+    targets: torch.Tensor
+    domain: torch.Tensor
+
+
+def target_nll(model: torch.nn.Module, batch: ScoringBatch) -> torch.Tensor:
+    """NLL ``(N,)`` fp32 of every real target in ``batch``.
 
     Runs the model body, then ``kernels.token_nll`` on the final hidden states of real
     targets only (never on padding), so the ``(tokens, vocab)`` logits never exist at once.
     """
     import kernels
 
-    hidden = model.base_model(input_ids=inputs, use_cache=False).last_hidden_state  # (B, L, H)
-    real = targets != IGNORE  # (B, L)
-    rows = real.nonzero()[:, 0]  # (N,)
+    hidden = model.base_model(input_ids=batch.inputs, use_cache=False).last_hidden_state
     head = model.get_output_embeddings()
     cfg = model.config
-    tok = kernels.token_nll(
-        hidden[real],  # (N, H)
+    return kernels.token_nll(
+        hidden.flatten(0, 1).index_select(0, batch.at),  # (N, H)
         head.weight,
-        targets[real],
+        batch.targets,
         bias=head.bias,
         logit_scale=float(getattr(cfg, "logit_scale", None) or 1.0),
         softcap=getattr(cfg, "final_logit_softcapping", None),
-    )  # (N,) fp32
-    return tok, rows
+    )
 
 
 def results_frame(results: Iterable[EvalResult]) -> pd.DataFrame:
@@ -445,4 +474,12 @@ def results_frame(results: Iterable[EvalResult]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-__all__ = ["AblateError", "DomainScore", "EvalResult", "Evaluator", "results_frame", "target_nll"]
+__all__ = [
+    "AblateError",
+    "DomainScore",
+    "EvalResult",
+    "Evaluator",
+    "ScoringBatch",
+    "results_frame",
+    "target_nll",
+]

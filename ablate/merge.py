@@ -155,6 +155,7 @@ class MergedModel:
 
     def _unusable(self, i: int, err: CorruptMemberError) -> None:
         self.unusable[i] = str(err)
+        # info, not warning: a mixture that needs it fails with this message as its one error line
         log.info("member %s cannot be used and is left out: %s", self.members[i].member_id, err)
 
     def _map_or_zeros(self, i: int, rec: MemberRecord) -> list[torch.Tensor]:
@@ -163,7 +164,8 @@ class MergedModel:
             return self._map(rec)
         except CorruptMemberError as e:
             self._unusable(i, e)
-            return [torch.zeros(b - a, dtype=self.flat.dtype) for a, b in self._offsets.values()]
+            zero = torch.zeros(1, dtype=self.flat.dtype)
+            return [zero.expand(b - a) for a, b in self._offsets.values()]  # views: no memory
 
     def _check_usable(self, rows: Sequence[int]) -> None:
         for r in rows:
@@ -197,8 +199,8 @@ class MergedModel:
                 self._unusable(i, e)
                 per_member.append(None)
         good = next((m for m in per_member if m is not None), None)
-        if good is None:
-            self._check_usable([0])  # no member loads: say why the first one does not
+        if good is None:  # no member loads: say why the first one does not
+            raise CorruptMemberError(self.unusable[0])
         per_member = [
             m if m is not None else {k: torch.zeros_like(v) for k, v in good.items()}
             for m in per_member
@@ -251,8 +253,13 @@ class MergedModel:
         if not self.chunked:
             kernels.weighted_average(self.stack, weights.to(self.device), out=self.flat)
             return
-        w = weights.to(self.device)
-        for a, b, block in self._chunks(range(len(self.members))):
+        # Streamed: read only the members the mixture uses (a subset's others weigh 0).
+        rows = torch.nonzero(weights).flatten().tolist()
+        if not rows:
+            self.flat.zero_()
+            return
+        w = weights[rows].to(self.device)
+        for a, b, block in self._chunks(rows):
             kernels.weighted_average(block, w, out=self.flat[a:b])
 
     def add_member_(self, out: torch.Tensor, row: int, alpha: float = 1.0) -> None:
@@ -291,10 +298,6 @@ class MergedModel:
             if block.data_ptr() != host.data_ptr():
                 block.copy_(host)  # blocking: the next chunk refills `host`
             yield a, b, block
-
-    def set_flat(self, values: torch.Tensor) -> None:
-        """Load an already merged parameter vector (full pools; used by subset walks)."""
-        self.flat.copy_(values)
 
 
 def _stack_budget(device: torch.device) -> int:

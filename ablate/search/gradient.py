@@ -77,9 +77,8 @@ def mixture_gradient(
         p.requires_grad_(True)
     try:
         with torch.enable_grad():
-            for x, y, dom in ev.scoring_batches():
-                tok, rows = target_nll(model, x, y)  # (N,), (N,)
-                loss = (tok * per_domain[dom[rows]]).sum()
+            for b in ev.scoring_batches():
+                loss = (target_nll(model, b) * per_domain[b.domain]).sum()
                 for acc, g in zip(
                     grads, torch.autograd.grad(loss, params, allow_unused=True), strict=True
                 ):
@@ -109,7 +108,7 @@ def _dot_member(merged, row: int, vec) -> float:
     """``<member_row, vec>`` in fp32, for in-memory and streamed (chunked) stacks alike."""
     import torch
 
-    theta = merged.stack[row] if merged.stack is not None else merged.member_row(row)  # (P,)
+    theta = merged.member_row(row)  # (P,): a view of the stack when in memory; checks the member
     if theta.dtype == torch.float32:
         return float(torch.dot(theta, vec))
     chunk = 1 << 20  # upcast 4 MiB at a time

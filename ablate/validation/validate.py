@@ -113,9 +113,12 @@ def validate(
     doc_ev = document_evaluator(ev)
     proxy_docs, real_docs, rows = [], [], []
     for m, rec in zip(chosen, records, strict=True):
-        proxy = ev.evaluate(m)  # the simulator's answer (and into the results store)
+        key = ev.pool_key(m)
+        proxy = ev._cached(m, key)  # noqa: SLF001  # same package: the store's answer, if any
         ev.merged.merge(torch.from_numpy(ev.member_weights(m)).float())
-        p_docs = score_documents(doc_ev)
+        p_docs = score_documents(doc_ev)  # the simulator's answer, per document
+        if proxy is None:  # its domain totals are the proxy's scores: no second forward pass
+            proxy = ev._remember(m, p_docs.domain_totals(eval_set), key)  # noqa: SLF001
         load_into(ev, rec)
         r_docs = score_documents(doc_ev)
         real = r_docs.domain_totals(eval_set)

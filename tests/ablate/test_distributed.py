@@ -220,6 +220,13 @@ def test_chunked_merge_equals_in_memory(full_pool_dir):
     full.merge(weights)
     streamed.merge(weights)
     torch.testing.assert_close(streamed.flat, full.flat, atol=1e-7, rtol=1e-6)
+    sparse = torch.zeros(len(members))  # a subset: streaming reads only its members
+    sparse[[0, len(members) - 1]] = 0.5
+    full.merge(sparse)
+    streamed.merge(sparse)
+    torch.testing.assert_close(streamed.flat, full.flat, atol=1e-7, rtol=1e-6)
+    streamed.merge(torch.zeros(len(members)))
+    assert not streamed.flat.any()
     for r in range(len(members)):
         torch.testing.assert_close(streamed.member_row(r), full.member_row(r), atol=0, rtol=0)
 
