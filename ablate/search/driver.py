@@ -18,7 +18,6 @@ import numpy as np
 
 from ablate.evalset import EvalSet
 from ablate.evaluator import EvalResult, Evaluator
-from ablate.mixture import Mixture
 from ablate.search.base import STRATEGIES, SearchContext, Strategy, Trial
 from ablate.search.space import SearchSpace, Target
 from ablate.search.study import Best, Study
@@ -188,11 +187,9 @@ def _loop(plan: Strategy, ctx: SearchContext, progress: bool) -> list[Trial]:
                     raise RuntimeError(
                         f"strategy {type(plan).__name__} proposed {m}, outside its space"
                     )
-            new: list[Mixture] = []
-            for m in batch:
-                if m.key not in seen and m.key not in {x.key for x in new}:
-                    new.append(m)
-            new = new[: ctx.budget - len(seen)]
+            # unseen mixtures, each once, in proposal order (linear: batches can be the whole space)
+            unseen = {m.key: m for m in batch if m.key not in seen}
+            new = list(unseen.values())[: ctx.budget - len(seen)]
             results: dict[str, EvalResult] = {}
             if new:
                 for r in ctx.evaluator.run_many(new, progress=False):

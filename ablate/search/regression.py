@@ -82,9 +82,11 @@ class Regression:
         if self._pool is not None:
             unseen = [m for m in self._pool if m.key not in self._proposed]
             return [unseen[i] for i in self._rng.permutation(len(unseen))[:n]]
+        keys: set[str] = set()
         for x in self._space.random_vectors(self._rng, 50 * n):
             m = self._space.from_vector(x)
-            if m.key not in self._proposed and m.key not in {o.key for o in out}:
+            if m.key not in self._proposed and m.key not in keys:
+                keys.add(m.key)
                 out.append(m)
                 if len(out) == n:
                     break
