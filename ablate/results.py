@@ -76,10 +76,13 @@ class ResultsStore:
         )
 
     def get(self, pool_key: str, eval_key: str, mixture_key: str) -> dict[str, Row] | None:
-        rows = self._db.execute(
-            "SELECT domain, tokens, nll, bytes FROM results WHERE pool_key=? AND eval_key=? AND mixture_key=?",
-            (pool_key, eval_key, mixture_key),
-        ).fetchall()
+        try:
+            rows = self._db.execute(
+                "SELECT domain, tokens, nll, bytes FROM results WHERE pool_key=? AND eval_key=? AND mixture_key=?",
+                (pool_key, eval_key, mixture_key),
+            ).fetchall()
+        except sqlite3.DatabaseError as e:  # damaged since it was opened
+            raise self._unusable(e) from None
         return {d: (t, n, b) for d, t, n, b in rows} or None
 
     def put(
@@ -108,6 +111,8 @@ class ResultsStore:
                 f"cannot write to results store {self.path} ({e}); scores stored before are kept - "
                 "fix the cause and run again"
             ) from None
+        except sqlite3.DatabaseError as e:  # damaged since it was opened
+            raise self._unusable(e) from None
 
     def __len__(self) -> int:
         return self._db.execute(
@@ -119,5 +124,8 @@ class ResultsStore:
 
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # primary code
     msg = str(e).lower()
     return "locked" in msg or "busy" in msg

@@ -109,3 +109,35 @@ def test_grow_leaves_another_writers_staging_alone(full_pool) -> None:
     assert [m.member_id for m in trained] == ["code/0"]  # code/1 is left to its writer
     assert live.is_dir() and (live / "model.safetensors").read_bytes() == b"half of it"
     assert not stale.exists()
+
+
+def test_store_damaged_after_opening_is_one_clear_error(tmp_path: Path) -> None:
+    """A store that goes bad while open fails lookups and writes with a clear message."""
+    import sqlite3
+
+    import pytest
+
+    from pool.errors import PoolError
+
+    class Malformed:  # what SQLite raises on a page it finds damaged
+        def __getattr__(self, name: str):
+            def fail(*args: object, **kw: object):
+                raise sqlite3.DatabaseError("database disk image is malformed")
+
+            return fail
+
+        def __enter__(self) -> Malformed:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    store = ResultsStore(tmp_path / "results.sqlite")
+    real, store._db = store._db, Malformed()  # noqa: SLF001
+    try:
+        with pytest.raises(PoolError, match="malformed.*move it aside"):
+            store.get("pool", "eval", "m")
+        with pytest.raises(PoolError, match="malformed.*move it aside"):
+            store.put("pool", "eval", "n", {"a": 1.0}, {"a": (1, 1.0, 1)})
+    finally:
+        real.close()
