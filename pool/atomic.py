@@ -98,27 +98,21 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def remove_stale_staging(folder: str | os.PathLike) -> None:
-    """Delete leftovers of interrupted ``staged_dir(folder)`` writes of this one folder only."""
-    folder = Path(folder)
-    for child in folder.parent.glob(f".{folder.name}.*"):
-        if child.is_dir() and child.name.endswith((".tmp", ".old")):
-            shutil.rmtree(child, ignore_errors=True)
+def remove_stale_temporaries(folder: str | os.PathLike, prefix: str = ".") -> None:
+    """Delete leftovers of interrupted writes directly in ``folder``.
 
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete leftovers of interrupted writes (``.NAME.*.tmp``) directly in ``folder``."""
+    Leftovers are the ``.tmp`` files and folders of ``write_bytes``/``staged_dir`` and the
+    ``.old`` folders of ``staged_dir`` whose names start with ``prefix``. The default sweeps
+    every hidden one; ``prefix=f".{name}."`` sweeps only those of ``staged_dir(folder / name)``
+    (for a caller that holds ``name``'s lock while others may be staging its siblings).
+    """
     folder = Path(folder)
-    n = 0
-    if folder.is_dir():
-        for child in folder.iterdir():
-            if child.name.startswith(".") and (
-                child.name.endswith(".tmp") or child.name.endswith(".old")
-            ):
-                if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        child.unlink()
-                n += 1
-    return n
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.name.startswith(prefix) and child.name.endswith((".tmp", ".old")):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    child.unlink()

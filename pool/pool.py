@@ -15,21 +15,15 @@ import os
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from pool import seed as seedlib
-from pool.atomic import (
-    remove_stale_staging,
-    remove_stale_temporaries,
-    sha256_file,
-    staged_dir,
-    write_json,
-)
+from pool.atomic import remove_stale_temporaries, sha256_file, staged_dir, write_json
 from pool.corpus import read_documents
 from pool.errors import CorruptMemberError, DataError, PoolError
-from pool.partition import partition_documents, validate_partition_name
+from pool.partition import partition_documents
 from pool.recipe import Recipe, TinyModelSpec
 from pool.storage import MemberRecord, PoolManifest, member_id, read_record, utc_now
 from pool.tokens import (
@@ -44,7 +38,7 @@ from pool.train import (
     broadcast_from_main,
     continue_pretraining,
     is_main_rank,
-    save_trained,
+    write_trained,
 )
 
 if TYPE_CHECKING:
@@ -281,13 +275,17 @@ class Pool:
         groups = partition_documents(
             docs, by=by, by_folder=by_folder, units=units, seed=self.manifest.recipe.seed, name=name
         )
-        if not self._new_partitions(groups):  # checked before the lock: a refusal writes nothing
+        # Hashed once: compared with existing partitions (twice) and recorded for new ones.
+        hashes = {pname: content_hash([d.text for d in pdocs]) for pname, pdocs in groups.items()}
+        # Checked before the lock: a refusal writes nothing.
+        if not self._new_partitions(groups, hashes):
             return []
         self.data_folder.mkdir(exist_ok=True)
         # One add at a time per pool: a second add would otherwise race the name checks and
         # sweep the first one's staging folders as stale leftovers.
         with _add_lock(self.data_folder):
-            todo = self._new_partitions(groups)  # again: another add may have landed meanwhile
+            # Again: another add may have landed meanwhile.
+            todo = self._new_partitions(groups, hashes)
             remove_stale_temporaries(self.data_folder)
             total = sum(len(v) for v in todo.values())
             with _bar(total, "tokenize", progress, unit="doc") as bar:
@@ -301,17 +299,21 @@ class Pool:
                         token_dtype=self.manifest.token_dtype,
                         unit_tokens=self.manifest.recipe.unit_tokens,
                         progress=bar,
+                        text_hash=hashes[pname],
                     )
         return list(todo)
 
-    def _new_partitions(self, groups: dict[str, list]) -> dict[str, list]:
-        """Groups not yet in the pool; identical re-adds are skipped, conflicting ones refused."""
+    def _new_partitions(self, groups: dict[str, list], hashes: dict[str, str]) -> dict[str, list]:
+        """Groups not yet in the pool; identical re-adds are skipped, conflicting ones refused.
+
+        ``groups`` come from ``partition_documents`` (which validates every name) and
+        ``hashes`` holds each group's ``content_hash``.
+        """
         existing = self.partitions
         todo: dict[str, list] = {}
         for pname, pdocs in groups.items():
-            validate_partition_name(pname)
             if pname in existing:
-                if existing[pname].index.content_hash != content_hash([d.text for d in pdocs]):
+                if existing[pname].index.content_hash != hashes[pname]:
                     raise DataError(
                         f"partition {pname!r} already exists with different data; "
                         "add the new data under another name (or start a new pool)"
@@ -324,11 +326,7 @@ class Pool:
     # ----------------------------------------------------------------- members
     def units(self) -> list[UnitRef]:
         """Every base unit of every partition, in (partition, unit) order."""
-        return [
-            UnitRef(name, i, h)
-            for name, part in self.partitions.items()
-            for i, h in enumerate(part.index.unit_hashes)
-        ]
+        return _unit_refs(self.partitions)
 
     def member_folder(self, partition: str, unit: int) -> Path:
         return self.path / "members" / partition / f"{unit:04d}"
@@ -349,20 +347,26 @@ class Pool:
         return out
 
     def missing(self, only: Sequence[str] | None = None) -> list[UnitRef]:
-        """Units without a finished member (restricted to partitions ``only`` if given)."""
+        """Units without a finished member (restricted to partitions ``only`` if given).
+
+        A member trained on older data of its unit (``data_hash`` differs) is not finished.
+        """
+        refs = self.units()
         if only:
-            known = set(self.partitions)
+            known = {u.partition for u in refs}
             for n in only:
                 if n not in known:
                     raise DataError(
                         f"unknown partition {n!r}; known: {', '.join(sorted(known)) or 'none'}"
                     )
-        done = {(m.partition, m.unit) for m in self.members}
-        return [
-            u
-            for u in self.units()
-            if (u.partition, u.unit) not in done and (not only or u.partition in only)
-        ]
+        out = []
+        for u in refs:
+            if only and u.partition not in only:
+                continue
+            rec = self.member(u.partition, u.unit)
+            if rec is None or rec.data_hash != u.data_hash:
+                out.append(u)
+        return out
 
     def weights_path(self, rec: MemberRecord) -> Path:
         return self.member_folder(rec.partition, rec.unit) / rec.weights_file
@@ -377,7 +381,13 @@ class Pool:
             return []
         trained: list[MemberRecord] = []
         base = self.load_base_model(check=True)
-        base_state = {k: v.clone() for k, v in base.state_dict().items()}
+        # A full member trains ``base`` in place, so each one restarts from a copy of the
+        # seed; a LoRA member trains a copy and leaves ``base`` as it was.
+        base_state = (
+            {k: v.clone() for k, v in base.state_dict().items()}
+            if self.manifest.recipe.method == "full"
+            else None
+        )
         with _bar(len(todo), "members", progress and is_main_rank(), unit="member") as overall:
             for ref in todo:
                 rec = self.grow_one(
@@ -439,7 +449,7 @@ class Pool:
         """Train one member from ``base`` (left unchanged for LoRA, trained in place for full)."""
         recipe = self.manifest.recipe
         seed = member_seed(recipe.seed, ref.member_id)
-        stream = self.partitions[ref.partition].unit_stream(ref.unit)
+        stream = TokenizedPartition.open(self.data_folder / ref.partition).unit_stream(ref.unit)
         show = progress and is_main_rank()
         with _bar(recipe.steps_for(recipe.unit_tokens), ref.member_id, show, leave=False) as bar:
             model, result = continue_pretraining(
@@ -452,6 +462,8 @@ class Pool:
                 device=device,
                 progress=bar,
             )
+        if model is base:  # full: trained in place on the device; the seed lives on the CPU
+            base.cpu()
         # Under torchrun every rank holds the same weights; rank 0 alone writes them.
         rec = self._write_member(ref, model, result, seed) if is_main_rank() else None
         return broadcast_from_main(rec)
@@ -462,22 +474,19 @@ class Pool:
         folder = self.member_folder(ref.partition, ref.unit)
         # Only this member's leftovers: we hold its lock, while other processes may be
         # staging the partition's other units in the same folder right now.
-        remove_stale_staging(folder)
-        with staged_dir(folder) as tmp:
-            trained = save_trained(
-                model,
-                result,
-                self.manifest.recipe,
-                seed=seed,
-                base_sha256=self.manifest.base_sha256,
-                folder=tmp,
-            )
-            rec = MemberRecord(
-                partition=ref.partition, unit=ref.unit, data_hash=ref.data_hash, **trained
-            )
-            write_json(tmp / "member.json", rec.model_dump(mode="json"))
-        model.cpu()
-        return rec
+        remove_stale_temporaries(folder.parent, prefix=f".{folder.name}.")
+        return write_trained(
+            folder,
+            model,
+            result,
+            self.manifest.recipe,
+            seed=seed,
+            base_sha256=self.manifest.base_sha256,
+            record=partial(
+                MemberRecord, partition=ref.partition, unit=ref.unit, data_hash=ref.data_hash
+            ),
+            record_file="member.json",
+        )
 
     # ----------------------------------------------------------------- checks
     def verify(self) -> VerifyReport:
@@ -489,12 +498,13 @@ class Pool:
         except PoolError:
             report.missing.append(f"seed model {self.base_folder}")
         report.checked += 1
-        for name, part in self.partitions.items():
+        parts = self.partitions
+        for name, part in parts.items():
             report.checked += 1
             tokens = part.folder / "tokens.bin"
             if not tokens.is_file() or sha256_file(tokens) != part.index.tokens_sha256:
                 report.corrupt.append(f"data/{name}/tokens.bin")
-        for ref in self.units():
+        for ref in _unit_refs(parts):
             report.checked += 1
             folder = self.member_folder(ref.partition, ref.unit)
             try:
@@ -502,14 +512,19 @@ class Pool:
             except PoolError:
                 report.corrupt.append(f"{ref.member_id} (member.json unreadable)")
                 continue
+            # The record's cheap checks first; the weights are hashed last.
             if rec is None:
                 report.missing.append(ref.member_id)
+            elif rec.data_hash != ref.data_hash:  # as in `missing()`: grow replaces it
+                report.missing.append(
+                    f"{ref.member_id} (trained on older data; run `ablate pool grow`)"
+                )
+            elif rec.base_sha256 != self.manifest.base_sha256:
+                report.corrupt.append(f"{ref.member_id} (trained from a different seed model)")
             elif not (folder / rec.weights_file).is_file():
                 report.corrupt.append(f"{ref.member_id} ({rec.weights_file} missing)")
             elif sha256_file(folder / rec.weights_file) != rec.weights_sha256:
                 report.corrupt.append(f"{ref.member_id} ({rec.weights_file} sha256 mismatch)")
-            elif rec.base_sha256 != self.manifest.base_sha256:
-                report.corrupt.append(f"{ref.member_id} (trained from a different seed model)")
         return report
 
     def check_member(self, rec: MemberRecord) -> None:
@@ -526,6 +541,15 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"Pool({str(self.path)!r}, partitions={len(self.partitions)}, members={len(self.members)})"
+
+
+def _unit_refs(parts: dict[str, TokenizedPartition]) -> list[UnitRef]:
+    """Every base unit of ``parts``, in (partition, unit) order."""
+    return [
+        UnitRef(name, i, h)
+        for name, part in parts.items()
+        for i, h in enumerate(part.index.unit_hashes)
+    ]
 
 
 def _read_config(folder: Path) -> dict:

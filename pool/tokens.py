@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pool.atomic import sha256_file, staged_dir, write_json
+from pool.atomic import staged_dir, write_json
 from pool.partition import cut_units
 from pool.storage import PartitionIndex, TokenDtype, read_record
 
@@ -65,29 +65,37 @@ def write_partition(
     token_dtype: TokenDtype,
     unit_tokens: int,
     progress: object = None,
+    text_hash: str | None = None,
 ) -> PartitionIndex:
-    """Tokenize ``texts`` into ``folder`` (staged, then renamed: never half-written)."""
+    """Tokenize ``texts`` into ``folder`` (staged, then renamed: never half-written).
+
+    ``text_hash`` is ``content_hash(texts)`` when the caller has already computed it.
+    """
     docs = encode_documents(tokenizer, texts, progress)
     lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
     offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate(docs).astype(token_dtype) if docs else np.zeros(0, token_dtype)
+    # C-contiguous, native byte order: ``tofile`` writes exactly the bytes of ``memoryview(flat)``,
+    # so hashing the array in memory equals hashing tokens.bin (no re-read, no copies).
+    flat = np.ascontiguousarray(
+        np.concatenate(docs).astype(token_dtype) if docs else np.zeros(0, token_dtype)
+    )
     units = cut_units(lengths.tolist(), unit_tokens)
     unit_hashes = tuple(
-        hashlib.sha256(flat[offsets[a] : offsets[b]].tobytes()).hexdigest() for a, b in units
+        hashlib.sha256(memoryview(flat[offsets[a] : offsets[b]])).hexdigest() for a, b in units
     )
     with staged_dir(folder) as tmp:
         flat.tofile(tmp / "tokens.bin")
         np.save(tmp / "offsets.npy", offsets)
         index = PartitionIndex(
             name=name,
-            content_hash=content_hash(texts),
+            content_hash=text_hash if text_hash is not None else content_hash(texts),
             sources=tuple(sorted(set(sources))),
             n_docs=len(docs),
             n_tokens=int(offsets[-1]),
             n_bytes=sum(len(t.encode("utf-8")) for t in texts),
             token_dtype=token_dtype,
-            tokens_sha256=sha256_file(tmp / "tokens.bin"),
+            tokens_sha256=hashlib.sha256(memoryview(flat)).hexdigest(),
             unit_tokens=unit_tokens,
             units=tuple((int(a), int(b)) for a, b in units),
             unit_hashes=unit_hashes,

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from pool.atomic import staged_dir, write_json
 from pool.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+    from pool.storage import TrainedRecord
+
 T = TypeVar("T")
+R = TypeVar("R", bound="TrainedRecord")
 
 _CURVE_POINTS = 100  # loss-curve resolution kept in member.json (enough to plot, small on disk)
 
@@ -127,37 +131,48 @@ def continue_pretraining(
     return model, result
 
 
-def save_trained(
+def write_trained(
+    folder: Path,
     model: PreTrainedModel,
     result: TrainResult,
     recipe: Recipe,
     *,
     seed: int,
     base_sha256: str,
-    folder: Path,
-) -> dict:
-    """Write the trained weights into ``folder``; returns the ``TrainedRecord`` fields."""
+    record: Callable[..., R],
+    record_file: str,
+) -> R:
+    """Write a trained model into ``folder`` atomically: its weights and its record.
+
+    ``record`` builds the record from the ``TrainedRecord`` fields (passed as keyword
+    arguments), e.g. ``functools.partial(MemberRecord, partition=..., unit=..., data_hash=...)``;
+    it is written as ``record_file``, last, into the same staged folder, so ``folder`` appears
+    complete or not at all. Returns the record.
+    """
     from pool.storage import utc_now
     from pool.weights import FULL_FILE, LORA_FILE, save_tensors, trained_tensors
 
     tensors = trained_tensors(model, recipe.method)
     weights_file = LORA_FILE if recipe.method == "lora" else FULL_FILE
-    return {
-        "base_sha256": base_sha256,
-        "method": recipe.method,
-        "recipe": recipe,
-        "seed": seed,
-        "tokens_seen": result.tokens_seen,
-        "steps": result.steps,
-        "final_loss": result.final_loss,
-        "loss_curve": result.loss_curve,
-        "wall_time_s": round(result.wall_time_s, 3),
-        "device": result.device,
-        "weights_file": weights_file,
-        "weights_sha256": save_tensors(tensors, folder / weights_file),
-        "n_params": sum(t.numel() for t in tensors.values()),
-        "created_at": utc_now(),
-    }
+    with staged_dir(folder) as tmp:
+        rec = record(
+            base_sha256=base_sha256,
+            method=recipe.method,
+            recipe=recipe,
+            seed=seed,
+            tokens_seen=result.tokens_seen,
+            steps=result.steps,
+            final_loss=result.final_loss,
+            loss_curve=result.loss_curve,
+            wall_time_s=round(result.wall_time_s, 3),
+            device=result.device,
+            weights_file=weights_file,
+            weights_sha256=save_tensors(tensors, tmp / weights_file),
+            n_params=sum(t.numel() for t in tensors.values()),
+            created_at=utc_now(),
+        )
+        write_json(tmp / record_file, rec.model_dump(mode="json"))
+    return rec
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from ablate.mixture import Mixture
-from pool.atomic import remove_stale_staging, sha256_json, staged_dir, write_json
+from pool.atomic import remove_stale_temporaries, sha256_json
 from pool.errors import CorruptMemberError, PoolError
 from pool.storage import TrainedRecord, member_id, read_record
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 VALIDATION_DIR = "validation"
 RECORD = "validation.json"
-FORMAT_VERSION = 1
 _KEY_CHARS = 24  # 96 bits of the sha256: unique for any realistic number of mixtures
 
 
@@ -47,10 +47,6 @@ class ValidationRecord(TrainedRecord):
         description="(member id, unit data sha256, sampling weight) of every unit trained on."
     )
     tokens: int = Field(description="Token budget: k base units for a mixture of k units.")
-
-    @property
-    def mixture_key(self) -> str:
-        return Mixture(self.mixture).key
 
 
 @dataclass(frozen=True)
@@ -136,11 +132,15 @@ def ensure_trained(
             with FileLock(str(root / f".{plan.key}.lock")):
                 rec = read_validation(pool, plan.key)  # another run may have finished it meanwhile
                 if rec is None:
-                    remove_stale_staging(root / plan.key)  # of an interrupted run; we hold the lock
+                    # Leftovers of an interrupted run of this model only; we hold its lock.
+                    remove_stale_temporaries(root, prefix=f".{plan.key}.")
                     if base is None:
                         base = pool.load_base_model(check=True)
-                        base_state = {k: v.clone() for k, v in base.state_dict().items()}
-                    else:
+                        # Full training changes ``base`` in place: keep the seed to restore it.
+                        # LoRA trains a copy, so ``base`` stays the seed.
+                        if pool.manifest.recipe.method == "full":
+                            base_state = {k: v.clone() for k, v in base.state_dict().items()}
+                    elif base_state is not None:
                         base.load_state_dict(base_state)
                     rec = train_plan(pool, plan, base, progress=progress, device=device)
                     trained += 1
@@ -161,10 +161,11 @@ def train_plan(
     from tqdm.auto import tqdm
 
     from pool.pool import member_seed
-    from pool.train import continue_pretraining, save_trained
+    from pool.tokens import TokenizedPartition
+    from pool.train import continue_pretraining, write_trained
 
     recipe = pool.manifest.recipe
-    parts = pool.partitions
+    parts = {p: TokenizedPartition.open(pool.data_folder / p) for p, *_ in plan.units}
     # One unit: the member's own seed, so the real model *is* the member (a built-in check).
     ident = member_id(*plan.units[0][:2]) if plan.k == 1 else f"validation/{plan.key}"
     seed = member_seed(recipe.seed, ident)
@@ -185,19 +186,24 @@ def train_plan(
             device=device,
             progress=bar,
         )
-    with staged_dir(folder_of(pool, plan.key)) as tmp:
-        trained = save_trained(
-            model, result, recipe, seed=seed, base_sha256=pool.manifest.base_sha256, folder=tmp
-        )
-        rec = ValidationRecord(
+    if model is base:  # full: trained in place on the device; the seed lives on the CPU
+        base.cpu()
+    rec = write_trained(
+        folder_of(pool, plan.key),
+        model,
+        result,
+        recipe,
+        seed=seed,
+        base_sha256=pool.manifest.base_sha256,
+        record=partial(
+            ValidationRecord,
             key=plan.key,
             mixture=plan.mixture.weights,
             units=tuple((f"{p}/{u}", h, w) for p, u, h, w in plan.units),
             tokens=plan.tokens,
-            **trained,
-        )
-        write_json(tmp / RECORD, rec.model_dump(mode="json"))
-    base.cpu()
+        ),
+        record_file=RECORD,
+    )
     log.info("trained validation model %s (%s): loss %.4f", plan.key, plan.mixture, rec.final_loss)
     return rec
 

@@ -139,6 +139,31 @@ def test_verify_names_flipped_byte(full_pool):
     assert r.returncode == 1 and f"CORRUPT  {m.member_id}" in r.stdout
 
 
+def test_verify_reports_member_of_older_data_as_missing(full_pool):
+    """A member whose data_hash is not its unit's current one is unfinished, as grow sees it."""
+    from pool.atomic import write_json
+    from pool.storage import MemberRecord, read_record
+
+    m = full_pool.members[0]
+    f = full_pool.member_folder(m.partition, m.unit) / "member.json"
+    stale = read_record(f, MemberRecord).model_copy(update={"data_hash": "0" * 64})
+    write_json(f, stale.model_dump(mode="json"))
+
+    report = full_pool.verify()
+    assert report.corrupt == []
+    assert report.missing == [f"{m.member_id} (trained on older data; run `ablate pool grow`)"]
+    assert not report.ok
+    assert [u.member_id for u in full_pool.missing()] == [m.member_id]
+    assert [u.member_id for u in full_pool.missing([m.partition])] == [m.member_id]
+    r = run_cli("pool", "verify", full_pool.path)
+    assert r.returncode == 1 and f"MISSING  {m.member_id} (trained on older data" in r.stdout
+
+
+def test_missing_refuses_unknown_partition(full_pool):
+    with pytest.raises(DataError, match="unknown partition 'nope'; known: code, math, wiki"):
+        full_pool.missing(["nope"])
+
+
 def test_interrupted_grow_resumes(tmp_path, corpus):
     pool = Pool.create(
         tmp_path / "p",
