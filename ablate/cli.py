@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pool.recipe import LoraSpec, Recipe, TinyModelSpec
@@ -239,7 +240,7 @@ def _mixtures_from_args(args: argparse.Namespace, ev: Any) -> list:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    ev = _evaluator(args)
+    ev = _evaluator(args, ray=args.backend == "ray")
     mixtures = _mixtures_from_args(args, ev)
     results = ev.run_many(mixtures)
     if args.json:
@@ -273,6 +274,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise _usage(
             f"--sizes takes comma-separated integers like 2,3,4, got {args.sizes!r}"
         ) from None
+    _check_out_folder(args.out, "--out")
     mixtures = [Mixture.parse(s) for s in args.mixture] if args.mixture else None
     ev = _evaluator(args)
     report = validate(
@@ -295,12 +297,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluator(args: argparse.Namespace):
-    """The evaluator for ``_add_eval_args``'s arguments: local, or Ray actors with ``--backend ray``."""
+def _evaluator(args: argparse.Namespace, *, ray: bool = False):
+    """The evaluator for ``_add_eval_args``'s arguments: local, or Ray actors when ``ray``."""
     common = dict(
         by=args.eval_by, text_field=args.text_field, device=args.device, progress=not args.quiet
     )
-    if getattr(args, "backend", "local") == "ray":
+    if ray:
         from ablate.distributed import RayEvaluator
 
         return RayEvaluator(
@@ -314,6 +316,8 @@ def _evaluator(args: argparse.Namespace):
 def cmd_search(args: argparse.Namespace) -> int:
     from ablate.search import search
 
+    if args.plot:
+        _check_figure_path(args.plot, "--plot")
     ev = _evaluator(args)
     study = search(
         ev,
@@ -365,6 +369,42 @@ def _usage(msg: str) -> Exception:
     return AblateError(msg)
 
 
+# Output paths are checked before any work, so a typo fails in a second, not after an hour.
+def _check_out_folder(path: str, flag: str) -> None:
+    """``path`` must be a folder or creatable as one: nothing on the way may be a file."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                what = "is an existing file" if q == p else f"is inside {q}, which is a file"
+                raise _usage(f"{flag} {path} {what}; name a folder (new or existing) instead")
+            return
+
+
+def _check_figure_path(path: str, flag: str) -> None:
+    """``path`` must name a file in an existing folder, with a suffix matplotlib can write."""
+    from ablate.report import figure_formats
+
+    p = Path(path)
+    fmt = p.suffix[1:].lower()
+    formats = figure_formats()
+    if fmt and fmt not in formats:
+        raise _usage(
+            f"{flag} {path}: cannot write a {p.suffix} image; "
+            f"end the name with one of {', '.join('.' + f for f in sorted(formats))}"
+        )
+    if p.is_dir():
+        raise _usage(f"{flag} {path} is a folder; name an image file such as {p / 'search.png'}")
+    parent = p.parent
+    if parent.exists() and not parent.is_dir():
+        raise _usage(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+    if not parent.exists():
+        raise _usage(
+            f"{flag} {path}: folder {parent} does not exist; create it (mkdir -p {parent}) "
+            "or choose another path"
+        )
+
+
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     """The pool and eval-set arguments shared by eval, search and validate."""
     p.add_argument("pool")
@@ -375,6 +415,13 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         "--eval-by", default=None, metavar="FIELD", help="metadata field naming each doc's domain"
     )
     p.add_argument("--text-field", default="text")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--device",
+        default=None,
+        choices=("cpu", "cuda"),
+        help="cpu or cuda (default: cuda when available)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -457,8 +504,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument("--all-subsets", action="store_true", help="every subset of partitions")
     p.add_argument("--max-size", type=int, default=None, help="largest subset with --all-subsets")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.add_argument(
         "--backend", choices=("local", "ray"), default="local", help="score here or on Ray actors"
     )
@@ -504,8 +549,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="ablate-validation",
         help="folder for validation.csv, report.md, scatter.png",
     )
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.set_defaults(func=cmd_validate)
 
     from ablate.search import STRATEGIES
@@ -559,9 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=10, help="rows of the ranked table to print")
-    p.add_argument("--plot", default=None, metavar="PNG", help="write the search plot here")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda"))
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE",
+        help="write the search plot here (.png, .svg, .pdf, ... by suffix; the folder must exist)",
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("demo", help="the whole loop on Python's own standard library (no download)")

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK_CHARS = 3000  # one document ~ one screenful of code: long enough to need context
 _EVAL_EVERY = 8  # every 8th document of a partition is held out for evaluation
+_VALIDATE_PAIRS = 3  # pairs of partitions really trained at the end to check the proxy
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,6 @@ class DemoSettings:
     seq_len: int
     batch_size: int
     lr: float
-    validate: int  # pairs of partitions really trained at the end to check the proxy
 
 
 FULL = DemoSettings(
@@ -56,7 +56,6 @@ FULL = DemoSettings(
     seq_len=128,
     batch_size=16,
     lr=2e-3,
-    validate=3,
 )
 QUICK = DemoSettings(
     packages=("asyncio", "email"),
@@ -70,7 +69,6 @@ QUICK = DemoSettings(
     seq_len=64,
     batch_size=8,
     lr=3e-3,
-    validate=3,
 )
 
 
@@ -191,23 +189,25 @@ def run_demo(
     report = write_report(frame, out, title="ablate demo: Python standard library")
     print(report.summary)
     print(f"report: {report.markdown}\nheatmap: {report.heatmap}")
-    _validate(ev, s, out / "validation", progress, device)
+    _validate(ev, out / "validation")
     return report.markdown
 
 
-def _validate(
-    ev: Evaluator, s: DemoSettings, out: Path, progress: bool, device: str | None
-) -> None:
-    """Really train a few mixtures and print how well the proxy predicted them (reused on reruns)."""
+def _validate(ev: Evaluator, out: Path) -> None:
+    """Really train a few mixtures and print how well the proxy predicted them (reused on reruns).
+
+    Progress bars and the training device are the evaluator's, as ``validate`` defaults to.
+    """
     from ablate.validation import validate
+    from ablate.validation.stats import POOLED
 
     print(
-        f"validating: really training {s.validate} pairs of partitions to compare with their proxies"
+        f"validating: really training {_VALIDATE_PAIRS} pairs of partitions to compare with their proxies"
     )
     # Pairs only: a real model of k units costs k members' training, and the demo stays short.
-    v = validate(ev, sample=s.validate, sizes=(2,), progress=progress, device=device)
+    v = validate(ev, sample=_VALIDATE_PAIRS, sizes=(2,))
     files = v.write(out, title="ablate demo: proxy vs really trained")
-    c = v.correlations.loc["pooled"]
+    c = v.correlations.loc[POOLED]
     print(
         f"validation: proxy vs real perplexity over {v.mixtures} mixtures x {len(v.domains)} domains: "
         f"Pearson {c['pearson']:.3f}, Spearman {c['spearman']:.3f} (report: {files.markdown})"

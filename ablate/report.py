@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,6 +12,7 @@ from pool.atomic import write_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
 _TOP = 15  # ranked rows shown in the table: enough to see the winners, short enough to read
 
@@ -19,6 +22,26 @@ class Report:
     markdown: Path
     heatmap: Path
     summary: str
+
+
+def figure_formats() -> frozenset[str]:
+    """File suffixes (without the dot) that :func:`save_figure` can write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return frozenset(FigureCanvasBase.get_supported_filetypes())
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Render ``fig`` in the format its suffix names (PNG without one) and write it atomically.
+
+    The image is rendered in memory first, so an unsupported suffix raises ``ValueError``
+    before anything touches the disk, and a crash never leaves a half-written file.
+    """
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix[1:].lower() or "png", dpi=dpi)
+    write_bytes(path, buf.getvalue())
+    return path
 
 
 def ranked(frame: pd.DataFrame) -> pd.DataFrame:
@@ -33,13 +56,18 @@ def best_per_domain(frame: pd.DataFrame) -> pd.DataFrame:
     return rows.set_index("domain")
 
 
-def plot_heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
-    """Perplexity relative to each domain's best (1.0 = best), mixtures x domains."""
+def plot_heatmap(
+    frame: pd.DataFrame, path: Path, title: str, table: pd.DataFrame | None = None
+) -> Path:
+    """Perplexity relative to each domain's best (1.0 = best), mixtures x domains.
+
+    ``table`` is ``ranked(frame)`` when the caller already has it.
+    """
     # A bare Figure (no pyplot) renders headless without switching the process's backend,
     # so notebooks that call this keep their inline plots.
     from matplotlib.figure import Figure
 
-    table = ranked(frame)
+    table = ranked(frame) if table is None else table
     rel = table / table.min(axis=0)
     fig = Figure(figsize=(1.2 * len(rel.columns) + 4, 0.22 * len(rel) + 2))
     ax = fig.subplots()
@@ -51,17 +79,14 @@ def plot_heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="perplexity / best perplexity in domain")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_report(frame: pd.DataFrame, out: Path, title: str) -> Report:
     """Write ``report.md`` and ``heatmap.png`` into ``out``."""
     table = ranked(frame)
     best = best_per_domain(frame)
-    heatmap = plot_heatmap(frame, out / "heatmap.png", title)
+    heatmap = plot_heatmap(frame, out / "heatmap.png", title, table)
     top = table.head(_TOP)
     lines = [
         f"# {title}",

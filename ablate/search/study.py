@@ -184,5 +184,7 @@ class Study:
             f"ablate search: {self.strategy}, target {self.target}, {self.evaluations} evaluations"
         )
         if path is not None:
-            fig.savefig(path, dpi=120)
+            from ablate.report import save_figure
+
+            save_figure(fig, path, dpi=120)
         return fig

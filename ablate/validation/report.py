@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ablate.report import save_figure
 from ablate.validation.stats import POOLED, Calibration, CalibrationKind
 from pool.atomic import write_bytes
 
@@ -219,10 +220,7 @@ def plot_scatter(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, title="eval domain", title_fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _fmt(x: float) -> str:

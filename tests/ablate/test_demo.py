@@ -37,3 +37,27 @@ def test_demo_quick_runs_and_reuses(tmp_path):
     assert {
         p: p.stat().st_mtime_ns for p in (out / "pool" / "members").rglob("member.json")
     } == members
+
+
+def test_write_report_leaves_only_its_files(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from ablate import report
+
+    rows = [
+        {"mixture": m, "domain": d, "ppl": p, "bpb": p / 10}
+        for m, ps in {"a": (3.0, 5.0), "b": (4.0, 2.0), "a+b": (3.5, 3.0)}.items()
+        for d, p in zip(("x", "y"), ps, strict=True)
+    ]
+    rows += [
+        {"mixture": m, "domain": "macro", "ppl": s, "bpb": s / 10}
+        for m, s in {"a": 4.0, "b": 3.0, "a+b": 3.25}.items()
+    ]
+    calls = []
+    real = report.ranked
+    monkeypatch.setattr(report, "ranked", lambda f: calls.append(1) or real(f))
+    r = report.write_report(pd.DataFrame(rows), tmp_path, title="t")
+    assert len(calls) == 1  # the table and the heatmap share one ranking
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heatmap.png", "report.md"]
+    assert r.heatmap.read_bytes()[:4] == b"\x89PNG"
+    assert r.markdown.read_text().index("| b ") < r.markdown.read_text().index("| a+b ")

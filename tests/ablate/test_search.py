@@ -358,3 +358,43 @@ def test_cli_json_and_workers_sharing_an_optuna_study(full_pool, corpus, tmp_pat
     assert len(scored) == len(set(scored))  # no mixture was scored by both workers
     assert len({t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}) == 2
     assert _store_rows(full_pool.path / "results.sqlite") == len(scored)
+
+
+# ---------------------------------------------------------------------- output paths
+def test_save_figure_writes_by_suffix_atomically(tmp_path):
+    from matplotlib.figure import Figure
+
+    from ablate.report import save_figure
+
+    fig = Figure()
+    fig.subplots().plot([1, 2], [3, 4])
+    assert save_figure(fig, tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in save_figure(fig, tmp_path / "a.SVG").read_bytes()[:500]
+    assert save_figure(fig, tmp_path / "a.pdf").read_bytes()[:5] == b"%PDF-"
+    assert save_figure(fig, tmp_path / "plain").read_bytes()[:4] == b"\x89PNG"  # no suffix: PNG
+    with pytest.raises(ValueError, match="not supported"):
+        save_figure(fig, tmp_path / "a.xyz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.SVG", "a.pdf", "a.png", "plain"]
+
+
+def _plot_cases(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "dir").mkdir()
+    return {
+        "missing folder": (tmp_path / "nosuch" / "s.png", "does not exist; create it"),
+        "bad suffix": (tmp_path / "s.txt", "cannot write a .txt image; end the name with one of"),
+        "folder": (tmp_path / "dir", "is a folder; name an image file"),
+        "file as folder": (tmp_path / "file.txt" / "s.png", "is a file, not a folder"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing folder", "bad suffix", "folder", "file as folder"])
+def test_cli_plot_path_is_checked_before_any_work(case, tmp_path, capsys):
+    path, says = _plot_cases(tmp_path)[case]
+    # The pool does not exist: were the pool opened first, the error would name it instead.
+    args = eval_cli_args("search", tmp_path / "no-pool", tmp_path / "no-eval.jsonl")
+    assert main(["-q", *args, "--plot", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ablate: error: --plot {path}"), lines
+    assert says in lines[0]
+    assert not (tmp_path / "nosuch").exists()

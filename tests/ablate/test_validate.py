@@ -254,3 +254,21 @@ def test_lora_pool_validates(lora_pool_dir, corpus, tmp_path):
     assert report.pairs["real"].to_numpy() == pytest.approx(
         report.pairs["proxy"].to_numpy(), rel=1e-4
     )
+
+
+def test_cli_validate_out_must_be_a_folder_checked_before_any_work(tmp_path, capsys):
+    from ablate.cli import main
+
+    taken = tmp_path / "taken.csv"
+    taken.write_text("keep me")
+    for out, says in [
+        (taken, "is an existing file; name a folder"),
+        (taken / "sub", f"is inside {taken}, which is a file; name a folder"),
+    ]:
+        # The pool does not exist: were it opened first, the error would name it instead.
+        args = eval_cli_args("validate", tmp_path / "no-pool", tmp_path / "no-eval.jsonl")
+        assert main(["-q", *args, "--mixture", "a,b", "--out", str(out)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"ablate: error: --out {out} "), lines
+        assert says in lines[0]
+    assert taken.read_text() == "keep me"
