@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+NLL_RTOL = 1e-3  # baseline and ours must agree on each mixture's summed NLL to this
+
 
 def build_pool(
     root: Path, members: int, hidden: int, layers: int, vocab: int, context: int
@@ -120,8 +122,10 @@ def build_pool(
 
 def eval_file(path: Path, tokens: int) -> Path:
     """Eval documents of about ``tokens`` tokens in total (the tiny tokenizer: ~1 token per char)."""
+    from pool.atomic import write_bytes
+
     docs = [{"text": ("lorem ipsum dolor sit amet " * 40)[: max(8, tokens // 4)]} for _ in range(4)]
-    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    write_bytes(path, "".join(json.dumps(d) + "\n" for d in docs).encode("utf-8"))
     return path
 
 
@@ -130,8 +134,35 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def baseline(pool_dir: Path, mixtures, eval_set, work: Path, device: str) -> dict[str, float]:
-    """mergekit-style: merge (on ``device``, like mergekit's --cuda), save, reload, labels= loss."""
+def _complete_state(merged: dict, expected: dict) -> None:
+    """Give ``merged`` exactly the skeleton's keys, so ``load_state_dict(strict=True)`` loads all.
+
+    A key the members lack is accepted only where the skeleton ties it to a key they have
+    (e.g. ``lm_head.weight`` sharing the embedding's storage): it gets that merged tensor.
+    Any other missing or extra key is an error, so the base's own weights are never scored.
+    """
+    extra = sorted(merged.keys() - expected.keys())
+    if extra:
+        raise RuntimeError(f"members hold tensors the model lacks: {', '.join(extra[:5])}")
+    by_storage = {(expected[k].data_ptr(), expected[k].shape): k for k in merged}
+    for k in sorted(expected.keys() - merged.keys()):
+        src = by_storage.get((expected[k].data_ptr(), expected[k].shape))
+        if src is None:
+            raise RuntimeError(
+                f"members lack {k!r}, which the model does not tie to another tensor"
+            )
+        merged[k] = merged[src]
+
+
+def baseline(
+    pool_dir: Path, mixtures, eval_set, work: Path, device: str
+) -> tuple[dict[str, float], list[float]]:
+    """mergekit-style: merge (on ``device``, like mergekit's --cuda), save, reload, labels= loss.
+
+    The model skeleton is built once, untimed; per mixture the timings cover the merge, then
+    ``load_state_dict`` + ``save_pretrained`` + ``from_pretrained``, then the scoring. Returns
+    the timings and each mixture's summed NLL (nats over all scored tokens).
+    """
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -139,7 +170,10 @@ def baseline(pool_dir: Path, mixtures, eval_set, work: Path, device: str) -> dic
 
     pool = Pool.open(pool_dir)
     t = {"merge": 0.0, "save+load": 0.0, "score": 0.0}
+    nlls: list[float] = []
     ctx = pool.manifest.context
+    skeleton = pool.load_base_model()  # the architecture, built once (its weights get replaced)
+    expected = skeleton.state_dict()
     for mix in mixtures:
         s = time.perf_counter()
         names = list(mix.names)
@@ -148,12 +182,12 @@ def baseline(pool_dir: Path, mixtures, eval_set, work: Path, device: str) -> dic
         merged = {k: sum(w[n] * sd[k] for n, sd in zip(names, sds)).cpu() for k in sds[0]}
         _sync(device)
         t["merge"] += time.perf_counter() - s
+        _complete_state(merged, expected)
         s = time.perf_counter()
-        model = pool.load_base_model()
-        model.load_state_dict(merged, strict=False)
+        skeleton.load_state_dict(merged, strict=True)
         out = work / "merged"
         shutil.rmtree(out, ignore_errors=True)
-        model.save_pretrained(out)
+        skeleton.save_pretrained(out)
         model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to(device).eval()
         _sync(device)
         t["save+load"] += time.perf_counter() - s
@@ -166,10 +200,12 @@ def baseline(pool_dir: Path, mixtures, eval_set, work: Path, device: str) -> dic
                     x = doc[a : a + ctx + 1][None]
                     nll += model(input_ids=x, labels=x).loss.item() * (x.shape[1] - 1)
         t["score"] += time.perf_counter() - s
-    return t
+        nlls.append(nll)
+    return t, nlls
 
 
-def ours(pool_dir: Path, mixtures, eval_set, device: str) -> tuple[dict[str, float], float]:
+def ours(pool_dir: Path, mixtures, eval_set, device: str) -> tuple[dict[str, float], float, list]:
+    """Evaluator timings (``run_many`` only), its one-off setup time and its ``EvalResult``s."""
     from ablate import Evaluator
 
     s = time.perf_counter()
@@ -181,9 +217,9 @@ def ours(pool_dir: Path, mixtures, eval_set, device: str) -> tuple[dict[str, flo
     )  # warm-up forward (allocator, oneDNN/cuBLAS plans), like the baseline's
     setup = time.perf_counter() - s
     s = time.perf_counter()
-    ev.run_many(mixtures, progress=False)
+    results = ev.run_many(mixtures, progress=False)
     _sync(device)
-    return {"total": time.perf_counter() - s}, setup
+    return {"total": time.perf_counter() - s}, setup, results
 
 
 def main() -> None:
@@ -212,8 +248,8 @@ def main() -> None:
             work / "pool", args.members, args.hidden, args.layers, args.vocab, args.context
         )
         pool = Pool.open(pool_dir)
-        n_params = sum(p.numel() for p in pool.load_base_model().parameters())
         names = sorted(pool.partitions)
+        n_params = pool.member(names[0], 0).n_params
         subsets = [s for s in gray_subsets(len(names)) if len(s) >= 2][: args.mixtures]
         mixtures = [Mixture.uniform([names[i] for i in s]) for s in subsets]
         print(
@@ -224,12 +260,22 @@ def main() -> None:
             f"{'eval tokens':>11} {'baseline s/mix':>15} {'(merge':>8} {'save+load':>10} {'score)':>8} "
             f"{'ours s/mix':>11} {'mix/min base':>13} {'mix/min ours':>13} {'ratio':>7}"
         )
+        worst = 0.0  # largest relative NLL difference between the two sides
         for tokens in args.eval_tokens:
             es = EvalSet.load(pool, eval_file(work / f"eval{tokens}.jsonl", tokens))
             n_tok = sum(len(d) - 1 for d in es.docs)
             baseline(pool_dir, mixtures[:1], es, work, args.device)  # warm-up, not timed
-            tb = baseline(pool_dir, mixtures, es, work, args.device)
-            to, setup = ours(pool_dir, mixtures, es, args.device)
+            tb, base_nll = baseline(pool_dir, mixtures, es, work, args.device)
+            to, setup, results = ours(pool_dir, mixtures, es, args.device)
+            for mix, b, r in zip(mixtures, base_nll, results, strict=True):
+                o = sum(sc.nll for sc in r.scores.values())
+                rel = abs(b - o) / max(abs(b), abs(o), 1e-30)
+                if not rel <= NLL_RTOL:
+                    raise SystemExit(
+                        f"baseline and ours disagree on {mix} at {n_tok} eval tokens: summed NLL "
+                        f"{b:.6f} vs {o:.6f} (relative {rel:.2e} > {NLL_RTOL:g})"
+                    )
+                worst = max(worst, rel)
             base_per = sum(tb.values()) / len(mixtures)
             ours_per = to["total"] / len(mixtures)
             print(
@@ -237,6 +283,10 @@ def main() -> None:
                 f"{tb['save+load'] / len(mixtures):>10.2f} {tb['score'] / len(mixtures):>8.2f} "
                 f"{ours_per:>11.3f} {60 / base_per:>13.1f} {60 / ours_per:>13.1f} {base_per / ours_per:>6.1f}x"
             )
+        print(
+            f"both sides agree on every mixture's summed NLL (relative difference "
+            f"<= {NLL_RTOL:g}, largest {worst:.1e})"
+        )
         print(
             f"(ours, once per study: load + stack members + one warm-up mixture {setup:.1f}s; "
             "both sides warm up on one untimed mixture; target: ratio >= 10x)"

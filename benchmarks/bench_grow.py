@@ -51,7 +51,9 @@ def _docs(tag: int, n: int, length: int = 80) -> list[dict]:
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from pool.atomic import write_bytes
+
+    write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
     return path
 
 
@@ -101,11 +103,13 @@ def main() -> None:
 
         t0 = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-        t_init = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        remote = grow_with_ray(pool, progress=False)
-        t_ray = time.perf_counter() - t0
-        ray.shutdown()
+        try:
+            t_init = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            remote = grow_with_ray(pool, progress=False)
+            t_ray = time.perf_counter() - t0
+        finally:
+            ray.shutdown()
 
         same = shas == {m.member_id: m.weights_sha256 for m in remote}
         print(

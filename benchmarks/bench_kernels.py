@@ -177,21 +177,30 @@ def _status_bytes(field: str) -> int:
 def bench_nll(rows: list[tuple]) -> None:
     # Memory first: one fresh process per (vocabulary, path), all at once (they only measure
     # their own peak resident set, so they may share the CPU).
-    children = {
-        (vocab, path): subprocess.Popen(
-            [sys.executable, __file__, "--child", path, "--vocab", str(vocab)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for vocab in VOCABS
-        for path in ("hf", "ours")
-    }
+    children: dict[tuple[int, str], subprocess.Popen] = {}
     peaks = {}
-    for key, child in children.items():
-        stdout, _ = child.communicate()
-        if child.returncode != 0:
-            raise RuntimeError(f"memory probe {key} failed with exit code {child.returncode}")
-        peaks[key] = int(stdout.strip().splitlines()[-1])
+    try:
+        for vocab in VOCABS:
+            for path in ("hf", "ours"):
+                children[vocab, path] = subprocess.Popen(
+                    [sys.executable, __file__, "--child", path, "--vocab", str(vocab)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+        for key, child in children.items():
+            stdout, _ = child.communicate()
+            if child.returncode != 0:
+                raise RuntimeError(f"memory probe {key} failed with exit code {child.returncode}")
+            peaks[key] = int(stdout.strip().splitlines()[-1])
+    finally:
+        # a probe that failed (or an interrupt) must not leave the others running
+        for child in children.values():
+            if child.poll() is None:
+                child.kill()
+        for child in children.values():
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
 
     for vocab in VOCABS:
         peak = {path: peaks[vocab, path] for path in ("hf", "ours")}
