@@ -462,8 +462,6 @@ class Pool:
                 device=device,
                 progress=bar,
             )
-        if model is base:  # full: trained in place on the device; the seed lives on the CPU
-            base.cpu()
         # Under torchrun every rank holds the same weights; rank 0 alone writes them.
         rec = self._write_member(ref, model, result, seed) if is_main_rank() else None
         return broadcast_from_main(rec)

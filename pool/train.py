@@ -128,6 +128,8 @@ def continue_pretraining(
     result = train_model(
         model, sampler, recipe, tokens, seed=seed, device=pick_device(device), progress=progress
     )
+    if model is base:  # trained in place on the device; the seed lives on the CPU between runs
+        base.cpu()
     return model, result
 
 

@@ -186,8 +186,6 @@ def train_plan(
             device=device,
             progress=bar,
         )
-    if model is base:  # full: trained in place on the device; the seed lives on the CPU
-        base.cpu()
     rec = write_trained(
         folder_of(pool, plan.key),
         model,
