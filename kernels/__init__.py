@@ -10,8 +10,8 @@ torch but never triton, and probes no device.
 
 # ablate-room: kernels (do not remove: ablate checks this line to detect a shadowing package)
 
-from ._backend import triton_available
+from ._backend import SUPPORTED_DTYPES, triton_available
 from .average import weighted_average
 from .perplexity import token_nll
 
-__all__ = ["token_nll", "triton_available", "weighted_average"]
+__all__ = ["SUPPORTED_DTYPES", "token_nll", "triton_available", "weighted_average"]

@@ -20,6 +20,10 @@ import torch
 
 Backend = Literal["auto", "triton", "torch"]
 
+# The floating-point dtypes every op and both of its implementations accept, the Triton
+# launchers included: one tuple, so a kernel and its twin can never disagree.
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 _BACKENDS = ("auto", "triton", "torch")
 
 

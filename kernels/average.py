@@ -19,9 +19,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from ._backend import Backend, resolve_backend
-
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from ._backend import SUPPORTED_DTYPES, Backend, resolve_backend
 
 # Staging buffer for Triton merges of a sequence or a strided stack: 256 MiB of device
 # memory per chunk keeps launches few while bounding the extra memory.

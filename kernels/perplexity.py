@@ -20,9 +20,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from ._backend import Backend, resolve_backend
-
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from ._backend import SUPPORTED_DTYPES, Backend, resolve_backend
 
 
 def token_nll(

@@ -16,9 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._backend import interpreting
-
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from ._backend import SUPPORTED_DTYPES, interpreting
 
 # Columns per program: 1024 fp32 columns over 4 warps is 8 per thread, two 16-byte vector
 # loads per member, enough bytes in flight per SM to saturate HBM.

@@ -24,9 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._backend import interpreting
-
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from ._backend import SUPPORTED_DTYPES, interpreting
 
 # GPU tile: a 64 x 128 fp32 accumulator over 4 warps is 64 registers per thread, which
 # leaves room for the dot operands; BLOCK_H = 64 bf16 is one 128-byte load per row.

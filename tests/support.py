@@ -7,6 +7,10 @@ import random
 import sys
 from pathlib import Path
 
+# GPU architectures the Triton kernels must compile for, checked on any machine through
+# the real compiler: Ampere (A100: mma.sync) and Hopper (H100/H200: wgmma).
+AOT_CAPABILITIES = (80, 90)
+
 # Three synthetic domains with disjoint vocabularies: models trained on one are measurably
 # better on it, so merge/score tests have signal even at this size.
 WORDS = {

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import AOT_CAPABILITIES
 
 import kernels
 from kernels import _backend, reference
@@ -245,34 +246,11 @@ def test_triton_backend_without_triton_names_the_extra(monkeypatch):
 
 @pytest.mark.triton
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_kernel_compiles_for_h100_without_a_gpu(dtype):
-    """Ahead-of-time compile for sm_90: the interpreter does not catch GPU-only errors."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from kernels.triton_average import BLOCK_P, _weighted_average_kernel
-
-    signature = {
-        "stack_ptr": f"*{dtype}",
-        "weights_ptr": "*fp32",
-        "out_ptr": f"*{dtype}",
-        "n_members": "i32",
-        "n_cols": "i64",
-        "stride_member": "i64",
-        "BLOCK": "constexpr",
-    }
-    source = ASTSource(
-        _compilable(_weighted_average_kernel), signature, constexprs={"BLOCK": BLOCK_P}
-    )
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-    assert "ld.global" in compiled.asm["ptx"]
-
-
-def _compilable(kernel):
-    """The JIT form of a kernel, also when the interpreter wrapped it (TRITON_INTERPRET=1)."""
-    from triton.runtime.jit import JITFunction
-
-    return kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
+@pytest.mark.parametrize("capability", AOT_CAPABILITIES)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_kernel_compiles_for_gpus_without_a_gpu(aot_ptx, dtype, capability):
+    """The real compiler (not the interpreter) accepts the kernel for every launcher dtype:
+    the interpreter does not catch GPU-only errors."""
+    ptx = aot_ptx("average", dtype, capability)
+    assert f".target sm_{capability}" in ptx
+    assert "ld.global" in ptx

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from support import AOT_CAPABILITIES
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
@@ -311,40 +312,25 @@ def test_triton_backend_without_triton_names_the_extra(monkeypatch):
         kernels.token_nll(**_args(), backend="triton")
 
 
+# What tl.dot must lower to: tensor-core MMA for 16-bit inputs (wgmma on Hopper, mma.sync
+# on Ampere); fp32 runs input_precision="ieee" (exact fp32 products), i.e. FMAs.
+_DOT_INSTRUCTION = {
+    ("bf16", 90): "wgmma",
+    ("fp16", 90): "wgmma",
+    ("bf16", 80): "mma.sync",
+    ("fp16", 80): "mma.sync",
+    ("fp32", 90): "fma.rn.f32",
+    ("fp32", 80): "fma.rn.f32",
+}
+
+
 @pytest.mark.triton
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
-def test_kernel_compiles_for_h100_without_a_gpu():
-    """Ahead-of-time compile for sm_90 (bf16, bias, softcap): tl.dot must lower to wgmma."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from kernels.triton_perplexity import GPU_BLOCKS, _token_nll_kernel
-
-    pointers = ["hidden_ptr", "weight_ptr", "bias_ptr", "targets_ptr", "part_lse_ptr"]
-    signature = dict(zip(pointers, ["*bf16", "*bf16", "*fp32", "*i64", "*fp32"], strict=True))
-    signature |= {"part_target_ptr": "*fp32", "logit_scale": "fp32", "softcap": "fp32"}
-    for name in ("n_tokens", "n_vocab", "hidden_size", "stride_hidden", "stride_weight"):
-        signature[name] = "i32"
-    signature["tiles_per_split"] = "i32"
-    constexprs = dict(
-        zip(("BLOCK_T", "BLOCK_V", "BLOCK_H"), GPU_BLOCKS, strict=True),
-        HAS_BIAS=True,
-        HAS_SOFTCAP=True,
-        UPCAST=False,
-        IEEE=False,
-    )
-    signature |= dict.fromkeys(constexprs, "constexpr")
-    # Keyword order must follow the kernel's parameters: build it from the kernel itself.
-    signature = {name: signature[name] for name in _compilable(_token_nll_kernel).arg_names}
-    source = ASTSource(_compilable(_token_nll_kernel), signature, constexprs=constexprs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-    assert "wgmma" in compiled.asm["ptx"]
-
-
-def _compilable(kernel):
-    """The JIT form of a kernel, also when the interpreter wrapped it (TRITON_INTERPRET=1)."""
-    from triton.runtime.jit import JITFunction
-
-    return kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
+@pytest.mark.parametrize("capability", AOT_CAPABILITIES)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_kernel_compiles_for_gpus_without_a_gpu(aot_ptx, dtype, capability):
+    """The real compiler accepts the kernel (bias and soft-capping on) for every launcher
+    dtype, and its dot product uses the instruction that makes it fast there."""
+    ptx = aot_ptx("perplexity", dtype, capability)
+    assert f".target sm_{capability}" in ptx
+    assert _DOT_INSTRUCTION[dtype, capability] in ptx
