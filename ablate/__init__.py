@@ -3,17 +3,33 @@
 Train one model per data partition (the pool), merge any mixture by parameter averaging,
 score the merge's perplexity (Na et al., EMNLP 2024, "Scalable Data Ablation Approximations
 for Language Models through Modular Training and Merging").
+
+The layers, bottom up (each one importable and usable on its own):
+
+* ``pool`` - partitions, the seed model and one trained member per partition unit; a
+  ``Method`` (full, LoRA) owns what a member stores and how it merges.
+* ``MemberLayout`` - which stack rows a mixture weighs, its cache key, Gray-code order.
+* ``MergedModel`` (``ablate.merge``) - the ``[N, P]`` member stack and one model skeleton;
+  a merge is one ``kernels.weighted_average``; running-sum walks over subsets.
+* ``Scorer(model, eval_set)`` - windows and batches of one eval set, NLL per domain or per
+  document through ``kernels.token_nll``.
+* ``ResultsCache`` / ``ResultsStore`` - no mixture is scored twice.
+* an executor - scores a batch of mixtures here or on Ray actors (``executor="ray"``).
+* ``Evaluator`` - the composition users call (``evaluate``, ``run_many``, ...); ``search``
+  and ``validate`` read scores only through it.
 """
 
-from ablate._rooms import check_rooms
+from ablate._shadowing import check_not_shadowed
 
-check_rooms()
+check_not_shadowed()
 
-from ablate.distributed import RayEvaluator  # noqa: E402  (imports Ray only when used)
 from ablate.evalset import EvalSet  # noqa: E402
 from ablate.evaluator import DomainScore, EvalResult, Evaluator, results_frame  # noqa: E402
+from ablate.layout import MemberLayout  # noqa: E402
 from ablate.mixture import Mixture, MixtureError  # noqa: E402
-from ablate.search import Study, search  # noqa: E402  (shadows the subpackage name: use `from ablate.search import ...`)
+from ablate.results import ResultsCache, ResultsStore  # noqa: E402
+from ablate.scorer import DocScores, Scorer  # noqa: E402
+from ablate.strategies import Study, search  # noqa: E402
 from ablate.validation import ValidationReport, validate  # noqa: E402
 from pool import AblateError, LoraSpec, Pool, Recipe, TinyModelSpec  # noqa: E402
 
@@ -21,16 +37,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AblateError",
+    "DocScores",
     "DomainScore",
     "EvalResult",
     "EvalSet",
     "Evaluator",
     "LoraSpec",
+    "MemberLayout",
     "Mixture",
     "MixtureError",
     "Pool",
-    "RayEvaluator",
     "Recipe",
+    "ResultsCache",
+    "ResultsStore",
+    "Scorer",
     "Study",
     "TinyModelSpec",
     "ValidationReport",

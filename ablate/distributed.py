@@ -6,9 +6,10 @@ trained independently, and mixtures are scored independently):
 * ``grow_with_ray``: one Ray task per missing member. Every task opens the pool by path on
   the shared filesystem and trains through ``Pool.grow_one``, the same lock-and-train path as
   the local ``Pool.grow``, so a member is never trained twice, whichever runs overlap.
-* ``RayEvaluator``: Ray actors that each stack the pool once and score batches of
-  mixtures. The driver alone reads and writes the results store: one SQLite writer, and the
-  actors never need the store's filesystem to honour SQLite's locks.
+* ``RayExecutor`` (``Evaluator(..., executor="ray", workers=K)``): Ray actors that each
+  stack the pool once and score batches of mixtures, on any eval set the driver sends. The
+  driver alone reads and writes the results store: one SQLite writer, and the actors never
+  need the store's filesystem to honour SQLite's locks.
 * ``torchrun_group``: lets ``ablate pool grow`` run under ``torchrun``/``accelerate launch``
   (one member trained data-parallel over the processes; see ``pool.train.train_model``).
 
@@ -21,26 +22,21 @@ import importlib.util
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from ablate.evaluator import (
-    EvalResult,
-    Evaluator,
-    MixtureLike,
-    results_frame,
-)
-from ablate.mixture import Mixture
 from pool import Pool
 from pool.errors import AblateError, PoolError
 
 if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
-
     from ablate.evalset import EvalSet
+    from ablate.evaluator import Evaluator
+    from ablate.executor import Scored
+    from ablate.layout import MemberLayout
+    from ablate.mixture import Mixture
+    from ablate.scorer import DomainScore
     from pool.storage import MemberRecord
 
 log = logging.getLogger(__name__)
@@ -169,136 +165,98 @@ def grow_with_ray(
 
 
 # ---------------------------------------------------------------------- evaluating
+def check_ray_settings(workers: int, gpus_per_worker: float) -> None:
+    """Refuse settings no Ray executor can use, before anything is loaded or tokenized."""
+    if workers < 1:
+        raise AblateError(f"--workers must be at least 1, got {workers}")
+    if gpus_per_worker < 0:
+        raise AblateError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    if not ray_available():
+        raise AblateError(f"the Ray backend needs ray; install it with {RAY_EXTRA}")
+
+
 class _EvalWorker:
-    """Ray actor: one ``Evaluator`` (its own stacked pool) that scores batches of mixtures."""
+    """Ray actor: the pool stacked once, scoring batches of mixtures on any eval set."""
 
-    def __init__(
-        self,
-        pool_path: str,
-        eval_set: EvalSet,
-        expected: list[str],
-        device: str | None,
-        batch_tokens: int,
-    ):
-        self.ev = Evaluator(
-            pool_path,
-            eval_set,
-            device=device,
-            batch_tokens=batch_tokens,
-            store=False,
-            progress=False,
-        )
-        if [m.weights_sha256 for m in self.ev.members] != expected:
-            raise PoolError(
-                f"pool {pool_path} changed while it was being evaluated; run the evaluation again"
-            )
+    def __init__(self, pool_path: str, expected: list[str], device: str | None, batch_tokens: int):
+        self.pool_path = pool_path
+        self.expected = expected
+        self.device = device
+        self.batch_tokens = batch_tokens
+        self.evaluators: dict[str, Evaluator] = {}
 
-    def run(self, mixtures: list[Mixture]) -> list[tuple[str, dict]]:
-        return [(r.mixture.key, dict(r.scores)) for r in self.ev.run_many(mixtures, progress=False)]
+    def _evaluator(self, eval_set: EvalSet) -> Evaluator:
+        from ablate.evaluator import Evaluator
+
+        if eval_set.fingerprint not in self.evaluators:
+            if self.evaluators:  # another eval set on the same loaded members
+                first = next(iter(self.evaluators.values()))
+                self.evaluators[eval_set.fingerprint] = first.on(eval_set)
+            else:
+                ev = Evaluator(
+                    self.pool_path,
+                    eval_set,
+                    device=self.device,
+                    batch_tokens=self.batch_tokens,
+                    store=False,
+                    progress=False,
+                )
+                if [m.weights_sha256 for m in ev.members] != self.expected:
+                    raise PoolError(
+                        f"pool {self.pool_path} changed while it was being evaluated; "
+                        "run the evaluation again"
+                    )
+                self.evaluators[eval_set.fingerprint] = ev
+        return self.evaluators[eval_set.fingerprint]
+
+    def run(
+        self, walk: list[Mixture], rest: list[Mixture], eval_set: EvalSet
+    ) -> list[tuple[str, dict[str, DomainScore]]]:
+        ev = self._evaluator(eval_set)
+        return [(m.key, scores) for m, scores in ev.executor.run(walk, rest, eval_set)]
 
 
-class RayEvaluator:
-    """``Evaluator.run_many`` fanned out over Ray actors that each hold the stacked pool.
+class RayExecutor:
+    """Scores batches of mixtures on Ray actors that each hold the stacked pool.
 
-    A drop-in for ``Evaluator`` where a study scores many mixtures (``ablate eval``,
-    ``ablate search``): ``run_many``, ``evaluate``, ``evaluate_many``, ``partitions``,
-    ``domains``, ``all_subsets``. Actors start on the first mixture that is not in the
-    store and live until ``close()`` (or the ``with`` block ends), so repeated calls pay
-    for loading the pool once. Only this driver touches the results store.
+    Actors start on the first mixture that is not in the store and live until ``close()``
+    (``Evaluator.close`` or the end of its ``with`` block), so repeated calls, and other
+    eval sets (a search's held-out split), pay for loading the pool once per actor.
 
     Args:
-        pool: A ``Pool`` or its path (on a filesystem every node mounts at the same path).
-        eval_data: Eval files or an ``EvalSet`` (tokenized once, here, and shipped to actors).
-        by: Metadata field naming each eval document's domain.
+        pool: The pool (on a filesystem every node mounts at the same path).
+        layout: Its members as rows (checked against what each actor loads).
         workers: Number of actors (each stacks the whole pool once).
         address: Ray cluster address; None starts a local cluster (or uses ``RAY_ADDRESS``).
         device: Actors' device (``"cpu"``/``"cuda"``); None picks CUDA when the actor has a GPU.
         gpus_per_worker: GPUs (or a fraction) per actor; 0 keeps actors on CPU.
-        store: As for ``Evaluator``: the pool's ``results.sqlite``, another path, or False.
+        batch_tokens: Tokens per forward pass in each actor.
     """
 
     def __init__(
         self,
-        pool: Pool | str | os.PathLike,
-        eval_data: EvalSet | str | os.PathLike | Sequence[str | os.PathLike],
+        pool: Pool,
+        layout: MemberLayout,
         *,
-        by: str | None = None,
-        text_field: str = "text",
         workers: int = 2,
         address: str | None = None,
         device: str | None = None,
         gpus_per_worker: float = 0.0,
         batch_tokens: int = 8192,
-        store: bool | str | os.PathLike = True,
-        progress: bool = True,
     ):
-        if workers < 1:
-            raise AblateError(f"--workers must be at least 1, got {workers}")
-        if not ray_available():  # fail before tokenizing anything
-            raise AblateError(f"the Ray backend needs ray; install it with {RAY_EXTRA}")
-        # The driver's evaluator keys, caches and stores; it never stacks the pool itself.
-        self.local = Evaluator(
-            pool,
-            eval_data,
-            by=by,
-            text_field=text_field,
-            device="cpu",
-            store=store,
-            progress=progress,
-        )
+        check_ray_settings(workers, gpus_per_worker)
         if device == "cuda" and gpus_per_worker == 0:
             gpus_per_worker = 1.0  # Ray hides every GPU from an actor that asked for none
+        self.pool = pool
+        self.layout = layout
         self.workers = workers
         self.address = address
         self.device = device if device is not None else ("cuda" if gpus_per_worker > 0 else "cpu")
         self.gpus_per_worker = gpus_per_worker
         self.batch_tokens = batch_tokens
-        self.progress = progress
         self._actors: list[Any] = []
+        self._eval_refs: dict[str, Any] = {}  # eval-set fingerprint -> object in Ray's store
 
-    # ------------------------------------------------------------------ the Evaluator face
-    @property
-    def pool(self) -> Pool:
-        return self.local.pool
-
-    @property
-    def partitions(self) -> tuple[str, ...]:
-        return self.local.partitions
-
-    @property
-    def domains(self) -> tuple[str, ...]:
-        return self.local.domains
-
-    @property
-    def eval_set(self) -> EvalSet:
-        return self.local.eval_set
-
-    @property
-    def members(self) -> list[MemberRecord]:
-        return self.local.members
-
-    @property
-    def store(self):
-        return self.local.store
-
-    def member_weights(self, mixture: Mixture) -> np.ndarray:
-        return self.local.member_weights(mixture)
-
-    def pool_key(self, mixture: Mixture) -> str:
-        return self.local.pool_key(mixture)
-
-    def all_subsets(self, max_size: int | None = None) -> list[Mixture]:
-        return self.local.all_subsets(max_size)
-
-    def evaluate(self, mixture: MixtureLike) -> EvalResult:
-        return self.run_many([mixture], progress=False)[0]
-
-    def evaluate_many(
-        self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
-    ) -> pd.DataFrame:
-        return results_frame(self.run_many(mixtures, progress=progress))
-
-    # ------------------------------------------------------------------ fan-out
     def _start(self) -> list[Any]:
         if self._actors:
             return self._actors
@@ -324,44 +282,43 @@ class RayEvaluator:
             max_restarts=TASK_RETRIES,
             max_task_retries=TASK_RETRIES,
         )
-        eval_ref = ray.put(self.eval_set)
-        expected = [m.weights_sha256 for m in self.members]
+        expected = [m.weights_sha256 for m in self.layout.members]
         path = str(self.pool.path.resolve())
         self._actors = [
-            actor.remote(path, eval_ref, expected, self.device, self.batch_tokens) for _ in range(n)
+            actor.remote(path, expected, self.device, self.batch_tokens) for _ in range(n)
         ]
         return self._actors
 
-    def run_many(
-        self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
-    ) -> list[EvalResult]:
-        """Scores of ``mixtures`` in their order; the store answers what it already knows."""
+    def run(
+        self, walk: Sequence[Mixture], rest: Sequence[Mixture], eval_set: EvalSet
+    ) -> Iterator[Scored]:
+        """Contiguous batches of the walk (each still patches cheaply), then the rest, spread
+        over the actors; yields each batch's mixtures as it comes back."""
         from ray.util import ActorPool
-        from tqdm.auto import tqdm
 
-        # same package: the local evaluator's store lookups and walk order are shared logic
-        mixtures, out, todo = self.local._split_cached(mixtures)  # noqa: SLF001
-        if todo:
-            actors = self._start()
-            subsets, others = self.local._walk_order(list(todo))  # noqa: SLF001
-            order = subsets + others  # contiguous batches of a Gray walk patch cheaply
-            size = min(
-                MAX_BATCH, max(1, math.ceil(len(order) / (BATCHES_PER_WORKER * len(actors))))
-            )
-            batches = [order[i : i + size] for i in range(0, len(order), size)]
-            by_key = {m.key: m for m in order}
-            show = self.progress if progress is None else progress
-            with tqdm(total=len(order), desc="mixtures (ray)", disable=not show, unit="mix") as bar:
-                for scored in ActorPool(actors).map_unordered(
-                    lambda a, b: a.run.remote(b), batches
-                ):
-                    for key, scores in scored:  # stored as they arrive: an interrupt keeps them
-                        m = by_key[key]
-                        out[key] = self.local._remember(m, scores, todo[m])  # noqa: SLF001
-                    bar.update(len(scored))
-        return [out[m.key] for m in mixtures]  # type: ignore[misc]
+        order = [*walk, *rest]
+        if not order:
+            return
+        actors = self._start()
+        import ray
 
-    # ------------------------------------------------------------------ lifetime
+        if eval_set.fingerprint not in self._eval_refs:
+            self._eval_refs[eval_set.fingerprint] = ray.put(eval_set)
+        eval_ref = self._eval_refs[eval_set.fingerprint]
+        size = min(MAX_BATCH, max(1, math.ceil(len(order) / (BATCHES_PER_WORKER * len(actors)))))
+        walking = {m.key for m in walk}
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        by_key = {m.key: m for m in order}
+        jobs = (
+            ([m for m in b if m.key in walking], [m for m in b if m.key not in walking])
+            for b in batches
+        )
+        for scored in ActorPool(actors).map_unordered(
+            lambda a, job: a.run.remote(job[0], job[1], eval_ref), jobs
+        ):
+            for key, scores in scored:
+                yield by_key[key], scores
+
     def close(self) -> None:
         """Stop the actors (the Ray cluster itself is left running)."""
         if self._actors:
@@ -370,12 +327,6 @@ class RayEvaluator:
             for a in self._actors:
                 ray.kill(a)
             self._actors = []
-
-    def __enter__(self) -> RayEvaluator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------------- torchrun
@@ -405,4 +356,11 @@ def torchrun_group(device: str | None = None) -> Iterator[bool]:
         dist.destroy_process_group()
 
 
-__all__ = ["RayEvaluator", "connect", "grow_with_ray", "ray_available", "torchrun_group"]
+__all__ = [
+    "RayExecutor",
+    "check_ray_settings",
+    "connect",
+    "grow_with_ray",
+    "ray_available",
+    "torchrun_group",
+]

@@ -48,7 +48,8 @@ def _read_cache(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 @dataclass(frozen=True)
 class Windows:
-    """Scoring batches' raw material: inputs/targets ``(W, C)``, domain per window ``(W,)``.
+    """Scoring batches' raw material: inputs/targets ``(W, C)``, domain and document per
+    window ``(W,)``.
 
     Windows are sorted longest first and right-padded, so a batch of neighbours can be cut
     to its longest member: short documents cost their own length, not the full context.
@@ -58,6 +59,7 @@ class Windows:
     targets: np.ndarray
     domain: np.ndarray
     lengths: np.ndarray  # (W,) real input tokens per window, non-increasing
+    doc: np.ndarray  # (W,) index of the window's document in the eval set
 
     def batches(self, batch_tokens: int) -> list[tuple[int, int, int]]:
         """``(start, stop, length)`` row ranges holding at most ``batch_tokens`` real-width tokens."""
@@ -169,8 +171,8 @@ class EvalSet:
 
     def windows(self, context: int, pad_id: int) -> Windows:
         """Cut every document into non-overlapping windows of ``context`` tokens."""
-        inputs, targets, dom, lengths = [], [], [], []
-        for doc, d in zip(self.docs, self.doc_domain, strict=True):
+        inputs, targets, dom, lengths, docs = [], [], [], [], []
+        for i, (doc, d) in enumerate(zip(self.docs, self.doc_domain, strict=True)):
             doc = np.asarray(doc, dtype=np.int64)
             for start in range(0, len(doc) - 1, context):
                 x = doc[start : start + context]
@@ -183,6 +185,7 @@ class EvalSet:
                 targets.append(row_y)
                 dom.append(int(d))
                 lengths.append(len(x))
+                docs.append(i)
         if not inputs:
             raise DataError("the eval documents hold no tokens to score")
         order = np.argsort(-np.asarray(lengths), kind="stable")
@@ -191,4 +194,5 @@ class EvalSet:
             np.stack(targets)[order],
             np.asarray(dom, dtype=np.int64)[order],
             np.asarray(lengths, dtype=np.int64)[order],
+            np.asarray(docs, dtype=np.int64)[order],
         )

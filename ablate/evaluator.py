@@ -1,110 +1,56 @@
 """Score any mixture of a pool by merging its members and measuring perplexity.
 
-The evaluator loads members once (``ablate.merge``), tokenizes the eval set once
-(``ablate.evalset``) and remembers every score (``ablate.results``). Subset walks follow a
-Gray code with a running sum, so consecutive subsets cost one member update instead of a
-full merge.
+``Evaluator`` is a thin composition of the layers below it, with the face users know
+(``evaluate``, ``evaluate_many``, ``run_many``, ``all_subsets``):
+
+* ``MemberLayout`` (``ablate.layout``): members as rows, weights and cache key of a mixture;
+* ``MergedModel`` (``ablate.merge``): the member stack, the merge and the Gray-code walk;
+* ``Scorer`` (``ablate.scorer``): one eval set's windows and batches, scored per domain or
+  per document; another eval set on the same weights is another ``Scorer``;
+* ``ResultsCache`` (``ablate.results``): store lookup before scoring, record after;
+* an ``Executor`` (``ablate.executor``): scores here, or on Ray actors
+  (``executor="ray"``, ``ablate.distributed``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.evalset import IGNORE, EvalSet
-from ablate.mixture import Mixture, MixtureError
-from ablate.results import ResultsStore, Row
+from ablate.evalset import EvalSet
+from ablate.executor import Executor, ExecutorName, LocalExecutor
+from ablate.layout import MemberLayout, gray_subsets
+from ablate.mixture import Mixture
+from ablate.results import ResultsCache, ResultsStore
+from ablate.scorer import (
+    MACRO,
+    DocScores,
+    DomainScore,
+    EvalResult,
+    Scorer,
+    ScoringBatch,
+    target_nll,
+)
 from pool import Pool
-from pool.atomic import sha256_json
-from pool.errors import AblateError, PoolError
+from pool.errors import AblateError
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
     from ablate.merge import MergedModel
+    from pool.storage import MemberRecord
 
 log = logging.getLogger(__name__)
 
 MixtureLike = Mixture | str | Mapping[str, float] | Sequence[str]
-MACRO = "macro"
-_LN2 = math.log(2)
-_MAX_SUBSET_PARTITIONS = 24  # 2^24 subsets is already ~17M evaluations
-
-
-@dataclass(frozen=True)
-class DomainScore:
-    """Totals for one eval domain; perplexity and bits per byte derive from them."""
-
-    tokens: int
-    nll: float
-    bytes: int
-
-    @property
-    def ppl(self) -> float:
-        return math.exp(self.nll / self.tokens)
-
-    @property
-    def bpb(self) -> float:
-        return self.nll / (_LN2 * self.bytes)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """A mixture's scores per eval domain."""
-
-    mixture: Mixture
-    scores: Mapping[str, DomainScore]
-    cached: bool = False
-
-    @property
-    def ppl(self) -> dict[str, float]:
-        return {d: s.ppl for d, s in self.scores.items()}
-
-    @property
-    def bpb(self) -> dict[str, float]:
-        return {d: s.bpb for d, s in self.scores.items()}
-
-    @property
-    def macro_ppl(self) -> float:
-        return float(np.mean([s.ppl for s in self.scores.values()]))
-
-    @property
-    def macro_bpb(self) -> float:
-        return float(np.mean([s.bpb for s in self.scores.values()]))
-
-    def rows(self) -> list[dict]:
-        """One record per domain plus a ``macro`` record (the ``--json`` schema)."""
-        mix = self.mixture.as_dict()
-        out = [
-            {
-                "mixture": mix,
-                "domain": d,
-                "tokens": s.tokens,
-                "nll": s.nll,
-                "ppl": s.ppl,
-                "bpb": s.bpb,
-            }
-            for d, s in self.scores.items()
-        ]
-        out.append(
-            {
-                "mixture": mix,
-                "domain": MACRO,
-                "tokens": sum(s.tokens for s in self.scores.values()),
-                "nll": sum(s.nll for s in self.scores.values()),
-                "ppl": self.macro_ppl,
-                "bpb": self.macro_bpb,
-            }
-        )
-        return out
 
 
 def as_mixture(m: MixtureLike) -> Mixture:
@@ -117,27 +63,42 @@ def as_mixture(m: MixtureLike) -> Mixture:
     return Mixture.uniform(m)
 
 
-def gray_subsets(n: int, max_size: int | None = None) -> list[tuple[int, ...]]:
-    """All non-empty subsets of ``range(n)`` in reflected Gray-code order (size-filtered)."""
-    if n > _MAX_SUBSET_PARTITIONS:
-        raise MixtureError(
-            f"{n} partitions have {2**n - 1} subsets; limit --max-size or use `ablate search`"
-        )
-    out = []
-    for i in range(1, 2**n):
-        g = i ^ (i >> 1)
-        if max_size is None or g.bit_count() <= max_size:
-            out.append(tuple(j for j in range(n) if g >> j & 1))
-    return out
+@dataclass
+class _Loaded:
+    """What evaluators of one pool share, whatever eval set each scores: the members'
+    layout, the lazily loaded model, its scorers and the executor."""
 
+    pool: Pool
+    layout: MemberLayout
+    device_name: str | None
+    batch_tokens: int
+    progress: bool
+    store: ResultsStore | None
+    stack_budget_bytes: int | None = None
+    executor: Executor | None = None
+    model: MergedModel | None = None
+    scorers: dict[str, Scorer] = field(default_factory=dict)
 
-def _gray_rank(mask: int) -> int:
-    rank = mask
-    shift = mask >> 1
-    while shift:
-        rank ^= shift
-        shift >>= 1
-    return rank
+    def merged(self) -> MergedModel:
+        if self.model is None:
+            from ablate.merge import MergedModel
+            from pool.train import pick_device
+
+            self.model = MergedModel(
+                self.pool,
+                self.layout.members,
+                device=pick_device(self.device_name),
+                progress=self.progress,
+                stack_budget_bytes=self.stack_budget_bytes,
+            )
+        return self.model
+
+    def scorer(self, eval_set: EvalSet) -> Scorer:
+        if eval_set.fingerprint not in self.scorers:
+            self.scorers[eval_set.fingerprint] = Scorer(
+                self.merged(), eval_set, batch_tokens=self.batch_tokens
+            )
+        return self.scorers[eval_set.fingerprint]
 
 
 class Evaluator:
@@ -147,9 +108,17 @@ class Evaluator:
         pool: A ``Pool`` or its path.
         eval_data: Eval files (same formats as corpora), or an already loaded ``EvalSet``.
         by: Metadata field that names each eval document's domain (one domain if None).
-        device: ``"cpu"``, ``"cuda"``, or None for CUDA when available.
+        device: ``"cpu"``, ``"cuda"``, or None for CUDA when available (Ray: the actors').
         batch_tokens: Tokens per forward pass; bounds activation memory.
         store: Use the pool's ``results.sqlite`` (True), another path, or no store (False).
+        executor: ``"local"`` scores here; ``"ray"`` fans mixtures out over ``workers`` Ray
+            actors that each stack the pool once (only this process touches the store).
+        workers: Ray actors (``executor="ray"``).
+        address: Ray cluster address; None starts a local cluster (or uses ``RAY_ADDRESS``).
+        gpus_per_worker: GPUs (or a fraction) per Ray actor; 0 keeps actors on CPU.
+        stack_budget_bytes: Most memory the ``[N, P]`` member stack may take in this
+            process; a larger stack streams from the memory-mapped members (None: 70% of
+            what is free).
     """
 
     def __init__(
@@ -163,292 +132,182 @@ class Evaluator:
         batch_tokens: int = 8192,
         store: bool | str | os.PathLike = True,
         progress: bool = True,
+        executor: ExecutorName = "local",
+        workers: int = 2,
+        address: str | None = None,
+        gpus_per_worker: float = 0.0,
+        stack_budget_bytes: int | None = None,
     ):
-        self.pool = pool if isinstance(pool, Pool) else Pool.open(pool)
-        self.eval_set = (
+        if executor not in ("local", "ray"):
+            raise AblateError(f"executor must be 'local' or 'ray', got {executor!r}")
+        if executor == "ray":
+            from ablate.distributed import check_ray_settings
+
+            check_ray_settings(workers, gpus_per_worker)  # before tokenizing anything
+        pool = pool if isinstance(pool, Pool) else Pool.open(pool)
+        eval_set = (
             eval_data
             if isinstance(eval_data, EvalSet)
-            else EvalSet.load(self.pool, eval_data, by=by, text_field=text_field)
+            else EvalSet.load(pool, eval_data, by=by, text_field=text_field)
         )
-        self.device_name = device
-        self.batch_tokens = batch_tokens
-        self.progress = progress
-        path = self.pool.path / "results.sqlite" if store is True else store
-        self.store = ResultsStore(path) if path else None
-        members = self.pool.members
-        if not members:
-            raise PoolError(
-                f"pool {self.pool.path} has no trained members; run `ablate pool grow {self.pool.path}`"
-            )
-        missing = self.pool.missing()
-        if missing:
-            names = sorted({u.partition for u in missing})
-            raise PoolError(
-                f"partitions {', '.join(names)} have untrained members; run `ablate pool grow {self.pool.path}`"
-            )
-        self.members = members
-        self.partitions: tuple[str, ...] = tuple(sorted({m.partition for m in members}))
-        self._rows_of: dict[str, list[int]] = {p: [] for p in self.partitions}
-        for i, m in enumerate(members):
-            self._rows_of[m.partition].append(i)
+        path = pool.path / "results.sqlite" if store is True else store
+        loaded = _Loaded(
+            pool=pool,
+            layout=MemberLayout(pool),
+            device_name=device,
+            batch_tokens=batch_tokens,
+            progress=progress,
+            store=ResultsStore(path) if path else None,
+            stack_budget_bytes=stack_budget_bytes,
+        )
+        if executor == "ray":
+            from ablate.distributed import RayExecutor
 
-    # ------------------------------------------------------------------ lazy heavy state
+            loaded.executor = RayExecutor(
+                pool,
+                loaded.layout,
+                workers=workers,
+                address=address,
+                device=device,
+                gpus_per_worker=gpus_per_worker,
+                batch_tokens=batch_tokens,
+            )
+        else:
+            loaded.executor = LocalExecutor(loaded.merged, loaded.scorer, loaded.layout)
+        self._loaded = loaded
+        self.eval_set = eval_set
+        self.cache = ResultsCache(loaded.store, eval_set)
+
+    def on(self, eval_set: EvalSet) -> Evaluator:
+        """An evaluator on another eval set (e.g. a held-out split) that shares this one's
+        loaded members, executor and results store: nothing is loaded twice."""
+        other = copy.copy(self)  # the same _Loaded: model, scorers, executor, store
+        other.eval_set = eval_set
+        other.cache = ResultsCache(self.store, eval_set)
+        return other
+
+    # ------------------------------------------------------------------ what it holds
+    @property
+    def pool(self) -> Pool:
+        return self._loaded.pool
+
+    @property
+    def layout(self) -> MemberLayout:
+        return self._loaded.layout
+
+    @property
+    def members(self) -> list[MemberRecord]:
+        return self._loaded.layout.members
+
+    @property
+    def partitions(self) -> tuple[str, ...]:
+        return self._loaded.layout.partitions
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return self.eval_set.domains
+
+    @property
+    def store(self) -> ResultsStore | None:
+        return self._loaded.store
+
+    @property
+    def executor(self) -> Executor:
+        return self._loaded.executor  # type: ignore[return-value]
+
+    @property
+    def progress(self) -> bool:
+        return self._loaded.progress
+
+    @property
+    def device_name(self) -> str | None:
+        return self._loaded.device_name
+
+    @property
+    def batch_tokens(self) -> int:
+        return self._loaded.batch_tokens
+
     @cached_property
     def device(self) -> torch.device:
         from pool.train import pick_device
 
         return pick_device(self.device_name)
 
-    @cached_property
-    def merged(self) -> MergedModel:
-        """Members loaded and stacked on first use (cache hits never pay for it)."""
-        from ablate.merge import MergedModel
-
-        return MergedModel(self.pool, self.members, device=self.device, progress=self.progress)
-
-    @cached_property
-    def _windows(self):
-        import torch
-
-        pad = self.pool.tokenizer.pad_token_id
-        pad = pad if pad is not None else 0
-        w = self.eval_set.windows(self.pool.manifest.context, pad)
-        with torch.inference_mode(False):  # see _batches
-            return (
-                torch.from_numpy(w.inputs).to(self.device),
-                torch.from_numpy(w.targets).to(self.device),
-                torch.from_numpy(w.domain).to(self.device),
-                w.batches(self.batch_tokens),
-            )
-
-    @cached_property
-    def _batches(self) -> list[ScoringBatch]:
-        """The eval windows cut into batches once; every mixture reuses them as they are.
-
-        Windows are right-padded and the model is causal, so cutting a batch to its longest
-        window changes no score and skips the padding's compute; the real targets' positions
-        are found once here, not per mixture.
-        """
-        import torch
-
-        inputs, targets, dom, batches = self._windows
-        out = []
-        # Plain tensors even when first needed under inference mode: the gradient search
-        # runs them through autograd.
-        with torch.inference_mode(False):
-            for start, stop, length in batches:
-                y = targets[start:stop, :length].flatten()  # (B*L,)
-                at = (y != IGNORE).nonzero()[:, 0]  # (N,)
-                x = inputs[start:stop, :length]
-                out.append(ScoringBatch(x, at, y[at], dom[start:stop][at // length]))
-        return out
-
-    @cached_property
-    def _domain_tokens(self) -> list[int]:
-        """Scored targets per domain: the same for every mixture."""
-        counts = np.zeros(len(self.domains), dtype=np.int64)
-        for b in self._batches:
-            counts += np.bincount(b.domain.cpu().numpy(), minlength=len(self.domains))
-        return counts.tolist()
-
-    def scoring_batches(self) -> list[ScoringBatch]:
-        """Eval windows in batches: ``inputs (B, L)`` plus each real target's place and domain."""
-        return self._batches
-
     @property
-    def domains(self) -> tuple[str, ...]:
-        return self.eval_set.domains
+    def merged(self) -> MergedModel:
+        """Members loaded and stacked in this process on first use (cache hits never pay
+        for it; with the Ray executor only validation and the gradient search need it)."""
+        return self._loaded.merged()
+
+    def scorer(self, eval_set: EvalSet | None = None) -> Scorer:
+        """The ``Scorer`` of ``eval_set`` (default: this evaluator's) on the merged model."""
+        return self._loaded.scorer(self.eval_set if eval_set is None else eval_set)
 
     # ------------------------------------------------------------------ keys
     def member_weights(self, mixture: Mixture) -> np.ndarray:
         """Weights over members: a partition's weight spread evenly over its units."""
-        mixture.check(self.partitions)
-        w = np.zeros(len(self.members))
-        for name, weight in mixture.weights:
-            rows = self._rows_of[name]
-            w[rows] = weight / len(rows)
-        return w
+        return self.layout.member_weights(mixture)
 
     def pool_key(self, mixture: Mixture) -> str:
         """Fingerprint of exactly the members this mixture merges (and their weights)."""
-        w = self.member_weights(mixture)
-        used = [
-            (m.member_id, m.weights_sha256, round(float(w[i]), 12))
-            for i, m in enumerate(self.members)
-            if w[i] > 0
-        ]
-        return sha256_json(
-            {
-                "seed": self.pool.manifest.base_sha256,
-                "method": self.pool.manifest.recipe.method,
-                "members": used,
-            }
-        )
-
-    def _cached(self, mixture: Mixture, pool_key: str) -> EvalResult | None:
-        if self.store is None:
-            return None
-        hit = self.store.get(pool_key, self.eval_set.fingerprint, mixture.key)
-        if hit is None or set(hit) != set(self.domains):
-            return None
-        return EvalResult(mixture, {d: DomainScore(*hit[d]) for d in self.domains}, cached=True)
-
-    def _remember(
-        self, mixture: Mixture, scores: dict[str, DomainScore], pool_key: str
-    ) -> EvalResult:
-        if self.store is not None:
-            rows: dict[str, Row] = {d: (s.tokens, s.nll, s.bytes) for d, s in scores.items()}
-            self.store.put(
-                pool_key, self.eval_set.fingerprint, mixture.key, mixture.as_dict(), rows
-            )
-        return EvalResult(mixture, scores)
+        return self.layout.pool_key(mixture)
 
     # ------------------------------------------------------------------ scoring
     def score_current(self) -> dict[str, DomainScore]:
         """Score whatever weights the skeleton holds now, per eval domain."""
-        import torch
-
-        nll = torch.zeros(len(self.domains), dtype=torch.float64, device=self.device)
-        with torch.inference_mode():
-            for b in self.scoring_batches():
-                nll.index_add_(0, b.domain, target_nll(self.merged.model, b).double())
-        totals = nll.tolist()  # one device sync per mixture
-        nbytes = self.eval_set.domain_bytes
-        return {
-            d: DomainScore(self._domain_tokens[i], totals[i], int(nbytes[i]))
-            for i, d in enumerate(self.domains)
-        }
+        return self.scorer().score()
 
     def evaluate(self, mixture: MixtureLike) -> EvalResult:
         """Scores of one mixture (from the store when it was scored before)."""
-
-        mixture = as_mixture(mixture)
-        key = self.pool_key(mixture)
-        return self._cached(mixture, key) or self._score(mixture, key)
-
-    def _score(self, mixture: Mixture, pool_key: str) -> EvalResult:
-        """Merge and score one mixture (no store lookup), then store the scores."""
-        import torch
-
-        self.merged.merge(torch.from_numpy(self.member_weights(mixture)).float())
-        return self._remember(mixture, self.score_current(), pool_key)
+        return self.run_many([mixture], progress=False)[0]
 
     def evaluate_many(
         self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
     ) -> pd.DataFrame:
         """Score many mixtures; uniform subsets are walked in Gray-code order with a running sum."""
-        results = self.run_many(mixtures, progress=progress)
-        return results_frame(results)
+        return results_frame(self.run_many(mixtures, progress=progress))
 
     def run_many(
         self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
     ) -> list[EvalResult]:
+        """Scores of ``mixtures`` in their order: the store answers what it knows, the
+        executor scores the rest once each, and every new score is stored as it arrives
+        (an interrupted run keeps them)."""
         from tqdm.auto import tqdm
 
-        mixtures, out, todo = self._split_cached(mixtures)
-        subsets, others = self._walk_order(list(todo))
-        show = self.progress if progress is None else progress
-        with tqdm(total=len(todo), desc="mixtures", disable=not show, unit="mix") as bar:
-            for m, scores in self._walk_subsets(subsets):
-                out[m.key] = self._remember(m, scores, todo[m])
-                bar.update(1)
-            for m in others:
-                out[m.key] = self._score(m, todo[m])
-                bar.update(1)
-        return [out[m.key] for m in mixtures]  # type: ignore[misc]
-
-    def _split_cached(
-        self, mixtures: Iterable[MixtureLike]
-    ) -> tuple[list[Mixture], dict[str, EvalResult | None], dict[Mixture, str]]:
-        """Checked mixtures, the store's answers by key (None: not stored), and what to score
-        once with its pool key."""
         mixtures = [as_mixture(m) for m in mixtures]
         out: dict[str, EvalResult | None] = {}
         todo: dict[Mixture, str] = {}
         for m in mixtures:
             if m.key not in out:
                 key = self.pool_key(m)  # checks the mixture's names
-                out[m.key] = self._cached(m, key)
+                out[m.key] = self.cache.lookup(m, key)
                 if out[m.key] is None:
                     todo[m] = key
-        return mixtures, out, todo
-
-    def _walk_order(self, todo: list[Mixture]) -> tuple[list[Mixture], list[Mixture]]:
-        """Uniform subsets of a full-weight pool in Gray-code order (one cheap walk), and the rest."""
-        if self.pool.manifest.recipe.method != "full":
-            return [], list(todo)
-        index = {p: i for i, p in enumerate(self.partitions)}
-        subsets = sorted(
-            (m for m in todo if m.is_uniform),
-            key=lambda m: _gray_rank(sum(1 << index[n] for n in m.names)),
-        )
-        return subsets, [m for m in todo if not m.is_uniform]
-
-    def _walk_subsets(self, subsets: list[Mixture]):
-        """Yield (mixture, scores) keeping R = sum of partition means; each step flips few rows."""
-        import torch
-
-        import kernels
-
-        if not subsets:
-            return
-        merged = self.merged
-        running = torch.zeros(merged.flat.numel(), dtype=torch.float32, device=self.device)  # (P,)
-        current: set[str] = set()
-        for m in subsets:
-            target = set(m.names)
-            flips = current ^ target
-            if len(flips) >= len(target):  # cheaper to rebuild than to patch
-                running.zero_()
-                flips, current = target, set()
-            for p in flips:
-                sign = 1.0 if p not in current else -1.0
-                rows = self._rows_of[p]
-                for r in rows:
-                    merged.add_member_(running, r, alpha=sign / len(rows))  # streams when chunked
-            current = target
-            kernels.weighted_average(running.unsqueeze(0), [1.0 / len(target)], out=merged.flat)
-            yield m, self.score_current()
+        walk, rest = self.layout.walk_order(list(todo))
+        show = self.progress if progress is None else progress
+        with tqdm(
+            total=len(todo), desc="mixtures", disable=not show or not todo, unit="mix"
+        ) as bar:
+            for m, scores in self.executor.run(walk, rest, self.eval_set):
+                out[m.key] = self.cache.record(m, scores, todo[m])
+                bar.update(1)
+        return [out[m.key] for m in mixtures]  # type: ignore[misc]
 
     def all_subsets(self, max_size: int | None = None) -> list[Mixture]:
         """Every uniform subset of the pool's partitions (Gray-code order)."""
-        return [
-            Mixture.uniform([self.partitions[i] for i in s])
-            for s in gray_subsets(len(self.partitions), max_size)
-        ]
+        return self.layout.all_subsets(max_size)
 
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Stop the executor's workers (Ray actors); the evaluator stays usable locally."""
+        self.executor.close()
 
-@dataclass(frozen=True)
-class ScoringBatch:
-    """Eval windows cut to their longest (``inputs (B, L)``) and their real targets:
-    flat position in ``B*L`` (``at``), token id (``targets``) and eval domain (``domain``),
-    each ``(N,)``."""
+    def __enter__(self) -> Evaluator:
+        return self
 
-    inputs: torch.Tensor
-    at: torch.Tensor
-    targets: torch.Tensor
-    domain: torch.Tensor
-
-
-def target_nll(model: torch.nn.Module, batch: ScoringBatch) -> torch.Tensor:
-    """NLL ``(N,)`` fp32 of every real target in ``batch``.
-
-    Runs the model body, then ``kernels.token_nll`` on the final hidden states of real
-    targets only (never on padding), so the ``(tokens, vocab)`` logits never exist at once.
-    """
-    import kernels
-
-    hidden = model.base_model(input_ids=batch.inputs, use_cache=False).last_hidden_state
-    head = model.get_output_embeddings()
-    cfg = model.config
-    return kernels.token_nll(
-        hidden.flatten(0, 1).index_select(0, batch.at),  # (N, H)
-        head.weight,
-        batch.targets,
-        bias=head.bias,
-        logit_scale=float(getattr(cfg, "logit_scale", None) or 1.0),
-        softcap=getattr(cfg, "final_logit_softcapping", None),
-    )
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def results_frame(results: Iterable[EvalResult]) -> pd.DataFrame:
@@ -475,11 +334,16 @@ def results_frame(results: Iterable[EvalResult]) -> pd.DataFrame:
 
 
 __all__ = [
+    "MACRO",
     "AblateError",
+    "DocScores",
     "DomainScore",
     "EvalResult",
     "Evaluator",
+    "MixtureLike",
     "ScoringBatch",
+    "as_mixture",
+    "gray_subsets",
     "results_frame",
     "target_nll",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 # Share of free device memory (or available RAM on CPU) the stack may take; the rest is
 # left for activations, eval windows and other processes.
 STACK_FRACTION = 0.7
-# Fewest stack columns per streamed chunk: below this, per-chunk Python overhead dominates.
-MIN_CHUNK_COLS = 1024
+# Fewest stack columns per streamed chunk of a stack too large for memory: below this,
+# per-chunk Python overhead dominates.
+STREAM_MIN_COLS = 1024
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,13 @@ class _LoraSite:
 
 
 class MergedModel:
-    """A model skeleton whose weights are a weighted average of pool members."""
+    """A model skeleton whose weights are a weighted average of pool members.
+
+    It owns the member stack, the merge (``kernels.weighted_average``, or one GEMM of
+    concatenated factors for LoRA pools) and the Gray-code running-sum walk over uniform
+    subsets (``walk``; ``supports_walks`` says whether the pool's method allows it). Score
+    its current weights with ``ablate.scorer.Scorer(model, eval_set)``.
+    """
 
     def __init__(
         self,
@@ -70,7 +77,7 @@ class MergedModel:
         self.pool = pool
         self.members = list(members)
         self.device = device
-        self.method = pool.manifest.recipe.method
+        self.method = pool.method
         model = pool.load_base_model()
         self._params = _unique_params(model)
         dtype = self._params[0][1].dtype
@@ -93,7 +100,7 @@ class MergedModel:
         # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
         # so mixtures without it still merge; a merge that needs it raises that reason.
         self.unusable: dict[int, str] = {}
-        if self.method == "lora":
+        if self.method.merges_by_factors:
             self._sites = self._load_lora(progress)
             return
         need = len(self.members) * numel * self.flat.element_size()
@@ -107,7 +114,7 @@ class MergedModel:
         ]  # N x [(numel,)]
         self._starts = [a for a, _ in self._offsets.values()]
         cols = min(
-            numel, max(MIN_CHUNK_COLS, budget // (len(self.members) * self.flat.element_size()))
+            numel, max(STREAM_MIN_COLS, budget // (len(self.members) * self.flat.element_size()))
         )
         self._stage = torch.empty(len(self.members), cols, dtype=dtype, device=device)  # (N, cols)
         # Pinned host staging makes each chunk one host-to-device copy instead of N x tensors.
@@ -243,7 +250,7 @@ class MergedModel:
         """Write sum_i weights[i] * member_i into the skeleton (weights: fp32 [N])."""
         if self.unusable:
             self._check_usable([r for r in self.unusable if float(weights[r]) != 0.0])
-        if self.method == "lora":
+        if self.method.merges_by_factors:
             with torch.no_grad():
                 for s in self._sites:
                     w = weights.to(self.device, s.b.dtype).repeat_interleave(s.rank)  # (N*r,)
@@ -261,6 +268,68 @@ class MergedModel:
         w = weights[rows].to(self.device)
         for a, b, block in self._chunks(rows):
             kernels.weighted_average(block, w, out=self.flat[a:b])
+
+    @property
+    def supports_walks(self) -> bool:
+        """Whether ``walk`` applies: running sums of members need a full-weight pool (in
+        memory or streamed); LoRA members merge through their factors instead."""
+        return self.method.running_sum_walks
+
+    def walk(
+        self, subsets: Iterable[Sequence[str]], rows_of: Mapping[str, Sequence[int]]
+    ) -> Iterator[int]:
+        """Merge each uniform subset of partitions in turn; yield its index once merged.
+
+        Keeps R = sum of the current partitions' member means; a step flips only the
+        partitions that differ from the previous subset, so subsets in Gray-code order
+        (``ablate.layout``) cost one member update each instead of a full merge.
+
+        Args:
+            subsets: Partition names of each uniform subset, in walk order.
+            rows_of: Stack rows of each partition's members.
+        """
+        subsets = list(subsets)
+        if subsets and not self.supports_walks:
+            raise ValueError(f"running-sum walks need a full-weight pool, not {self.method.name}")
+        running = torch.zeros(self.flat.numel(), dtype=torch.float32, device=self.device)  # (P,)
+        current: set[str] = set()
+        for i, names in enumerate(subsets):
+            target = set(names)
+            flips = current ^ target
+            if len(flips) >= len(target):  # cheaper to rebuild than to patch
+                running.zero_()
+                flips, current = target, set()
+            for p in flips:
+                sign = 1.0 if p not in current else -1.0
+                rows = rows_of[p]
+                for r in rows:
+                    self.add_member_(running, r, alpha=sign / len(rows))  # streams when chunked
+            current = target
+            kernels.weighted_average(running.unsqueeze(0), [1.0 / len(target)], out=self.flat)
+            yield i
+
+    def load_state(self, tensors: Mapping[str, torch.Tensor], what: str) -> None:
+        """Put a whole model's parameters (by name, as the seed model names them) into the
+        skeleton, e.g. a really trained model that validation scores like a merge.
+
+        Raises:
+            CorruptMemberError: ``tensors`` are not the seed model's parameters; ``what``
+                names the model in the message.
+        """
+        params = dict(self._params)
+        if set(tensors) != set(params):
+            odd = sorted(set(tensors) ^ set(params))[:3]
+            raise CorruptMemberError(f"{what} does not match the seed model's architecture ({odd})")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[name].reshape(p.shape))
+
+    def flatten(self, per_parameter: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One fp32 vector ``(P,)`` in the stack's column layout from one tensor per
+        parameter of ``model.parameters()`` (e.g. gradients), to dot with member rows."""
+        if len(per_parameter) != len(self._params):
+            raise ValueError(f"need {len(self._params)} tensors, got {len(per_parameter)}")
+        return torch.cat([t.reshape(-1).float() for t in per_parameter])
 
     def add_member_(self, out: torch.Tensor, row: int, alpha: float = 1.0) -> None:
         """``out += alpha * member[row]`` (out: [P] on the device); subset walks patch with it."""

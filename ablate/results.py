@@ -16,8 +16,14 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pool.errors import PoolError
+
+if TYPE_CHECKING:
+    from ablate.evalset import EvalSet
+    from ablate.mixture import Mixture
+    from ablate.scorer import DomainScore, EvalResult
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -121,6 +127,44 @@ class ResultsStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+class ResultsCache:
+    """A mixture's scores on one eval set, looked up before scoring and recorded after.
+
+    ``store=None`` remembers nothing (every lookup misses): the Ray actors and throwaway
+    evaluators use that, and only one process writes a store.
+    """
+
+    def __init__(self, store: ResultsStore | None, eval_set: EvalSet):
+        self.store = store
+        self.eval_set = eval_set
+
+    def lookup(self, mixture: Mixture, pool_key: str) -> EvalResult | None:
+        """The stored scores of ``mixture`` (merging the members ``pool_key`` names), if every
+        eval domain has one."""
+        from ablate.scorer import DomainScore, EvalResult
+
+        if self.store is None:
+            return None
+        hit = self.store.get(pool_key, self.eval_set.fingerprint, mixture.key)
+        domains = self.eval_set.domains
+        if hit is None or set(hit) != set(domains):
+            return None
+        return EvalResult(mixture, {d: DomainScore(*hit[d]) for d in domains}, cached=True)
+
+    def record(
+        self, mixture: Mixture, scores: Mapping[str, DomainScore], pool_key: str
+    ) -> EvalResult:
+        """Store ``scores`` (all domains in one transaction) and return them as a result."""
+        from ablate.scorer import EvalResult
+
+        if self.store is not None:
+            rows: dict[str, Row] = {d: (s.tokens, s.nll, s.bytes) for d, s in scores.items()}
+            self.store.put(
+                pool_key, self.eval_set.fingerprint, mixture.key, mixture.as_dict(), rows
+            )
+        return EvalResult(mixture, dict(scores))
 
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:

@@ -211,7 +211,7 @@ def ours(pool_dir: Path, mixtures, eval_set, device: str) -> tuple[dict[str, flo
     s = time.perf_counter()
     ev = Evaluator(pool_dir, eval_set, device=device, store=False, progress=False)
     ev.merged  # noqa: B018  # load + stack the members once (reported separately)
-    ev._windows  # noqa: B018
+    ev.scorer().batches  # noqa: B018  # windows cut into batches once
     ev.evaluate(
         mixtures[0]
     )  # warm-up forward (allocator, oneDNN/cuBLAS plans), like the baseline's

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ablate import Evaluator  # noqa: E402  (after the path tweak, so the repo's package is found)
-from ablate.search import STRATEGIES, search  # noqa: E402
+from ablate.strategies import STRATEGIES, search  # noqa: E402
 
 EXACT = 1e-9  # relative slack for "matched the optimum" (scores come from the same store)
 

@@ -3,17 +3,20 @@
 # ablate-room: pool (do not remove: ablate checks this line to detect a shadowing package)
 
 from pool.errors import AblateError, CorruptMemberError, DataError, PoolError
+from pool.method import METHODS, Method, method_of
 from pool.pool import Pool, UnitRef, VerifyReport
 from pool.recipe import LoraSpec, Recipe, TinyModelSpec
 from pool.storage import FORMAT_VERSION, MemberRecord, PartitionIndex, PoolManifest
 
 __all__ = [
     "FORMAT_VERSION",
+    "METHODS",
     "AblateError",
     "CorruptMemberError",
     "DataError",
     "LoraSpec",
     "MemberRecord",
+    "Method",
     "PartitionIndex",
     "Pool",
     "PoolError",
@@ -22,4 +25,5 @@ __all__ = [
     "TinyModelSpec",
     "UnitRef",
     "VerifyReport",
+    "method_of",
 ]

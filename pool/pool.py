@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, NamedTuple
 from pool import seed as seedlib
 from pool.atomic import remove_stale_temporaries, sha256_file, staged_dir, write_json
 from pool.corpus import read_documents
+from pool.ensure import SeedModel, Target, ensure_trained
 from pool.errors import CorruptMemberError, DataError, PoolError
+from pool.method import FULL, Method, method_of
 from pool.partition import partition_documents
 from pool.recipe import Recipe, TinyModelSpec
 from pool.storage import MemberRecord, PoolManifest, member_id, read_record, utc_now
@@ -33,15 +35,10 @@ from pool.tokens import (
     token_dtype_for,
     write_partition,
 )
-from pool.train import (
-    TrainResult,
-    broadcast_from_main,
-    continue_pretraining,
-    is_main_rank,
-    write_trained,
-)
+from pool.train import broadcast_from_main, continue_pretraining, is_main_rank
 
 if TYPE_CHECKING:
+    import numpy as np
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -200,7 +197,7 @@ class Pool:
 
         stream = np.concatenate(encode_documents(tokenizer, texts))
         # The seed is plain pre-training: full weights, whatever the members' method.
-        seed_recipe = recipe.model_copy(update={"method": "full"})
+        seed_recipe = recipe.model_copy(update={"method": FULL.name})
         with _bar(seed_recipe.steps_for(spec.seed_tokens), "seed model", progress) as bar:
             model, _ = continue_pretraining(
                 model,
@@ -214,6 +211,11 @@ class Pool:
             )
         with staged_dir(folder) as tmp:
             seedlib.save_pretrained(model.cpu(), tokenizer, tmp)
+
+    @property
+    def method(self) -> Method:
+        """How members train, what they save and how they merge (``pool.method``)."""
+        return method_of(self.manifest.recipe)
 
     # ----------------------------------------------------------------- base model
     @property
@@ -385,7 +387,7 @@ class Pool:
         # seed; a LoRA member trains a copy and leaves ``base`` as it was.
         base_state = (
             {k: v.clone() for k, v in base.state_dict().items()}
-            if self.manifest.recipe.method == "full"
+            if self.method.trains_in_place
             else None
         )
         with _bar(len(todo), "members", progress and is_main_rank(), unit="member") as overall:
@@ -413,77 +415,43 @@ class Pool:
         pool never train a member twice. ``base_state`` restores ``base`` first (a local
         ``grow`` reuses one base model whose weights the previous full member changed).
         """
-        from filelock import FileLock, Timeout
-
-        folder = self.member_folder(ref.partition, ref.unit)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(folder.parent / f".{folder.name}.lock"))
-        held = False
-        if is_main_rank():  # under torchrun rank 0 locks and decides; the other ranks follow
-            try:
-                lock.acquire(timeout=0)
-                held = True
-            except Timeout:
-                log.warning("member %s is being trained by another process; skipped", ref.member_id)
-        try:
-            # Another run may have finished it between our `missing()` and the lock. A member
-            # left from older data under the same name is not finished: it is replaced.
-            done = self.member(ref.partition, ref.unit) if held else None
-            if not broadcast_from_main(held and (done is None or done.data_hash != ref.data_hash)):
-                return None
-            if base_state is not None:
-                base.load_state_dict(base_state)
-            return self.train_member(ref, base, progress=progress, device=device)
-        finally:
-            if held:
-                lock.release()
-
-    def train_member(
-        self,
-        ref: UnitRef,
-        base: PreTrainedModel,
-        *,
-        progress: bool = True,
-        device: str | None = None,
-    ) -> MemberRecord:
-        """Train one member from ``base`` (left unchanged for LoRA, trained in place for full)."""
-        recipe = self.manifest.recipe
-        seed = member_seed(recipe.seed, ref.member_id)
-        stream = TokenizedPartition.open(self.data_folder / ref.partition).unit_stream(ref.unit)
-        show = progress and is_main_rank()
-        with _bar(recipe.steps_for(recipe.unit_tokens), ref.member_id, show, leave=False) as bar:
-            model, result = continue_pretraining(
-                base,
-                recipe,
-                [stream],
-                [1.0],
-                recipe.unit_tokens,
-                seed=seed,
-                device=device,
-                progress=bar,
-            )
-        # Under torchrun every rank holds the same weights; rank 0 alone writes them.
-        rec = self._write_member(ref, model, result, seed) if is_main_rank() else None
-        return broadcast_from_main(rec)
-
-    def _write_member(
-        self, ref: UnitRef, model: PreTrainedModel, result: TrainResult, seed: int
-    ) -> MemberRecord:
-        folder = self.member_folder(ref.partition, ref.unit)
-        # Only this member's leftovers: we hold its lock, while other processes may be
-        # staging the partition's other units in the same folder right now.
-        remove_stale_temporaries(folder.parent, prefix=f".{folder.name}.")
-        return write_trained(
-            folder,
-            model,
-            result,
+        done = ensure_trained(
+            self._target(ref),
+            SeedModel(lambda: base, state=base_state),
             self.manifest.recipe,
-            seed=seed,
             base_sha256=self.manifest.base_sha256,
+            # A concurrent grow holds this member: it trains it, we move on to the next.
+            if_locked="skip",
+            progress=progress,
+            device=device,
+        )
+        return done.record if done.trained else None
+
+    def _target(self, ref: UnitRef) -> Target[MemberRecord]:
+        """What the member of ``ref`` is, where it lives and what it trains on."""
+        recipe = self.manifest.recipe
+
+        def finished() -> MemberRecord | None:
+            # A member left from older data under the same name is not finished: it is replaced.
+            rec = self.member(ref.partition, ref.unit)
+            return rec if rec is not None and rec.data_hash == ref.data_hash else None
+
+        def sources() -> list[np.ndarray]:
+            part = TokenizedPartition.open(self.data_folder / ref.partition)
+            return [part.unit_stream(ref.unit)]
+
+        return Target(
+            folder=self.member_folder(ref.partition, ref.unit),
+            label=ref.member_id,
+            read=finished,
             record=partial(
                 MemberRecord, partition=ref.partition, unit=ref.unit, data_hash=ref.data_hash
             ),
             record_file="member.json",
+            sources=sources,
+            source_weights=(1.0,),
+            tokens=recipe.unit_tokens,
+            seed=member_seed(recipe.seed, ref.member_id),
         )
 
     # ----------------------------------------------------------------- checks

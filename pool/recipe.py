@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Method = Literal["full", "lora"]
+MethodName = Literal["full", "lora"]  # the training methods in pool.method.METHODS
 
 
 class _Frozen(BaseModel):
@@ -19,7 +19,7 @@ class _Frozen(BaseModel):
 
 
 class LoraSpec(_Frozen):
-    """peft LoRA settings used when ``method == "lora"``."""
+    """peft LoRA settings, used by pools whose method is LoRA."""
 
     rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
@@ -33,7 +33,7 @@ class LoraSpec(_Frozen):
 class Recipe(_Frozen):
     """Continued pre-training recipe shared by all members (and validation models)."""
 
-    method: Method = Field(
+    method: MethodName = Field(
         "full", description="Train all weights (full) or a peft LoRA adapter (lora)."
     )
     unit_tokens: int = Field(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from pool.atomic import staged_dir, write_json
+from pool.method import method_of
 from pool.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -40,10 +41,21 @@ class SequenceSampler:
     Each source is cut into non-overlapping windows, visited in a fresh random order per
     epoch; each sequence picks its source with probability proportional to its weight
     (one source = plain epoch shuffling). A source shorter than one window is repeated.
+
+    With ``total`` (sequences the run will draw), the number of sequences from each source
+    is fixed instead: the weights' exact share of ``total`` (largest remainder), in a random
+    order. A fixed-budget mixture then trains on exactly its proportions, not on a binomial
+    draw of them (at 500 sequences a 0.2 share would vary by about 10%).
     """
 
     def __init__(
-        self, sources: Sequence[np.ndarray], weights: Sequence[float], seq_len: int, seed: int
+        self,
+        sources: Sequence[np.ndarray],
+        weights: Sequence[float],
+        seq_len: int,
+        seed: int,
+        *,
+        total: int | None = None,
     ):
         if not sources or len(sources) != len(weights):
             raise ValueError("need one weight per source and at least one source")
@@ -64,6 +76,16 @@ class SequenceSampler:
             self.sources.append(s[: n * self.window].reshape(n, self.window))  # (n, T+1)
         self.orders = [self.rng.permutation(len(s)) for s in self.sources]
         self.cursors = [0] * len(self.sources)
+        self.schedule: np.ndarray | None = None  # source of each sequence, when `total` is set
+        if total is not None:
+            self.schedule = self.rng.permutation(np.repeat(np.arange(len(w)), exact_counts(self.p, total)))
+        self.drawn = 0
+
+    def source_counts(self, n: int) -> np.ndarray:
+        """Sequences per source among the first ``n`` that ``batch`` would draw (needs ``total``)."""
+        if self.schedule is None:
+            raise ValueError("source_counts needs a sampler built with total=")
+        return np.bincount(self.schedule[:n], minlength=len(self.sources))
 
     def _next(self, i: int) -> np.ndarray:
         if self.cursors[i] == len(self.orders[i]):
@@ -74,8 +96,22 @@ class SequenceSampler:
         return row
 
     def batch(self, batch_size: int) -> np.ndarray:
-        picks = self.rng.choice(len(self.sources), size=batch_size, p=self.p)
+        if self.schedule is not None and self.drawn + batch_size <= len(self.schedule):
+            picks = self.schedule[self.drawn : self.drawn + batch_size]
+        else:
+            picks = self.rng.choice(len(self.sources), size=batch_size, p=self.p)
+        self.drawn += batch_size
         return np.stack([self._next(int(i)) for i in picks]).astype(np.int64)  # (B, T+1)
+
+
+def exact_counts(p: np.ndarray, total: int) -> np.ndarray:
+    """``total`` split by the shares ``p`` into whole counts (largest remainder: each count is
+    within one of ``p * total`` and they sum to ``total``)."""
+    raw = np.asarray(p, dtype=np.float64) * total
+    counts = np.floor(raw).astype(np.int64)
+    short = total - int(counts.sum())
+    counts[np.argsort(-(raw - counts), kind="stable")[:short]] += 1
+    return counts
 
 
 def lr_factor(step: int, total: int, warmup_ratio: float, min_ratio: float) -> float:
@@ -107,24 +143,20 @@ def continue_pretraining(
     seed: int,
     device: str | None = None,
     progress: object = None,
+    exact_mix: bool = False,
 ) -> tuple[PreTrainedModel, TrainResult]:
     """Continue ``base`` on ``sources`` exactly as every member trains.
 
-    Full fine-tuning trains ``base`` in place; LoRA wraps a copy in a fresh adapter whose
-    initialisation comes from ``seed`` (not from run order), leaving ``base`` unchanged.
+    ``exact_mix`` draws each source's exact share of the run's sequences (see
+    ``SequenceSampler``) instead of picking a source at random per sequence.
+
+    The recipe's method prepares the model (``Method.prepare``): full fine-tuning trains
+    ``base`` in place; LoRA wraps a copy in a fresh adapter whose initialisation comes from
+    ``seed`` (not from run order), leaving ``base`` unchanged.
     """
-    import copy
-
-    import torch
-
-    from pool.weights import wrap_lora
-
-    sampler = SequenceSampler(sources, source_weights, recipe.seq_len, seed)
-    if recipe.method == "lora":
-        torch.manual_seed(seed)
-        model = wrap_lora(copy.deepcopy(base), recipe.lora)
-    else:
-        model = base
+    total = recipe.steps_for(tokens) * recipe.batch_size if exact_mix else None
+    sampler = SequenceSampler(sources, source_weights, recipe.seq_len, seed, total=total)
+    model = method_of(recipe).prepare(base, recipe, seed)
     result = train_model(
         model, sampler, recipe, tokens, seed=seed, device=pick_device(device), progress=progress
     )
@@ -152,10 +184,11 @@ def write_trained(
     complete or not at all. Returns the record.
     """
     from pool.storage import utc_now
-    from pool.weights import FULL_FILE, LORA_FILE, save_tensors, trained_tensors
+    from pool.weights import save_tensors
 
-    tensors = trained_tensors(model, recipe.method)
-    weights_file = LORA_FILE if recipe.method == "lora" else FULL_FILE
+    method = method_of(recipe)
+    tensors = method.trained_tensors(model)
+    weights_file = method.weights_file
     with staged_dir(folder) as tmp:
         rec = record(
             base_sha256=base_sha256,

@@ -1,8 +1,9 @@
-"""Member weights: what is saved for a full or LoRA member, and how it is read back.
+"""Member weights on disk: written and read back as safetensors, and LoRA's peft wrapper.
 
-Full members store every trainable parameter (tied weights once) as ``model.safetensors``;
-LoRA members store only the adapter factors as ``adapter.safetensors``. Reads go through
-safetensors (never pickle) and can be checked against the sha256 recorded at write time.
+Which tensors a member saves, and under which file name, is its training method's choice
+(``pool.method``: full members store every parameter, LoRA members only the adapter).
+Reads go through safetensors (never pickle) and can be checked against the sha256 recorded
+at write time.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from pool.recipe import LoraSpec
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
-
-FULL_FILE = "model.safetensors"
-LORA_FILE = "adapter.safetensors"
 
 
 def wrap_lora(model: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
@@ -38,18 +36,6 @@ def wrap_lora(model: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
         r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets
     )
     return get_peft_model(model, config)
-
-
-def trained_tensors(model: PreTrainedModel, method: str) -> dict[str, torch.Tensor]:
-    """The tensors that define a member: all parameters (full) or the adapter (lora)."""
-    if method == "lora":
-        from peft import get_peft_model_state_dict
-
-        return {
-            k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
-        }
-    # named_parameters() lists a tied weight once, which safetensors requires.
-    return {k: p.detach().cpu().contiguous() for k, p in model.named_parameters()}
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from ablate.mixture import Mixture
-from pool.atomic import remove_stale_temporaries, sha256_json
+from pool.atomic import sha256_json
 from pool.errors import CorruptMemberError, PoolError
 from pool.storage import TrainedRecord, member_id, read_record
 
 if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel
+    import numpy as np
 
     from ablate.evaluator import Evaluator
     from pool import Pool
+    from pool.ensure import Target
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,14 @@ def ensure_trained(
     """Train every plan without a finished model; returns (records in plan order, trained now).
 
     A lock file per model keeps two concurrent runs from training the same model: the second
-    waits for the first and then reuses its result.
+    waits for the first and then reuses its result (``pool.ensure``, ``if_locked="wait"``).
     """
-    from filelock import FileLock
     from tqdm.auto import tqdm
 
+    from pool.ensure import SeedModel
+    from pool.ensure import ensure_trained as ensure_one
+
     pool = ev.pool
-    root = pool.path / VALIDATION_DIR
-    root.mkdir(parents=True, exist_ok=True)
     records: dict[str, ValidationRecord] = {}
     todo = []
     for plan in plans:
@@ -122,77 +122,58 @@ def ensure_trained(
             todo.append(plan)
         else:
             records[plan.key] = rec
-    base_state: dict[str, torch.Tensor] | None = None
-    base: PreTrainedModel | None = None
+    # Loaded once, on first use; restored to the seed's weights before each later model.
+    seed = SeedModel(
+        partial(pool.load_base_model, check=True), keep_state=pool.method.trains_in_place
+    )
     trained = 0
     with tqdm(
         total=sum(p.k for p in todo), desc="validation models", unit="unit", disable=not progress
     ) as bar:
         for plan in todo:
-            with FileLock(str(root / f".{plan.key}.lock")):
-                rec = read_validation(pool, plan.key)  # another run may have finished it meanwhile
-                if rec is None:
-                    # Leftovers of an interrupted run of this model only; we hold its lock.
-                    remove_stale_temporaries(root, prefix=f".{plan.key}.")
-                    if base is None:
-                        base = pool.load_base_model(check=True)
-                        # Full training changes ``base`` in place: keep the seed to restore it.
-                        # LoRA trains a copy, so ``base`` stays the seed.
-                        if pool.manifest.recipe.method == "full":
-                            base_state = {k: v.clone() for k, v in base.state_dict().items()}
-                    elif base_state is not None:
-                        base.load_state_dict(base_state)
-                    rec = train_plan(pool, plan, base, progress=progress, device=device)
-                    trained += 1
+            done = ensure_one(
+                _target(pool, plan),
+                seed,
+                pool.manifest.recipe,
+                base_sha256=pool.manifest.base_sha256,
+                # Another run is training this model: wait for it, then reuse its result.
+                if_locked="wait",
+                progress=progress,
+                device=device,
+            )
+            rec = done.record
+            assert rec is not None  # "wait" never skips
+            if done.trained:
+                trained += 1
+                log.info(
+                    "trained validation model %s (%s): loss %.4f",
+                    plan.key,
+                    plan.mixture,
+                    rec.final_loss,
+                )
             records[plan.key] = rec
             bar.update(plan.k)
     return [records[p.key] for p in plans], trained
 
 
-def train_plan(
-    pool: Pool,
-    plan: TrainingPlan,
-    base: PreTrainedModel,
-    *,
-    progress: bool = True,
-    device: str | None = None,
-) -> ValidationRecord:
-    """Continue ``base`` on the plan's units (weighted) for k units of tokens; store it."""
-    from tqdm.auto import tqdm
-
+def _target(pool: Pool, plan: TrainingPlan) -> Target[ValidationRecord]:
+    """The plan's model: k units of tokens over the plan's units (weighted), stored by key."""
+    from pool.ensure import Target
     from pool.pool import member_seed
     from pool.tokens import TokenizedPartition
-    from pool.train import continue_pretraining, write_trained
 
     recipe = pool.manifest.recipe
-    parts = {p: TokenizedPartition.open(pool.data_folder / p) for p, *_ in plan.units}
     # One unit: the member's own seed, so the real model *is* the member (a built-in check).
     ident = member_id(*plan.units[0][:2]) if plan.k == 1 else f"validation/{plan.key}"
-    seed = member_seed(recipe.seed, ident)
-    sources = [parts[p].unit_stream(u) for p, u, _, _ in plan.units]
-    with tqdm(
-        total=recipe.steps_for(plan.tokens),
-        desc=str(plan.mixture)[:40],
-        leave=False,
-        disable=not progress,
-    ) as bar:
-        model, result = continue_pretraining(
-            base,
-            recipe,
-            sources,
-            [w for *_, w in plan.units],
-            plan.tokens,
-            seed=seed,
-            device=device,
-            progress=bar,
-        )
-    rec = write_trained(
-        folder_of(pool, plan.key),
-        model,
-        result,
-        recipe,
-        seed=seed,
-        base_sha256=pool.manifest.base_sha256,
+
+    def sources() -> list[np.ndarray]:
+        parts = {p: TokenizedPartition.open(pool.data_folder / p) for p, *_ in plan.units}
+        return [parts[p].unit_stream(u) for p, u, _, _ in plan.units]
+
+    return Target(
+        folder=folder_of(pool, plan.key),
+        label=str(plan.mixture)[:40],
+        read=partial(read_validation, pool, plan.key),
         record=partial(
             ValidationRecord,
             key=plan.key,
@@ -201,16 +182,17 @@ def train_plan(
             tokens=plan.tokens,
         ),
         record_file=RECORD,
+        sources=sources,
+        source_weights=tuple(w for *_, w in plan.units),
+        tokens=plan.tokens,
+        seed=member_seed(recipe.seed, ident),
     )
-    log.info("trained validation model %s (%s): loss %.4f", plan.key, plan.mixture, rec.final_loss)
-    return rec
 
 
 def load_into(ev: Evaluator, rec: ValidationRecord) -> None:
-    """Write a real model's weights into the evaluator's skeleton (its parameters are views
-    into ``ev.merged.flat``), so ``ev.score_current()`` and friends score it."""
-    import torch
-
+    """Put a real model's weights into the evaluator's model skeleton, so that its
+    ``Scorer`` scores the real model exactly as it scores a merge."""
+    from pool.method import method_of
     from pool.weights import load_tensors
 
     pool = ev.pool
@@ -222,27 +204,8 @@ def load_into(ev: Evaluator, rec: ValidationRecord) -> None:
             f"validation model {folder} is missing, corrupt or modified (sha256 mismatch); "
             "delete that folder and run again to retrain it"
         ) from None
-    if rec.method == "lora":
-        tensors = _lora_to_full(pool, tensors)
-    params = dict(ev.merged.model.named_parameters())
-    if set(tensors) != set(params):
-        odd = sorted(set(tensors) ^ set(params))[:3]
-        raise CorruptMemberError(
-            f"validation model {rec.key} does not match the seed model's architecture ({odd}); "
-            f"delete {folder} and run again"
-        )
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(tensors[name].reshape(p.shape))
-
-
-def _lora_to_full(pool: Pool, adapter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Seed weights plus a trained LoRA adapter, merged into plain parameters (peft)."""
-    from peft import set_peft_model_state_dict
-
-    from pool.weights import wrap_lora
-
-    model = wrap_lora(pool.load_base_model(), pool.manifest.recipe.lora)
-    set_peft_model_state_dict(model, adapter)
-    plain = model.merge_and_unload()
-    return {k: p.detach() for k, p in plain.named_parameters()}
+    tensors = method_of(rec).full_state(tensors, pool.load_base_model, pool.manifest.recipe)
+    try:
+        ev.merged.load_state(tensors, f"validation model {rec.key}")
+    except CorruptMemberError as e:
+        raise CorruptMemberError(f"{e}; delete {folder} and run again") from None

@@ -89,7 +89,6 @@ def validate(
 
     from ablate.evaluator import as_mixture
     from ablate.validation.models import ensure_trained, load_into, plan_for
-    from ablate.validation.scoring import document_evaluator, score_documents
 
     if (mixtures is None) == (sample is None):
         raise MixtureError("say what to validate: mixtures=[...] or sample=N (not both)")
@@ -110,17 +109,17 @@ def validate(
     records, trained = ensure_trained(ev, plans, progress=show, device=device or ev.device_name)
 
     eval_set = ev.eval_set
-    doc_ev = document_evaluator(ev)
+    scorer = ev.scorer()  # per-document sums: the bootstrap resamples documents
     proxy_docs, real_docs, rows = [], [], []
     for m, rec in zip(chosen, records, strict=True):
         key = ev.pool_key(m)
-        proxy = ev._cached(m, key)  # noqa: SLF001  # same package: the store's answer, if any
+        proxy = ev.cache.lookup(m, key)  # the store's answer, if any
         ev.merged.merge(torch.from_numpy(ev.member_weights(m)).float())
-        p_docs = score_documents(doc_ev)  # the simulator's answer, per document
+        p_docs = scorer.score_documents()  # the simulator's answer, per document
         if proxy is None:  # its domain totals are the proxy's scores: no second forward pass
-            proxy = ev._remember(m, p_docs.domain_totals(eval_set), key)  # noqa: SLF001
+            proxy = ev.cache.record(m, p_docs.domain_totals(eval_set), key)
         load_into(ev, rec)
-        r_docs = score_documents(doc_ev)
+        r_docs = scorer.score_documents()
         real = r_docs.domain_totals(eval_set)
         proxy_docs.append(p_docs.nll)
         real_docs.append(r_docs.nll)

@@ -23,7 +23,6 @@ def test_import_ablate_loads_no_optional_heavyweight():
     """`import ablate` (and so `ablate --help`) stays fast: Ray, Optuna, sklearn load on use."""
     code = (
         "import sys, ablate\n"
-        "assert ablate.RayEvaluator.__module__ == 'ablate.distributed'\n"
         "print(sorted({'ray', 'optuna', 'sklearn', 'datasets', 'matplotlib.pyplot'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -157,14 +156,18 @@ def _assert_same(got, want) -> None:
 
 
 @pytest.mark.ray
-def test_ray_evaluator_matches_local(ray_session, full_pool_dir, corpus, tmp_path, local_results):
-    from ablate import RayEvaluator
-
+def test_ray_executor_matches_local(ray_session, full_pool_dir, corpus, tmp_path, local_results):
     store = tmp_path / "results.sqlite"
     mixtures = [*Evaluator(full_pool_dir, corpus["eval"], by="domain", store=False).all_subsets()]
     mixtures += [Mixture.parse("code=0.25,wiki=0.75"), mixtures[0]]  # a weighted one and a repeat
-    with RayEvaluator(
-        full_pool_dir, corpus["eval"], by="domain", workers=2, store=store, progress=False
+    with Evaluator(
+        full_pool_dir,
+        corpus["eval"],
+        by="domain",
+        executor="ray",
+        workers=2,
+        store=store,
+        progress=False,
     ) as ev:
         results = ev.run_many(mixtures)
         assert [r.mixture for r in results] == mixtures  # input order, repeats answered too
@@ -232,12 +235,10 @@ def test_chunked_merge_equals_in_memory(full_pool_dir):
 
 
 def test_chunked_subset_walk_equals_in_memory(full_pool_dir, corpus, local_results):
-    from ablate.merge import MergedModel
-
-    ev = Evaluator(full_pool_dir, corpus["eval"], by="domain", store=False, progress=False)
-    ev.merged = MergedModel(
-        ev.pool, ev.members, device=ev.device, progress=False, stack_budget_bytes=1
+    ev = Evaluator(
+        full_pool_dir, corpus["eval"], by="domain", store=False, progress=False, stack_budget_bytes=1
     )
+    assert ev.merged.chunked
     for r in ev.run_many([*ev.all_subsets(), Mixture.parse("code=0.25,wiki=0.75")]):
         _assert_same(r, local_results[r.mixture.key])
 

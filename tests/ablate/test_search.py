@@ -21,8 +21,8 @@ from support import eval_cli_args
 
 from ablate import AblateError, Evaluator, Mixture, Study, search
 from ablate.cli import main
-from ablate.search import STRATEGIES, SearchContext, SearchSpace, Target, mixture_gradient
-from ablate.search.driver import split_evaluators
+from ablate.strategies import STRATEGIES, SearchContext, SearchSpace, Target, mixture_gradient
+from ablate.strategies.driver import split_evaluators
 
 SUBSET_TOL = 0.0  # subset spaces are small enough that every strategy must hit the optimum
 WEIGHT_TOL = 0.05  # weight spaces: within 5% of the best subset's perplexity (target "code")
@@ -176,9 +176,9 @@ def test_resumed_search_scores_nothing_new(name, full_pool_dir, corpus, tmp_path
         Evaluator(full_pool_dir, corpus["eval"], by="domain", store=store, progress=False), **kw
     )
     assert _store_rows(store) == first.evaluations >= 1
-    monkeypatch.setattr(
-        Evaluator, "score_current", lambda self: pytest.fail(f"{name} re-scored a mixture")
-    )
+    from ablate.scorer import Scorer
+
+    monkeypatch.setattr(Scorer, "score", lambda self: pytest.fail(f"{name} re-scored a mixture"))
     again = search(
         Evaluator(full_pool_dir, corpus["eval"], by="domain", store=store, progress=False), **kw
     )
@@ -204,9 +204,9 @@ def test_gradient_matches_finite_differences(full_pool_dir, corpus):
 
 
 def test_gradient_needs_a_full_pool():
-    lora = SimpleNamespace(
-        pool=SimpleNamespace(manifest=SimpleNamespace(recipe=SimpleNamespace(method="lora")))
-    )
+    from pool import METHODS
+
+    lora = SimpleNamespace(pool=SimpleNamespace(method=METHODS["lora"]))
     space = SearchSpace(("a", "b"), continuous=True)
     ctx = SearchContext(lora, space, Target.parse("macro"), budget=3, seed=0)  # type: ignore[arg-type]
     with pytest.raises(AblateError, match="full-weight pool; this pool is LoRA"):
@@ -253,7 +253,7 @@ def test_pareto_and_plot(ev, tmp_path):
 
 
 def test_missing_extra_names_the_install_command(monkeypatch, ev):
-    from ablate.search import base
+    from ablate.strategies import base
 
     monkeypatch.setattr(base, "has_module", lambda name: name != "optuna")
     with pytest.raises(AblateError, match=r"pip install 'ablate\[search\]'"):
@@ -277,7 +277,7 @@ def test_every_proposal_is_observed_even_when_the_loop_stops():
     A shared Optuna study otherwise keeps that trial RUNNING, and another worker that drew
     the same mixture waits for it (this hung the two-worker test once).
     """
-    from ablate.search import driver
+    from ablate.strategies import driver
 
     mix = Mixture.uniform(["code"])
     result = SimpleNamespace(mixture=mix, ppl={"code": 2.0})
@@ -311,7 +311,7 @@ def test_an_exited_unreaped_worker_counts_as_dead():
     import socket
     import time
 
-    from ablate.search._optuna import _is_dead_local
+    from ablate.strategies._optuna import _is_dead_local
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     worker = f"{socket.gethostname()}:{proc.pid}"

@@ -9,8 +9,8 @@ function of the mixture, so the GP is told there is no observation noise.
 
 from __future__ import annotations
 
-from ablate.search._optuna import OptunaStrategy
-from ablate.search.base import register
+from ablate.strategies._optuna import OptunaStrategy
+from ablate.strategies.base import register
 
 
 @register("gp")

@@ -3,7 +3,7 @@
 A strategy proposes mixtures, the search loop scores them through the evaluator (so every
 score is read from and written to the results store), and the strategy observes the
 scores. Strategies register themselves with ``@register("name")``; adding one touches two
-files: the strategy's own module and the import line in ``ablate/search/__init__.py``.
+files: the strategy's own module and the import line in ``ablate/strategies/__init__.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pool.errors import AblateError
 if TYPE_CHECKING:
     from ablate.evaluator import EvalResult, Evaluator
     from ablate.mixture import Mixture
-    from ablate.search.space import SearchSpace, Target
+    from ablate.strategies.space import SearchSpace, Target
 
 SpaceKind = Literal["subsets", "weights"]
 

@@ -12,19 +12,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.evalset import EvalSet
 from ablate.evaluator import EvalResult, Evaluator
-from ablate.search.base import STRATEGIES, SearchContext, Strategy, Trial
-from ablate.search.space import SearchSpace, Target
-from ablate.search.study import Best, Study
+from ablate.strategies.base import STRATEGIES, SearchContext, Strategy, Trial
+from ablate.strategies.space import SearchSpace, Target
+from ablate.strategies.study import Best, Study
 from pool.errors import AblateError
-
-if TYPE_CHECKING:
-    from ablate.merge import MergedModel
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +27,6 @@ DEFAULT_BUDGET = 50  # mixtures per search when --budget is not given (and the s
 DEFAULT_HELDOUT = 0.25
 _MIN_DOCS_FOR_HELDOUT = 4  # per domain: one held out, three left to search on
 _MAX_STALLS = 10  # rounds in a row that bring no new mixture before the loop gives up
-
-
-class _SharedEvaluator(Evaluator):
-    """An evaluator on another eval set that borrows its parent's loaded members."""
-
-    def __init__(self, parent: Evaluator, eval_set: EvalSet):
-        store = False if parent.store is None else parent.store.path
-        super().__init__(
-            parent.pool,
-            eval_set,
-            device=parent.device_name,
-            batch_tokens=parent.batch_tokens,
-            store=store,
-            progress=parent.progress,
-        )
-        self._parent = parent
-
-    @property
-    def merged(self) -> MergedModel:  # type: ignore[override]  # loaded once, by the parent
-        return self._parent.merged
 
 
 def split_evaluators(
@@ -83,7 +58,7 @@ def split_evaluators(
         raise AblateError(
             f"--heldout {heldout} leaves no search documents for domain(s) {', '.join(lacking)}"
         )
-    return _SharedEvaluator(ev, search_set), _SharedEvaluator(ev, held_set), note
+    return ev.on(search_set), ev.on(held_set), note
 
 
 def search(
@@ -107,7 +82,7 @@ def search(
     Args:
         ev: An evaluator on the pool and the full eval set.
         target: ``"macro"``, ``"DOMAIN[,DOMAIN...]"`` or ``"weighted:D=W,..."`` (a ``Target``).
-        strategy: A registered strategy (``ablate.search.STRATEGIES``).
+        strategy: A registered strategy (``ablate.strategies.STRATEGIES``).
         budget: Most distinct mixtures to score (store hits count); default: the whole
             subset space for ``exhaustive``, else ``min(50, space size)``.
         max_size: Most partitions per mixture.

@@ -11,8 +11,8 @@ running trials count as bad so workers spread out).
 
 from __future__ import annotations
 
-from ablate.search._optuna import OptunaStrategy
-from ablate.search.base import register
+from ablate.strategies._optuna import OptunaStrategy
+from ablate.strategies.base import register
 
 
 @register("tpe")

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 
 from ablate.mixture import Mixture
-from ablate.search.base import SearchContext, Trial, register
+from ablate.strategies.base import SearchContext, Trial, register
 
 
 @register("greedy", spaces=("subsets",))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablate.mixture import Mixture
-from ablate.search.base import SearchContext, Trial, require_extra
+from ablate.strategies.base import SearchContext, Trial, require_extra
 from pool.atomic import sha256_json
 
 if TYPE_CHECKING:

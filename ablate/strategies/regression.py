@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ablate.mixture import Mixture
-from ablate.search.base import SearchContext, Trial, register
+from ablate.strategies.base import SearchContext, Trial, register
 
 _ENUMERATE_UP_TO = 20_000  # subset spaces up to this size are predicted exhaustively
 _RANDOM_CANDIDATES = 2048  # random candidates per round otherwise
@@ -56,7 +56,7 @@ class Regression:
     """RegMix-style surrogate (linear, quadratic or boosted trees, picked by k-fold error)."""
 
     def __init__(self, ctx: SearchContext):
-        from ablate.search.base import require_extra
+        from ablate.strategies.base import require_extra
 
         require_extra("sklearn", "the regression search strategy")
         self._space = ctx.space

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ablate.mixture import Mixture
-from ablate.search.base import Trial
-from ablate.search.space import SearchSpace, Target
+from ablate.strategies.base import Trial
+from ablate.strategies.space import SearchSpace, Target
 from pool.errors import AblateError
 
 if TYPE_CHECKING:

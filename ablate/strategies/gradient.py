@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ablate.mixture import Mixture
-from ablate.search.base import SearchContext, Trial, register
+from ablate.strategies.base import SearchContext, Trial, register
 from pool.errors import AblateError
 
 if TYPE_CHECKING:
     from ablate.evaluator import EvalResult, Evaluator
-    from ablate.search.space import Target
+    from ablate.strategies.space import Target
 
 _ETA0 = 1.0  # first step: the most-favoured partition's weight moves by a factor e
 _ETA_GROW = 1.5  # after an improvement
@@ -54,9 +54,9 @@ def mixture_gradient(
     """
     import torch
 
-    from ablate.evaluator import target_nll
+    from ablate.scorer import target_nll
 
-    if ev.pool.manifest.recipe.method != "full":
+    if ev.pool.method.merges_by_factors:
         raise AblateError(
             "the gradient strategy needs a full-weight pool; this pool is LoRA - use tpe, gp or regression"
         )
@@ -77,7 +77,7 @@ def mixture_gradient(
         p.requires_grad_(True)
     try:
         with torch.enable_grad():
-            for b in ev.scoring_batches():
+            for b in ev.scorer().batches:
                 loss = (target_nll(model, b) * per_domain[b.domain]).sum()
                 for acc, g in zip(
                     grads, torch.autograd.grad(loss, params, allow_unused=True), strict=True
@@ -87,13 +87,7 @@ def mixture_gradient(
     finally:
         for p in params:
             p.requires_grad_(False)
-    # Parameters are views into merged.flat (see ablate.merge): place each gradient there.
-    flat = merged.flat
-    grad_flat = torch.zeros(flat.numel(), dtype=torch.float32, device=flat.device)  # (P,)
-    base = flat.data_ptr()
-    for p, g in zip(params, grads, strict=True):
-        off = (p.data_ptr() - base) // flat.element_size()
-        grad_flat[off : off + p.numel()] = g.reshape(-1).float()
+    grad_flat = merged.flatten(grads)  # (P,) in the member stack's column layout
     wanted = set(ev.partitions if partitions is None else partitions)
     rows: dict[str, list[int]] = {}
     for i, m in enumerate(ev.members):
@@ -126,7 +120,7 @@ class Gradient:
 
     def __init__(self, ctx: SearchContext):
         ev = ctx.evaluator
-        if ev.pool.manifest.recipe.method != "full":
+        if ev.pool.method.merges_by_factors:
             raise AblateError(
                 "the gradient strategy needs a full-weight pool; this pool is LoRA - use tpe, gp or regression"
             )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ablate.mixture import Mixture
-from ablate.search.base import SearchContext, Trial, register
+from ablate.strategies.base import SearchContext, Trial, register
 
 
 @register("exhaustive", spaces=("subsets",))

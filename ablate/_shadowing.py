@@ -15,7 +15,7 @@ _MARKER = "ablate-room:"
 
 
 @cache
-def check_rooms() -> None:
+def check_not_shadowed() -> None:
     for name in ("kernels", "pool"):
         spec = importlib.util.find_spec(name)
         origin = getattr(spec, "origin", None)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ablate.mixture import Mixture
-from ablate.search.base import SearchContext, Trial, register
+from ablate.strategies.base import SearchContext, Trial, register
 
 _TRIES_PER_DRAW = 200  # redraws before concluding the space has no unseen mixture
 _ENUMERATE_UP_TO = 2**16  # smaller subset spaces are shuffled outright: exact, no rejections
