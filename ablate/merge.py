@@ -96,6 +96,8 @@ class MergedModel:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.chunked = False
+        self._seed: torch.Tensor | None = None  # (P,) seed parameters, for extrapolated merges
+        self._gram = None  # (N, N) inner products of the members' updates (norm_lambda)
         self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
         # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
         # so mixtures without it still merge; a merge that needs it raises that reason.
@@ -246,28 +248,88 @@ class MergedModel:
         return sites
 
     # ------------------------------------------------------------------ merging
-    def merge(self, weights: torch.Tensor) -> None:
-        """Write sum_i weights[i] * member_i into the skeleton (weights: fp32 [N])."""
+    def merge(self, weights: torch.Tensor, *, extrapolate: float | str = 1.0) -> None:
+        """Write sum_i weights[i] * member_i into the skeleton (weights: fp32 [N]).
+
+        ``extrapolate`` = lambda != 1 writes ``theta_0 + lambda * sum_i w_i (theta_i -
+        theta_0)`` instead (weights summing to one): the merge moved lambda times as far from
+        the seed ``theta_0``, a budget-aware proxy that ``ablate validate`` measures.
+        ``"norm"`` picks lambda per mixture so that the merged update is as long as the
+        members' updates are on average (``norm_lambda``).
+        """
+        if extrapolate == "norm":
+            extrapolate = self.norm_lambda(weights)
         if self.unusable:
             self._check_usable([r for r in self.unusable if float(weights[r]) != 0.0])
+        if extrapolate != 1.0:
+            weights = weights * extrapolate
         if self.method.merges_by_factors:
             with torch.no_grad():
                 for s in self._sites:
                     w = weights.to(self.device, s.b.dtype).repeat_interleave(s.rank)  # (N*r,)
                     # W = W0 + scaling * [w_1 B_1 ... w_N B_N] @ [A_1; ...; A_N]: one GEMM.
                     torch.addmm(s.base, s.b * w, s.a, alpha=s.scaling, out=s.param.data)
-            return
+            return  # LoRA deltas are already relative to the seed: scaling them extrapolates
         if not self.chunked:
             kernels.weighted_average(self.stack, weights.to(self.device), out=self.flat)
-            return
-        # Streamed: read only the members the mixture uses (a subset's others weigh 0).
-        rows = torch.nonzero(weights).flatten().tolist()
-        if not rows:
-            self.flat.zero_()
-            return
-        w = weights[rows].to(self.device)
-        for a, b, block in self._chunks(rows):
-            kernels.weighted_average(block, w, out=self.flat[a:b])
+        else:
+            # Streamed: read only the members the mixture uses (a subset's others weigh 0).
+            rows = torch.nonzero(weights).flatten().tolist()
+            if not rows:
+                self.flat.zero_()
+            else:
+                w = weights[rows].to(self.device)
+                for a, b, block in self._chunks(rows):
+                    kernels.weighted_average(block, w, out=self.flat[a:b])
+        if extrapolate != 1.0:
+            self.flat.add_(self._seed_flat(), alpha=1.0 - extrapolate)
+
+    def norm_lambda(self, weights: torch.Tensor) -> float:
+        """``sum_i w_i |d_i| / |sum_i w_i d_i|`` with ``d_i = theta_i - theta_0``: how much
+        shorter averaging makes the members' updates (members that moved in different
+        directions partly cancel, while a model really trained on the mixture moves the full
+        distance of its training run). 1 for one member; from the members' Gram matrix."""
+        import numpy as np
+
+        g = self.update_gram()
+        w = weights.double().cpu().numpy()
+        merged = float(np.sqrt(max(w @ g @ w, 0.0)))
+        return float(w @ np.sqrt(np.clip(np.diag(g), 0.0, None))) / merged if merged > 0 else 1.0
+
+    def update_gram(self):
+        """``G[i, j] = <theta_i - theta_0, theta_j - theta_0>`` (float64 ``(N, N)``, numpy;
+        computed once, in column chunks of the stack)."""
+        import numpy as np
+
+        if self._gram is None:
+            if self.method.merges_by_factors:
+                raise ValueError("update norms are computed for full-weight pools only")
+            seed = self._seed_flat()
+            rows = list(range(len(self.members)))
+            self._check_usable(rows)
+            g = torch.zeros(len(rows), len(rows), dtype=torch.float64)
+            if self.chunked:
+                blocks = self._chunks(rows)
+            else:
+                cols = 1 << 20
+                blocks = (
+                    (a, min(a + cols, seed.numel()), self.stack[:, a : a + cols])
+                    for a in range(0, seed.numel(), cols)
+                )
+            for a, b, block in blocks:
+                d = block.double() - seed[a:b].double()  # (N, cols) updates
+                g += (d @ d.T).cpu()
+            self._gram = g.numpy().astype(np.float64)
+        return self._gram
+
+    def _seed_flat(self) -> torch.Tensor:
+        """The seed model's parameters ``(P,)`` in the stack's layout (loaded on first use)."""
+        if self._seed is None:
+            params = dict(self.pool.load_base_model().named_parameters())
+            self._seed = torch.cat(
+                [params[name].detach().reshape(-1) for name, _ in self._params]
+            ).to(self.device, self.flat.dtype)
+        return self._seed
 
     @property
     def supports_walks(self) -> bool:

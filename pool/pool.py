@@ -508,6 +508,33 @@ class Pool:
     def __repr__(self) -> str:
         return f"Pool({str(self.path)!r}, partitions={len(self.partitions)}, members={len(self.members)})"
 
+    def status(self) -> list[dict[str, object]]:
+        """One record per base unit, in (partition, unit) order: what ``ablate pool ls`` lists.
+
+        Keys: ``partition``, ``unit``, ``docs`` and ``tokens`` (the unit's data),
+        ``trained`` (a finished member on the unit's current data exists), and the member's
+        ``final_loss``, ``tokens_seen`` and ``wall_time_s`` (None while it is missing).
+        """
+        done = {(m.partition, m.unit): m for m in self.members}
+        rows: list[dict[str, object]] = []
+        for name, part in self.partitions.items():
+            offsets = part.offsets  # (n_docs + 1,) token offset of each document
+            for u, (a, b) in enumerate(part.index.units):
+                m = done.get((name, u))
+                rows.append(
+                    {
+                        "partition": name,
+                        "unit": u,
+                        "docs": b - a,
+                        "tokens": int(offsets[b] - offsets[a]),
+                        "trained": m is not None,
+                        "final_loss": None if m is None else m.final_loss,
+                        "tokens_seen": None if m is None else m.tokens_seen,
+                        "wall_time_s": None if m is None else m.wall_time_s,
+                    }
+                )
+        return rows
+
 
 def _unit_refs(parts: dict[str, TokenizedPartition]) -> list[UnitRef]:
     """Every base unit of ``parts``, in (partition, unit) order."""

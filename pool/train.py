@@ -77,8 +77,10 @@ class SequenceSampler:
         self.orders = [self.rng.permutation(len(s)) for s in self.sources]
         self.cursors = [0] * len(self.sources)
         self.schedule: np.ndarray | None = None  # source of each sequence, when `total` is set
-        if total is not None:
-            self.schedule = self.rng.permutation(np.repeat(np.arange(len(w)), exact_counts(self.p, total)))
+        if total is not None and len(self.sources) > 1:  # one source: nothing to apportion
+            self.schedule = self.rng.permutation(
+                np.repeat(np.arange(len(w)), exact_counts(self.p, total))
+            )
         self.drawn = 0
 
     def source_counts(self, n: int) -> np.ndarray:

@@ -24,7 +24,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CELL_TIMEOUT_S = 600  # one cell; the slowest (validation training) takes ~30 s on 2 idle cores
 FIGURES = {
     "what_if": ["help_hurt", "weight_sweep", "best_subset", "grow_before_after"],
-    "validation": ["proxy_vs_real", "correlations", "calibration"],
+    "validation": ["proxy_vs_real", "correlations", "decisions", "calibration"],
 }
 
 
@@ -137,8 +137,11 @@ def test_validation_notebook(demo_dir, python3_kernel, tmp_path):
         "EVAL_BY": "domain",
         "QUICK": True,
         "OUT": str(out),
-        "SAMPLE": 3,  # all three pairs of the three demo partitions: the fewest that correlate
+        "SAMPLE": 3,  # three weighted mixtures of the three demo partitions: the fewest that rank
+        "BUDGET": "fixed",
+        "WEIGHTS": "dirichlet",
         "SIZES": (2,),
+        "REPEATS": 1,
         "MIXTURES": None,
         "BOOTSTRAP": 100,
         "SEED": 0,
@@ -153,6 +156,9 @@ def test_validation_notebook(demo_dir, python3_kernel, tmp_path):
     assert math.isfinite(corr.loc["pooled", "pearson"])
     pairs = pd.read_csv(out / "pairs.csv")
     assert len(pairs) == 9 and (pairs[["proxy", "real"]] > 1).all().all()
+    dec = pd.read_csv(out / "decisions.csv", index_col="target")
+    assert list(dec.index) == ["asyncio", "docs", "email", "macro"]
+    assert (dec["n"] == 3).all() and (dec["regret"] >= 0).all() and dec["spearman"].notna().any()
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))

@@ -23,7 +23,7 @@ from pool.errors import AblateError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET = 50  # mixtures per search when --budget is not given (and the space is larger)
+DEFAULT_BUDGET = 50  # mixtures per search when --evaluations is not given (and the space is larger)
 DEFAULT_HELDOUT = 0.25
 _MIN_DOCS_FOR_HELDOUT = 4  # per domain: one held out, three left to search on
 _MAX_STALLS = 10  # rounds in a row that bring no new mixture before the loop gives up
@@ -114,7 +114,7 @@ def search(
             f"--storage shares an Optuna study; the {strategy} strategy has none (use tpe or gp)"
         )
     if budget is not None and budget < 1:
-        raise AblateError(f"--budget must be at least 1, got {budget}")
+        raise AblateError(f"--evaluations must be at least 1, got {budget}")
     if budget is None:
         budget = int(min(space.size, math.inf if strategy == "exhaustive" else DEFAULT_BUDGET))
     budget = int(min(budget, space.size))

@@ -4,7 +4,7 @@ Na et al. (EMNLP 2024) make this affordable: with one model per partition, each 
 2^n - 1 subsets costs one merge and one perplexity pass. Subsets are proposed in reflected
 Gray-code order (Gray, 1953), so ``Evaluator.run_many`` walks them with a running sum of
 members and each step adds or removes one partition instead of re-merging from scratch.
-Required and excluded partitions and ``--max-size`` restrict the walk; ``--budget`` cuts
+Required and excluded partitions and ``--max-size`` restrict the walk; ``--evaluations`` cuts
 it short after that many subsets.
 """
 

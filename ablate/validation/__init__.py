@@ -6,9 +6,20 @@ that claim on your own pool and eval data and fits a calibration map from proxy 
 perplexity.
 """
 
+from ablate.validation.decisions import decision_table
 from ablate.validation.models import ValidationRecord
 from ablate.validation.report import ValidationReport
+from ablate.validation.sampling import WeightSampler, sample_mixtures, sample_weighted
 from ablate.validation.stats import Calibration
-from ablate.validation.validate import sample_mixtures, validate
+from ablate.validation.validate import validate
 
-__all__ = ["Calibration", "ValidationRecord", "ValidationReport", "sample_mixtures", "validate"]
+__all__ = [
+    "Calibration",
+    "ValidationRecord",
+    "ValidationReport",
+    "WeightSampler",
+    "decision_table",
+    "sample_mixtures",
+    "sample_weighted",
+    "validate",
+]

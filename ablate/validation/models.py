@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -49,22 +49,44 @@ class ValidationRecord(TrainedRecord):
     tokens: int = Field(description="Token budget: k base units for a mixture of k units.")
 
 
+Budget = Literal["proportional", "fixed"]
+
+
 @dataclass(frozen=True)
 class TrainingPlan:
-    """What a mixture's real model trains on: units, their sampling weights, the budget."""
+    """What a mixture's real model trains on: units, their sampling weights, the budget.
+
+    ``proportional`` (Na et al.): k base units of tokens for a mixture of k units, sequences
+    drawn at random by weight. ``fixed`` (what a mixture optimizer decides): every mixture
+    trains on the same ``tokens``, each partition supplying exactly its weight's share.
+    ``repeat`` > 0 is the same model again with another training seed (the noise ceiling).
+    """
 
     mixture: Mixture
     units: tuple[tuple[str, int, str, float], ...]  # (partition, unit, data sha256, weight)
     key: str
     tokens: int
+    budget: Budget = "proportional"
+    repeat: int = 0
 
     @property
     def k(self) -> int:
         return len(self.units)
 
 
-def plan_for(ev: Evaluator, mixture: Mixture) -> TrainingPlan:
-    """The real model a mixture needs (raises MixtureError on unknown partitions)."""
+def plan_for(
+    ev: Evaluator,
+    mixture: Mixture,
+    *,
+    budget: Budget = "proportional",
+    budget_tokens: int | None = None,
+    repeat: int = 0,
+) -> TrainingPlan:
+    """The real model a mixture needs (raises MixtureError on unknown partitions).
+
+    Keys of proportional, first-repeat plans are the ones earlier versions wrote, so models
+    trained before are reused; the budget and the repeat enter the key otherwise.
+    """
     w = ev.member_weights(mixture)  # checks the names
     manifest = ev.pool.manifest
     units = tuple(
@@ -72,15 +94,21 @@ def plan_for(ev: Evaluator, mixture: Mixture) -> TrainingPlan:
         for i, m in enumerate(ev.members)
         if w[i] > 0
     )
-    key = sha256_json(
-        {
-            "mixture": mixture.key,
-            "units": [(p, u, h, x) for p, u, h, x in units],
-            "base": manifest.base_sha256,
-            "recipe": manifest.recipe.model_dump(mode="json"),
-        }
-    )[:_KEY_CHARS]
-    return TrainingPlan(mixture, units, key, len(units) * manifest.recipe.unit_tokens)
+    what: dict = {
+        "mixture": mixture.key,
+        "units": [(p, u, h, x) for p, u, h, x in units],
+        "base": manifest.base_sha256,
+        "recipe": manifest.recipe.model_dump(mode="json"),
+    }
+    if budget == "fixed":
+        tokens = budget_tokens or manifest.recipe.unit_tokens
+        what["budget"] = {"kind": "fixed", "tokens": tokens}
+    else:
+        tokens = len(units) * manifest.recipe.unit_tokens
+    if repeat:
+        what["repeat"] = repeat
+    key = sha256_json(what)[:_KEY_CHARS]
+    return TrainingPlan(mixture, units, key, tokens, budget, repeat)
 
 
 def folder_of(pool: Pool, key: str) -> Path:
@@ -165,6 +193,8 @@ def _target(pool: Pool, plan: TrainingPlan) -> Target[ValidationRecord]:
     recipe = pool.manifest.recipe
     # One unit: the member's own seed, so the real model *is* the member (a built-in check).
     ident = member_id(*plan.units[0][:2]) if plan.k == 1 else f"validation/{plan.key}"
+    if plan.repeat:
+        ident = f"{ident}/repeat{plan.repeat}"
 
     def sources() -> list[np.ndarray]:
         parts = {p: TokenizedPartition.open(pool.data_folder / p) for p, *_ in plan.units}
@@ -186,6 +216,7 @@ def _target(pool: Pool, plan: TrainingPlan) -> Target[ValidationRecord]:
         source_weights=tuple(w for *_, w in plan.units),
         tokens=plan.tokens,
         seed=member_seed(recipe.seed, ident),
+        exact_mix=plan.budget == "fixed",
     )
 
 

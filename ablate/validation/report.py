@@ -40,9 +40,19 @@ class ValidationReport:
         intervals: Bootstrap intervals over eval documents, ``<stat>_lo`` / ``<stat>_hi``.
         gaps: Proxy-minus-real perplexity: ``mean_gap``, ``max_gap`` (largest in size,
             signed) and ``mean_rel_gap`` (mean of gap / real).
-        records: The really trained models, one per mixture, in mixture order.
+        records: The really trained models, one per mixture and repeat (repeat-major).
         trained: How many of them this run trained (the rest were reused).
         level: Coverage of the bootstrap intervals.
+        decisions: Per target (each eval domain, then ``macro``): ``spearman``, ``kendall``,
+            ``regret`` (of the proxy's pick), ``top3_recall``, ``n``, intervals
+            ``spearman_lo/hi``, ``regret_lo/hi``, and ``noise_spearman`` (real vs real over
+            repeats; NaN with one repeat). See ``ablate.validation.decisions``.
+        budget: ``proportional`` (k units for k units) or ``fixed``.
+        budget_tokens: The fixed budget (None when proportional).
+        repeats: Real models per mixture (other training seeds).
+        extrapolate: lambda of the proxies' merge (1: the plain weighted average).
+        search_checks: With ``check_search``: per target, the strategy's pick really
+            trained vs the sample's really best mixture (``gain`` >= 0: at least as good).
     """
 
     pairs: pd.DataFrame
@@ -52,6 +62,12 @@ class ValidationReport:
     records: tuple[ValidationRecord, ...]
     trained: int
     level: float
+    decisions: pd.DataFrame | None = None
+    budget: str = "proportional"
+    budget_tokens: int | None = None
+    repeats: int = 1
+    extrapolate: float | str = 1.0
+    search_checks: pd.DataFrame | None = None
 
     @property
     def domains(self) -> list[str]:
@@ -59,7 +75,7 @@ class ValidationReport:
 
     @property
     def mixtures(self) -> int:
-        return len(self.records)
+        return len(self.records) // self.repeats
 
     def calibrate(
         self, domain: str | None = None, *, kind: CalibrationKind = "linear", level: float = 0.9
@@ -80,8 +96,37 @@ class ValidationReport:
         """Correlations with their intervals and the gaps, one row per domain and pooled."""
         return self.correlations.join(self.intervals).join(self.gaps)
 
+    def json(self) -> dict:
+        """The ``--json`` document: settings, ``correlations`` (``json_rows``), ``decisions``
+        and, with ``check_search``, ``search_checks``."""
+        out: dict = {
+            "budget": self.budget,
+            "budget_tokens": self.budget_tokens,
+            "repeats": self.repeats,
+            "extrapolate": self.extrapolate,
+            "mixtures": self.mixtures,
+            "correlations": self.json_rows(),
+            "decisions": [],
+        }
+        if self.decisions is not None:
+            for t, r in self.decisions.iterrows():
+                row = {"target": str(t), "n": int(r["n"])}
+                for k in r.index:
+                    if k != "n":
+                        row[k] = _num(float(r[k]))
+                out["decisions"].append(row)
+        if self.search_checks is not None:
+            out["search_checks"] = [
+                {
+                    "target": str(t),
+                    **{k: (_num(v) if isinstance(v, float) else v) for k, v in r.items()},
+                }
+                for t, r in self.search_checks.iterrows()
+            ]
+        return out
+
     def json_rows(self) -> list[dict]:
-        """The ``--json`` schema: one record per eval domain and one for ``pooled``."""
+        """Correlations: one record per eval domain and one for ``pooled``."""
         out = []
         for d, r in self.correlations.iterrows():
             out.append(
@@ -109,6 +154,31 @@ class ValidationReport:
                 + " ".join(f"{c:>18}" for c in cells)
                 + f" {r['mean_gap']:>9.3f}"
             )
+        if self.decisions is not None:
+            lines += ["", self.decisions_text()]
+        return "\n".join(lines)
+
+    def decisions_text(self) -> str:
+        """The decision metrics as a short text table."""
+        lines = [
+            f"decisions ({self.budget} budget; regret = real ppl of the proxy's pick / best real - 1)",
+            f"{'target':<16} {'n':>4} {'spearman':>18} {'kendall':>8} {'regret':>18} {'top3':>5} {'noise':>6}",
+        ]
+        for t, r in self.decisions.iterrows():  # type: ignore[union-attr]
+            lines.append(
+                f"{str(t)[:16]:<16} {int(r['n']):>4} "
+                f"{_fmt(r['spearman']) + ' [' + _fmt(r['spearman_lo']) + ',' + _fmt(r['spearman_hi']) + ']':>18} "
+                f"{_fmt(r['kendall']):>8} "
+                f"{_pct(r['regret']) + ' [' + _pct(r['regret_lo']) + ',' + _pct(r['regret_hi']) + ']':>18} "
+                f"{r['top3_recall']:>5.2f} {_fmt(r['noise_spearman']):>6}"
+            )
+        if self.search_checks is not None:
+            for t, r in self.search_checks.iterrows():
+                lines.append(
+                    f"search check {t}: {r['strategy']} picked {r['pick']} -> real {r['pick_real']:.3f} "
+                    f"vs sample best {r['sample_best']} {r['sample_best_real']:.3f} "
+                    f"({'+' if r['gain'] >= 0 else ''}{100 * r['gain']:.2f}%)"
+                )
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ files
@@ -128,15 +198,26 @@ class ValidationReport:
         write_bytes(md, self._markdown(title).encode("utf-8"))
         return ValidationFiles(csv, md, scatter)
 
+    def _budget_words(self) -> str:
+        if self.budget == "fixed":
+            return f"fixed, {self.budget_tokens} tokens per real model"
+        return "proportional (k base units of tokens for k units)"
+
     def _markdown(self, title: str) -> str:
         pct = f"{100 * self.level:.0f}%"
         t = self.table()
         lines = [
             f"# {title}",
             "",
-            f"{self.mixtures} mixtures really trained ({self.trained} now, {self.mixtures - self.trained} reused) "
-            f"and compared with their merged proxies on {len(self.domains)} eval domain(s). "
-            f"Brackets: {pct} bootstrap intervals over eval documents. Gap: proxy minus real perplexity.",
+            f"{self.mixtures} mixtures x {self.repeats} training seed(s) really trained "
+            f"({self.trained} now, {len(self.records) - self.trained} reused) and compared with their "
+            f"merged proxies on {len(self.domains)} eval domain(s); budget: {self._budget_words()}"
+            + (
+                f"; proxies extrapolated with lambda {self.extrapolate:g}"
+                if self.extrapolate != 1
+                else ""
+            )
+            + f". Brackets: {pct} bootstrap intervals over eval documents. Gap: proxy minus real perplexity.",
             "",
             "| domain | n | Pearson | Spearman | Kendall | mean gap | largest gap | mean gap / real |",
             "|---|---:|---|---|---|---:|---:|---:|",
@@ -151,6 +232,37 @@ class ValidationReport:
                 + " | ".join(cells)
                 + f" | {r['mean_gap']:.3f} | {r['max_gap']:.3f} | {100 * r['mean_rel_gap']:.2f}% |"
             )
+        if self.decisions is not None:
+            lines += [
+                "",
+                "## Decisions: would the proxy pick what real training picks?",
+                "",
+                "Per target (`macro` = mean perplexity over domains): rank agreement, the regret of the "
+                "proxy's best mixture (its real perplexity over the best real one, minus 1), top-3 recall, "
+                "and the noise ceiling (Spearman between real models of other training seeds).",
+                "",
+                "| target | n | Spearman | Kendall | regret@1 | top-3 recall | noise ceiling |",
+                "|---|---:|---|---:|---|---:|---:|",
+            ]
+            for t, r in self.decisions.iterrows():
+                lines.append(
+                    f"| {t} | {int(r['n'])} | {_fmt(r['spearman'])} [{_fmt(r['spearman_lo'])}, {_fmt(r['spearman_hi'])}] "
+                    f"| {_fmt(r['kendall'])} | {_pct(r['regret'])} [{_pct(r['regret_lo'])}, {_pct(r['regret_hi'])}] "
+                    f"| {r['top3_recall']:.2f} | {_fmt(r['noise_spearman'])} |"
+                )
+        if self.search_checks is not None:
+            lines += [
+                "",
+                "## The optimizer's pick, really trained",
+                "",
+                "| target | strategy | pick | real | sample's best | real | pick vs best |",
+                "|---|---|---|---:|---|---:|---:|",
+            ]
+            for t, r in self.search_checks.iterrows():
+                lines.append(
+                    f"| {t} | {r['strategy']} | {r['pick']} | {r['pick_real']:.3f} | {r['sample_best']} "
+                    f"| {r['sample_best_real']:.3f} | {100 * r['gain']:+.2f}% |"
+                )
         lines += ["", "## Calibration (proxy -> real perplexity)", ""]
         for domain in [None, *self.domains]:
             try:
@@ -221,6 +333,10 @@ def plot_scatter(
     ax.legend(fontsize=8, title="eval domain", title_fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
+
+
+def _pct(x: float) -> str:
+    return "nan" if x is None or math.isnan(x) else f"{100 * x:.2f}%"
 
 
 def _fmt(x: float) -> str:

@@ -336,7 +336,7 @@ def test_cli_json_and_workers_sharing_an_optuna_study(full_pool, corpus, tmp_pat
     cmd = [
         sys.executable, "-m", "ablate.cli", "-q", "search", str(full_pool.path), "--eval-data",
         str(corpus["eval"]), "--eval-by", "domain", "--target", "code", "--strategy", "tpe",
-        "--budget", "5", "--storage", db, "--json",
+        "--evaluations", "5", "--storage", db, "--json",
     ]  # fmt: skip
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -272,3 +272,138 @@ def test_cli_validate_out_must_be_a_folder_checked_before_any_work(tmp_path, cap
         assert len(lines) == 1 and lines[0].startswith(f"ablate: error: --out {out} "), lines
         assert says in lines[0]
     assert taken.read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------- decision fidelity
+def test_exact_counts_and_the_fixed_budget_sampler_draw_each_share():
+    from pool.train import SequenceSampler, exact_counts
+
+    assert exact_counts(np.array([0.2, 0.3, 0.5]), 10).tolist() == [2, 3, 5]
+    got = exact_counts(np.array([1 / 3, 1 / 3, 1 / 3]), 10)
+    assert got.sum() == 10 and set(got.tolist()) == {3, 4}
+    # Three sources whose tokens tell them apart: 100s, 200s and 300s.
+    sources = [np.full(500, 100 * (i + 1), dtype=np.int64) for i in range(3)]
+    weights = [0.1, 0.3, 0.6]
+    steps, batch, seq = 25, 8, 7
+    total = steps * batch
+    sampler = SequenceSampler(sources, weights, seq, seed=5, total=total)
+    drawn = np.concatenate([sampler.batch(batch) for _ in range(steps)])  # (total, seq + 1)
+    per_source = [int((drawn[:, 0] == 100 * (i + 1)).sum()) for i in range(3)]
+    assert per_source == [20, 60, 120]  # exactly the shares: 200 sequences x (0.1, 0.3, 0.6)
+    tokens = [c * (seq + 1) for c in per_source]
+    assert tokens == [int(w * total * (seq + 1)) for w in weights]
+    assert sampler.source_counts(total).tolist() == per_source
+    free = SequenceSampler(sources, weights, seq, seed=5)  # proportional: a random draw
+    drawn = np.concatenate([free.batch(batch) for _ in range(steps)])
+    assert [int((drawn[:, 0] == 100 * (i + 1)).sum()) for i in range(3)] != per_source
+
+
+def test_regret_and_recall_agree_with_a_hand_computed_example():
+    from ablate.validation.decisions import decision_metrics, decision_table, regret, top_recall
+
+    proxy = np.array([10.0, 11.0, 12.0, 13.0, 14.0])  # ranks mixtures 0 < 1 < 2 < 3 < 4
+    real = np.array([20.4, 20.0, 21.0, 23.0, 20.2])  # really best: 1, then 4, then 0
+    assert regret(proxy, real) == pytest.approx(20.4 / 20.0 - 1)  # the proxy picks 0: +2%
+    assert top_recall(proxy, real) == pytest.approx(2 / 3)  # {0,1,2} vs {1,4,0}
+    m = decision_metrics(proxy, real)
+    assert m["spearman"] == pytest.approx(stats.spearmanr(proxy, real).statistic)
+    assert m["kendall"] == pytest.approx(stats.kendalltau(proxy, real).statistic)
+    # The table: one document per domain, so per-domain perplexity is exp(nll / tokens).
+    tokens = np.array([10, 10])
+    p_nll = np.log(np.stack([proxy, proxy[::-1]], axis=1)) * 10  # (M, docs): domain b reversed
+    r_nll = np.log(np.stack([real, real], axis=1)) * 10
+    t = decision_table(p_nll, r_nll, tokens, np.array([0, 1]), ("a", "b"), replicates=0)
+    assert list(t.index) == ["a", "b", "macro"]
+    assert t.loc["a", "regret"] == pytest.approx(0.02)
+    assert t.loc["b", "regret"] == pytest.approx(20.2 / 20.0 - 1)  # reversed: picks mixture 4
+    assert t.loc["a", "top3_recall"] == pytest.approx(2 / 3) and t.loc["a", "n"] == 5
+    assert math.isnan(t.loc["a", "noise_spearman"])  # no repeats, no ceiling
+
+
+def test_dirichlet_sampler_is_seeded_extends_and_checks_alpha():
+    from ablate.validation import WeightSampler, sample_weighted
+
+    names = ["a", "b", "c", "d"]
+    six = sample_weighted(names, 6, alpha=1.0, seed=2)
+    assert six == sample_weighted(names, 6, alpha=1.0, seed=2)
+    assert sample_weighted(names, 9, alpha=1.0, seed=2)[:6] == six
+    assert len({m.key for m in six}) == 6 and not all(m.is_uniform for m in six)
+    for m in six:
+        assert sum(w for _, w in m.weights) == pytest.approx(1.0)
+    assert WeightSampler.parse("dirichlet:0.5") == WeightSampler("dirichlet", 0.5)
+    assert WeightSampler.parse("subsets") == WeightSampler("subsets")
+    for bad in ("dirichlet:0", "dirichlet:-1", "dirichlet:x", "uniform"):
+        with pytest.raises(MixtureError, match="--weights"):
+            WeightSampler.parse(bad)
+    with pytest.raises(MixtureError, match="alpha must be > 0"):
+        sample_weighted(names, 3, alpha=0.0)
+
+
+def test_fixed_budget_bad_input_is_one_clear_error(full_pool_dir, corpus):
+    ev = Evaluator(full_pool_dir, corpus["eval"], by="domain", store=False, progress=False)
+    recipe = ev.pool.manifest.recipe
+    batch = recipe.seq_len * recipe.batch_size
+    with pytest.raises(MixtureError, match=f"less than one training batch.*{batch}"):
+        validate(ev, mixtures=["code"], budget="fixed", budget_tokens=batch - 1)
+    with pytest.raises(MixtureError, match="needs --budget fixed"):
+        validate(ev, mixtures=["code"], budget_tokens=10 * batch)
+    with pytest.raises(MixtureError, match="--budget must be"):
+        validate(ev, mixtures=["code"], budget="both")  # type: ignore[arg-type]
+    with pytest.raises(MixtureError, match=r"partitions hold: .*math \(supplies"):
+        validate(ev, mixtures=["code=0.5,math=0.5"], budget="fixed", budget_tokens=100_000)
+    with pytest.raises(MixtureError, match="--weights"):
+        validate(ev, sample=3, weights="dirichlet:0")
+    assert not (ev.pool.path / VALIDATION_DIR).exists() or not _records(ev.pool.path)
+
+
+def test_fixed_budget_validation_with_repeats_and_a_search_check(full_pool, corpus):
+    ev = Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False)
+    single = _one_unit_partition(full_pool)
+    mixes = [
+        Mixture.uniform([single]),
+        Mixture.parse("code=0.3,wiki=0.7"),
+        Mixture.parse("code=0.6,math=0.2,wiki=0.2"),
+    ]
+    recipe = full_pool.manifest.recipe
+    report = validate(
+        ev,
+        mixtures=mixes,
+        budget="fixed",
+        repeats=2,
+        check_search="random",
+        search_budget=4,
+        bootstrap=30,
+    )
+    assert report.budget == "fixed" and report.budget_tokens == recipe.unit_tokens
+    assert report.mixtures == 3 and len(report.records) == 6 and report.repeats == 2
+    for rec in report.records:  # every real model trains on the same budget
+        assert rec.tokens == recipe.unit_tokens and rec.steps == recipe.steps_for(
+            recipe.unit_tokens
+        )
+    keys = [r.key for r in report.records]
+    assert len(set(keys)) == 6  # the budget and the repeat are part of the key
+    assert not set(keys) & {plan_for(ev, m).key for m in mixes}  # proportional keys differ
+    # A one-member mixture at the members' own budget is that member, exactly (repeat 0).
+    first = ev.scorer()
+    from ablate.validation.models import load_into
+
+    load_into(ev, report.records[0])
+    real0 = first.score_documents()
+    ev.merged.merge(__import__("torch").from_numpy(ev.member_weights(mixes[0])).float())
+    proxy0 = first.score_documents()
+    assert real0.nll == pytest.approx(proxy0.nll, rel=1e-6)
+    d = report.decisions
+    assert list(d.index) == [*ev.domains, "macro"]
+    assert {"spearman", "kendall", "regret", "top3_recall", "n", "noise_spearman"} <= set(d.columns)
+    assert (d["regret"] >= 0).all() and d["n"].eq(3).all()
+    assert np.isfinite(d["noise_spearman"]).any()
+    checks = report.search_checks
+    assert list(checks.index) == ["macro"] and np.isfinite(checks.loc["macro", "pick_real"])
+    doc = report.json()
+    assert doc["budget"] == "fixed" and doc["decisions"][0]["target"] == ev.domains[0]
+    assert {"target", "spearman", "kendall", "regret", "top3_recall", "n"} <= set(
+        doc["decisions"][0]
+    )
+    assert "Decisions" in report._markdown("t") and "really trained" in report._markdown("t")
+    again = validate(ev, mixtures=mixes, budget="fixed", repeats=2, bootstrap=0)
+    assert again.trained == 0  # stored and reused like every real model

@@ -1,0 +1,228 @@
+"""What every ``ablate`` command shares: argument helpers, output formats, errors, exit codes.
+
+Help text is written once, here, for every option that more than one command takes
+(``--device``, ``--text-field``, ``--json``/``--csv``, the Ray backend options), so the same
+option means the same thing, with the same choices, everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_USER = 2
+EXIT_INTERRUPTED = 130
+# The reader of our output went away (`ablate pool ls POOL | head`): stop quietly with the
+# status a process killed by SIGPIPE has in a shell, 128 + 13, as coreutils tools do.
+EXIT_BROKEN_PIPE = 141
+
+DEVICES = ("cpu", "cuda")  # what every --device accepts
+
+# OS errors that describe the machine, not a bug: one line and how to fix it, no traceback.
+# Writes are atomic (pool.atomic), so whatever was written before the failure is intact.
+DISK_FIXES = {
+    errno.ENOSPC: "free some disk space and run the same command again",
+    errno.EDQUOT: "free some space within your disk quota and run the same command again",
+    errno.EROFS: "the filesystem is read-only; use a writable location",
+    errno.EACCES: "check the permissions of that path",
+    errno.EPERM: "check the permissions of that path",
+    errno.EIO: "the disk reported an I/O error; check it (e.g. `ablate pool verify`)",
+}
+
+
+def version() -> str:
+    """The installed ablate's version (``ablate.__version__``)."""
+    from ablate import __version__
+
+    return __version__
+
+
+def usage_error(msg: str) -> Exception:
+    """An error the user caused: ``main`` prints it as one line and exits with status 2."""
+    from pool.errors import AblateError
+
+    return AblateError(msg)
+
+
+# ---------------------------------------------------------------------- parsers
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and example epilogs keep their line breaks; option help is wrapped."""
+
+
+def add_command(
+    sub: Any, name: str, *, help: str, description: str, examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand with a one-line ``help``, a paragraph ``description`` and an examples epilog.
+
+    ``examples`` is shell lines as in README's CLI reference, one per line.
+    """
+    lines = "\n".join(f"  {line}" for line in examples.strip().splitlines())
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=f"examples:\n{lines}",
+        formatter_class=HelpFormatter,
+    )
+
+
+def add_pool_arg(p: argparse.ArgumentParser, help: str = "pool folder") -> None:
+    p.add_argument("pool", metavar="POOL", help=help)
+
+
+def add_device_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--device",
+        default=None,
+        choices=DEVICES,
+        help=f"where to {what}: cpu or cuda (default: cuda when available)",
+    )
+
+
+def add_text_field_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--text-field",
+        default="text",
+        metavar="FIELD",
+        help="field of each record that holds the text (default: text)",
+    )
+
+
+def add_output_args(p: argparse.ArgumentParser, *, json_help: str) -> None:
+    """``--json`` and ``--csv``: machine-readable output instead of the table (one of them)."""
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help=json_help)
+    out.add_argument(
+        "--csv", action="store_true", help="print the table as CSV (full names, full precision)"
+    )
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """The evaluation backend, as ``eval``, ``search`` and ``validate`` all take it."""
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="score mixtures here (local) or on Ray actors (ray) (default: local)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster address, e.g. HEAD:6379 (default: RAY_ADDRESS, else start a local one)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="K",
+        help="Ray actors, each holding the stacked pool (--backend ray; default: 2)",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs (or a fraction) per Ray actor; 0 keeps actors on CPU (default: 0)",
+    )
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    """The pool, eval-set, device and backend arguments shared by eval, search and validate."""
+    add_pool_arg(p, "pool folder (made by `ablate pool init`)")
+    p.add_argument(
+        "--eval-data",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="eval files (JSONL, Parquet, text folders, as for `pool add`)",
+    )
+    p.add_argument(
+        "--eval-by",
+        default=None,
+        metavar="FIELD",
+        help="metadata field naming each eval doc's domain (default: all docs are one domain)",
+    )
+    add_text_field_arg(p)
+    add_device_arg(p, "score")
+    add_ray_args(p)
+
+
+def evaluator(args: argparse.Namespace):
+    """The ``Evaluator`` for ``add_eval_args``'s arguments; use it as a context manager."""
+    from ablate.evaluator import Evaluator
+
+    return Evaluator(
+        args.pool,
+        args.eval_data,
+        by=args.eval_by,
+        text_field=args.text_field,
+        device=args.device,
+        progress=not args.quiet,
+        executor=args.backend,
+        workers=args.workers,
+        address=args.address,
+        gpus_per_worker=args.gpus_per_worker,
+    )
+
+
+# ---------------------------------------------------------------------- output
+def emit_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=1))
+
+
+def emit_table(
+    args: argparse.Namespace, rows: Sequence[Mapping[str, Any]], columns: Sequence[Any]
+) -> None:
+    """``rows`` as CSV with ``--csv``, else as an aligned table (``ablate.report``)."""
+    from ablate.report import format_csv, format_table
+
+    if getattr(args, "csv", False):
+        sys.stdout.write(format_csv(rows, columns))
+    else:
+        print(format_table(rows, columns))
+
+
+# ---------------------------------------------------------------------- paths
+# Output paths are checked before any work, so a typo fails in a second, not after an hour.
+def check_out_folder(path: str, flag: str) -> None:
+    """``path`` must be a folder or creatable as one: nothing on the way may be a file."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                what = "is an existing file" if q == p else f"is inside {q}, which is a file"
+                raise usage_error(f"{flag} {path} {what}; name a folder (new or existing) instead")
+            return
+
+
+def check_figure_path(path: str, flag: str) -> None:
+    """``path`` must name a file in an existing folder, with a suffix matplotlib can write."""
+    from ablate.report import figure_formats
+
+    p = Path(path)
+    fmt = p.suffix[1:].lower()
+    formats = figure_formats()
+    if fmt and fmt not in formats:
+        raise usage_error(
+            f"{flag} {path}: cannot write a {p.suffix} image; "
+            f"end the name with one of {', '.join('.' + f for f in sorted(formats))}"
+        )
+    if p.is_dir():
+        raise usage_error(
+            f"{flag} {path} is a folder; name an image file such as {p / 'search.png'}"
+        )
+    parent = p.parent
+    if parent.exists() and not parent.is_dir():
+        raise usage_error(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+    if not parent.exists():
+        raise usage_error(
+            f"{flag} {path}: folder {parent} does not exist; create it (mkdir -p {parent}) "
+            "or choose another path"
+        )

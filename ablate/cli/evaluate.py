@@ -1,0 +1,110 @@
+"""``ablate eval``: score mixtures by merging pool members."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ablate.cli.common import (
+    add_command,
+    add_eval_args,
+    add_output_args,
+    emit_json,
+    emit_table,
+    evaluator,
+    usage_error,
+)
+
+MIXTURE_WIDTH = 40  # mixture names longer than this end in an ellipsis in tables
+DOMAIN_WIDTH = 12  # domain column headers likewise
+
+
+def _mixtures_from_args(args: argparse.Namespace, ev: Any) -> list:
+    from ablate.mixture import Mixture
+
+    if args.all_subsets:
+        return ev.all_subsets(args.max_size)
+    specs = [Mixture.parse(s) for s in (args.mixture or [])] + [
+        Mixture.parse(s) for s in (args.weights or [])
+    ]
+    if not specs:
+        raise usage_error(
+            "say what to score: --mixture a,b, --weights a=0.25,b=0.75 or --all-subsets"
+        )
+    return specs
+
+
+def eval_table(results: list, domains: list[str]) -> tuple[list[dict], list]:
+    """Rows (best macro perplexity first) and columns of the ``ablate eval`` table."""
+    from ablate.report import Column
+
+    ranked = sorted(results, key=lambda r: r.macro_ppl)
+    rows = [
+        {
+            "rank": i,
+            "mixture": str(r.mixture),
+            **{f"ppl:{d}": r.ppl[d] for d in domains},
+            "macro_ppl": r.macro_ppl,
+            "macro_bpb": r.macro_bpb,
+        }
+        for i, r in enumerate(ranked, 1)
+    ]
+    cols = [Column("rank"), Column("mixture", align="<", max_width=MIXTURE_WIDTH)]
+    cols += [Column(f"ppl:{d}", d, fmt=".3f", max_width=DOMAIN_WIDTH) for d in domains]
+    if len(domains) > 1:
+        cols += [Column("macro_ppl", "macro ppl", fmt=".3f")]
+    cols += [Column("macro_bpb", "macro bpb" if len(domains) > 1 else "bpb", fmt=".4f")]
+    return rows, cols
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    with evaluator(args) as ev:
+        mixtures = _mixtures_from_args(args, ev)
+        results = ev.run_many(mixtures)
+        domains = list(ev.domains)
+    if args.json:
+        emit_json([row for r in results for row in r.rows()])
+        return 0
+    rows, cols = eval_table(results, domains)
+    emit_table(args, rows, cols)
+    return 0
+
+
+def add_eval_command(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "eval",
+        help="score mixtures by merging pool members",
+        description=(
+            "Score mixtures: merge the members of each mixture by parameter averaging and\n"
+            "measure its perplexity per eval domain. Scores are stored in POOL/results.sqlite\n"
+            "and never computed twice."
+        ),
+        examples="""
+ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets
+ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --weights code=0.25,wiki=0.75
+ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets \\
+    --backend ray --address HEAD:6379 --workers 8
+""",
+    )
+    add_eval_args(p)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--mixture", action="append", metavar="A,B,C", help="uniform subset (repeatable)"
+    )
+    what.add_argument(
+        "--weights", action="append", metavar="A=W,B=W", help="weighted mixture (repeatable)"
+    )
+    what.add_argument("--all-subsets", action="store_true", help="every subset of partitions")
+    p.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        metavar="K",
+        help="most partitions per mixture, with --all-subsets (default: all)",
+    )
+    add_output_args(
+        p,
+        json_help="print a JSON array: one object per mixture x domain, plus a macro object",
+    )
+    p.set_defaults(func=cmd_eval)

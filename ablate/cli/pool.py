@@ -1,0 +1,381 @@
+"""``ablate pool init|add|grow|ls|verify``: build, grow, list and check a pool of members."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ablate.cli.common import (
+    add_command,
+    add_device_arg,
+    add_output_args,
+    add_pool_arg,
+    add_text_field_arg,
+    emit_json,
+    emit_table,
+    usage_error,
+    version,
+)
+from pool.recipe import LoraSpec, Recipe, TinyModelSpec
+
+# CLI flag -> (model, field). Help text and choices come from the field, defined once.
+RECIPE_FLAGS = {
+    "method": (Recipe, "method"),
+    "unit-tokens": (Recipe, "unit_tokens"),
+    "seq-len": (Recipe, "seq_len"),
+    "batch-size": (Recipe, "batch_size"),
+    "lr": (Recipe, "lr"),
+    "seed": (Recipe, "seed"),
+    "lora-rank": (LoraSpec, "rank"),
+    "lora-alpha": (LoraSpec, "alpha"),
+}
+TINY_FLAGS = {
+    "vocab-size": (TinyModelSpec, "vocab_size"),
+    "seed-tokens": (TinyModelSpec, "seed_tokens"),
+    "hidden-size": (TinyModelSpec, "hidden_size"),
+    "layers": (TinyModelSpec, "layers"),
+    "heads": (TinyModelSpec, "heads"),
+}
+_NAME_WIDTH = 32  # partition names longer than this end in an ellipsis in the table
+
+
+def _add_model_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[type, str]]) -> None:
+    from typing import get_args
+
+    for flag, (model, name) in flags.items():
+        info = model.model_fields[name]
+        choices = get_args(info.annotation) or None
+        kind = None if choices else info.annotation
+        p.add_argument(
+            f"--{flag}",
+            dest=flag.replace("-", "_"),
+            type=kind,
+            choices=choices,
+            default=None,
+            help=f"{info.description} (default: {info.default})",
+        )
+
+
+def _model_from_flags(
+    args: argparse.Namespace, flags: dict[str, tuple[type, str]], model: type
+) -> dict[str, Any]:
+    return {
+        name: getattr(args, flag.replace("-", "_"))
+        for flag, (m, name) in flags.items()
+        if m is model and getattr(args, flag.replace("-", "_")) is not None
+    }
+
+
+def _recipe(args: argparse.Namespace) -> Recipe:
+    fields = _model_from_flags(args, RECIPE_FLAGS, Recipe)
+    lora = _model_from_flags(args, RECIPE_FLAGS, LoraSpec)
+    if lora:
+        fields["lora"] = LoraSpec(**lora)
+    return Recipe(**fields)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_pool_init(args: argparse.Namespace) -> int:
+    from pool import Pool
+
+    tiny_fields = _model_from_flags(args, TINY_FLAGS, TinyModelSpec)
+    tiny = TinyModelSpec(**tiny_fields) if args.base == "tiny" else None
+    if args.base != "tiny" and tiny_fields:
+        raise usage_error(
+            "--vocab-size/--seed-tokens/--hidden-size/--layers/--heads apply only to --base tiny"
+        )
+    pool = Pool.create(
+        args.pool,
+        base=args.base,
+        seed_data=args.seed_data,
+        recipe=_recipe(args),
+        tiny=tiny,
+        text_field=args.text_field,
+        progress=not args.quiet,
+        device=args.device,
+    )
+    print(
+        f"created pool {pool.path} (base {pool.manifest.base}, method {pool.manifest.recipe.method})"
+    )
+    return 0
+
+
+def cmd_pool_add(args: argparse.Namespace) -> int:
+    from pool import Pool
+
+    pool = Pool.open(args.pool)
+    added = pool.add(
+        args.files,
+        by=args.partition_by,
+        by_folder=args.by_folder,
+        units=args.units,
+        name=args.name,
+        text_field=args.text_field,
+        progress=not args.quiet,
+    )
+    parts = pool.partitions
+    for name in added:
+        idx = parts[name].index
+        print(f"added {name}: {idx.n_docs} docs, {idx.n_tokens} tokens, {len(idx.units)} unit(s)")
+    if not added:
+        print("nothing new: every partition is already in the pool with the same data")
+    print(f"{len(pool.missing())} member(s) to train: run `ablate pool grow {args.pool}`")
+    return 0
+
+
+def cmd_pool_grow(args: argparse.Namespace) -> int:
+    from pool import Pool
+
+    pool = Pool.open(args.pool)
+    if args.backend == "ray":
+        from ablate.distributed import grow_with_ray
+
+        trained = grow_with_ray(
+            pool,
+            only=args.only,
+            address=args.address,
+            gpus_per_member=args.gpus_per_member,
+            progress=not args.quiet,
+        )
+    else:
+        from ablate.distributed import torchrun_group
+
+        with torchrun_group(args.device) as main_rank:  # a no-op unless started by torchrun
+            trained = pool.grow(args.only, progress=not args.quiet, device=args.device)
+        if not main_rank:
+            return 0  # rank 0 reports
+    for rec in trained:
+        print(
+            f"trained {rec.member_id}: loss {rec.final_loss:.4f}, {rec.tokens_seen} tokens, {rec.wall_time_s:.1f}s"
+        )
+    left = pool.missing(args.only)
+    print(f"{len(trained)} member(s) trained; {len(pool.members)} in the pool; {len(left)} missing")
+    return 0 if not left else 1
+
+
+def ls_columns() -> list:
+    from ablate.report import Column
+
+    return [
+        Column("partition", align="<", max_width=_NAME_WIDTH),
+        Column("unit"),
+        Column("docs"),
+        Column("tokens"),
+        Column("status", align="<"),
+        Column("final_loss", "loss", fmt=".4f"),
+        Column("tokens_seen", "seen"),
+        Column("wall_time_s", "time s", fmt=".1f"),
+    ]
+
+
+def cmd_pool_ls(args: argparse.Namespace) -> int:
+    from pool import Pool
+
+    pool = Pool.open(args.pool)
+    rows = pool.status()
+    m = pool.manifest
+    if args.json:
+        emit_json(
+            {
+                "ablate_version": version(),
+                "pool": str(pool.path),
+                "base": m.base,
+                "method": m.recipe.method,
+                "recipe": m.recipe.model_dump(mode="json"),
+                "members": rows,
+            }
+        )
+        return 0
+    table = [{**r, "status": "trained" if r["trained"] else "missing"} for r in rows]
+    if args.csv:
+        emit_table(args, table, ls_columns())
+        return 0
+    print(
+        f"pool {pool.path}: base {m.base}, method {m.recipe.method}, {m.recipe.unit_tokens} tokens/unit"
+    )
+    emit_table(args, table, ls_columns())
+    done = sum(r["trained"] for r in rows)
+    print(
+        f"{len({r['partition'] for r in rows})} partition(s), {len(rows)} unit(s): "
+        f"{done} trained, {len(rows) - done} missing"
+    )
+    return 0
+
+
+def cmd_pool_verify(args: argparse.Namespace) -> int:
+    from pool import Pool
+
+    pool = Pool.open(args.pool)
+    report = pool.verify()
+    for item in report.corrupt:
+        print(f"CORRUPT  {item}")
+    for item in report.missing:
+        print(f"MISSING  {item}")
+    print(
+        f"checked {report.checked} item(s): {len(report.corrupt)} corrupt, {len(report.missing)} missing"
+    )
+    if report.corrupt:
+        print("fix: delete the corrupt member folders and run `ablate pool grow`", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+# ---------------------------------------------------------------------- parser
+def add_pool_commands(sub: Any) -> None:
+    """``ablate pool ...``: the five pool subcommands."""
+    group = add_command(
+        sub,
+        "pool",
+        help="build, grow, list and check the model pool",
+        description=(
+            "Build and grow the pool: one trained member per base unit of each partition.\n"
+            "`ablate pool POOL_COMMAND --help` describes each subcommand."
+        ),
+        examples="""
+ablate pool init runs/pool --base tiny --seed-data seed.jsonl   # or --base path/to/hf-model
+ablate pool add  runs/pool corpus.jsonl --partition-by domain   # tokenize once, cut into base units
+ablate pool grow runs/pool                                      # train one member per base unit
+ablate pool ls   runs/pool
+""",
+    )
+    pool = group.add_subparsers(
+        dest="pool_command",
+        required=True,
+        metavar="POOL_COMMAND",
+        help="what to do with the pool",
+    )
+
+    p = add_command(
+        pool,
+        "init",
+        help="start a pool from a seed model ('tiny' or a local Hugging Face folder)",
+        description=(
+            "Create a pool: train a byte-level BPE tokenizer and a small Llama-style seed\n"
+            "model (--base tiny), or use a local Hugging Face causal-LM folder. The training\n"
+            "options are fixed for the pool's lifetime."
+        ),
+        examples="""
+ablate pool init runs/pool --base tiny --seed-data seed.jsonl
+ablate pool init runs/pool --base path/to/hf-model --method lora --lora-rank 16
+""",
+    )
+    add_pool_arg(p, "pool folder to create")
+    p.add_argument(
+        "--base",
+        default="tiny",
+        metavar="BASE",
+        help="'tiny' (train a small seed) or a local Hugging Face model folder (default: tiny)",
+    )
+    p.add_argument(
+        "--seed-data",
+        nargs="+",
+        metavar="FILE",
+        help="corpus for the tiny tokenizer and seed model (--base tiny)",
+    )
+    add_text_field_arg(p)
+    add_device_arg(p, "train the seed model")
+    _add_model_flags(p, RECIPE_FLAGS)
+    _add_model_flags(p, TINY_FLAGS)
+    p.set_defaults(func=cmd_pool_init)
+
+    p = add_command(
+        pool,
+        "add",
+        help="tokenize new data partitions into the pool",
+        description=(
+            "Read JSONL (.jsonl, .jsonl.gz), Parquet, folders of text files or\n"
+            "datasets.save_to_disk folders; partition them; tokenize once. Re-adding\n"
+            "identical data is a no-op."
+        ),
+        examples="""
+ablate pool add runs/pool corpus.jsonl --partition-by domain
+ablate pool add runs/pool texts/ --by-folder
+""",
+    )
+    add_pool_arg(p)
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="JSONL/Parquet files, text folders or save_to_disk datasets",
+    )
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--partition-by", metavar="FIELD", help="partition by a metadata field")
+    mode.add_argument(
+        "--by-folder", action="store_true", help="partition by first-level folder name"
+    )
+    mode.add_argument(
+        "--units", type=int, metavar="K", help="deal documents at random into K partitions"
+    )
+    mode.add_argument("--name", help="add all documents as one partition with this name")
+    add_text_field_arg(p)
+    p.set_defaults(func=cmd_pool_add)
+
+    p = add_command(
+        pool,
+        "grow",
+        help="train every member that is missing (resumes after an interrupt)",
+        description=(
+            "Train every base unit that has no finished member. Interrupted runs resume;\n"
+            "two runs on one pool never train a member twice. --backend ray trains one\n"
+            "member per Ray task."
+        ),
+        examples="""
+ablate pool grow runs/pool
+ablate pool grow runs/pool --backend ray --address HEAD:6379 --gpus-per-member 1
+""",
+    )
+    add_pool_arg(p)
+    p.add_argument("--only", nargs="+", metavar="NAME", help="train only these partitions")
+    add_device_arg(p, "train (--backend local)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="train here (local) or one member per Ray task (ray) (default: local)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster address, e.g. HEAD:6379 (default: RAY_ADDRESS, else start a local one)",
+    )
+    p.add_argument(
+        "--gpus-per-member",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs (or a fraction) per Ray task (default: 0)",
+    )
+    p.set_defaults(func=cmd_pool_grow)
+
+    p = add_command(
+        pool,
+        "ls",
+        help="list partitions, units and members",
+        description="One row per base unit: its documents and tokens, and its member if trained.",
+        examples="""
+ablate pool ls runs/pool
+ablate pool ls runs/pool --csv > members.csv
+""",
+    )
+    add_pool_arg(p)
+    add_output_args(
+        p, json_help="print the pool's settings and one record per unit as a JSON object"
+    )
+    p.set_defaults(func=cmd_pool_ls)
+
+    p = add_command(
+        pool,
+        "verify",
+        help="re-hash every member and name any that is corrupt or missing",
+        description=(
+            "Re-hash the seed, the token files and every member; name anything corrupt or\n"
+            "missing (exit status 1)."
+        ),
+        examples="""
+ablate pool verify runs/pool
+""",
+    )
+    add_pool_arg(p)
+    p.set_defaults(func=cmd_pool_verify)

@@ -1,0 +1,168 @@
+"""``ablate search``: search mixtures for the one that minimises a target perplexity."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ablate.cli.common import (
+    add_command,
+    add_eval_args,
+    add_output_args,
+    check_figure_path,
+    emit_json,
+    emit_table,
+    evaluator,
+)
+from ablate.cli.evaluate import DOMAIN_WIDTH, MIXTURE_WIDTH
+
+
+def search_table(frame: Any, domains: list[str]) -> tuple[list[dict], list]:
+    """Rows (best first) and columns of the ``ablate search`` table."""
+    from ablate.report import Column
+
+    rows = [
+        {"rank": rank, **{k: row[k] for k in ("mixture", "score")}}
+        | {f"ppl:{d}": row[f"ppl:{d}"] for d in domains}
+        for rank, row in frame.iterrows()
+    ]
+    cols = [
+        Column("rank"),
+        Column("mixture", align="<", max_width=MIXTURE_WIDTH),
+        Column("score", fmt=".3f"),
+    ]
+    cols += [Column(f"ppl:{d}", d, fmt=".3f", max_width=DOMAIN_WIDTH) for d in domains]
+    return rows, cols
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ablate.strategies import search
+
+    if args.plot:
+        check_figure_path(args.plot, "--plot")
+    with evaluator(args) as ev:
+        study = search(
+            ev,
+            target=args.target,
+            strategy=args.strategy,
+            budget=args.evaluations,
+            max_size=args.max_size,
+            require=args.require or (),
+            exclude=args.exclude or (),
+            continuous=args.continuous,
+            storage=args.storage,
+            study_name=args.study_name,
+            heldout=args.heldout,
+            seed=args.seed,
+        )
+    if args.plot:
+        study.plot(args.plot)
+    if args.json:
+        # No version here: the record's keys are pinned (tests/ablate/test_search.py).
+        emit_json(study.to_json())
+        return 0
+    frame, domains = study.frame, list(study.domains)
+    if args.csv:  # every evaluated mixture: --top is for people
+        emit_table(args, *search_table(frame, domains))
+        return 0
+    emit_table(args, *search_table(frame.head(args.top), domains))
+    b = study.best
+    if b is not None:
+        held = "" if b.heldout_score is None else f", held-out {b.heldout_score:.3f}"
+        print(f"best ({args.target}): {b.mixture}  score {b.score:.3f}{held}")
+    print(f"{study.evaluations} mixture(s) evaluated by {study.strategy}")
+    for note in study.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def add_search_command(sub: Any) -> None:
+    from ablate.strategies import STRATEGIES
+
+    p = add_command(
+        sub,
+        "search",
+        help="search mixtures for the one that minimises a target perplexity",
+        description=(
+            "Search subsets (or, with --continuous, weights) for the mixture that minimises\n"
+            "the target perplexity. Every score goes through the results store, so a mixture\n"
+            "scored before, by any search or `ablate eval`, is never scored twice.\n\n"
+            "strategies:\n"
+            + "\n".join(f"  {k:<11} {v.summary}" for k, v in sorted(STRATEGIES.items()))
+        ),
+        examples="""
+ablate search runs/pool --eval-data eval.jsonl --eval-by domain --target macro --strategy tpe --evaluations 200
+ablate search runs/pool --eval-data eval.jsonl --eval-by domain --target weighted:code=2,wiki=1 \\
+    --continuous --strategy gradient
+ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy tpe --storage sqlite:///study.db
+""",
+    )
+    add_eval_args(p)
+    p.add_argument(
+        "--target",
+        default="macro",
+        metavar="TARGET",
+        help="macro (default), DOMAIN[,DOMAIN...] or weighted:DOMAIN=W,...",
+    )
+    p.add_argument(
+        "--strategy",
+        default="tpe",
+        choices=sorted(STRATEGIES),
+        help="how to propose mixtures (default: tpe; see the list above)",
+    )
+    p.add_argument(
+        "--evaluations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most mixtures to score, store hits included (default: 50; exhaustive: all)",
+    )
+    p.add_argument(
+        "--max-size", type=int, default=None, metavar="K", help="most partitions per mixture"
+    )
+    p.add_argument(
+        "--require", nargs="+", metavar="NAME", help="partitions every mixture must contain"
+    )
+    p.add_argument("--exclude", nargs="+", metavar="NAME", help="partitions no mixture may contain")
+    p.add_argument(
+        "--continuous", action="store_true", help="search weights on the simplex, not subsets"
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="Optuna RDB storage shared by workers, e.g. sqlite:///study.db",
+    )
+    p.add_argument(
+        "--study-name",
+        default=None,
+        metavar="NAME",
+        help="Optuna study name (default: derived from pool, eval data, target)",
+    )
+    p.add_argument(
+        "--heldout",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fraction of eval docs kept out of the search (default: 0.25 if enough)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of the strategy (default: 0)"
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        default=10,
+        metavar="N",
+        help="rows of the ranked table to print (default: 10; --csv has every mixture)",
+    )
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE",
+        help="write the search plot here (.png, .svg, .pdf, ... by suffix; the folder must exist)",
+    )
+    add_output_args(
+        p, json_help="print the best mixture, its scores and the number of evaluations as JSON"
+    )
+    p.set_defaults(func=cmd_search)
