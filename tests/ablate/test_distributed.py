@@ -236,7 +236,12 @@ def test_chunked_merge_equals_in_memory(full_pool_dir):
 
 def test_chunked_subset_walk_equals_in_memory(full_pool_dir, corpus, local_results):
     ev = Evaluator(
-        full_pool_dir, corpus["eval"], by="domain", store=False, progress=False, stack_budget_bytes=1
+        full_pool_dir,
+        corpus["eval"],
+        by="domain",
+        store=False,
+        progress=False,
+        stack_budget_bytes=1,
     )
     assert ev.merged.chunked
     for r in ev.run_many([*ev.all_subsets(), Mixture.parse("code=0.25,wiki=0.75")]):
