@@ -21,6 +21,7 @@ from pool.atomic import write_bytes
 
 if TYPE_CHECKING:
     from ablate.evaluator import Evaluator
+    from pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +112,18 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def run_demo(
-    out: str | Path, *, quick: bool = False, progress: bool = True, device: str | None = None
-) -> Path:
-    """Build (or reuse) the demo pool under ``out``, score every subset, write the report."""
-    from ablate.evaluator import Evaluator, results_frame
-    from ablate.report import write_report
+def build_pool(
+    out: str | Path,
+    settings: DemoSettings = FULL,
+    *,
+    progress: bool = True,
+    device: str | None = None,
+) -> tuple[Pool, Path]:
+    """Build (or reuse) the demo pool under ``out`` with ``settings``: returns the pool and
+    its eval file (held-out documents of every partition)."""
     from pool import Pool, Recipe, TinyModelSpec
 
-    s = QUICK if quick else FULL
+    s = settings
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parts, seed = stdlib_corpus(s.packages)
@@ -182,6 +186,18 @@ def run_demo(
     if missing:
         print(f"growing {len(missing)} member(s)")
         pool.grow(progress=progress, device=device)
+    return pool, out / "eval.jsonl"
+
+
+def run_demo(
+    out: str | Path, *, quick: bool = False, progress: bool = True, device: str | None = None
+) -> Path:
+    """Build (or reuse) the demo pool under ``out``, score every subset, write the report."""
+    from ablate.evaluator import Evaluator, results_frame
+    from ablate.report import write_report
+
+    out = Path(out)
+    pool, _ = build_pool(out, QUICK if quick else FULL, progress=progress, device=device)
     ev = Evaluator(pool, out / "eval.jsonl", by="domain", device=device, progress=progress)
     mixtures = ev.all_subsets()
     print(f"scoring {len(mixtures)} mixtures on {len(ev.domains)} eval domains")

@@ -101,6 +101,11 @@ class _Loaded:
         return self.scorers[eval_set.fingerprint]
 
 
+def _shared(name: str, doc: str) -> property:
+    """A read-only attribute of what every evaluator of one pool shares (``_Loaded``)."""
+    return property(lambda self: getattr(self._loaded, name), doc=doc)
+
+
 class Evaluator:
     """Merges pool members into mixtures and scores them on an eval set.
 
@@ -187,45 +192,25 @@ class Evaluator:
         return other
 
     # ------------------------------------------------------------------ what it holds
-    @property
-    def pool(self) -> Pool:
-        return self._loaded.pool
-
-    @property
-    def layout(self) -> MemberLayout:
-        return self._loaded.layout
+    pool = _shared("pool", "The pool whose members are merged.")
+    layout = _shared("layout", "Members as stack rows (``MemberLayout``).")
+    store = _shared("store", "The results store (None: nothing is remembered).")
+    executor = _shared("executor", "Where mixtures are scored: here or on Ray actors.")
+    progress = _shared("progress", "Whether progress bars show by default.")
+    device_name = _shared("device_name", "The device asked for (None: CUDA when available).")
+    batch_tokens = _shared("batch_tokens", "Tokens per forward pass.")
 
     @property
     def members(self) -> list[MemberRecord]:
-        return self._loaded.layout.members
+        return self.layout.members
 
     @property
     def partitions(self) -> tuple[str, ...]:
-        return self._loaded.layout.partitions
+        return self.layout.partitions
 
     @property
     def domains(self) -> tuple[str, ...]:
         return self.eval_set.domains
-
-    @property
-    def store(self) -> ResultsStore | None:
-        return self._loaded.store
-
-    @property
-    def executor(self) -> Executor:
-        return self._loaded.executor  # type: ignore[return-value]
-
-    @property
-    def progress(self) -> bool:
-        return self._loaded.progress
-
-    @property
-    def device_name(self) -> str | None:
-        return self._loaded.device_name
-
-    @property
-    def batch_tokens(self) -> int:
-        return self._loaded.batch_tokens
 
     @cached_property
     def device(self) -> torch.device:

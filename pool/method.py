@@ -16,7 +16,7 @@ LoRA: Hu et al., ICLR 2022, "LoRA: Low-Rank Adaptation of Large Language Models"
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from pool.errors import PoolError
@@ -84,14 +84,19 @@ class Method(Protocol):
 
 
 @dataclass(frozen=True)
-class FullMethod:
-    """Full fine-tuning: every parameter trains; a member is a full set of weights."""
+class _MethodFlags:
+    """The plain values of a ``Method`` (documented there); ``FULL`` and ``LORA`` set them."""
 
-    name: Literal["full"] = field(default="full", init=False)
-    weights_file: str = field(default="model.safetensors", init=False)
-    trains_in_place: bool = field(default=True, init=False)
-    merges_by_factors: bool = field(default=False, init=False)
-    running_sum_walks: bool = field(default=True, init=False)
+    name: Literal["full", "lora"]
+    weights_file: str
+    trains_in_place: bool
+    merges_by_factors: bool
+    running_sum_walks: bool
+
+
+@dataclass(frozen=True)
+class FullMethod(_MethodFlags):
+    """Full fine-tuning: every parameter trains; a member is a full set of weights."""
 
     def prepare(self, model: PreTrainedModel, recipe: Recipe, seed: int) -> PreTrainedModel:
         """The seed model itself: it trains in place (callers keep a copy to restore)."""
@@ -112,14 +117,8 @@ class FullMethod:
 
 
 @dataclass(frozen=True)
-class LoraMethod:
+class LoraMethod(_MethodFlags):
     """LoRA (peft): the seed stays frozen; a member is its adapter's A and B factors."""
-
-    name: Literal["lora"] = field(default="lora", init=False)
-    weights_file: str = field(default="adapter.safetensors", init=False)
-    trains_in_place: bool = field(default=False, init=False)
-    merges_by_factors: bool = field(default=True, init=False)
-    running_sum_walks: bool = field(default=False, init=False)
 
     def prepare(self, model: PreTrainedModel, recipe: Recipe, seed: int) -> PreTrainedModel:
         """A copy of ``model`` with a fresh adapter whose initialisation comes from ``seed``
@@ -153,8 +152,9 @@ class LoraMethod:
         return {k: p.detach() for k, p in plain.named_parameters()}
 
 
-FULL = FullMethod()
-LORA = LoraMethod()
+# One row per method: name, weights_file, trains_in_place, merges_by_factors, running_sum_walks.
+FULL = FullMethod("full", "model.safetensors", True, False, True)
+LORA = LoraMethod("lora", "adapter.safetensors", False, True, False)
 
 METHODS: dict[str, Method] = {m.name: m for m in (FULL, LORA)}
 

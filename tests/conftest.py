@@ -71,3 +71,15 @@ def full_pool(full_pool_dir, tmp_path):
     dst = tmp_path / "pool"
     shutil.copytree(full_pool_dir, dst)
     return Pool.open(dst)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray cluster for every Ray test (startup is the slow part); skips without ray."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -6,6 +6,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 # GPU architectures the Triton kernels must compile for, checked on any machine through
 # the real compiler: Ampere (A100: mma.sync) and Hopper (H100/H200: wgmma).
@@ -103,17 +104,24 @@ def eval_cli_args(command: str, pool: Path, eval_data: Path, *more: object) -> l
     ]
 
 
-def run_cli(*args: str, cwd: Path | None = None):
-    """Run the real ``ablate`` console entry in a subprocess; returns CompletedProcess."""
+def run_captured(cmd: list[str], *, timeout: float = 600, **kw: Any):
+    """``subprocess.run(cmd)`` with text stdout/stderr captured; the caller checks the status."""
     import subprocess
 
-    return subprocess.run(
-        [sys.executable, "-m", "ablate.cli", "-q", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
+
+
+def run_cli(*args: str, cwd: Path | None = None):
+    """Run the real ``ablate`` console entry in a subprocess; returns CompletedProcess."""
+    return run_captured([sys.executable, "-m", "ablate.cli", "-q", *map(str, args)], cwd=cwd)
+
+
+def domain_evaluator(pool: Path | Any, corpus: dict[str, Path], **kw: Any):
+    """An ``Evaluator`` of ``pool`` on the corpus's eval split by domain; by default it neither
+    stores results nor shows progress (``kw`` overrides or adds ``Evaluator`` options)."""
+    from ablate import Evaluator
+
+    return Evaluator(pool, corpus["eval"], by="domain", **{"store": False, "progress": False, **kw})
 
 
 def tree_digest(root: Path) -> dict[str, bytes]:

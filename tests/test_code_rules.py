@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ast
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support import run_captured
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,25 +27,9 @@ def _ruff() -> list[str]:
 
 
 def test_no_module_touches_another_objects_private_members():
-    out = subprocess.run(
-        [
-            *_ruff(),
-            "check",
-            "--no-cache",
-            "--select",
-            "SLF001",
-            "--output-format",
-            "concise",
-            "ablate",
-            "pool",
-            "kernels",
-            "benchmarks",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    rule = ["check", "--no-cache", "--select", "SLF001", "--output-format", "concise"]
+    out = run_captured(
+        [*_ruff(), *rule, "ablate", "pool", "kernels", "benchmarks"], cwd=ROOT, timeout=120
     )
     assert out.returncode == 0, f"private members used outside their module:\n{out.stdout}"
 

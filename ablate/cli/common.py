@@ -1,17 +1,20 @@
 """What every ``ablate`` command shares: argument helpers, output formats, errors, exit codes.
 
 Help text is written once, here, for every option that more than one command takes
-(``--device``, ``--text-field``, ``--json``/``--csv``, the Ray backend options), so the same
-option means the same thing, with the same choices, everywhere.
+(``--device``, ``--text-field``, ``--json``/``--csv``, the Ray backend options, ``--seed``,
+``--out``, ``--max-size``), so the same option means the same thing, with the same choices,
+everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import inspect
 import json
 import sys
-from collections.abc import Mapping, Sequence
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,20 +59,28 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def add_command(
-    sub: Any, name: str, *, help: str, description: str, examples: str
+    sub: Any, name: str, doc: Callable[[argparse.Namespace], int] | str
 ) -> argparse.ArgumentParser:
-    """A subcommand with a one-line ``help``, a paragraph ``description`` and an examples epilog.
+    """A subcommand described by a docstring: ``doc``'s, when it is the command function to
+    run, or ``doc`` itself (a group of subcommands runs nothing of its own).
 
-    ``examples`` is shell lines as in README's CLI reference, one per line.
+    The docstring's first line is the one-line help; the paragraphs after it, line breaks
+    kept, the description; the shell lines under ``Examples:`` (as in README's CLI
+    reference) the examples epilog.
     """
-    lines = "\n".join(f"  {line}" for line in examples.strip().splitlines())
-    return sub.add_parser(
+    text = inspect.cleandoc(doc) if isinstance(doc, str) else inspect.getdoc(doc) or ""
+    summary, _, rest = text.partition("\n")
+    description, _, examples = rest.partition("Examples:\n")
+    p = sub.add_parser(
         name,
-        help=help,
-        description=description,
-        epilog=f"examples:\n{lines}",
+        help=summary,
+        description=description.strip(),
+        epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "),
         formatter_class=HelpFormatter,
     )
+    if callable(doc):
+        p.set_defaults(func=doc)
+    return p
 
 
 def add_pool_arg(p: argparse.ArgumentParser, help: str = "pool folder") -> None:
@@ -103,13 +114,14 @@ def add_output_args(p: argparse.ArgumentParser, *, json_help: str) -> None:
     )
 
 
-def add_ray_args(p: argparse.ArgumentParser) -> None:
-    """The evaluation backend, as ``eval``, ``search`` and ``validate`` all take it."""
+def add_backend_args(p: argparse.ArgumentParser, *, local: str, ray: str) -> None:
+    """``--backend local|ray`` and the Ray ``--address``; ``local`` and ``ray`` say what each
+    backend does (``"train"``, ``"one member per Ray task"``)."""
     p.add_argument(
         "--backend",
         choices=("local", "ray"),
         default="local",
-        help="score mixtures here (local) or on Ray actors (ray) (default: local)",
+        help=f"{local} here (local) or {ray} (ray) (default: local)",
     )
     p.add_argument(
         "--address",
@@ -117,6 +129,11 @@ def add_ray_args(p: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="Ray cluster address, e.g. HEAD:6379 (default: RAY_ADDRESS, else start a local one)",
     )
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """The evaluation backend, as ``eval``, ``search`` and ``validate`` all take it."""
+    add_backend_args(p, local="score mixtures", ray="on Ray actors")
     p.add_argument(
         "--workers",
         type=int,
@@ -124,12 +141,40 @@ def add_ray_args(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="Ray actors, each holding the stacked pool (--backend ray; default: 2)",
     )
+    add_gpus_arg(p, "worker", "Ray actor; 0 keeps actors on CPU")
+
+
+def add_gpus_arg(p: argparse.ArgumentParser, unit: str, per: str) -> None:
+    """``--gpus-per-UNIT G``: the Ray GPU resource each ``per`` (actor, task) asks for."""
     p.add_argument(
-        "--gpus-per-worker",
+        f"--gpus-per-{unit}",
         type=float,
         default=0.0,
         metavar="G",
-        help="GPUs (or a fraction) per Ray actor; 0 keeps actors on CPU (default: 0)",
+        help=f"GPUs (or a fraction) per {per} (default: 0)",
+    )
+
+
+def add_seed_arg(p: argparse.ArgumentParser, *, of: str) -> None:
+    """``--seed S`` (default 0): the seed ``of`` what, as in "seed of the strategy"."""
+    p.add_argument("--seed", type=int, default=0, metavar="S", help=f"seed of {of} (default: 0)")
+
+
+def add_out_arg(p: argparse.ArgumentParser, *, default: str, holds: str) -> None:
+    """``--out DIR``: the folder a command writes ``holds`` into (checked before any work)."""
+    p.add_argument(
+        "--out", default=default, metavar="DIR", help=f"folder for {holds} (default: {default})"
+    )
+
+
+def add_max_size_arg(p: argparse.ArgumentParser, when: str = "") -> None:
+    """``--max-size K``: the most partitions per mixture (default: no limit)."""
+    p.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"most partitions per mixture{when} (default: all)",
     )
 
 

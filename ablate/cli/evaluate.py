@@ -8,6 +8,7 @@ from typing import Any
 from ablate.cli.common import (
     add_command,
     add_eval_args,
+    add_max_size_arg,
     add_output_args,
     emit_json,
     emit_table,
@@ -58,6 +59,18 @@ def eval_table(results: list, domains: list[str]) -> tuple[list[dict], list]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """score mixtures by merging pool members
+
+    Score mixtures: merge the members of each mixture by parameter averaging and
+    measure its perplexity per eval domain. Scores are stored in POOL/results.sqlite
+    and never computed twice.
+
+    Examples:
+        ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets
+        ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --weights code=0.25,wiki=0.75
+        ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets \\
+            --backend ray --address HEAD:6379 --workers 8
+    """
     with evaluator(args) as ev:
         mixtures = _mixtures_from_args(args, ev)
         results = ev.run_many(mixtures)
@@ -71,22 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_eval_command(sub: Any) -> None:
-    p = add_command(
-        sub,
-        "eval",
-        help="score mixtures by merging pool members",
-        description=(
-            "Score mixtures: merge the members of each mixture by parameter averaging and\n"
-            "measure its perplexity per eval domain. Scores are stored in POOL/results.sqlite\n"
-            "and never computed twice."
-        ),
-        examples="""
-ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets
-ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --weights code=0.25,wiki=0.75
-ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets \\
-    --backend ray --address HEAD:6379 --workers 8
-""",
-    )
+    p = add_command(sub, "eval", cmd_eval)
     add_eval_args(p)
     what = p.add_mutually_exclusive_group()
     what.add_argument(
@@ -96,15 +94,8 @@ ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets \\
         "--weights", action="append", metavar="A=W,B=W", help="weighted mixture (repeatable)"
     )
     what.add_argument("--all-subsets", action="store_true", help="every subset of partitions")
-    p.add_argument(
-        "--max-size",
-        type=int,
-        default=None,
-        metavar="K",
-        help="most partitions per mixture, with --all-subsets (default: all)",
-    )
+    add_max_size_arg(p, ", with --all-subsets")
     add_output_args(
         p,
         json_help="print a JSON array: one object per mixture x domain, plus a macro object",
     )
-    p.set_defaults(func=cmd_eval)

@@ -7,8 +7,10 @@ import sys
 from typing import Any
 
 from ablate.cli.common import (
+    add_backend_args,
     add_command,
     add_device_arg,
+    add_gpus_arg,
     add_output_args,
     add_pool_arg,
     add_text_field_arg,
@@ -19,24 +21,18 @@ from ablate.cli.common import (
 )
 from pool.recipe import LoraSpec, Recipe, TinyModelSpec
 
-# CLI flag -> (model, field). Help text and choices come from the field, defined once.
+
+def _flags(model: type, *fields: str, prefix: str = "") -> dict[str, tuple[type, str]]:
+    """CLI flag -> (model, field), the flag spelt ``PREFIX-FIELD-NAME``."""
+    return {prefix + name.replace("_", "-"): (model, name) for name in fields}
+
+
+# Help text and choices come from the field, defined once.
 RECIPE_FLAGS = {
-    "method": (Recipe, "method"),
-    "unit-tokens": (Recipe, "unit_tokens"),
-    "seq-len": (Recipe, "seq_len"),
-    "batch-size": (Recipe, "batch_size"),
-    "lr": (Recipe, "lr"),
-    "seed": (Recipe, "seed"),
-    "lora-rank": (LoraSpec, "rank"),
-    "lora-alpha": (LoraSpec, "alpha"),
+    **_flags(Recipe, "method", "unit_tokens", "seq_len", "batch_size", "lr", "seed"),
+    **_flags(LoraSpec, "rank", "alpha", prefix="lora-"),
 }
-TINY_FLAGS = {
-    "vocab-size": (TinyModelSpec, "vocab_size"),
-    "seed-tokens": (TinyModelSpec, "seed_tokens"),
-    "hidden-size": (TinyModelSpec, "hidden_size"),
-    "layers": (TinyModelSpec, "layers"),
-    "heads": (TinyModelSpec, "heads"),
-}
+TINY_FLAGS = _flags(TinyModelSpec, "vocab_size", "seed_tokens", "hidden_size", "layers", "heads")
 _NAME_WIDTH = 32  # partition names longer than this end in an ellipsis in the table
 
 
@@ -77,6 +73,16 @@ def _recipe(args: argparse.Namespace) -> Recipe:
 
 # ---------------------------------------------------------------------- commands
 def cmd_pool_init(args: argparse.Namespace) -> int:
+    """start a pool from a seed model ('tiny' or a local Hugging Face folder)
+
+    Create a pool: train a byte-level BPE tokenizer and a small Llama-style seed
+    model (--base tiny), or use a local Hugging Face causal-LM folder. The training
+    options are fixed for the pool's lifetime.
+
+    Examples:
+        ablate pool init runs/pool --base tiny --seed-data seed.jsonl
+        ablate pool init runs/pool --base path/to/hf-model --method lora --lora-rank 16
+    """
     from pool import Pool
 
     tiny_fields = _model_from_flags(args, TINY_FLAGS, TinyModelSpec)
@@ -102,6 +108,16 @@ def cmd_pool_init(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_add(args: argparse.Namespace) -> int:
+    """tokenize new data partitions into the pool
+
+    Read JSONL (.jsonl, .jsonl.gz), Parquet, folders of text files or
+    datasets.save_to_disk folders; partition them; tokenize once. Re-adding
+    identical data is a no-op.
+
+    Examples:
+        ablate pool add runs/pool corpus.jsonl --partition-by domain
+        ablate pool add runs/pool texts/ --by-folder
+    """
     from pool import Pool
 
     pool = Pool.open(args.pool)
@@ -125,6 +141,16 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_grow(args: argparse.Namespace) -> int:
+    """train every member that is missing (resumes after an interrupt)
+
+    Train every base unit that has no finished member. Interrupted runs resume;
+    two runs on one pool never train a member twice. --backend ray trains one
+    member per Ray task.
+
+    Examples:
+        ablate pool grow runs/pool
+        ablate pool grow runs/pool --backend ray --address HEAD:6379 --gpus-per-member 1
+    """
     from pool import Pool
 
     pool = Pool.open(args.pool)
@@ -170,6 +196,14 @@ def ls_columns() -> list:
 
 
 def cmd_pool_ls(args: argparse.Namespace) -> int:
+    """list partitions, units and members
+
+    One row per base unit: its documents and tokens, and its member if trained.
+
+    Examples:
+        ablate pool ls runs/pool
+        ablate pool ls runs/pool --csv > members.csv
+    """
     from pool import Pool
 
     pool = Pool.open(args.pool)
@@ -204,6 +238,14 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_verify(args: argparse.Namespace) -> int:
+    """re-hash every member and name any that is corrupt or missing
+
+    Re-hash the seed, the token files and every member; name anything corrupt or
+    missing (exit status 1).
+
+    Examples:
+        ablate pool verify runs/pool
+    """
     from pool import Pool
 
     pool = Pool.open(args.pool)
@@ -221,23 +263,22 @@ def cmd_pool_verify(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+POOL_GROUP = """build, grow, list and check the model pool
+
+Build and grow the pool: one trained member per base unit of each partition.
+`ablate pool POOL_COMMAND --help` describes each subcommand.
+
+Examples:
+    ablate pool init runs/pool --base tiny --seed-data seed.jsonl   # or --base path/to/hf-model
+    ablate pool add  runs/pool corpus.jsonl --partition-by domain   # tokenize once, cut into base units
+    ablate pool grow runs/pool                                      # train one member per base unit
+    ablate pool ls   runs/pool
+"""
+
+
 def add_pool_commands(sub: Any) -> None:
     """``ablate pool ...``: the five pool subcommands."""
-    group = add_command(
-        sub,
-        "pool",
-        help="build, grow, list and check the model pool",
-        description=(
-            "Build and grow the pool: one trained member per base unit of each partition.\n"
-            "`ablate pool POOL_COMMAND --help` describes each subcommand."
-        ),
-        examples="""
-ablate pool init runs/pool --base tiny --seed-data seed.jsonl   # or --base path/to/hf-model
-ablate pool add  runs/pool corpus.jsonl --partition-by domain   # tokenize once, cut into base units
-ablate pool grow runs/pool                                      # train one member per base unit
-ablate pool ls   runs/pool
-""",
-    )
+    group = add_command(sub, "pool", POOL_GROUP)
     pool = group.add_subparsers(
         dest="pool_command",
         required=True,
@@ -245,20 +286,7 @@ ablate pool ls   runs/pool
         help="what to do with the pool",
     )
 
-    p = add_command(
-        pool,
-        "init",
-        help="start a pool from a seed model ('tiny' or a local Hugging Face folder)",
-        description=(
-            "Create a pool: train a byte-level BPE tokenizer and a small Llama-style seed\n"
-            "model (--base tiny), or use a local Hugging Face causal-LM folder. The training\n"
-            "options are fixed for the pool's lifetime."
-        ),
-        examples="""
-ablate pool init runs/pool --base tiny --seed-data seed.jsonl
-ablate pool init runs/pool --base path/to/hf-model --method lora --lora-rank 16
-""",
-    )
+    p = add_command(pool, "init", cmd_pool_init)
     add_pool_arg(p, "pool folder to create")
     p.add_argument(
         "--base",
@@ -276,22 +304,8 @@ ablate pool init runs/pool --base path/to/hf-model --method lora --lora-rank 16
     add_device_arg(p, "train the seed model")
     _add_model_flags(p, RECIPE_FLAGS)
     _add_model_flags(p, TINY_FLAGS)
-    p.set_defaults(func=cmd_pool_init)
 
-    p = add_command(
-        pool,
-        "add",
-        help="tokenize new data partitions into the pool",
-        description=(
-            "Read JSONL (.jsonl, .jsonl.gz), Parquet, folders of text files or\n"
-            "datasets.save_to_disk folders; partition them; tokenize once. Re-adding\n"
-            "identical data is a no-op."
-        ),
-        examples="""
-ablate pool add runs/pool corpus.jsonl --partition-by domain
-ablate pool add runs/pool texts/ --by-folder
-""",
-    )
+    p = add_command(pool, "add", cmd_pool_add)
     add_pool_arg(p)
     p.add_argument(
         "files",
@@ -309,73 +323,19 @@ ablate pool add runs/pool texts/ --by-folder
     )
     mode.add_argument("--name", help="add all documents as one partition with this name")
     add_text_field_arg(p)
-    p.set_defaults(func=cmd_pool_add)
 
-    p = add_command(
-        pool,
-        "grow",
-        help="train every member that is missing (resumes after an interrupt)",
-        description=(
-            "Train every base unit that has no finished member. Interrupted runs resume;\n"
-            "two runs on one pool never train a member twice. --backend ray trains one\n"
-            "member per Ray task."
-        ),
-        examples="""
-ablate pool grow runs/pool
-ablate pool grow runs/pool --backend ray --address HEAD:6379 --gpus-per-member 1
-""",
-    )
+    p = add_command(pool, "grow", cmd_pool_grow)
     add_pool_arg(p)
     p.add_argument("--only", nargs="+", metavar="NAME", help="train only these partitions")
     add_device_arg(p, "train (--backend local)")
-    p.add_argument(
-        "--backend",
-        choices=("local", "ray"),
-        default="local",
-        help="train here (local) or one member per Ray task (ray) (default: local)",
-    )
-    p.add_argument(
-        "--address",
-        default=None,
-        metavar="ADDR",
-        help="Ray cluster address, e.g. HEAD:6379 (default: RAY_ADDRESS, else start a local one)",
-    )
-    p.add_argument(
-        "--gpus-per-member",
-        type=float,
-        default=0.0,
-        metavar="G",
-        help="GPUs (or a fraction) per Ray task (default: 0)",
-    )
-    p.set_defaults(func=cmd_pool_grow)
+    add_backend_args(p, local="train", ray="one member per Ray task")
+    add_gpus_arg(p, "member", "Ray task")
 
-    p = add_command(
-        pool,
-        "ls",
-        help="list partitions, units and members",
-        description="One row per base unit: its documents and tokens, and its member if trained.",
-        examples="""
-ablate pool ls runs/pool
-ablate pool ls runs/pool --csv > members.csv
-""",
-    )
+    p = add_command(pool, "ls", cmd_pool_ls)
     add_pool_arg(p)
     add_output_args(
         p, json_help="print the pool's settings and one record per unit as a JSON object"
     )
-    p.set_defaults(func=cmd_pool_ls)
 
-    p = add_command(
-        pool,
-        "verify",
-        help="re-hash every member and name any that is corrupt or missing",
-        description=(
-            "Re-hash the seed, the token files and every member; name anything corrupt or\n"
-            "missing (exit status 1)."
-        ),
-        examples="""
-ablate pool verify runs/pool
-""",
-    )
+    p = add_command(pool, "verify", cmd_pool_verify)
     add_pool_arg(p)
-    p.set_defaults(func=cmd_pool_verify)

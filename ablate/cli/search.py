@@ -8,7 +8,9 @@ from typing import Any
 from ablate.cli.common import (
     add_command,
     add_eval_args,
+    add_max_size_arg,
     add_output_args,
+    add_seed_arg,
     check_figure_path,
     emit_json,
     emit_table,
@@ -36,6 +38,18 @@ def search_table(frame: Any, domains: list[str]) -> tuple[list[dict], list]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    """search mixtures for the one that minimises a target perplexity
+
+    Search subsets (or, with --continuous, weights) for the mixture that minimises
+    the target perplexity. Every score goes through the results store, so a mixture
+    scored before, by any search or `ablate eval`, is never scored twice.
+
+    Examples:
+        ablate search runs/pool --eval-data eval.jsonl --eval-by domain --target macro --strategy tpe --evaluations 200
+        ablate search runs/pool --eval-data eval.jsonl --eval-by domain --target weighted:code=2,wiki=1 \\
+            --continuous --strategy gradient
+        ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy tpe --storage sqlite:///study.db
+    """
     from ablate.strategies import search
 
     if args.plot:
@@ -79,24 +93,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 def add_search_command(sub: Any) -> None:
     from ablate.strategies import STRATEGIES
 
-    p = add_command(
-        sub,
-        "search",
-        help="search mixtures for the one that minimises a target perplexity",
-        description=(
-            "Search subsets (or, with --continuous, weights) for the mixture that minimises\n"
-            "the target perplexity. Every score goes through the results store, so a mixture\n"
-            "scored before, by any search or `ablate eval`, is never scored twice.\n\n"
-            "strategies:\n"
-            + "\n".join(f"  {k:<11} {v.summary}" for k, v in sorted(STRATEGIES.items()))
-        ),
-        examples="""
-ablate search runs/pool --eval-data eval.jsonl --eval-by domain --target macro --strategy tpe --evaluations 200
-ablate search runs/pool --eval-data eval.jsonl --eval-by domain --target weighted:code=2,wiki=1 \\
-    --continuous --strategy gradient
-ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy tpe --storage sqlite:///study.db
-""",
-    )
+    p = add_command(sub, "search", cmd_search)
+    strategies = (f"  {k:<11} {v.summary}" for k, v in sorted(STRATEGIES.items()))
+    p.description += "\n\nstrategies:\n" + "\n".join(strategies)
     add_eval_args(p)
     p.add_argument(
         "--target",
@@ -110,6 +109,7 @@ ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy tpe -
         choices=sorted(STRATEGIES),
         help="how to propose mixtures (default: tpe; see the list above)",
     )
+    add_seed_arg(p, of="the strategy")
     p.add_argument(
         "--evaluations",
         type=int,
@@ -117,9 +117,7 @@ ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy tpe -
         metavar="N",
         help="most mixtures to score, store hits included (default: 50; exhaustive: all)",
     )
-    p.add_argument(
-        "--max-size", type=int, default=None, metavar="K", help="most partitions per mixture"
-    )
+    add_max_size_arg(p)
     p.add_argument(
         "--require", nargs="+", metavar="NAME", help="partitions every mixture must contain"
     )
@@ -147,9 +145,6 @@ ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy tpe -
         help="fraction of eval docs kept out of the search (default: 0.25 if enough)",
     )
     p.add_argument(
-        "--seed", type=int, default=0, metavar="S", help="seed of the strategy (default: 0)"
-    )
-    p.add_argument(
         "--top",
         type=int,
         default=10,
@@ -165,4 +160,3 @@ ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy tpe -
     add_output_args(
         p, json_help="print the best mixture, its scores and the number of evaluations as JSON"
     )
-    p.set_defaults(func=cmd_search)

@@ -8,7 +8,9 @@ from typing import Any
 from ablate.cli.common import (
     add_command,
     add_eval_args,
+    add_out_arg,
     add_output_args,
+    add_seed_arg,
     check_out_folder,
     emit_json,
     emit_table,
@@ -37,6 +39,22 @@ def validate_table(table: Any) -> tuple[list[dict], list]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """really train models on mixtures; correlate proxy and real perplexity
+
+    Really train a model per mixture (stored in POOL/validation/, reused on reruns)
+    and compare its perplexity with the merged proxy's, per eval domain: correlations,
+    and decisions (rank agreement, regret of the proxy's pick, top-3 recall) per
+    target. --budget fixed trains every real model on the same tokens, split by the
+    mixture's weights (what a mixture optimizer decides); proportional trains k units
+    of tokens for k units (Na et al.). Writes validation.csv, report.md and
+    scatter.png into --out.
+
+    Examples:
+        ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --budget fixed --weights dirichlet --sample 16 --repeats 2
+        ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --budget fixed --sample 16 --weights dirichlet --check-search tpe
+        ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --sample 12 --sizes 2,3,4 --out runs/validation
+        ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --mixture code,wiki --mixture code=1,math=3
+    """
     from ablate.mixture import Mixture
     from ablate.validation import validate
 
@@ -93,26 +111,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def add_validate_command(sub: Any) -> None:
-    p = add_command(
-        sub,
-        "validate",
-        help="really train models on mixtures; correlate proxy and real perplexity",
-        description=(
-            "Really train a model per mixture (stored in POOL/validation/, reused on reruns)\n"
-            "and compare its perplexity with the merged proxy's, per eval domain: correlations,\n"
-            "and decisions (rank agreement, regret of the proxy's pick, top-3 recall) per\n"
-            "target. --budget fixed trains every real model on the same tokens, split by the\n"
-            "mixture's weights (what a mixture optimizer decides); proportional trains k units\n"
-            "of tokens for k units (Na et al.). Writes validation.csv, report.md and\n"
-            "scatter.png into --out."
-        ),
-        examples="""
-ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --budget fixed --weights dirichlet --sample 16 --repeats 2
-ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --budget fixed --sample 16 --weights dirichlet --check-search tpe
-ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --sample 12 --sizes 2,3,4 --out runs/validation
-ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --mixture code,wiki --mixture code=1,math=3
-""",
-    )
+    p = add_command(sub, "validate", cmd_validate)
     add_eval_args(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
@@ -191,13 +190,7 @@ ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --mixture code
         metavar="K,K,...",
         help="subset sizes to sample with --sample (default: 2,3,4)",
     )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        metavar="S",
-        help="seed of the sample and the bootstrap (default: 0)",
-    )
+    add_seed_arg(p, of="the sample and the bootstrap")
     p.add_argument(
         "--bootstrap",
         type=int,
@@ -205,11 +198,5 @@ ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --mixture code
         metavar="B",
         help="bootstrap resamples of eval documents (default: 1000)",
     )
-    p.add_argument(
-        "--out",
-        default="ablate-validation",
-        metavar="DIR",
-        help="folder for validation.csv, report.md, scatter.png (default: ablate-validation)",
-    )
+    add_out_arg(p, default="ablate-validation", holds="validation.csv, report.md, scatter.png")
     add_output_args(p, json_help="print the correlations per domain (and pooled) as a JSON object")
-    p.set_defaults(func=cmd_validate)

@@ -145,10 +145,7 @@ class ValidationReport:
         ]
         t = self.table()
         for d, r in t.iterrows():
-            cells = [
-                f"{_fmt(r[s])} [{_fmt(r[s + '_lo'])},{_fmt(r[s + '_hi'])}]"
-                for s in ("pearson", "spearman", "kendall")
-            ]
+            cells = [_interval(r, s, ",") for s in ("pearson", "spearman", "kendall")]
             lines.append(
                 f"{str(d)[:16]:<16} {int(r['n']):>4} "
                 + " ".join(f"{c:>18}" for c in cells)
@@ -167,9 +164,9 @@ class ValidationReport:
         for t, r in self.decisions.iterrows():  # type: ignore[union-attr]
             lines.append(
                 f"{str(t)[:16]:<16} {int(r['n']):>4} "
-                f"{_fmt(r['spearman']) + ' [' + _fmt(r['spearman_lo']) + ',' + _fmt(r['spearman_hi']) + ']':>18} "
+                f"{_interval(r, 'spearman', ','):>18} "
                 f"{_fmt(r['kendall']):>8} "
-                f"{_pct(r['regret']) + ' [' + _pct(r['regret_lo']) + ',' + _pct(r['regret_hi']) + ']':>18} "
+                f"{_interval(r, 'regret', ',', _pct):>18} "
                 f"{r['top3_recall']:>5.2f} {_fmt(r['noise_spearman']):>6}"
             )
         if self.search_checks is not None:
@@ -223,10 +220,7 @@ class ValidationReport:
             "|---|---:|---|---|---|---:|---:|---:|",
         ]
         for d, r in t.iterrows():
-            cells = [
-                f"{_fmt(r[s])} [{_fmt(r[s + '_lo'])}, {_fmt(r[s + '_hi'])}]"
-                for s in ("pearson", "spearman", "kendall")
-            ]
+            cells = [_interval(r, s, ", ") for s in ("pearson", "spearman", "kendall")]
             lines.append(
                 f"| {d} | {int(r['n'])} | "
                 + " | ".join(cells)
@@ -246,8 +240,8 @@ class ValidationReport:
             ]
             for t, r in self.decisions.iterrows():
                 lines.append(
-                    f"| {t} | {int(r['n'])} | {_fmt(r['spearman'])} [{_fmt(r['spearman_lo'])}, {_fmt(r['spearman_hi'])}] "
-                    f"| {_fmt(r['kendall'])} | {_pct(r['regret'])} [{_pct(r['regret_lo'])}, {_pct(r['regret_hi'])}] "
+                    f"| {t} | {int(r['n'])} | {_interval(r, 'spearman', ', ')} "
+                    f"| {_fmt(r['kendall'])} | {_interval(r, 'regret', ', ', _pct)} "
                     f"| {r['top3_recall']:.2f} | {_fmt(r['noise_spearman'])} |"
                 )
         if self.search_checks is not None:
@@ -333,6 +327,12 @@ def plot_scatter(
     ax.legend(fontsize=8, title="eval domain", title_fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
+
+
+def _interval(row, stat: str, sep: str, fmt=None) -> str:
+    """``value [lo, hi]`` of ``stat`` and its bootstrap interval in one table row."""
+    fmt = fmt or _fmt
+    return f"{fmt(row[stat])} [{fmt(row[stat + '_lo'])}{sep}{fmt(row[stat + '_hi'])}]"
 
 
 def _pct(x: float) -> str:

@@ -193,17 +193,6 @@ def test_table_truncates_long_names_and_sizes_columns_from_data():
 
 
 # ---------------------------------------------------------------------- Ray backend
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def _csv_rows(text: str) -> dict[str, dict[str, str]]:
     return {r["mixture"]: r for r in csv.DictReader(io.StringIO(text))}
 

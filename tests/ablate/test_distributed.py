@@ -1,7 +1,7 @@
 """Scale-out: Ray growth and evaluation equal the local backend; locks; streamed merges.
 
-Ray tests share one module-scoped local cluster (Ray startup is the slow part) and skip
-cleanly where ray is not installed; the lock, chunked-merge and torchrun tests need no Ray.
+Ray tests share one session-scoped local cluster (``ray_session`` in conftest: Ray startup
+is the slow part) and skip cleanly where ray is not installed; the lock, chunked-merge and torchrun tests need no Ray.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import eval_cli_args, run_cli
+from support import domain_evaluator, eval_cli_args, run_captured, run_cli
 
 from ablate import Evaluator, Mixture, Pool
 
@@ -45,17 +45,6 @@ def _grow_cmd(pool: Path, *launcher: str) -> list[str]:
         "--device",
         "cpu",
     ]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def _fresh_copy(src: Path, dst: Path, drop: tuple[str, ...] | None = None) -> Pool:
@@ -235,14 +224,7 @@ def test_chunked_merge_equals_in_memory(full_pool_dir):
 
 
 def test_chunked_subset_walk_equals_in_memory(full_pool_dir, corpus, local_results):
-    ev = Evaluator(
-        full_pool_dir,
-        corpus["eval"],
-        by="domain",
-        store=False,
-        progress=False,
-        stack_budget_bytes=1,
-    )
+    ev = domain_evaluator(full_pool_dir, corpus, stack_budget_bytes=1)
     assert ev.merged.chunked
     for r in ev.run_many([*ev.all_subsets(), Mixture.parse("code=0.25,wiki=0.75")]):
         _assert_same(r, local_results[r.mixture.key])
@@ -253,11 +235,8 @@ def test_chunked_subset_walk_equals_in_memory(full_pool_dir, corpus, local_resul
 def test_torchrun_grow_two_processes(full_pool_dir, tmp_path):
     """Two CPU processes (gloo) train one member data-parallel; rank 0 alone writes it."""
     pool = _fresh_copy(full_pool_dir, tmp_path / "pool", drop=("math",))
-    proc = subprocess.run(
-        _grow_cmd(pool.path, "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_captured(
+        _grow_cmd(pool.path, "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("trained math/0:") == 1

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from support import eval_cli_args, run_cli
+from support import domain_evaluator, eval_cli_args, run_cli
 
 from ablate import Evaluator, Mixture, MixtureError, Pool
 from pool.weights import load_tensors
@@ -71,14 +71,7 @@ def test_batches_cut_padding_without_changing_scores(full_pool_dir, corpus):
     mix = Mixture.uniform(["code", "wiki"])
     scores = {}
     for budget in (1, 200, 1 << 20):
-        ev = Evaluator(
-            full_pool_dir,
-            corpus["eval"],
-            by="domain",
-            store=False,
-            progress=False,
-            batch_tokens=budget,
-        )
+        ev = domain_evaluator(full_pool_dir, corpus, batch_tokens=budget)
         win = ev.eval_set.windows(ev.pool.manifest.context, 0)
         assert (np.diff(win.lengths) <= 0).all()
         assert ((win.targets != -100).sum(1) >= win.lengths - 1).all()

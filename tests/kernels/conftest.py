@@ -8,13 +8,12 @@ from ``TRITON_INTERPRET`` when a kernel is defined: set it here, before any test
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from support import AOT_CAPABILITIES
+from support import AOT_CAPABILITIES, run_captured
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
@@ -59,14 +58,7 @@ def aot_ptx(tmp_path_factory):
         if kernel not in outputs:
             out = tmp_path_factory.mktemp(f"aot-{kernel}")
             caps = [str(c) for c in AOT_CAPABILITIES]
-            run = subprocess.run(
-                [sys.executable, str(script), kernel, str(out), *caps],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-                check=False,
-            )
+            run = run_captured([sys.executable, str(script), kernel, str(out), *caps], env=env)
             assert run.returncode == 0, f"aot_compile.py failed:\n{run.stderr}"
             outputs[kernel] = out
         stem = outputs[kernel] / f"{dtype}-sm{capability}"
