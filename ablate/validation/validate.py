@@ -166,6 +166,7 @@ def validate(
             tokens,
             budget=budget,
             budget_tokens=budget_tokens,
+            repeats=repeats,
             search_budget=search_budget,
             seed=seed,
             progress=show,
@@ -290,13 +291,15 @@ def _check_search(
     *,
     budget: Budget,
     budget_tokens: int | None,
+    repeats: int,
     search_budget: int | None,
     seed: int,
     progress: bool,
     device: str | None,
 ):
-    """Run ``strategy`` on the proxies per target, really train each pick at the same budget,
-    and compare it with the sample's really best mixture for that target."""
+    """Run ``strategy`` on the proxies per target, really train each pick at the same budget
+    (as many training seeds as the sample, averaged alike), and compare it with the sample's
+    really best mixture for that target."""
     import pandas as pd
 
     from ablate.strategies import search
@@ -320,15 +323,18 @@ def _check_search(
         for t in targets
     }
     picks = {t: study.best.mixture for t, study in studies.items()}
-    plans = [plan_for(ev, m, budget=budget, budget_tokens=budget_tokens) for m in picks.values()]
+    plans = [
+        plan_for(ev, m, budget=budget, budget_tokens=budget_tokens, repeat=r)
+        for m in picks.values()
+        for r in range(repeats)
+    ]
     if budget == "fixed":
         _check_supply(ev, list(picks.values()), plans[0].tokens)
     records, trained = ensure_trained(ev, plans, progress=progress, device=device)
     rows = []
-    for (t, pick), rec in zip(picks.items(), records, strict=True):
-        real = target_ppl(
-            _real_documents(ev, rec).nll[None], tokens, es.doc_domain, len(es.domains)
-        )[0]
+    for i, (t, pick) in enumerate(picks.items()):
+        runs = [_real_documents(ev, rec) for rec in records[i * repeats : (i + 1) * repeats]]
+        real = target_ppl(_mean_nll(runs).nll[None], tokens, es.doc_domain, len(es.domains))[0]
         score = Target.parse(t)
         score.domains(es.domains)  # checks the names
 

@@ -254,3 +254,39 @@ def test_torchrun_grow_two_processes(full_pool_dir, tmp_path):
     for name, t in want.items():
         torch.testing.assert_close(got[name], t, atol=1e-3, rtol=1e-3)
     assert not list((pool.path / "members" / "math").glob(".*.tmp"))
+
+
+@pytest.mark.ray
+def test_search_with_a_heldout_split_and_validate_on_the_ray_executor(
+    ray_session, full_pool, corpus
+):
+    """The executor is a detail of the evaluator: search (held-out split included, scored by
+    the actors on another eval set) and validate give the local answers."""
+    from ablate import search, validate
+
+    kw = dict(target="macro", strategy="exhaustive", heldout=0.34, seed=0)
+    local_ev = Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False)
+    local = search(local_ev, **kw)
+    with Evaluator(
+        full_pool,
+        corpus["eval"],
+        by="domain",
+        store=False,
+        progress=False,
+        executor="ray",
+        workers=1,
+    ) as ev:
+        remote = search(ev, **kw)
+        checked = validate(ev, mixtures=["code,wiki"], bootstrap=0)
+    assert remote.heldout == pytest.approx(local.heldout) and remote.heldout > 0
+    assert remote.best.mixture == local.best.mixture
+    assert remote.best.score == pytest.approx(local.best.score, rel=1e-5)
+    assert remote.best.heldout_score == pytest.approx(local.best.heldout_score, rel=1e-5)
+    again = validate(local_ev, mixtures=["code,wiki"], bootstrap=0)  # the same real model
+    assert again.trained == 0
+    assert checked.pairs["proxy"].to_numpy() == pytest.approx(
+        again.pairs["proxy"].to_numpy(), rel=1e-5
+    )
+    assert checked.pairs["real"].to_numpy() == pytest.approx(
+        again.pairs["real"].to_numpy(), rel=1e-5
+    )
