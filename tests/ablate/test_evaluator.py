@@ -224,3 +224,31 @@ def test_cli_eval_json_schema(full_pool, corpus):
     assert json.loads(r2.stdout) == rows
     bad = run_cli("eval", full_pool.path, "--eval-data", corpus["eval"], "--mixture", "code,zzz")
     assert bad.returncode == 2 and "unknown partition(s) 'zzz'" in bad.stderr
+
+
+def test_extrapolated_merges_and_the_norm_lambda(full_pool_dir):
+    """``theta_0 + lambda * sum_i w_i (theta_i - theta_0)``, in memory and streamed, and the
+    per-mixture lambda that restores the members' mean update length."""
+    from ablate.merge import MergedModel
+    from pool import Pool
+
+    pool = Pool.open(full_pool_dir)
+    cpu = torch.device("cpu")
+    seed = torch.cat([p.detach().reshape(-1) for _, p in pool.load_base_model().named_parameters()])
+    n = len(pool.members)
+    w = torch.full((n,), 1.0 / n)
+    for budget in (None, 1):  # in memory, then streamed chunk by chunk
+        m = MergedModel(pool, pool.members, device=cpu, progress=False, stack_budget_bytes=budget)
+        m.merge(w)
+        plain = m.flat.clone()
+        m.merge(w, extrapolate=1.5)
+        torch.testing.assert_close(m.flat, seed + 1.5 * (plain - seed), atol=1e-6, rtol=1e-5)
+        d = torch.stack([m.member_row(i) - seed for i in range(n)]).double()  # (N, P) updates
+        lengths = d.norm(dim=1)
+        want = float((w.double() @ lengths) / (w.double() @ d).norm())
+        assert m.norm_lambda(w) == pytest.approx(want, rel=1e-6) and want > 1  # averaging shortens
+        one = torch.zeros(n)
+        one[0] = 1.0
+        assert m.norm_lambda(one) == pytest.approx(1.0)  # one member: nothing to restore
+        m.merge(w, extrapolate="norm")
+        torch.testing.assert_close(m.flat, seed + want * (plain - seed), atol=1e-5, rtol=1e-4)
