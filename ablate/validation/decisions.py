@@ -152,10 +152,12 @@ def _weighted_target_ppl(
 ) -> np.ndarray:
     """``target_ppl`` for each bootstrap weighting of documents: ``(R, M, d + 1)``."""
     onehot = np.eye(d)[doc_domain]  # (n_docs, D)
-    wdom = weights[:, :, None] * onehot[None]  # (R, n_docs, D)
-    tok = np.einsum("n,rnd->rd", tokens.astype(np.float64), wdom)  # (R, D)
+    # Plain matrix products: a (R, n_docs, D) weighting would take R x n_docs x D floats
+    # (1,000 resamples of 10,000 documents in 20 domains: 1.6 GB).
+    tok = weights @ (tokens.astype(np.float64)[:, None] * onehot)  # (R, D)
     tok = np.where(tok > 0, tok, np.nan)
-    ppl = np.exp(np.einsum("mn,rnd->rmd", nll, wdom) / tok[:, None, :])  # (R, M, D)
+    sums = np.stack([weights @ (row[:, None] * onehot) for row in nll], axis=1)  # (R, M, D)
+    ppl = np.exp(sums / tok[:, None, :])
     return np.concatenate([ppl, ppl.mean(axis=2, keepdims=True)], axis=2)
 
 

@@ -157,7 +157,7 @@ def validate(
     )
     checks = None
     if check_search is not None:
-        checks, more = _check_search(
+        checks = _check_search(
             ev,
             check_search,
             search_targets,
@@ -172,7 +172,6 @@ def validate(
             progress=show,
             device=device,
         )
-        trained += more
     return ValidationReport(
         pairs=pairs,
         correlations=corr_frame,
@@ -222,6 +221,10 @@ def _check_settings(
     ):
         raise MixtureError(
             f"the extrapolation lambda must be 'norm' or a number > 0, got {extrapolate!r}"
+        )
+    if extrapolate == "norm" and ev.pool.method.merges_by_factors:
+        raise MixtureError(
+            "--extrapolate norm compares full-weight updates; this pool is LoRA: pass a number"
         )
     if POOLED in ev.domains or MACRO in ev.domains:
         raise MixtureError(
@@ -330,7 +333,7 @@ def _check_search(
     ]
     if budget == "fixed":
         _check_supply(ev, list(picks.values()), plans[0].tokens)
-    records, trained = ensure_trained(ev, plans, progress=progress, device=device)
+    records, _ = ensure_trained(ev, plans, progress=progress, device=device)
     rows = []
     for i, (t, pick) in enumerate(picks.items()):
         runs = [_real_documents(ev, rec) for rec in records[i * repeats : (i + 1) * repeats]]
@@ -355,4 +358,4 @@ def _check_search(
                 "gain": best_real / pick_real - 1,  # >= 0: the pick is at least as good
             }
         )
-    return pd.DataFrame(rows).set_index("target"), trained
+    return pd.DataFrame(rows).set_index("target")

@@ -407,3 +407,10 @@ def test_fixed_budget_validation_with_repeats_and_a_search_check(full_pool, corp
     assert "Decisions" in report._markdown("t") and "really trained" in report._markdown("t")
     again = validate(ev, mixtures=mixes, budget="fixed", repeats=2, bootstrap=0)
     assert again.trained == 0  # stored and reused like every real model
+
+
+def test_norm_extrapolation_on_a_lora_pool_is_refused_before_training(lora_pool_dir, corpus):
+    ev = Evaluator(lora_pool_dir, corpus["eval"], by="domain", store=False, progress=False)
+    with pytest.raises(MixtureError, match="--extrapolate norm .* LoRA"):
+        validate(ev, mixtures=["code,wiki"], budget="fixed", extrapolate="norm")
+    assert not (ev.pool.path / VALIDATION_DIR).exists() or not _records(ev.pool.path)
