@@ -15,6 +15,8 @@ The layers, bottom up (each one importable and usable on its own):
   document through ``kernels.token_nll``.
 * ``ResultsCache`` / ``ResultsStore`` - no mixture is scored twice.
 * an executor - scores a batch of mixtures here or on Ray actors (``executor="ray"``).
+* ``Race`` (``ablate.racing``) - a scoring policy: mixtures proven worse on part of the
+  eval set stop early, survivors are scored in full.
 * ``Evaluator`` - the composition users call (``evaluate``, ``run_many``, ...); ``search``
   and ``validate`` read scores only through it.
 """
@@ -27,16 +29,20 @@ from ablate.evalset import EvalSet  # noqa: E402
 from ablate.evaluator import DomainScore, EvalResult, Evaluator, results_frame  # noqa: E402
 from ablate.layout import MemberLayout  # noqa: E402
 from ablate.mixture import Mixture, MixtureError  # noqa: E402
+from ablate.racing import PartialResult, Race, RaceStats  # noqa: E402
 from ablate.results import ResultsCache, ResultsStore  # noqa: E402
 from ablate.scorer import DocScores, Scorer  # noqa: E402
 from ablate.strategies import Study, search  # noqa: E402
+from ablate.tasks import Task, TaskScore, TaskScorer, task_frame  # noqa: E402
 from ablate.validation import ValidationReport, validate  # noqa: E402
 from pool import AblateError, LoraSpec, Pool, Recipe, TinyModelSpec  # noqa: E402
+from pool.cluster import ClusterModel, add_clustered, fit_clusters  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AblateError",
+    "ClusterModel",
     "DocScores",
     "DomainScore",
     "EvalResult",
@@ -46,15 +52,24 @@ __all__ = [
     "MemberLayout",
     "Mixture",
     "MixtureError",
+    "PartialResult",
     "Pool",
+    "Race",
+    "RaceStats",
     "Recipe",
     "ResultsCache",
     "ResultsStore",
     "Scorer",
     "Study",
+    "Task",
+    "TaskScore",
+    "TaskScorer",
     "TinyModelSpec",
     "ValidationReport",
+    "add_clustered",
+    "fit_clusters",
     "results_frame",
     "search",
+    "task_frame",
     "validate",
 ]

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 _CHUNK_CHARS = 3000  # one document ~ one screenful of code: long enough to need context
 _EVAL_EVERY = 8  # every 8th document of a partition is held out for evaluation
 _VALIDATE_MIXTURES = 6  # weighted mixtures really trained at the end to check the proxies
+TASK_FILE = "continuation.jsonl"  # the demo's multiple-choice task (task name: continuation)
+_TASK_PER_DOC = 3  # task items cut from each held-out document
+_TASK_CONTEXT_CHARS = 200  # ~60 tokens of snippet before the word to pick
+_TASK_CHOICES = 4  # the true next word and 3 next words of snippets of other documents
+_TASK_WORD_CHARS = 40  # a longer "word" (a run of non-space characters) is skipped
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,52 @@ def stdlib_corpus(packages: tuple[str, ...]) -> tuple[dict[str, list[str]], list
     return parts, seed
 
 
+def _cut(doc: str, start: int) -> tuple[str, str] | None:
+    """``(snippet, word)`` at the first single space after ``start`` +
+    ``_TASK_CONTEXT_CHARS``: ``snippet + " " + word`` is the document's own text, the
+    snippet ends on a word and ``word`` is the next run of non-space characters."""
+    p = doc.find(" ", start + _TASK_CONTEXT_CHARS)
+    while p > 0 and (doc[p - 1].isspace() or doc[p + 1 : p + 2].isspace()):
+        p = doc.find(" ", p + 1)  # one space between two words
+    if p < 0:
+        return None
+    word = doc[p + 1 :].split(maxsplit=1)[0] if doc[p + 1 :].strip() else ""
+    snippet = doc[start:p]
+    if not word or len(word) > _TASK_WORD_CHARS or not snippet.strip():
+        return None
+    return snippet, word
+
+
+def continuation_task(docs: list[dict], seed: int = 0) -> list[dict]:
+    """Task items from eval documents: pick a snippet's true next word among
+    ``_TASK_CHOICES``; the others are the next words of snippets of other documents.
+
+    The tiny demo models are far from answering longer continuations (60 characters: near
+    chance, 25%); the next word they get right about half of the time, which leaves room
+    for mixtures to differ."""
+    import random
+
+    rng = random.Random(seed)
+    cuts = []  # (doc index, domain, snippet, word)
+    for i, d in enumerate(docs):
+        text = d["text"]
+        step = max(1, len(text) // _TASK_PER_DOC)
+        for k in range(_TASK_PER_DOC):
+            got = _cut(text, k * step)
+            if got is not None:
+                cuts.append((i, d["domain"], *got))
+    items = []
+    for n, (i, domain, snippet, word) in enumerate(cuts):
+        others = sorted({c[3] for c in cuts if c[0] != i and c[3] != word})
+        if len(others) < _TASK_CHOICES - 1:
+            continue
+        choices = rng.sample(others, _TASK_CHOICES - 1)
+        gold = rng.randrange(_TASK_CHOICES)
+        choices.insert(gold, word)
+        items.append({"id": f"{domain}-{n}", "context": snippet, "choices": choices, "gold": gold})
+    return items
+
+
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     text = "".join(json.dumps(r) + "\n" for r in records)
     write_bytes(path, text.encode("utf-8"))
@@ -123,7 +174,8 @@ def build_pool(
     device: str | None = None,
 ) -> tuple[Pool, Path]:
     """Build (or reuse) the demo pool under ``out`` with ``settings``: returns the pool and
-    its eval file (held-out documents of every partition)."""
+    its eval file (held-out documents of every partition). The multiple-choice task
+    ``TASK_FILE`` is written beside it, cut from the same held-out documents."""
     from pool import Pool, Recipe, TinyModelSpec
 
     s = settings
@@ -184,6 +236,7 @@ def build_pool(
         evals += [{"text": d, "domain": name} for d in held]
     _write_jsonl(out / "train.jsonl", train)
     _write_jsonl(out / "eval.jsonl", evals)
+    _write_jsonl(out / TASK_FILE, continuation_task(evals))
     pool.add([out / "train.jsonl"], by="domain", progress=progress)
     missing = pool.missing()
     if missing:
@@ -198,14 +251,34 @@ def run_demo(
     """Build (or reuse) the demo pool under ``out``, score every subset, write the report."""
     from ablate.evaluator import Evaluator, results_frame
     from ablate.report import write_report
+    from ablate.tasks import task_frame
 
     out = Path(out)
     pool, _ = build_pool(out, QUICK if quick else FULL, progress=progress, device=device)
-    ev = Evaluator(pool, out / "eval.jsonl", by="domain", device=device, progress=progress)
+    ev = Evaluator(
+        pool,
+        out / "eval.jsonl",
+        by="domain",
+        device=device,
+        progress=progress,
+        tasks=[out / TASK_FILE],
+    )
     mixtures = ev.all_subsets()
-    print(f"scoring {len(mixtures)} mixtures on {len(ev.domains)} eval domains")
-    frame = results_frame(ev.run_many(mixtures))
-    report = write_report(frame, out, title="ablate demo: Python standard library")
+    print(
+        f"scoring {len(mixtures)} mixtures on {len(ev.domains)} eval domains and the "
+        f"{ev.tasks['continuation'].n}-item continuation task ({TASK_FILE})"
+    )
+    results = ev.run_many(mixtures)
+    frame = results_frame(results)
+    ranked = sorted(results, key=lambda r: r.tasks["continuation"].acc)
+    worst, best = ranked[0], ranked[-1]
+    print(
+        f"continuation task accuracy: best {best.tasks['continuation'].acc:.3f} ({best.mixture}), "
+        f"worst {worst.tasks['continuation'].acc:.3f} ({worst.mixture})"
+    )
+    report = write_report(
+        frame, out, title="ablate demo: Python standard library", tasks=task_frame(results)
+    )
     print(report.summary)
     print(f"report: {report.markdown}\nheatmap: {report.heatmap}")
     _validate(ev, out / "validation")
@@ -234,3 +307,12 @@ def _validate(ev: Evaluator, out: Path) -> None:
         f"-{domains['spearman'].max():.2f}, macro Spearman {d.loc['macro', 'spearman']:.2f}, "
         f"largest regret of the proxy's pick {100 * d['regret'].max():.2f}% (report: {files.markdown})"
     )
+    if v.tasks is not None:
+        for (task, metric), r in v.tasks.iterrows():
+            if metric == "acc":
+                print(
+                    f"task {task}: proxy-vs-real accuracy Spearman {r['spearman']:.2f} over "
+                    f"{int(r['n'])} mixtures ({int(r['items'])} items)"
+                )
+        for note in v.task_notes:
+            print(f"note: {note}")

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     import torch
 
     from ablate.merge import MergedModel
+    from ablate.tasks import Task, TaskScorer
     from pool.storage import MemberRecord
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class _Loaded:
     executor: Executor | None = None
     model: MergedModel | None = None
     scorers: dict[str, Scorer] = field(default_factory=dict)
+    task_scorers: dict[str, TaskScorer] = field(default_factory=dict)
 
     def merged(self) -> MergedModel:
         if self.model is None:
@@ -99,6 +102,15 @@ class _Loaded:
                 self.merged(), eval_set, batch_tokens=self.batch_tokens
             )
         return self.scorers[eval_set.fingerprint]
+
+    def task_scorer(self, task: Task) -> TaskScorer:
+        if task.fingerprint not in self.task_scorers:
+            from ablate.tasks import TaskScorer
+
+            self.task_scorers[task.fingerprint] = TaskScorer(
+                self.merged(), task, batch_tokens=self.batch_tokens
+            )
+        return self.task_scorers[task.fingerprint]
 
 
 def _shared(name: str, doc: str) -> property:
@@ -124,6 +136,9 @@ class Evaluator:
         stack_budget_bytes: Most memory the ``[N, P]`` member stack may take in this
             process; a larger stack streams from the memory-mapped members (None: 70% of
             what is free).
+        tasks: Multiple-choice task files (``FILE`` or ``NAME=FILE``, ``ablate.tasks``)
+            scored with every mixture: ``evaluate(m).tasks[NAME]``. Task items are scored
+            in this process (also with ``executor="ray"``).
     """
 
     def __init__(
@@ -142,6 +157,7 @@ class Evaluator:
         address: str | None = None,
         gpus_per_worker: float = 0.0,
         stack_budget_bytes: int | None = None,
+        tasks: Sequence[str | os.PathLike | Task] = (),
     ):
         if executor not in ("local", "ray"):
             raise AblateError(f"executor must be 'local' or 'ray', got {executor!r}")
@@ -155,6 +171,9 @@ class Evaluator:
             if isinstance(eval_data, EvalSet)
             else EvalSet.load(pool, eval_data, by=by, text_field=text_field)
         )
+        from ablate.tasks import load_tasks
+
+        task_set: dict[str, Task] = load_tasks(pool, tasks)  # bad lines fail before any write
         path = pool.path / "results.sqlite" if store is True else store
         loaded = _Loaded(
             pool=pool,
@@ -181,6 +200,7 @@ class Evaluator:
             loaded.executor = LocalExecutor(loaded.merged, loaded.scorer, loaded.layout)
         self._loaded = loaded
         self.eval_set = eval_set
+        self.tasks = task_set
         self.cache = ResultsCache(loaded.store, eval_set)
 
     def on(self, eval_set: EvalSet) -> Evaluator:
@@ -227,6 +247,10 @@ class Evaluator:
     def scorer(self, eval_set: EvalSet | None = None) -> Scorer:
         """The ``Scorer`` of ``eval_set`` (default: this evaluator's) on the merged model."""
         return self._loaded.scorer(self.eval_set if eval_set is None else eval_set)
+
+    def task_scorer(self, task: Task) -> TaskScorer:
+        """The ``TaskScorer`` of ``task`` on the merged model (built once)."""
+        return self._loaded.task_scorer(task)
 
     # ------------------------------------------------------------------ keys
     def member_weights(self, mixture: Mixture) -> np.ndarray:
@@ -277,11 +301,39 @@ class Evaluator:
             for m, scores in self.executor.run(walk, rest, self.eval_set):
                 out[m.key] = self.cache.record(m, scores, todo[m])
                 bar.update(1)
-        return [out[m.key] for m in mixtures]  # type: ignore[misc]
+        results = [out[m.key] for m in mixtures]
+        if self.tasks:  # task items: store first, else merged and scored here
+            from ablate.tasks import with_task_scores
+
+            results = with_task_scores(self, results)
+        return results  # type: ignore[return-value]
 
     def all_subsets(self, max_size: int | None = None) -> list[Mixture]:
         """Every uniform subset of the pool's partitions (Gray-code order)."""
         return self.layout.all_subsets(max_size)
+
+    def export(
+        self,
+        mixture: MixtureLike,
+        out: str | os.PathLike,
+        *,
+        dtype: str = "fp32",
+        adapter: bool = False,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write ``mixture``'s merged proxy as a Hugging Face folder (``ablate.export``)."""
+        from ablate.export import export
+
+        return export(
+            self.pool,
+            as_mixture(mixture),
+            out,
+            dtype=dtype,
+            adapter=adapter,
+            overwrite=overwrite,
+            layout=self.layout,
+            model=self.merged,
+        )
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:

@@ -9,7 +9,9 @@ merge engine and the Ray driver share it; none of it loads a tensor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import math
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -19,21 +21,49 @@ from pool.atomic import sha256_json
 from pool.errors import PoolError
 from pool.storage import MemberRecord
 
-MAX_SUBSET_PARTITIONS = 24  # 2^24 subsets is already ~17M evaluations
+# Most mixtures one `eval --all-subsets` (or an exhaustive search) lists at once: each is a
+# merge and a perplexity pass, so 100K is already hours on a GPU; beyond it a search samples.
+MAX_ALL_SUBSETS = 100_000
+
+
+def count_subsets(n: int, max_size: int | None = None) -> int:
+    """Non-empty subsets of ``n`` items with at most ``max_size`` members (exact integer)."""
+    k = n if max_size is None else min(max_size, n)
+    return sum(math.comb(n, j) for j in range(1, k + 1))
+
+
+def iter_subsets(n: int, max_size: int | None = None) -> Iterator[tuple[int, ...]]:
+    """Non-empty subsets of ``range(n)``, smallest first, lazily (``itertools.combinations``):
+    nothing of size 2^n is built, so 128 partitions with ``max_size=4`` cost only what is read."""
+    k = n if max_size is None else min(max_size, n)
+    for size in range(1, k + 1):
+        yield from itertools.combinations(range(n), size)
+
+
+def subsets_limit_message(n: int, max_size: int | None, limit: int = MAX_ALL_SUBSETS) -> str:
+    """Why an enumeration of all subsets is refused, and how to restrict it."""
+    total = count_subsets(n, max_size)
+    fits = max((k for k in range(1, n + 1) if count_subsets(n, k) <= limit), default=0)
+    shown = f"2^{n} - 1 = {total:,}" if max_size is None or max_size >= n else f"{total:,}"
+    fix = f"--max-size {fits} ({count_subsets(n, fits):,} mixtures), " if fits else ""
+    return (
+        f"all subsets of {n} partitions{'' if max_size is None else f' up to size {max_size}'} "
+        f"are {shown} mixtures, more than {limit:,} at once; restrict them with {fix}"
+        f"score chosen ones with --mixture/--weights, or sample them with `ablate search "
+        f"--strategy random --evaluations N`"
+    )
 
 
 def gray_subsets(n: int, max_size: int | None = None) -> list[tuple[int, ...]]:
-    """All non-empty subsets of ``range(n)`` in reflected Gray-code order (size-filtered)."""
-    if n > MAX_SUBSET_PARTITIONS:
-        raise MixtureError(
-            f"{n} partitions have {2**n - 1} subsets; limit --max-size or use `ablate search`"
-        )
-    out = []
-    for i in range(1, 2**n):
-        g = i ^ (i >> 1)
-        if max_size is None or g.bit_count() <= max_size:
-            out.append(tuple(j for j in range(n) if g >> j & 1))
-    return out
+    """All non-empty subsets of ``range(n)`` in reflected Gray-code order (size-filtered).
+
+    The order is the Gray walk's with larger subsets skipped, built from the subsets that are
+    kept (never from 2^n codes). Raises ``MixtureError`` above ``MAX_ALL_SUBSETS`` subsets,
+    saying how many there are and how to restrict them.
+    """
+    if count_subsets(n, max_size) > MAX_ALL_SUBSETS:
+        raise MixtureError(subsets_limit_message(n, max_size))
+    return sorted(iter_subsets(n, max_size), key=lambda s: gray_rank(sum(1 << j for j in s)))
 
 
 def gray_rank(mask: int) -> int:
@@ -117,4 +147,12 @@ class MemberLayout:
         ]
 
 
-__all__ = ["MAX_SUBSET_PARTITIONS", "MemberLayout", "gray_rank", "gray_subsets"]
+__all__ = [
+    "MAX_ALL_SUBSETS",
+    "MemberLayout",
+    "count_subsets",
+    "gray_rank",
+    "gray_subsets",
+    "iter_subsets",
+    "subsets_limit_message",
+]

@@ -25,6 +25,7 @@ import torch
 
 import kernels
 from pool import Pool
+from pool.architectures import stores_transposed
 from pool.errors import CorruptMemberError
 from pool.storage import MemberRecord
 from pool.weights import load_tensors
@@ -43,10 +44,13 @@ STREAM_MIN_COLS = 1024
 class _LoraSite:
     """One adapted linear layer: concatenated factors of all members."""
 
-    param: torch.Tensor  # the skeleton's weight [out, in], a view into the flat buffer
-    base: torch.Tensor  # seed weight [out, in]
-    a: torch.Tensor  # [N * r, in], members' A stacked along rows
-    b: torch.Tensor  # [out, N * r], members' B stacked along columns
+    param: torch.Tensor  # the skeleton's weight, a view into the flat buffer
+    base: torch.Tensor  # seed weight, same shape
+    # param = base + scaling * (left * w) @ right, w repeated r times per member. For
+    # nn.Linear ([out, in]) left = [B_1 ... B_N] (out, N*r), right = [A_1; ...; A_N] (N*r, in);
+    # for GPT-2's Conv1D, which stores W transposed ([in, out]), left = A^T, right = B^T.
+    left: torch.Tensor
+    right: torch.Tensor
     rank: int
     scaling: float
 
@@ -215,6 +219,7 @@ class MergedModel:
             for m in per_member
         ]
         params = dict(self._params)
+        modules = dict(self.model.named_modules())
         sites = []
         for key in sorted(k for k in per_member[0] if k.endswith("lora_A.weight")):
             module = key[: -len(".lora_A.weight")].removeprefix("base_model.model.")
@@ -233,12 +238,13 @@ class MergedModel:
                     f"LoRA members disagree on {module} ({e}); regrow the odd one"
                 ) from None
             p = params[name]
+            left, right = (a.T, b.T) if stores_transposed(modules[module]) else (b, a)
             sites.append(
                 _LoraSite(
                     param=p,
                     base=p.detach().clone(),
-                    a=a.to(self.device, p.dtype),
-                    b=b.to(self.device, p.dtype),
+                    left=left.to(self.device, p.dtype).contiguous(),
+                    right=right.to(self.device, p.dtype).contiguous(),
                     rank=spec.rank,
                     scaling=spec.alpha / spec.rank,
                 )
@@ -266,9 +272,9 @@ class MergedModel:
         if self.method.merges_by_factors:
             with torch.no_grad():
                 for s in self._sites:
-                    w = weights.to(self.device, s.b.dtype).repeat_interleave(s.rank)  # (N*r,)
+                    w = weights.to(self.device, s.left.dtype).repeat_interleave(s.rank)  # (N*r,)
                     # W = W0 + scaling * [w_1 B_1 ... w_N B_N] @ [A_1; ...; A_N]: one GEMM.
-                    torch.addmm(s.base, s.b * w, s.a, alpha=s.scaling, out=s.param.data)
+                    torch.addmm(s.base, s.left * w, s.right, alpha=s.scaling, out=s.param.data)
             return  # LoRA deltas are already relative to the seed: scaling them extrapolates
         if not self.chunked:
             kernels.weighted_average(self.stack, weights.to(self.device), out=self.flat)

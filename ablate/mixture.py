@@ -149,6 +149,17 @@ class Mixture:
             return "+".join(self.names)
         return " ".join(f"{n}:{w:.3g}" for n, w in self.weights)
 
+    def brief(self, parts: int = 8) -> str:
+        """``str(self)`` of at most ``parts`` partitions (the heaviest), then how many more:
+        a mixture of 128 partitions stays one readable line in a report."""
+        if len(self.weights) <= parts:
+            return str(self)
+        more = f" (+{len(self.weights) - parts} more)"
+        if self.is_uniform:
+            return "+".join(self.names[:parts]) + more
+        top = sorted(self.weights, key=lambda nw: (-nw[1], nw[0]))[:parts]
+        return " ".join(f"{n}:{w:.3g}" for n, w in top) + more
+
 
 def _check_name(name: str) -> None:
     try:

@@ -272,8 +272,11 @@ def _heatmap_panel(ax, fig, table, logratio, best_pos, cols, shown) -> None:
     bar.update_ticks()
 
 
-def write_report(frame: pd.DataFrame, out: Path, title: str) -> Report:
-    """Write ``report.md`` and ``heatmap.png`` into ``out``."""
+def write_report(
+    frame: pd.DataFrame, out: Path, title: str, tasks: pd.DataFrame | None = None
+) -> Report:
+    """Write ``report.md`` and ``heatmap.png`` into ``out``; ``tasks`` (``ablate.tasks.
+    task_frame``) adds each task's best and worst mixtures by accuracy."""
     table = ranked(frame)
     best = best_per_domain(frame)
     heatmap = plot_heatmap(frame, out / "heatmap.png", title, table)
@@ -303,10 +306,37 @@ def write_report(frame: pd.DataFrame, out: Path, title: str) -> Report:
         "![perplexity heatmap](heatmap.png)",
         "",
     ]
+    task_text = task_section(tasks) if tasks is not None and not tasks.empty else ""
+    if task_text:
+        lines += [task_text, ""]
     md = out / "report.md"
     write_bytes(md, "\n".join(lines).encode("utf-8"))
     summary = f"top mixtures by macro perplexity:\n{top.head(10).round(3).to_string()}\n\nbest per domain:\n{best.round(4).to_string()}"
     return Report(md, heatmap, summary)
+
+
+def task_section(tasks: pd.DataFrame, k: int = 5) -> str:
+    """Markdown: per task, the ``k`` best and ``k`` worst mixtures by accuracy."""
+    import pandas as pd
+
+    cols = ["mixture", "acc", "acc_lo", "acc_hi", "acc_norm", "gold_nll"]
+    lines = [
+        "## Multiple-choice tasks",
+        "",
+        "Accuracy (lowest-NLL choice), its 95% bootstrap interval over items, accuracy by NLL "
+        "per byte of the choice (acc_norm) and the gold choice's mean NLL.",
+    ]
+    for name, g in tasks.groupby("task", sort=True):
+        g = g.sort_values(["acc", "gold_nll"], ascending=[False, True], kind="stable")
+        shown = g if len(g) <= 2 * k else pd.concat([g.head(k), g.tail(k)])
+        body = shown[cols].reset_index(drop=True)
+        lines += [
+            "",
+            f"### {name} ({int(g['n'].iloc[0])} items; best and worst of {len(g)} mixtures)",
+            "",
+            body.to_markdown(floatfmt=".3f") if _has_tabulate() else body.round(3).to_string(),
+        ]
+    return "\n".join(lines)
 
 
 def _version() -> str:

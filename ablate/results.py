@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from pool.errors import PoolError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ablate.evalset import EvalSet
     from ablate.mixture import Mixture
     from ablate.scorer import DomainScore, EvalResult
@@ -36,6 +38,37 @@ CREATE TABLE IF NOT EXISTS results (
     nll         REAL NOT NULL,
     bytes       INTEGER NOT NULL,
     created_at  TEXT NOT NULL,
+    PRIMARY KEY (pool_key, eval_key, mixture_key, domain)
+)
+"""
+# Multiple-choice task scores (ablate.tasks): one row per (members, task, mixture); every
+# choice's summed NLL as a float64 blob, so metrics and per-item differences derive from it.
+# A table of its own (IF NOT EXISTS), so stores of older releases open unchanged.
+_TASK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS task_results (
+    pool_key    TEXT NOT NULL,
+    task_key    TEXT NOT NULL,
+    mixture_key TEXT NOT NULL,
+    mixture     TEXT NOT NULL,
+    choice_nll  BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (pool_key, task_key, mixture_key)
+)
+"""
+# Scores of mixtures a race dropped (ablate.racing): tokens and summed NLL over the documents
+# scored, and the domain's full token count beside them. A table of its own, never read by
+# ``get``, so a partial score cannot be served as a full one.
+_PARTIAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS partial_results (
+    pool_key     TEXT NOT NULL,
+    eval_key     TEXT NOT NULL,
+    mixture_key  TEXT NOT NULL,
+    domain       TEXT NOT NULL,
+    mixture      TEXT NOT NULL,
+    tokens       INTEGER NOT NULL,
+    nll          REAL NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    created_at   TEXT NOT NULL,
     PRIMARY KEY (pool_key, eval_key, mixture_key, domain)
 )
 """
@@ -71,6 +104,8 @@ class ResultsStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across app crashes
             db.execute(_SCHEMA)
+            db.execute(_TASK_SCHEMA)
+            db.execute(_PARTIAL_SCHEMA)
         except BaseException:
             db.close()
             raise
@@ -119,6 +154,87 @@ class ResultsStore:
             ) from None
         except sqlite3.DatabaseError as e:  # damaged since it was opened
             raise self._unusable(e) from None
+
+    def get_task(self, pool_key: str, task_key: str, mixture_key: str) -> np.ndarray | None:
+        """Every choice's summed NLL ``(C,)`` float64 for a task, or None if never scored."""
+        import numpy as np
+
+        try:
+            row = self._db.execute(
+                "SELECT choice_nll FROM task_results WHERE pool_key=? AND task_key=? AND mixture_key=?",
+                (pool_key, task_key, mixture_key),
+            ).fetchone()
+        except sqlite3.DatabaseError as e:  # damaged since it was opened
+            raise self._unusable(e) from None
+        return None if row is None else np.frombuffer(row[0], dtype="<f8").copy()
+
+    def put_task(
+        self,
+        pool_key: str,
+        task_key: str,
+        mixture_key: str,
+        mixture: Mapping[str, float],
+        choice_nll: np.ndarray,
+    ) -> None:
+        """Store one task's per-choice NLL ``(C,)`` for one mixture."""
+        import numpy as np
+
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        blob = np.ascontiguousarray(choice_nll, dtype="<f8").tobytes()
+        text = json.dumps(dict(mixture), sort_keys=True)
+        row = (pool_key, task_key, mixture_key, text, blob, now)
+        try:
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO task_results VALUES (?,?,?,?,?,?)", row)
+        except sqlite3.OperationalError as e:
+            raise PoolError(
+                f"cannot write to results store {self.path} ({e}); scores stored before are kept - "
+                "fix the cause and run again"
+            ) from None
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+
+    def put_partial(
+        self,
+        pool_key: str,
+        eval_key: str,
+        mixture_key: str,
+        mixture: Mapping[str, float],
+        rows: Mapping[str, Row],
+    ) -> None:
+        """Store a raced-out mixture's partial scores: ``{domain: (tokens scored, summed nll,
+        domain's total tokens)}``, all domains in one transaction."""
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        text = json.dumps(dict(mixture), sort_keys=True)
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO partial_results VALUES (?,?,?,?,?,?,?,?,?)",
+                    [
+                        (pool_key, eval_key, mixture_key, d, text, t, n, total, now)
+                        for d, (t, n, total) in rows.items()
+                    ],
+                )
+        except sqlite3.OperationalError as e:
+            raise PoolError(
+                f"cannot write to results store {self.path} ({e}); scores stored before are kept - "
+                "fix the cause and run again"
+            ) from None
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+
+    def get_partial(self, pool_key: str, eval_key: str, mixture_key: str) -> dict[str, Row] | None:
+        """A raced-out mixture's ``{domain: (tokens scored, summed nll, total tokens)}``."""
+        try:
+            rows = self._db.execute(
+                "SELECT domain, tokens, nll, total_tokens FROM partial_results "
+                "WHERE pool_key=? AND eval_key=? AND mixture_key=?",
+                (pool_key, eval_key, mixture_key),
+            ).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+        return {d: (t, n, total) for d, t, n, total in rows} or None
 
     def __len__(self) -> int:
         return self._db.execute(

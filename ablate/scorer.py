@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from ablate.merge import MergedModel
+    from ablate.tasks import TaskScore
 
 MACRO = "macro"
 _LN2 = math.log(2)
@@ -49,11 +50,12 @@ class DomainScore:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """A mixture's scores per eval domain."""
+    """A mixture's scores per eval domain (and per task: ``ablate.tasks.TaskScore``)."""
 
     mixture: Mixture
     scores: Mapping[str, DomainScore]
     cached: bool = False
+    tasks: Mapping[str, TaskScore] = field(default_factory=dict)
 
     @property
     def ppl(self) -> dict[str, float]:
@@ -141,17 +143,17 @@ def target_nll(model: torch.nn.Module, batch: ScoringBatch) -> torch.Tensor:
     targets only (never on padding).
     """
     import kernels
+    from pool.architectures import lm_head
 
     hidden = model.base_model(input_ids=batch.inputs, use_cache=False).last_hidden_state
-    head = model.get_output_embeddings()
-    cfg = model.config
+    head = lm_head(model)  # weight, bias, logit scale (Cohere, Granite), soft-cap (Gemma 2)
     return kernels.token_nll(
         hidden.flatten(0, 1).index_select(0, batch.at),  # (N, H)
         head.weight,
         batch.targets,
         bias=head.bias,
-        logit_scale=float(getattr(cfg, "logit_scale", None) or 1.0),
-        softcap=getattr(cfg, "final_logit_softcapping", None),
+        logit_scale=head.logit_scale,
+        softcap=head.softcap,
     )
 
 

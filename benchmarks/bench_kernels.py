@@ -17,7 +17,8 @@ Three parts, one run (about two minutes on a 2-core CPU):
 (c) on CUDA (when present): merge bandwidth as a fraction of the device's peak, and
     token_nll tokens/s against ``F.linear`` + ``F.cross_entropy``.
 
-Run: ``python benchmarks/bench_kernels.py``. Timings are the best of a few repeats, because
+Run: ``python benchmarks/bench_kernels.py`` (``--cuda-only``: part (c) alone, as
+``benchmarks/gpu_check.sh`` runs it). Timings are the best of a few repeats, because
 other work on a shared machine only ever makes a run slower. On an oversubscribed machine
 the chunked paths suffer most (each chunk is a few OpenMP parallel regions whose barriers
 wait for descheduled threads): check ``uptime`` before trusting a ratio.
@@ -326,6 +327,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--child", choices=["hf", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cuda-only",
+        action="store_true",
+        help="run the CUDA section only (benchmarks/gpu_check.sh): no CPU comparisons",
+    )
     args = parser.parse_args()
     if args.child:
         child_peak_memory(args.child, args.vocab)
@@ -338,8 +344,9 @@ def main() -> None:
     )
     print("baselines: merge = per-tensor state-dict loop; score = HF model(ids, labels=ids)")
     rows: list[tuple] = []
-    bench_nll(rows)  # first, while this process is still small
-    bench_merge(rows)
+    if not args.cuda_only:
+        bench_nll(rows)  # first, while this process is still small
+        bench_merge(rows)
     if torch.cuda.is_available() and kernels.triton_available():
         bench_cuda_merge(rows)
         torch.cuda.empty_cache()

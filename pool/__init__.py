@@ -2,6 +2,7 @@
 
 # ablate-room: pool (do not remove: ablate checks this line to detect a shadowing package)
 
+from pool.cluster import ClusterModel, add_clustered, fit_clusters
 from pool.errors import AblateError, CorruptMemberError, DataError, PoolError
 from pool.method import METHODS, Method, method_of
 from pool.pool import Pool, UnitRef, VerifyReport
@@ -12,6 +13,7 @@ __all__ = [
     "FORMAT_VERSION",
     "METHODS",
     "AblateError",
+    "ClusterModel",
     "CorruptMemberError",
     "DataError",
     "LoraSpec",
@@ -25,5 +27,7 @@ __all__ = [
     "TinyModelSpec",
     "UnitRef",
     "VerifyReport",
+    "add_clustered",
+    "fit_clusters",
     "method_of",
 ]

@@ -48,11 +48,19 @@ class Document:
             path}``; for a DatasetDict split also ``{"split": name}``. A plain dict so that
             documents pickle (worker processes, Ray).
         source: The file the document came from, so later errors can point at it.
+        where: Where in ``source`` (``"line 12"``, ``"row 3"``; empty for a whole file), so
+            an error about one record names it.
     """
 
     text: str
     meta: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
+    where: str = ""
+
+    @property
+    def location(self) -> str:
+        """``source: where`` (or just ``source``), the prefix of an error about this document."""
+        return f"{self.source}: {self.where}" if self.where else self.source
 
 
 @dataclass
@@ -108,6 +116,45 @@ def read_documents(
             f"{text_field!r} holds the text"
         )
     return docs
+
+
+def iter_documents(
+    paths: Sequence[str | os.PathLike], *, text_field: str = "text", warn_empty: bool = True
+) -> Iterator[Document]:
+    """Stream the documents of ``paths`` one at a time (what ``read_documents`` collects).
+
+    For passes over corpora larger than memory (clustering reads a corpus twice: a bounded
+    sample to fit, then every document to assign). Empty texts are skipped and counted in a
+    logged warning as in ``read_documents`` (``warn_empty=False``: silently, for a second pass
+    over the same files); a corpus with no document at all raises the same ``DataError``.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise DataError("no corpus paths given; pass at least one file or folder")
+    found = 0
+    skipped = 0
+    for raw_path in paths:
+        tally = _Tally()
+        before = found
+        for doc in _read_path(Path(raw_path), text_field, tally):
+            found += 1
+            yield doc
+        if tally.empty and warn_empty:
+            logger.warning(
+                "%s: skipped %d document(s) with empty text (%d kept)",
+                raw_path,
+                tally.empty,
+                found - before,
+            )
+        skipped += tally.empty
+    if not found:
+        shown = ", ".join(str(p) for p in paths)
+        extra = f" ({skipped} had empty text)" if skipped else ""
+        raise DataError(
+            f"no documents found in {shown}{extra}; check the paths and that "
+            f"{text_field!r} holds the text"
+        )
 
 
 def _read_path(path: Path, text_field: str, tally: _Tally) -> Iterator[Document]:
@@ -168,7 +215,7 @@ def _make_doc(
         return None
     meta = {k: v for k, v in record.items() if k != text_field}
     meta.update(extra_meta)
-    return Document(text=text, meta=meta, source=source)
+    return Document(text=text, meta=meta, source=source, where=where)
 
 
 # --- JSON Lines -------------------------------------------------------------------------

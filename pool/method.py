@@ -2,7 +2,8 @@
 
 Whatever differs between a full and a LoRA pool is asked of the pool's ``Method`` instead
 of testing ``recipe.method`` (the model is peft's ``PeftType -> tuner`` mapping: one object
-per method, found by name in one registry). A method owns what it trains (``prepare``),
+per method, found by name in one registry). A method owns what it decides per architecture
+(``fit_recipe``, e.g. LoRA's adapted layers), what it trains (``prepare``),
 what a member saves (``trained_tensors`` into ``weights_file``), how saved tensors become
 plain parameters again (``full_state``), and what the merge engine may assume of its
 members (``merges_by_factors``, ``running_sum_walks``).
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
+from pool.architectures import lora_targets
 from pool.errors import PoolError
 from pool.weights import wrap_lora
 
@@ -61,6 +63,15 @@ class Method(Protocol):
         per step updates a running sum of flat parameters)."""
         ...
 
+    def fit_recipe(self, recipe: Recipe, model: PreTrainedModel) -> Recipe:
+        """``recipe`` with what this method decides per architecture resolved against the
+        seed ``model`` and written out (LoRA: the adapted layers), as ``pool init`` records it.
+
+        Raises:
+            PoolError: The recipe does not fit the model; the message names the fix.
+        """
+        ...
+
     def prepare(self, model: PreTrainedModel, recipe: Recipe, seed: int) -> PreTrainedModel:
         """The model to train, starting from the seed ``model``."""
         ...
@@ -98,6 +109,13 @@ class _MethodFlags:
 class FullMethod(_MethodFlags):
     """Full fine-tuning: every parameter trains; a member is a full set of weights."""
 
+    def fit_recipe(self, recipe: Recipe, model: PreTrainedModel) -> Recipe:
+        """Unchanged: every parameter trains, whatever the architecture; LoRA targets are
+        refused (they would be recorded but mean nothing)."""
+        if recipe.lora.target_modules:
+            raise PoolError("LoRA targets (--lora-targets) apply only to --method lora")
+        return recipe
+
     def prepare(self, model: PreTrainedModel, recipe: Recipe, seed: int) -> PreTrainedModel:
         """The seed model itself: it trains in place (callers keep a copy to restore)."""
         return model
@@ -119,6 +137,12 @@ class FullMethod(_MethodFlags):
 @dataclass(frozen=True)
 class LoraMethod(_MethodFlags):
     """LoRA (peft): the seed stays frozen; a member is its adapter's A and B factors."""
+
+    def fit_recipe(self, recipe: Recipe, model: PreTrainedModel) -> Recipe:
+        """The adapted layers resolved to names (``pool.architectures.lora_targets``)."""
+        targets = lora_targets(model, recipe.lora.target_modules)
+        lora = recipe.lora.model_copy(update={"target_modules": targets})
+        return recipe.model_copy(update={"lora": lora})
 
     def prepare(self, model: PreTrainedModel, recipe: Recipe, seed: int) -> PreTrainedModel:
         """A copy of ``model`` with a fresh adapter whose initialisation comes from ``seed``

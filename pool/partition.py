@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 # 64 characters keeps names readable in tables and far below filesystem limits; a letter or
 # digit first so a name is never hidden (".x") or mistaken for a flag ("-x").
 PARTITION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+_FIELD_JOIN = "__"  # joins the values of `--partition-by a,b` into one partition name
 _NAME_RULE = (
     "names are 1-64 characters from A-Z a-z 0-9 _ . + -, start with a letter or digit "
     "and contain no '..'"
@@ -91,7 +92,8 @@ def partition_documents(
 
     Args:
         docs: The corpus, as read by :func:`pool.corpus.read_documents`.
-        by: Group by ``str(doc.meta[by])``.
+        by: Group by ``str(doc.meta[by])``; ``"a,b"`` groups by the pair of values, one
+            partition per value tuple named ``A__B``.
         by_folder: Group by first-level subfolder (``doc.meta["folder"]``).
         units: Shuffle with ``seed`` and deal into ``units`` partitions of about equal
             character count, named ``unit00``, ``unit01``, ... (for corpora with no natural
@@ -148,31 +150,69 @@ def partition_documents(
     return {key: groups[key] for key in sorted(groups)}
 
 
+def _fields_of(by: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ``("a", "b")``: the fields of a (multi-field) ``by``, checked."""
+    fields = tuple(f.strip() for f in by.split(","))
+    if any(not f for f in fields) or len(set(fields)) != len(fields):
+        raise DataError(
+            f"--partition-by {by!r}: name distinct fields separated by single commas, e.g. field,period"
+        )
+    return fields
+
+
 def _group_by_field(docs: Sequence[Document], by: str) -> dict[str, list[Document]]:
+    """One partition per value (or per value tuple of ``a,b``: named ``A__B``).
+
+    A tuple's name joins its values with ``__`` (``+`` would read as a mixture of partitions
+    in tables); every value must be a valid name on its own,
+    and two different tuples that join to the same name (``("a__b", "c")`` and
+    ``("a", "b__c")``) are refused rather than silently merged.
+    """
+    fields = _fields_of(by)
     groups: dict[str, list[Document]] = {}
+    first: dict[str, tuple[tuple[str, ...], Document]] = {}  # name -> (values, first doc)
     for doc in docs:
-        if by not in doc.meta:
-            fields = ", ".join(repr(k) for k in doc.meta) or "none"
-            raise DataError(
-                f"{doc.source}: a document has no field {by!r} to partition by (fields: {fields}); "
-                f"add it to every record or partition by another field"
-            )
-        value = doc.meta[by]
-        if value is None:
-            raise DataError(
-                f"{doc.source}: a document has {by!r} = null; "
-                f"give every record a value to partition by"
-            )
-        key = str(value)
-        if key not in groups:
-            problem = _name_problem(key)
+        values = []
+        for f in fields:
+            if f not in doc.meta:
+                present = ", ".join(repr(k) for k in doc.meta) or "none"
+                raise DataError(
+                    f"{doc.location}: a document has no field {f!r} to partition by (fields: "
+                    f"{present}); add it to every record or partition by another field"
+                )
+            value = doc.meta[f]
+            if value is None:
+                raise DataError(
+                    f"{doc.location}: a document has {f!r} = null; "
+                    f"give every record a value to partition by"
+                )
+            values.append(str(value))
+        key = _FIELD_JOIN.join(values)
+        if key in groups:
+            seen_values, seen_doc = first[key]
+            if seen_values != tuple(values):
+                raise DataError(
+                    f"{doc.location}: values {tuple(values)!r} of {by!r} and {seen_values!r} "
+                    f"({seen_doc.location}) both make partition name {_shown(key)}; "
+                    f"remove '__' from those values in the data"
+                )
+            groups[key].append(doc)
+            continue
+        for f, v in zip(fields, values, strict=True):
+            problem = _name_problem(v)
             if problem is not None:
                 raise DataError(
-                    f"{doc.source}: {by!r} value {_shown(key)} is not a valid partition name: {problem}; "
-                    f"rename it in the data ({_NAME_RULE})"
+                    f"{doc.location}: {f!r} value {_shown(v)} is not a valid partition name: "
+                    f"{problem}; rename it in the data ({_NAME_RULE})"
                 )
-            groups[key] = []
-        groups[key].append(doc)
+        problem = _name_problem(key)
+        if problem is not None:  # each value is fine, but joined they are too long
+            raise DataError(
+                f"{doc.location}: values of {by!r} make partition name {_shown(key)}, which is "
+                f"invalid: {problem}; shorten the values in the data"
+            )
+        groups[key] = [doc]
+        first[key] = (tuple(values), doc)
     return groups
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from pool import seed as seedlib
+from pool.architectures import check_head
 from pool.atomic import remove_stale_temporaries, sha256_file, staged_dir, write_json
 from pool.corpus import read_documents
 from pool.ensure import SeedModel, Target, ensure_trained
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "pool.json"
+ADD_LOCK = ".add.lock"  # in data/: the file every writer of data/ locks (see Pool.add_lock)
 
 
 @contextlib.contextmanager
@@ -51,7 +53,7 @@ def _add_lock(data_folder: Path) -> Iterator[None]:
     """Hold the pool's add lock, saying so when another ``pool add`` makes us wait."""
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(data_folder / ".add.lock"))
+    lock = FileLock(str(data_folder / ADD_LOCK))
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -146,6 +148,8 @@ class Pool:
             tiny = tiny or TinyModelSpec()
             paths = [seed_data] if isinstance(seed_data, (str, os.PathLike)) else list(seed_data)
             texts = [d.text for d in read_documents(paths, text_field=text_field)]
+            # LoRA targets are checked (on the seed's structure) before anything is written.
+            recipe = method_of(recipe).fit_recipe(recipe, seedlib.tiny_skeleton(tiny, context=8))
             path.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(path)
             base_path, context = "base", recipe.seq_len
@@ -158,6 +162,8 @@ class Pool:
                 )
             base_folder = seedlib.check_base_folder(base)
             model, _ = seedlib.load_base(base_folder)
+            recipe = method_of(recipe).fit_recipe(recipe, model)  # refused before any write
+            check_head(model)  # the scorer computes the logits itself: they must agree
             limit = seedlib.model_context(model, cap=1 << 30)
             if recipe.seq_len > limit:
                 raise PoolError(
@@ -304,6 +310,11 @@ class Pool:
                         text_hash=hashes[pname],
                     )
         return list(todo)
+
+    def add_lock(self) -> contextlib.AbstractContextManager[None]:
+        """The lock every writer of ``data/`` holds (``add``, ``pool.cluster.add_clustered``)."""
+        self.data_folder.mkdir(exist_ok=True)
+        return _add_lock(self.data_folder)
 
     def _new_partitions(self, groups: dict[str, list], hashes: dict[str, str]) -> dict[str, list]:
         """Groups not yet in the pool; identical re-adds are skipped, conflicting ones refused.

@@ -7,11 +7,15 @@ therefore fixed once, in ``pool.json``, and recorded again in every member.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pool.architectures import ALL_LINEAR
 
 MethodName = Literal["full", "lora"]  # the training methods in pool.method.METHODS
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a module's leaf name, or all-linear
 
 
 class _Frozen(BaseModel):
@@ -25,9 +29,26 @@ class LoraSpec(_Frozen):
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout during training.")
     target_modules: tuple[str, ...] = Field(
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        description="Names of the linear modules that get adapters.",
+        (),
+        description=(
+            "Linear layers that get adapters, by leaf name (e.g. q_proj,v_proj), or all-linear "
+            "(every linear layer but the LM head); empty: peft's choice for the architecture, "
+            "else all-linear. Resolved at pool init; pool.json records the names used."
+        ),
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _plain_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for n in names:
+            if not _MODULE_NAME.fullmatch(n):
+                raise ValueError(
+                    f"LoRA target {n!r} is not a module name (letters, digits, _ and -, "
+                    "e.g. q_proj or query_key_value)"
+                )
+        if ALL_LINEAR in names and len(names) > 1:
+            raise ValueError(f"{ALL_LINEAR} selects every linear layer; give it alone")
+        return names
 
 
 class Recipe(_Frozen):

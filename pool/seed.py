@@ -21,7 +21,7 @@ from pool.errors import PoolError
 from pool.recipe import TinyModelSpec
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,26 @@ def build_tiny_model(
 ) -> PreTrainedModel:
     """A randomly initialised Llama-style causal LM of the given shape (fp32)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(_tiny_config(spec, vocab_size, context))
+
+
+def tiny_skeleton(spec: TinyModelSpec, context: int) -> PreTrainedModel:
+    """The tiny seed's modules without weights (meta device, no RNG drawn): enough to check
+    a recipe against the model before its tokenizer and weights exist."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        return LlamaForCausalLM(_tiny_config(spec, spec.vocab_size, context))
+
+
+def _tiny_config(spec: TinyModelSpec, vocab_size: int, context: int) -> LlamaConfig:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -68,8 +85,6 @@ def build_tiny_model(
         pad_token_id=2,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
 
 
 def save_pretrained(
@@ -100,9 +115,14 @@ def weights_fingerprint(folder: str | os.PathLike) -> str:
     folder = Path(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        if not pickled:
+            raise PoolError(f"{folder} has no *.safetensors weights; ablate reads safetensors only")
         raise PoolError(
-            f"{folder} has no *.safetensors weights; ablate reads safetensors only "
-            "(convert with model.save_pretrained(dir, safe_serialization=True))"
+            f"{folder} has only {pickled[0]}{' ...' if len(pickled) > 1 else ''} (pickle) "
+            "weights; ablate reads safetensors only and never unpickles a checkpoint: convert "
+            'it once, in an environment you trust, with python -c "from transformers import '
+            f"AutoModelForCausalLM as M; M.from_pretrained('{folder}').save_pretrained('{folder}')\""
         )
     return sha256_json({f.name: sha256_file(f) for f in files})
 

@@ -68,6 +68,11 @@ class PartitionIndex(_Record):
         description="Half-open document ranges, one per unit."
     )
     unit_hashes: tuple[str, ...] = Field(description="sha256 of each unit's token ids.")
+    batches: tuple[str, ...] = Field(
+        default=(),
+        description="content_hash of each batch of documents appended by `pool add --clusters` "
+        "(empty: the partition was written in one batch).",
+    )
 
 
 class TrainedRecord(_Record):

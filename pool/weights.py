@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pool.architectures import lora_targets, targets_transposed
 from pool.atomic import sha256_file
 from pool.errors import CorruptMemberError
 from pool.recipe import LoraSpec
@@ -22,18 +23,25 @@ if TYPE_CHECKING:
 
 
 def wrap_lora(model: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
-    """Freeze ``model`` and attach fresh LoRA adapters (peft)."""
+    """Freeze ``model`` and attach fresh LoRA adapters (peft) to the layers ``spec`` names.
+
+    The names are resolved against ``model`` (``pool.architectures.lora_targets``): a pool
+    records resolved names, so this only checks them; an empty ``spec`` (a recipe that did
+    not go through ``pool init``) gets the architecture's default.
+
+    Raises:
+        PoolError: A target names no linear layer of ``model`` (the message lists them).
+    """
     from peft import LoraConfig, get_peft_model
 
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [t for t in spec.target_modules if t in present]
-    if not targets:
-        raise ValueError(
-            f"none of the LoRA target modules {list(spec.target_modules)} exist in this model; "
-            "set recipe.lora.target_modules to its linear layer names"
-        )
+    targets = lora_targets(model, spec.target_modules)
     config = LoraConfig(
-        r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(targets),
+        # GPT-2's Conv1D stores W as [in, out]; peft must know to transpose B @ A.
+        fan_in_fan_out=targets_transposed(model, targets),
     )
     return get_peft_model(model, config)
 

@@ -129,3 +129,43 @@ def tree_digest(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
     }
+
+
+def fake_grow(pool: Any, *, scale: float = 0.02) -> int:
+    """A FAST FAKE-TRAINED STAND-IN for ``pool.grow()``, for tests about search and scale.
+
+    Each missing member is the seed plus seeded noise (``scale`` x each tensor's std), written
+    through the same ``write_trained`` path and records as a real member, so the pool loads,
+    merges and scores exactly like a grown one; nothing is trained. Returns how many were
+    written.
+    """
+    import functools
+    import zlib
+
+    import torch
+
+    from pool.storage import MemberRecord
+    from pool.train import TrainResult, write_trained
+
+    missing = pool.missing()
+    base = pool.load_base_model()
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    for ref in missing:
+        gen = torch.Generator().manual_seed(zlib.crc32(ref.member_id.encode()))
+        with torch.no_grad():
+            for name, p in base.named_parameters():
+                noise = torch.randn(p.shape, generator=gen) * (scale * float(p.std() or 1.0))
+                p.copy_(state[name] + noise)
+        write_trained(
+            pool.member_folder(ref.partition, ref.unit),
+            base,
+            TrainResult(0, 0, 0.0, (), 0.0, "cpu"),
+            pool.manifest.recipe,
+            seed=0,
+            base_sha256=pool.manifest.base_sha256,
+            record=functools.partial(
+                MemberRecord, partition=ref.partition, unit=ref.unit, data_hash=ref.data_hash
+            ),
+            record_file="member.json",
+        )
+    return len(missing)

@@ -23,7 +23,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CELL_TIMEOUT_S = 600  # one cell; the slowest (validation training) takes ~30 s on 2 idle cores
 FIGURES = {
-    "what_if": ["help_hurt", "weight_sweep", "best_subset", "grow_before_after"],
+    "what_if": ["help_hurt", "weight_sweep", "best_subset", "grow_before_after", "task_vs_ppl"],
     "validation": ["proxy_vs_real", "correlations", "decisions", "calibration"],
 }
 

@@ -26,6 +26,7 @@ from ablate.cli.common import (
 )
 from ablate.cli.demo import add_demo_command
 from ablate.cli.evaluate import add_eval_command
+from ablate.cli.export import add_export_command
 from ablate.cli.pool import add_pool_commands
 from ablate.cli.search import add_search_command
 from ablate.cli.validate import add_validate_command
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_command(sub)
     add_validate_command(sub)
     add_search_command(sub)
+    add_export_command(sub)
     add_demo_command(sub)
     return parser
 

@@ -178,6 +178,32 @@ def add_max_size_arg(p: argparse.ArgumentParser, when: str = "") -> None:
     )
 
 
+def add_race_args(p: argparse.ArgumentParser, target: str = "target") -> None:
+    """``--race`` and ``--confidence``: the racing scoring policy (``ablate.racing``)."""
+    p.add_argument(
+        "--race",
+        action="store_true",
+        help=f"stop scoring a mixture once part of the eval set proves its {target} worse "
+        "than the best's; survivors are scored in full",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=None,
+        metavar="P",
+        help="with --race: probability that a dropped mixture is really worse (default: 0.95)",
+    )
+
+
+def race_confidence(args: argparse.Namespace) -> float:
+    """``--confidence`` (default 0.95); refused without ``--race``, where it would do nothing."""
+    from ablate.racing import DEFAULT_CONFIDENCE
+
+    if args.confidence is not None and not args.race:
+        raise usage_error("--confidence applies to racing; add --race or drop --confidence")
+    return DEFAULT_CONFIDENCE if args.confidence is None else args.confidence
+
+
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     """The pool, eval-set, device and backend arguments shared by eval, search and validate."""
     add_pool_arg(p, "pool folder (made by `ablate pool init`)")
@@ -195,6 +221,14 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         help="metadata field naming each eval doc's domain (default: all docs are one domain)",
     )
     add_text_field_arg(p)
+    p.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="multiple-choice task (JSONL: context, choices, gold) scored with every mixture; "
+        "NAME=FILE names it (default name: the file's stem) (repeatable)",
+    )
     add_device_arg(p, "score")
     add_ray_args(p)
 
@@ -214,6 +248,7 @@ def evaluator(args: argparse.Namespace):
         workers=args.workers,
         address=args.address,
         gpus_per_worker=args.gpus_per_worker,
+        tasks=args.task or (),
     )
 
 

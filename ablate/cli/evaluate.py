@@ -10,9 +10,11 @@ from ablate.cli.common import (
     add_eval_args,
     add_max_size_arg,
     add_output_args,
+    add_race_args,
     emit_json,
     emit_table,
     evaluator,
+    race_confidence,
     usage_error,
 )
 
@@ -47,6 +49,7 @@ def eval_table(results: list, domains: list[str]) -> tuple[list[dict], list]:
             **{f"ppl:{d}": r.ppl[d] for d in domains},
             "macro_ppl": r.macro_ppl,
             "macro_bpb": r.macro_bpb,
+            **{f"acc:{t}": s.acc for t, s in getattr(r, "tasks", {}).items()},
         }
         for i, r in enumerate(ranked, 1)
     ]
@@ -55,6 +58,8 @@ def eval_table(results: list, domains: list[str]) -> tuple[list[dict], list]:
     if len(domains) > 1:
         cols += [Column("macro_ppl", "macro ppl", fmt=".3f")]
     cols += [Column("macro_bpb", "macro bpb" if len(domains) > 1 else "bpb", fmt=".4f")]
+    tasks = list(getattr(ranked[0], "tasks", {})) if ranked else []
+    cols += [Column(f"acc:{t}", f"{t} acc", fmt=".3f", max_width=DOMAIN_WIDTH) for t in tasks]
     return rows, cols
 
 
@@ -68,18 +73,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     Examples:
         ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets
         ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --weights code=0.25,wiki=0.75
+        ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets --race --top 10
         ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets \\
             --backend ray --address HEAD:6379 --workers 8
     """
+    if args.top is not None and args.top < 1:
+        raise usage_error(f"--top must be at least 1, got {args.top}")
+    confidence = race_confidence(args)
+    note = None
     with evaluator(args) as ev:
         mixtures = _mixtures_from_args(args, ev)
-        results = ev.run_many(mixtures)
+        if args.race:
+            from ablate.racing import PartialResult, Race
+
+            race = Race(ev, "macro", confidence=confidence, top=args.top or 1)
+            raced = race.run(mixtures)  # survivors: full scores only in the table
+            results = [r for r in raced if not isinstance(r, PartialResult)]
+            note = race.stats.describe()
+        else:
+            results = ev.run_many(mixtures)
         domains = list(ev.domains)
+    if args.top is not None:
+        results = sorted(results, key=lambda r: r.macro_ppl)[: args.top]
+    from ablate.tasks import task_rows
+
     if args.json:
-        emit_json([row for r in results for row in r.rows()])
+        # one object per mixture x domain, a macro object, then a "task" object per task
+        emit_json([row for r in results for row in r.rows() + task_rows([r])])
         return 0
     rows, cols = eval_table(results, domains)
     emit_table(args, rows, cols)
+    if note and not args.csv:
+        print(f"note: {note}")
     return 0
 
 
@@ -95,6 +120,15 @@ def add_eval_command(sub: Any) -> None:
     )
     what.add_argument("--all-subsets", action="store_true", help="every subset of partitions")
     add_max_size_arg(p, ", with --all-subsets")
+    add_race_args(p, target="macro perplexity")
+    p.add_argument(
+        "--top",
+        type=int,
+        default=None,
+        metavar="K",
+        help="print the K best mixtures by macro perplexity; with --race, race to prove "
+        "the K best (default: all; racing: the best)",
+    )
     add_output_args(
         p,
         json_help="print a JSON array: one object per mixture x domain, plus a macro object",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, get_args
 
 from ablate.cli.common import (
     add_backend_args,
@@ -19,6 +19,7 @@ from ablate.cli.common import (
     usage_error,
     version,
 )
+from pool.cluster import ClusterOn
 from pool.recipe import LoraSpec, Recipe, TinyModelSpec
 
 
@@ -34,6 +35,19 @@ RECIPE_FLAGS = {
 }
 TINY_FLAGS = _flags(TinyModelSpec, "vocab_size", "seed_tokens", "hidden_size", "layers", "heads")
 _NAME_WIDTH = 32  # partition names longer than this end in an ellipsis in the table
+_TERMS_WIDTH = 40  # a cluster's top terms, cut to this width in the table
+_REUSE = 0  # a bare --clusters (K is at least 1): assign to the clusters the pool already has
+
+
+def _cluster_count(text: str) -> int:
+    """``--clusters K``: a whole number >= 1."""
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of clusters, got {text!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1 cluster, got {k}")
+    return k
 
 
 def _add_model_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[type, str]]) -> None:
@@ -63,9 +77,16 @@ def _model_from_flags(
     }
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """``a,b`` -> ``("a", "b")``: a comma-separated list of names (``--lora-targets``)."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def _recipe(args: argparse.Namespace) -> Recipe:
     fields = _model_from_flags(args, RECIPE_FLAGS, Recipe)
     lora = _model_from_flags(args, RECIPE_FLAGS, LoraSpec)
+    if getattr(args, "lora_targets", None):
+        lora["target_modules"] = args.lora_targets
     if lora:
         fields["lora"] = LoraSpec(**lora)
     return Recipe(**fields)
@@ -82,6 +103,8 @@ def cmd_pool_init(args: argparse.Namespace) -> int:
     Examples:
         ablate pool init runs/pool --base tiny --seed-data seed.jsonl
         ablate pool init runs/pool --base path/to/hf-model --method lora --lora-rank 16
+        ablate pool init runs/pool --base path/to/hf-model --method lora --lora-targets all-linear
+        ablate pool init runs/pool --base path/to/pythia --method lora --lora-targets query_key_value,dense
     """
     from pool import Pool
 
@@ -114,22 +137,46 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
     datasets.save_to_disk folders; partition them; tokenize once. Re-adding
     identical data is a no-op.
 
+    --clusters K clusters unlabeled text into partitions c00, c01, ... (hashed
+    TF-IDF or the seed model's hidden states, k-means) and stores the clusterer in
+    the pool; a later bare --clusters assigns new documents to the same clusters.
+
     Examples:
         ablate pool add runs/pool corpus.jsonl --partition-by domain
+        ablate pool add runs/pool s2orc.jsonl --partition-by field,period
         ablate pool add runs/pool texts/ --by-folder
+        ablate pool add runs/pool web.jsonl --clusters 64 --cluster-seed 0
+        ablate pool add runs/pool more-web.jsonl --clusters
     """
     from pool import Pool
 
     pool = Pool.open(args.pool)
-    added = pool.add(
-        args.files,
-        by=args.partition_by,
-        by_folder=args.by_folder,
-        units=args.units,
-        name=args.name,
-        text_field=args.text_field,
-        progress=not args.quiet,
-    )
+    cluster_flags = args.cluster_on is not None or args.cluster_seed is not None
+    if cluster_flags and args.clusters is None:
+        raise usage_error("--cluster-on and --cluster-seed apply only with --clusters [K]")
+    if args.clusters is not None:
+        from pool.cluster import add_clustered
+
+        added = add_clustered(
+            pool,
+            args.files,
+            clusters=None if args.clusters == _REUSE else args.clusters,
+            on=args.cluster_on,
+            seed=args.cluster_seed,
+            text_field=args.text_field,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    else:
+        added = pool.add(
+            args.files,
+            by=args.partition_by,
+            by_folder=args.by_folder,
+            units=args.units,
+            name=args.name,
+            text_field=args.text_field,
+            progress=not args.quiet,
+        )
     parts = pool.partitions
     for name in added:
         idx = parts[name].index
@@ -180,10 +227,11 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
     return 0 if not left else 1
 
 
-def ls_columns() -> list:
+def ls_columns(clustered: bool = False) -> list:
+    """The ``pool ls`` table; a clustered pool adds each cluster's top terms (on its unit 0)."""
     from ablate.report import Column
 
-    return [
+    cols = [
         Column("partition", align="<", max_width=_NAME_WIDTH),
         Column("unit"),
         Column("docs"),
@@ -193,6 +241,9 @@ def ls_columns() -> list:
         Column("tokens_seen", "seen"),
         Column("wall_time_s", "time s", fmt=".1f"),
     ]
+    if clustered:
+        cols.append(Column("top_terms", "top terms", align="<", max_width=_TERMS_WIDTH))
+    return cols
 
 
 def cmd_pool_ls(args: argparse.Namespace) -> int:
@@ -205,30 +256,46 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
         ablate pool ls runs/pool --csv > members.csv
     """
     from pool import Pool
+    from pool.cluster import summary
 
     pool = Pool.open(args.pool)
     rows = pool.status()
     m = pool.manifest
+    clusters = summary(pool)
     if args.json:
-        emit_json(
-            {
-                "ablate_version": version(),
-                "pool": str(pool.path),
-                "base": m.base,
-                "method": m.recipe.method,
-                "recipe": m.recipe.model_dump(mode="json"),
-                "members": rows,
-            }
-        )
+        doc = {
+            "ablate_version": version(),
+            "pool": str(pool.path),
+            "base": m.base,
+            "method": m.recipe.method,
+            "recipe": m.recipe.model_dump(mode="json"),
+            "members": rows,
+        }
+        if clusters is not None:
+            doc["clusters"] = clusters
+        emit_json(doc)
         return 0
-    table = [{**r, "status": "trained" if r["trained"] else "missing"} for r in rows]
+    terms = {} if clusters is None else clusters["top_terms"]
+    table = [
+        {
+            **r,
+            "status": "trained" if r["trained"] else "missing",
+            "top_terms": " ".join(terms.get(r["partition"], [])) if r["unit"] == 0 else "",
+        }
+        for r in rows
+    ]
     if args.csv:
-        emit_table(args, table, ls_columns())
+        emit_table(args, table, ls_columns(clusters is not None))
         return 0
     print(
         f"pool {pool.path}: base {m.base}, method {m.recipe.method}, {m.recipe.unit_tokens} tokens/unit"
     )
-    emit_table(args, table, ls_columns())
+    if clusters is not None:
+        print(
+            f"clustered: {clusters['k']} clusters on {clusters['on']} (seed {clusters['seed']}, "
+            f"fitted on {clusters['sample_docs']} documents)"
+        )
+    emit_table(args, table, ls_columns(clusters is not None))
     done = sum(r["trained"] for r in rows)
     print(
         f"{len({r['partition'] for r in rows})} partition(s), {len(rows)} unit(s): "
@@ -303,6 +370,12 @@ def add_pool_commands(sub: Any) -> None:
     add_text_field_arg(p)
     add_device_arg(p, "train the seed model")
     _add_model_flags(p, RECIPE_FLAGS)
+    p.add_argument(
+        "--lora-targets",
+        type=_names,
+        metavar="NAMES",
+        help=f"{LoraSpec.model_fields['target_modules'].description} Comma-separated.",
+    )
     _add_model_flags(p, TINY_FLAGS)
 
     p = add_command(pool, "add", cmd_pool_add)
@@ -314,7 +387,11 @@ def add_pool_commands(sub: Any) -> None:
         help="JSONL/Parquet files, text folders or save_to_disk datasets",
     )
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--partition-by", metavar="FIELD", help="partition by a metadata field")
+    mode.add_argument(
+        "--partition-by",
+        metavar="FIELD[,FIELD]",
+        help="partition by a metadata field; a,b makes one partition per value pair, named A__B",
+    )
     mode.add_argument(
         "--by-folder", action="store_true", help="partition by first-level folder name"
     )
@@ -322,7 +399,30 @@ def add_pool_commands(sub: Any) -> None:
         "--units", type=int, metavar="K", help="deal documents at random into K partitions"
     )
     mode.add_argument("--name", help="add all documents as one partition with this name")
+    mode.add_argument(
+        "--clusters",
+        type=_cluster_count,
+        nargs="?",
+        const=_REUSE,
+        metavar="K",
+        help="cluster into K partitions c00, c01, ...; bare: assign to the pool's clusters",
+    )
+    p.add_argument(
+        "--cluster-on",
+        choices=get_args(ClusterOn),
+        default=None,
+        help="what --clusters clusters: hashed TF-IDF or mean-pooled hidden states of the "
+        "seed model (default: tfidf)",
+    )
+    p.add_argument(
+        "--cluster-seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="seed of the sample and k-means start: same seed, same clusters (default: 0)",
+    )
     add_text_field_arg(p)
+    add_device_arg(p, "embed documents (--cluster-on seed)")
 
     p = add_command(pool, "grow", cmd_pool_grow)
     add_pool_arg(p)

@@ -10,11 +10,13 @@ from ablate.cli.common import (
     add_eval_args,
     add_max_size_arg,
     add_output_args,
+    add_race_args,
     add_seed_arg,
     check_figure_path,
     emit_json,
     emit_table,
     evaluator,
+    race_confidence,
 )
 from ablate.cli.evaluate import DOMAIN_WIDTH, MIXTURE_WIDTH
 
@@ -23,9 +25,11 @@ def search_table(frame: Any, domains: list[str]) -> tuple[list[dict], list]:
     """Rows (best first) and columns of the ``ablate search`` table."""
     from ablate.report import Column
 
+    accs = [c for c in frame.columns if c.startswith("acc:")]  # one per --task
     rows = [
         {"rank": rank, **{k: row[k] for k in ("mixture", "score")}}
         | {f"ppl:{d}": row[f"ppl:{d}"] for d in domains}
+        | {c: row[c] for c in accs}
         for rank, row in frame.iterrows()
     ]
     cols = [
@@ -34,6 +38,7 @@ def search_table(frame: Any, domains: list[str]) -> tuple[list[dict], list]:
         Column("score", fmt=".3f"),
     ]
     cols += [Column(f"ppl:{d}", d, fmt=".3f", max_width=DOMAIN_WIDTH) for d in domains]
+    cols += [Column(c, f"{c[4:]} acc", fmt=".3f", max_width=DOMAIN_WIDTH) for c in accs]
     return rows, cols
 
 
@@ -49,11 +54,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         ablate search runs/pool --eval-data eval.jsonl --eval-by domain --target weighted:code=2,wiki=1 \\
             --continuous --strategy gradient
         ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy tpe --storage sqlite:///study.db
+        ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy exhaustive --race
     """
     from ablate.strategies import search
 
     if args.plot:
         check_figure_path(args.plot, "--plot")
+    confidence = race_confidence(args)
     with evaluator(args) as ev:
         study = search(
             ev,
@@ -68,6 +75,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             study_name=args.study_name,
             heldout=args.heldout,
             seed=args.seed,
+            race=args.race,
+            confidence=confidence,
         )
     if args.plot:
         study.plot(args.plot)
@@ -84,7 +93,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if b is not None:
         held = "" if b.heldout_score is None else f", held-out {b.heldout_score:.3f}"
         print(f"best ({args.target}): {b.mixture}  score {b.score:.3f}{held}")
-    print(f"{study.evaluations} mixture(s) evaluated by {study.strategy}")
+    dropped = len(study.raced_out)
+    raced = f" ({dropped} dropped early by --race, not ranked)" if dropped else ""
+    print(f"{study.evaluations + dropped} mixture(s) evaluated by {study.strategy}{raced}")
     for note in study.notes:
         print(f"note: {note}")
     return 0
@@ -118,6 +129,7 @@ def add_search_command(sub: Any) -> None:
         help="most mixtures to score, store hits included (default: 50; exhaustive: all)",
     )
     add_max_size_arg(p)
+    add_race_args(p)
     p.add_argument(
         "--require", nargs="+", metavar="NAME", help="partitions every mixture must contain"
     )

@@ -1,6 +1,8 @@
 """Shared plumbing of the Optuna-backed strategies (``tpe``, ``gp``): ask, decode, tell.
 
-Subsets are encoded as one boolean (categorical) parameter per free partition; weights as
+Subsets are encoded as one boolean (categorical) parameter per free partition, or, when a
+small ``--max-size`` makes coin flips nearly always too large (``slot_count``), as
+``max_size`` categorical slots that each hold a partition or nothing; weights as
 one float in [0, 1] per allowed partition (values under 0.05 read as 0, so sparse mixtures
 are reachable), normalised onto the simplex by ``SearchSpace.project``. A subset that breaks the member rules (empty, or over
 ``--max-size``) is never scored: it is pruned (TPE ranks pruned trials below every scored
@@ -32,6 +34,8 @@ from pool.atomic import sha256_json
 if TYPE_CHECKING:
     import optuna
 
+    from ablate.strategies.space import SearchSpace
+
 log = logging.getLogger(__name__)
 
 _MAX_INFEASIBLE = 100  # infeasible draws in a row before the sampler is deemed stuck
@@ -39,6 +43,25 @@ _POLL_S = 0.2  # how often a waiting worker looks at the twin trial it waits for
 _WAIT_S = 600.0  # longest wait for another worker's twin trial before scoring it here
 _SNAP = 0.05  # weight-space parameters below this are read as 0 (a partition left out)
 _HUGE = 1e300  # told instead of an infinite perplexity (Optuna wants finite values)
+_MIN_FEASIBLE = 0.05  # share of feasible coin-flip subsets below which slots encode them
+_EMPTY_SLOT = "-"  # a slot that holds no partition
+
+
+def slot_count(space: SearchSpace) -> int:
+    """Membership slots for a subset space where one boolean per partition rarely fits.
+
+    With one fair coin per free partition, a draw has about half of them, so with 128
+    partitions and ``--max-size 4`` almost every draw breaks the member rules. When under
+    ``_MIN_FEASIBLE`` of coin draws would be feasible, a subset is encoded instead as
+    ``free_limit`` categorical slots, each a partition or empty (repeats collapse): every
+    draw then obeys ``--max-size``. Returns 0 for the one-boolean-per-partition encoding.
+    """
+    if space.continuous or space.max_size is None:
+        return 0
+    f, k = len(space.free), space.free_limit
+    lo = 0 if space.require else 1
+    feasible = sum(math.comb(f, j) for j in range(lo, k + 1))
+    return k if feasible < _MIN_FEASIBLE * 2**f else 0
 
 
 def default_study_name(ctx: SearchContext, strategy: str) -> str:
@@ -129,8 +152,14 @@ class OptunaStrategy:
                 load_if_exists=True,
             )
         d = optuna.distributions
+        self._slots = slot_count(self._space)
         if self._space.continuous:
             self._dists = {p: d.FloatDistribution(0.0, 1.0) for p in self._space.allowed}
+        elif self._slots:
+            choices = (_EMPTY_SLOT, *self._space.free)
+            self._dists = {
+                f"slot{i}": d.CategoricalDistribution(choices) for i in range(self._slots)
+            }
         else:
             self._dists = {p: d.CategoricalDistribution((False, True)) for p in self._space.free}
         self._pending: list[tuple[optuna.Trial, Mixture]] = []
@@ -150,7 +179,11 @@ class OptunaStrategy:
             return space.project(
                 {p: params[p] if params[p] >= _SNAP else 0.0 for p in space.allowed}
             )
-        names = set(space.require) | {p for p in space.free if params[p]}
+        if self._slots:
+            chosen = {params[f"slot{i}"] for i in range(self._slots)} - {_EMPTY_SLOT}
+            names = set(space.require) | chosen
+        else:
+            names = set(space.require) | {p for p in space.free if params[p]}
         return Mixture.uniform(sorted(names)) if space.feasible(names) else None
 
     def _reject(self, trial: optuna.Trial) -> None:

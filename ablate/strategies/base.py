@@ -19,6 +19,7 @@ from pool.errors import AblateError
 if TYPE_CHECKING:
     from ablate.evaluator import EvalResult, Evaluator
     from ablate.mixture import Mixture
+    from ablate.racing import PartialResult
     from ablate.strategies.space import SearchSpace, Target
 
 SpaceKind = Literal["subsets", "weights"]
@@ -26,11 +27,15 @@ SpaceKind = Literal["subsets", "weights"]
 
 @dataclass(frozen=True)
 class Trial:
-    """One scored mixture as a strategy sees it (lower ``score`` is better)."""
+    """One scored mixture as a strategy sees it (lower ``score`` is better).
+
+    With racing, a mixture dropped early carries a ``PartialResult`` and an estimated
+    ``score`` (above the incumbent's full score); every other trial a full ``EvalResult``.
+    """
 
     mixture: Mixture
     score: float  # the target's perplexity on the search documents
-    result: EvalResult
+    result: EvalResult | PartialResult
     evaluation: int  # 1-based position among this search's distinct evaluations
 
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ablate.evaluator import EvalResult, Evaluator
+from ablate.layout import MAX_ALL_SUBSETS
+from ablate.racing import DEFAULT_CONFIDENCE, PartialResult, Race
 from ablate.strategies.base import STRATEGIES, SearchContext, Strategy, Trial
 from ablate.strategies.space import SearchSpace, Target
 from ablate.strategies.study import Best, Study
@@ -76,6 +78,8 @@ def search(
     heldout: float | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    race: bool = False,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> Study:
     """Search the mixtures of ``ev``'s pool for the one that minimises ``target``.
 
@@ -95,6 +99,10 @@ def search(
             domain has at least 4 documents, else 0).
         seed: Seeds the strategy and the held-out split.
         progress: Show a progress bar (default: the evaluator's setting).
+        race: Score each proposal by racing (``ablate.racing``): mixtures proven worse than
+            the best so far on part of the eval set stop early; the best is always scored
+            in full. Dropped mixtures are in ``Study.raced_out``, never in ``trials``.
+        confidence: With ``race``: probability that a dropped mixture is really worse.
 
     Returns:
         A ``Study`` with ``best``, ``frame``, ``pareto()`` and ``plot()``.
@@ -115,17 +123,34 @@ def search(
         )
     if budget is not None and budget < 1:
         raise AblateError(f"--evaluations must be at least 1, got {budget}")
+    if budget is None and strategy == "exhaustive" and space.size > MAX_ALL_SUBSETS:
+        raise AblateError(
+            f"an exhaustive search of this space would score {space.size:,} mixtures (more than "
+            f"{MAX_ALL_SUBSETS:,}); cap it with --evaluations N, restrict it with --max-size, "
+            f"or use another --strategy"
+        )
     if budget is None:
         budget = int(min(space.size, math.inf if strategy == "exhaustive" else DEFAULT_BUDGET))
     budget = int(min(budget, space.size))
     search_ev, held_ev, note = split_evaluators(ev, heldout, seed)
     target.domains(search_ev.domains)  # fail early on a domain the eval data lacks
+    if target.tasks(tuple(ev.tasks)) and strategy == "gradient":
+        raise AblateError(
+            "the gradient strategy follows perplexity only; a task: target needs another strategy"
+        )
     ctx = SearchContext(search_ev, space, target, budget, seed, storage, study_name)
     plan = info.factory(ctx)
-    trials = _loop(plan, ctx, ev.progress if progress is None else progress)
+    racer = Race(search_ev, target, confidence=confidence) if race else None
+    trials = _loop(plan, ctx, ev.progress if progress is None else progress, racer)
+    raced_out = [t for t in trials if isinstance(t.result, PartialResult)]
+    trials = [t for t in trials if not isinstance(t.result, PartialResult)]
     study = Study(
         strategy, target, space, trials, heldout=0.0 if held_ev is None else _fraction(ev, held_ev)
     )
+    study.raced_out = raced_out
+    if racer is not None:
+        study.race = racer.stats
+        study.notes.append(racer.stats.describe())
     if note:
         study.notes.append(note)
         log.info(note)
@@ -136,7 +161,7 @@ def search(
             top.mixture,
             top.score,
             top.result.ppl,
-            None if held is None else target.score(held.ppl),
+            None if held is None else target.score(held.ppl, held.tasks),
             None if held is None else held.ppl,
         )
     return study
@@ -146,8 +171,11 @@ def _fraction(ev: Evaluator, held_ev: Evaluator) -> float:
     return len(held_ev.eval_set.docs) / len(ev.eval_set.docs)
 
 
-def _loop(plan: Strategy, ctx: SearchContext, progress: bool) -> list[Trial]:
-    """Propose, score through the store, observe; until the budget or the plan runs out."""
+def _loop(
+    plan: Strategy, ctx: SearchContext, progress: bool, racer: Race | None = None
+) -> list[Trial]:
+    """Propose, score through the store (or race), observe; until the budget or the plan
+    runs out. A raced-out mixture is observed with its estimated score."""
     from tqdm.auto import tqdm
 
     seen: dict[str, Trial] = {}
@@ -165,13 +193,21 @@ def _loop(plan: Strategy, ctx: SearchContext, progress: bool) -> list[Trial]:
             # unseen mixtures, each once, in proposal order (linear: batches can be the whole space)
             unseen = {m.key: m for m in batch if m.key not in seen}
             new = list(unseen.values())[: ctx.budget - len(seen)]
-            results: dict[str, EvalResult] = {}
+            results: dict[str, EvalResult | PartialResult] = {}
             if new:
-                for r in ctx.evaluator.run_many(new, progress=False):
+                scored = (
+                    ctx.evaluator.run_many(new, progress=False) if racer is None else racer.run(new)
+                )
+                for r in scored:
                     results[r.mixture.key] = r
                 for m in new:
                     r = results[m.key]
-                    seen[m.key] = Trial(m, ctx.target.score(r.ppl), r, len(seen) + 1)
+                    score = (
+                        r.estimate
+                        if isinstance(r, PartialResult)
+                        else ctx.target.score(r.ppl, r.tasks)
+                    )
+                    seen[m.key] = Trial(m, score, r, len(seen) + 1)
                 bar.update(len(new))
                 stalls = 0
             else:

@@ -10,10 +10,14 @@ it short after that many subsets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 
+from ablate.layout import MAX_ALL_SUBSETS
 from ablate.mixture import Mixture
 from ablate.strategies.base import SearchContext, Trial, register
+
+_BATCH = 4096  # mixtures per proposal of a lazily enumerated space: bounded memory
 
 
 @register("exhaustive", spaces=("subsets",))
@@ -22,14 +26,18 @@ class Exhaustive:
 
     def __init__(self, ctx: SearchContext):
         space = ctx.space
-        if not space.require and not space.exclude:
-            self._todo = ctx.evaluator.all_subsets(space.max_size)  # the evaluator's own walk
+        self._todo: Iterator[Mixture]
+        if space.size > MAX_ALL_SUBSETS:
+            # Too many to list (``--evaluations`` cut it short): smallest subsets first, lazily;
+            # each batch is still walked in Gray-code order by ``Evaluator.run_many``.
+            self._todo = space.iter_subsets()
+        elif not space.require and not space.exclude:
+            self._todo = iter(ctx.evaluator.all_subsets(space.max_size))  # the evaluator's walk
         else:
-            self._todo = space.subsets()
+            self._todo = iter(space.subsets())
 
     def propose(self, n: int) -> list[Mixture]:
-        batch, self._todo = self._todo[:n], self._todo[n:]
-        return batch
+        return list(itertools.islice(self._todo, min(n, _BATCH)))
 
     def observe(self, trials: Sequence[Trial]) -> None:
         pass  # nothing to learn: the plan is fixed

@@ -10,7 +10,7 @@ several, or the macro average over all of them; several domains give a Pareto fr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,7 @@ from ablate.mixture import Mixture, MixtureError
 from pool.errors import AblateError
 
 MACRO = "macro"
+TASK_PREFIX = "task:"  # a target term on a multiple-choice task (ablate.tasks)
 _REQUIRED_FLOOR = 1e-3  # smallest weight a required partition keeps in a weight space
 
 
@@ -121,13 +122,24 @@ class SearchSpace:
         return Mixture.uniform(sorted(set(self.require) | set(free_members)))
 
     def subsets(self) -> list[Mixture]:
-        """Every mixture of a subset space, in reflected Gray-code order of the free members."""
-        from ablate.evaluator import gray_subsets
+        """Every mixture of a subset space, in reflected Gray-code order of the free members
+        (refused, with how to restrict it, above ``ablate.layout.MAX_ALL_SUBSETS``)."""
+        from ablate.layout import gray_subsets
 
         out = [self.subset(())] if self.require else []
         for idx in gray_subsets(len(self.free), self.free_limit):
             out.append(self.subset(self.free[i] for i in idx))
         return out
+
+    def iter_subsets(self) -> Iterator[Mixture]:
+        """Every mixture of a subset space, lazily, smallest first (``itertools.combinations``
+        up to ``max_size``): any number of partitions, nothing of size 2^n built."""
+        from ablate.layout import iter_subsets
+
+        if self.require:
+            yield self.subset(())
+        for idx in iter_subsets(len(self.free), self.free_limit):
+            yield self.subset(self.free[i] for i in idx)
 
     def project(self, weights: Mapping[str, float]) -> Mixture:
         """The nearest member-rule-abiding mixture: drop excluded, keep required, top-k."""
@@ -206,11 +218,36 @@ class SearchSpace:
         return np.array([d.get(p, 0.0) for p in self.allowed], dtype=float)
 
 
+def task_term(name: str) -> tuple[str, str] | None:
+    """``(task, metric)`` of a ``task:NAME[:METRIC]`` term, None for an eval domain."""
+    if not name.startswith(TASK_PREFIX):
+        return None
+    from ablate.tasks import TASK_METRICS
+
+    task, _, metric = name.removeprefix(TASK_PREFIX).partition(":")
+    metric = metric or "acc"
+    if not task or metric not in TASK_METRICS:
+        raise AblateError(
+            f"--target term {name!r}: write task:NAME or task:NAME:METRIC with METRIC one of "
+            f"{', '.join(TASK_METRICS)}"
+        )
+    return task, metric
+
+
+def task_loss(score: object, metric: str) -> float:
+    """What a search minimises for a task term: the error rate in percent (100 - accuracy
+    in %) for acc and acc_norm, so one accuracy point weighs as much as one perplexity
+    point; the mean gold NLL (nats) for gold_nll."""
+    value = score.metric(metric)
+    return value if metric == "gold_nll" else 100.0 * (1.0 - value)
+
+
 @dataclass(frozen=True)
 class Target:
-    """What a search minimises: a weighted mean of eval-domain perplexities.
+    """What a search minimises: a weighted mean of eval-domain perplexities and task losses.
 
-    ``weights`` is None for the macro average (every domain, equal weights).
+    ``weights`` is None for the macro average (every domain, equal weights). A term named
+    ``task:NAME[:METRIC]`` reads a multiple-choice task instead of a domain (``task_loss``).
     """
 
     spec: str
@@ -226,6 +263,9 @@ class Target:
         spec = spec.strip()
         if spec == MACRO:
             return cls(MACRO)
+        if spec.startswith(TASK_PREFIX):
+            task_term(spec)
+            return cls(spec, ((spec, 1.0),))
         if spec.startswith("weighted:"):
             raw: dict[str, float] = {}
             for part in spec.removeprefix("weighted:").split(","):
@@ -245,6 +285,7 @@ class Target:
                     )
                 if name in raw:
                     raise AblateError(f"--target: domain {name!r} is given twice")
+                task_term(name)
                 raw[name] = w
         else:
             names = [n.strip() for n in spec.split(",")]
@@ -262,29 +303,48 @@ class Target:
         """The domains this target reads, checked against the eval set's domains."""
         if self.weights is None:
             return tuple(available)
-        missing = [d for d, _ in self.weights if d not in available]
+        missing = [d for d, _ in self.weights if d not in available and task_term(d) is None]
         if missing:
             raise AblateError(
                 f"--target names eval domain(s) {', '.join(missing)} that the eval data lacks; "
                 f"it has: {', '.join(available)} (set --eval-by to the field that names domains)"
             )
-        return tuple(d for d, _ in self.weights)
+        return tuple(d for d, _ in self.weights if task_term(d) is None)
 
-    def score(self, ppl: Mapping[str, float]) -> float:
-        """Weighted mean perplexity over the target's domains present in ``ppl``.
+    def tasks(self, available: Sequence[str] = ()) -> tuple[tuple[str, str], ...]:
+        """``(task, metric)`` of the target's task terms, checked against ``available``."""
+        terms = [t for d, _ in self.weights or () if (t := task_term(d)) is not None]
+        missing = sorted({t for t, _ in terms if t not in available})
+        if missing:
+            have = ", ".join(available) or "none"
+            raise AblateError(
+                f"--target names task(s) {', '.join(missing)} that were not given; "
+                f"add --task FILE (tasks given: {have})"
+            )
+        return tuple(terms)
 
-        Domains a (held-out) split lacks are left out and the rest renormalised; NaN when
+    def score(self, ppl: Mapping[str, float], tasks: Mapping[str, object] | None = None) -> float:
+        """Weighted mean of the target's domain perplexities present in ``ppl`` and task
+        losses (``task_loss``) of the tasks present in ``tasks`` (``TaskScore`` s).
+
+        Terms a (held-out) split lacks are left out and the rest renormalised; NaN when
         none is present.
         """
-        pairs = (
-            [(d, 1.0) for d in ppl]
-            if self.weights is None
-            else [(d, w) for d, w in self.weights if d in ppl]
-        )
+        tasks = tasks or {}
+        if self.weights is None:
+            pairs = [(ppl[d], 1.0) for d in ppl]
+        else:
+            pairs = []
+            for d, w in self.weights:
+                term = task_term(d)
+                if term is None and d in ppl:
+                    pairs.append((ppl[d], w))
+                elif term is not None and term[0] in tasks:
+                    pairs.append((task_loss(tasks[term[0]], term[1]), w))
         total = sum(w for _, w in pairs)
         if not pairs or total <= 0:
             return math.nan
-        return float(sum(w * ppl[d] for d, w in pairs) / total)
+        return float(sum(w * v for v, w in pairs) / total)
 
     def coefficients(self, domains: Sequence[str]) -> dict[str, float]:
         """``{domain: weight}`` over ``domains`` (normalised), for gradient-based strategies."""

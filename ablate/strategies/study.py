@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from ablate.racing import RaceStats
+
 
 @dataclass(frozen=True)
 class Best:
@@ -40,6 +42,9 @@ class Study:
         trials: Distinct mixtures in the order the search scored them.
         heldout: Fraction of eval documents kept out of the search (0: none).
         notes: Things worth telling the user (e.g. why no held-out split was made).
+        raced_out: Mixtures a race dropped early; their ``score`` is an estimate and their
+            ``result`` a ``PartialResult``. ``trials`` holds full scores only.
+        race: Tokens and mixtures a race scored, when the search raced.
     """
 
     strategy: str
@@ -49,6 +54,8 @@ class Study:
     heldout: float = 0.0
     best: Best | None = None
     notes: list[str] = field(default_factory=list)
+    raced_out: list[Trial] = field(default_factory=list)  # dropped by --race: partial scores
+    race: RaceStats | None = None  # what racing cost and saved (None: no race)
 
     @property
     def evaluations(self) -> int:
@@ -74,6 +81,7 @@ class Study:
                 "cached": t.result.cached,
             }
             rec.update({f"ppl:{d}": p for d, p in t.result.ppl.items()})
+            rec.update({f"acc:{n}": s.acc for n, s in getattr(t.result, "tasks", {}).items()})
             rec["weights"] = t.mixture.as_dict()
             records.append(rec)
         frame = pd.DataFrame.from_records(records)

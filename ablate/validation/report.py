@@ -51,6 +51,9 @@ class ValidationReport:
         budget_tokens: The fixed budget (None when proportional).
         repeats: Real models per mixture (other training seeds).
         extrapolate: lambda of the proxies' merge (1: the plain weighted average).
+        tasks: With tasks: per (task, metric), proxy-vs-real correlations over mixtures and
+            whether the task has items enough (``ablate.validation.tasks.task_table``).
+        task_notes: Tasks with too few items, and how many they would need.
         search_checks: With ``check_search``: per target, the strategy's pick really
             trained vs the sample's really best mixture (``gain`` >= 0: at least as good).
     """
@@ -68,6 +71,8 @@ class ValidationReport:
     repeats: int = 1
     extrapolate: float | str = 1.0
     search_checks: pd.DataFrame | None = None
+    tasks: pd.DataFrame | None = None
+    task_notes: tuple[str, ...] = ()
 
     @property
     def domains(self) -> list[str]:
@@ -115,6 +120,18 @@ class ValidationReport:
                     if k != "n":
                         row[k] = _num(float(r[k]))
                 out["decisions"].append(row)
+        if self.tasks is not None:
+            out["tasks"] = [
+                {
+                    "task": str(t),
+                    "metric": str(m),
+                    **{k: _num(float(v)) for k, v in r.items() if k not in ("n", "items")},
+                    "n": int(r["n"]),
+                    "items": int(r["items"]),
+                }
+                for (t, m), r in self.tasks.iterrows()
+            ]
+            out["task_notes"] = list(self.task_notes)
         if self.search_checks is not None:
             out["search_checks"] = [
                 {
@@ -169,6 +186,8 @@ class ValidationReport:
                 f"{_interval(r, 'regret', ',', _pct):>18} "
                 f"{r['top3_recall']:>5.2f} {_fmt(r['noise_spearman']):>6}"
             )
+        if self.tasks is not None:
+            lines += ["", self.tasks_text()]
         if self.search_checks is not None:
             for t, r in self.search_checks.iterrows():
                 lines.append(
@@ -176,6 +195,22 @@ class ValidationReport:
                     f"vs sample best {r['sample_best']} {r['sample_best_real']:.3f} "
                     f"({'+' if r['gain'] >= 0 else ''}{100 * r['gain']:.2f}%)"
                 )
+        return "\n".join(lines)
+
+    def tasks_text(self) -> str:
+        """Proxy-vs-real task scores as a short text table, then the too-few-items notes."""
+        lines = [
+            "tasks (proxy vs real over mixtures; items: questions in the task)",
+            f"{'task:metric':<22} {'n':>4} {'items':>6} {'pearson':>8} {'spearman':>9} "
+            f"{'kendall':>8} {'real mean':>10} {'real sd':>8} {'item se':>8}",
+        ]
+        for (t, m), r in self.tasks.iterrows():  # type: ignore[union-attr]
+            lines.append(
+                f"{f'{t}:{m}'[:22]:<22} {int(r['n']):>4} {int(r['items']):>6} "
+                f"{_fmt(r['pearson']):>8} {_fmt(r['spearman']):>9} {_fmt(r['kendall']):>8} "
+                f"{r['real_mean']:>10.3f} {r['real_sd']:>8.3f} {r['item_se']:>8.3f}"
+            )
+        lines += [f"note: {n}" for n in self.task_notes]
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ files
@@ -257,6 +292,25 @@ class ValidationReport:
                     f"| {t} | {r['strategy']} | {r['pick']} | {r['pick_real']:.3f} | {r['sample_best']} "
                     f"| {r['sample_best_real']:.3f} | {100 * r['gain']:+.2f}% |"
                 )
+        if self.tasks is not None:
+            lines += [
+                "",
+                "## Tasks: do proxy task scores predict real ones?",
+                "",
+                "Per task and metric, over the mixtures: correlation of the proxy's score with the "
+                "real model's; item se = paired standard error of one model's score over the task's items, "
+                "real sd = how much real scores differ between mixtures.",
+                "",
+                "| task | metric | n | items | Pearson | Spearman | Kendall | real mean | real sd | item se |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for (t, m), r in self.tasks.iterrows():
+                lines.append(
+                    f"| {t} | {m} | {int(r['n'])} | {int(r['items'])} | {_fmt(r['pearson'])} "
+                    f"| {_fmt(r['spearman'])} | {_fmt(r['kendall'])} | {r['real_mean']:.3f} "
+                    f"| {r['real_sd']:.3f} | {r['item_se']:.3f} |"
+                )
+            lines += [f"\n> {n}" for n in self.task_notes]
         lines += ["", "## Calibration (proxy -> real perplexity)", ""]
         for domain in [None, *self.domains]:
             try:
@@ -274,7 +328,7 @@ class ValidationReport:
             from ablate.mixture import Mixture
 
             lines.append(
-                f"| {Mixture(r.mixture)} | {len(r.units)} | {r.tokens_seen} | {r.final_loss:.4f} | {r.wall_time_s:.1f} |"
+                f"| {Mixture(r.mixture).brief()} | {len(r.units)} | {r.tokens_seen} | {r.final_loss:.4f} | {r.wall_time_s:.1f} |"
             )
         lines += ["", "![proxy vs real perplexity](scatter.png)", ""]
         return "\n".join(lines)

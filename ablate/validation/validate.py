@@ -83,8 +83,13 @@ def validate(
     import pandas as pd
 
     from ablate.evaluator import as_mixture
+    from ablate.strategies.space import Target
     from ablate.validation.models import ensure_trained, plan_for
 
+    if check_search is not None and any(
+        Target.parse(t).tasks(tuple(ev.tasks)) for t in search_targets
+    ):
+        raise MixtureError("--check-search compares perplexity targets; drop the task: target")
     if (mixtures is None) == (sample is None):
         raise MixtureError("say what to validate: mixtures=[...] or sample=N (not both)")
     sampler = weights if isinstance(weights, WeightSampler) else WeightSampler.parse(weights)
@@ -110,9 +115,15 @@ def validate(
     eval_set = ev.eval_set
     scorer = ev.scorer()  # per-document sums: the bootstrap resamples documents
     proxy_docs, real_docs, rows = [], [], []
+    proxy_tasks, real_tasks = [], []  # per mixture {task: TaskScore}; real: per repeat too
     for i, m in enumerate(chosen):
         p_docs = _proxy_documents(ev, m, extrapolate)
-        runs = [_real_documents(ev, rep[i]) for rep in per_repeat]
+        proxy_tasks.append(_task_scores(ev))  # the skeleton holds the proxy now
+        runs, reps = [], []
+        for rep in per_repeat:
+            runs.append(_real_documents(ev, rep[i]))
+            reps.append(_task_scores(ev))  # ... and now the real model
+        real_tasks.append(reps)
         proxy_docs.append(p_docs.nll)
         real_docs.append([r.nll for r in runs])
         proxy = p_docs.domain_totals(eval_set)
@@ -155,6 +166,14 @@ def validate(
         level=level,
         seed=seed,
     )
+    tasks, task_notes = None, ()
+    if ev.tasks:
+        from ablate.validation.tasks import task_table
+
+        tasks, notes = task_table(proxy_tasks, real_tasks)
+        task_notes = tuple(notes)
+        for note in notes:
+            log.warning(note)
     checks = None
     if check_search is not None:
         checks = _check_search(
@@ -186,6 +205,8 @@ def validate(
         repeats=repeats,
         extrapolate=extrapolate,
         search_checks=checks,
+        tasks=tasks,
+        task_notes=task_notes,
     )
 
 
@@ -269,6 +290,11 @@ def _proxy_documents(ev: Evaluator, mixture: Mixture, extrapolate: float | str) 
         if ev.cache.lookup(mixture, key) is None:
             ev.cache.record(mixture, docs.domain_totals(ev.eval_set), key)
     return docs
+
+
+def _task_scores(ev: Evaluator) -> dict:
+    """``{task: TaskScore}`` of the weights the skeleton holds now (no tasks: empty)."""
+    return {name: ev.task_scorer(t).score() for name, t in ev.tasks.items()}
 
 
 def _real_documents(ev: Evaluator, rec: ValidationRecord) -> DocScores:

@@ -148,7 +148,7 @@ def test_lora_merge_is_exact(lora_pool_dir, corpus):
     w = ev.member_weights(mix)
     base = pool.load_base_model()
     spec = pool.manifest.recipe.lora
-    name = "model.layers.1.mlp.down_proj"
+    name = "model.layers.1.self_attn.v_proj"  # LoRA on Llama: q_proj, v_proj (peft's default)
     delta = sum(
         w[i]
         * (

@@ -280,7 +280,7 @@ def test_every_proposal_is_observed_even_when_the_loop_stops():
     from ablate.strategies import driver
 
     mix = Mixture.uniform(["code"])
-    result = SimpleNamespace(mixture=mix, ppl={"code": 2.0})
+    result = SimpleNamespace(mixture=mix, ppl={"code": 2.0}, tasks={})  # an EvalResult's fields
 
     class Repeater:
         proposed = observed = 0
@@ -296,7 +296,7 @@ def test_every_proposal_is_observed_even_when_the_loop_stops():
         budget=5,
         space=SimpleNamespace(contains=lambda m: True),
         evaluator=SimpleNamespace(run_many=lambda ms, progress: [result for _ in ms]),
-        target=SimpleNamespace(score=lambda ppl: ppl["code"]),
+        target=SimpleNamespace(score=lambda ppl, tasks: ppl["code"]),
     )
     plan = Repeater()
     trials = driver._loop(plan, ctx, progress=False)  # noqa: SLF001

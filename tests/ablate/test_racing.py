@@ -1,0 +1,306 @@
+"""Racing (ablate.racing): planted candidates, the statistic, and partial scores kept apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import WORDS, domain_evaluator, eval_cli_args, write_jsonl
+
+from ablate import EvalResult, PartialResult, Race, search
+from ablate.racing import RaceOrder, Racer, paired_gap
+from ablate.strategies import STRATEGIES
+from pool.errors import AblateError
+
+N_DOMAINS, PER_DOMAIN = 3, 16
+
+
+@pytest.fixture
+def docs():
+    """Per-document tokens, domains and an incumbent's summed NLL (about 3 nats a token)."""
+    rng = np.random.default_rng(0)
+    domain = np.repeat(np.arange(N_DOMAINS), PER_DOMAIN)
+    tokens = rng.integers(200, 400, len(domain))
+    base = tokens * rng.normal(3.0, 0.1, len(domain))  # documents differ in difficulty
+    return tokens, domain, base, rng
+
+
+def _race(tokens, domain, candidates, *, top=1, weights=None):
+    """Race ``candidates`` ({key: per-document NLL}) with a scorer that counts documents."""
+    weights = np.full(N_DOMAINS, 1 / N_DOMAINS) if weights is None else weights
+    raced = [d for d in range(N_DOMAINS) if weights[d] > 0]
+    racer = Racer(RaceOrder.build(domain, raced), tokens, domain, weights, top=top)
+    scored = dict.fromkeys(candidates, 0)
+
+    def score(keys, idx):
+        for k in keys:
+            scored[k] += len(idx)
+        return np.stack([candidates[k][idx] for k in keys])
+
+    return racer.run(list(candidates), score), scored, racer
+
+
+def test_order_is_stratified_and_covers_every_document_once(docs):
+    tokens, domain, _, _ = docs
+    order = RaceOrder.build(domain, range(N_DOMAINS))
+    allidx = np.concatenate(order.stages)
+    assert sorted(allidx.tolist()) == list(range(len(domain)))  # each document exactly once
+    for stage in order.stages[:-1]:  # every prefix holds the same count of each domain
+        counts = np.bincount(domain[stage], minlength=N_DOMAINS)
+        assert len(set(counts.tolist())) == 1 and counts[0] >= 2
+    one = RaceOrder.build(domain, [1])  # a one-domain target races its own documents only
+    assert set(domain[np.concatenate(one.stages[:-1])].tolist()) == {1}
+
+
+def test_clearly_worse_candidate_is_dropped_at_the_first_look(docs):
+    tokens, domain, base, rng = docs
+    worse = base + tokens * rng.normal(0.5, 0.05, len(base))  # ~0.5 nats a token worse everywhere
+    out, scored, racer = _race(tokens, domain, {"best": base, "worse": worse})
+    assert out["best"].full and scored["best"] == len(domain)
+    lost = out["worse"]
+    assert not lost.full and lost.stages == 1 and lost.against == "best"
+    first = len(racer.order.stages[0])
+    assert scored["worse"] == first < len(domain) / 4  # a small part of the eval set
+    assert np.isnan(lost.nll).sum() == len(domain) - first
+    assert lost.score > out["best"].score  # the estimate stays above the incumbent
+
+
+def test_candidate_within_noise_is_scored_in_full(docs):
+    tokens, domain, base, rng = docs
+    near = base * (1 + rng.normal(0, 0.002, len(base)))  # same model up to noise
+    out, scored, _ = _race(tokens, domain, {"a": base, "b": near})
+    assert out["a"].full and out["b"].full
+    assert scored == {"a": len(domain), "b": len(domain)}
+    assert not np.isnan(out["b"].nll).any()
+
+
+def test_top_k_keeps_the_k_best_and_drops_the_clearly_worse(docs):
+    tokens, domain, base, _ = docs
+    cands = {f"m{i}": base + tokens * 0.15 * i for i in range(5)}  # 0.15 nats a token apart
+    out, _, racer = _race(tokens, domain, cands, top=2)
+    assert {k for k, o in out.items() if o.full} >= {"m0", "m1"}
+    assert not out["m4"].full  # 60% worse than the second best
+    assert [k for _, k, _ in racer.incumbents] == ["m0", "m1"]
+
+
+def test_paired_gap_is_exact_when_every_document_is_scored(docs):
+    tokens, domain, base, _ = docs
+    w = np.full(N_DOMAINS, 1 / N_DOMAINS)
+    gap = paired_gap(base * 1.01, base, tokens, domain, np.ones(len(base), bool), w)
+    mu = np.array([base[domain == d].sum() / tokens[domain == d].sum() for d in range(N_DOMAINS)])
+    assert gap.se == 0 and gap.delta == pytest.approx(np.mean(np.exp(1.01 * mu) - np.exp(mu)))
+    assert gap.delta > 0 and gap.worse(0.999)
+    one = np.zeros(len(base), bool)
+    one[np.flatnonzero(domain == 0)[:1]] = True  # one document: no variance, no verdict
+    assert not paired_gap(base * 2, base, tokens, domain, one, w).worse(0.5)
+
+
+def test_race_on_a_pool_keeps_partial_scores_apart(full_pool, corpus, tmp_path):
+    store = tmp_path / "results.sqlite"
+    ev = domain_evaluator(full_pool, corpus, store=store)
+    mixtures = ["code", "wiki", "math"]
+    race = Race(ev, "code", confidence=0.8)
+    results = race.run(mixtures)
+    full = [r for r in results if isinstance(r, EvalResult)]
+    dropped = [r for r in results if isinstance(r, PartialResult)]
+    assert [str(r.mixture) for r in full] == ["code"] and dropped
+    assert race.stats.dropped == len(dropped) and race.stats.saving > 1
+    for r in dropped:
+        assert not hasattr(r, "ppl") and not hasattr(r, "scores")  # cannot pass for full
+        assert 0 < r.fraction < 1 and r.estimate > ev.evaluate("code").ppl["code"]
+        key = ev.pool_key(r.mixture)
+        assert ev.cache.lookup(r.mixture, key) is None  # never served as a full score
+        rows = ev.store.get_partial(key, ev.eval_set.fingerprint, r.mixture.key)
+        assert all(t < total for t, _, total in rows.values() if total)
+    again = ev.evaluate(dropped[0].mixture)  # asking for it scores it in full
+    assert not again.cached and set(again.scores) == set(ev.domains)
+    # the race's full score is the full score
+    fresh = domain_evaluator(full_pool, corpus).evaluate("code")
+    assert full[0].ppl == pytest.approx(fresh.ppl, rel=1e-5)
+
+
+def test_cli_eval_race_top_and_bad_confidence(full_pool, corpus, capsys):
+    from ablate.cli import main
+
+    args = ["-q", *eval_cli_args("eval", full_pool.path, corpus["eval"]), "--all-subsets"]
+    assert main([*args, "--race", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "note: racing:" in out and "eval tokens scored" in out
+    assert main([*args, "--race", "--confidence", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--confidence" in err[0]
+    assert main([*args, "--confidence", "0.9"]) == 2  # does nothing without --race: refused
+    assert "add --race" in capsys.readouterr().err
+    search = ["-q", *eval_cli_args("search", full_pool.path, corpus["eval"])]
+    assert main([*search, "--strategy", "exhaustive", "--target", "code", "--race"]) == 0
+    out = capsys.readouterr().out
+    assert "best (code):" in out and "note: racing:" in out
+
+
+def test_race_refuses_bad_settings(full_pool, corpus):
+    ev = domain_evaluator(full_pool, corpus)
+    with pytest.raises(AblateError, match="--top"):
+        Race(ev, "macro", top=0)
+    with pytest.raises(AblateError, match="lacks"):
+        Race(ev, "nosuchdomain")
+
+
+def test_search_with_race_finds_the_same_best_and_reports_full_scores_only(full_pool, corpus):
+    ev = domain_evaluator(full_pool, corpus)
+    for target in ("code", "macro"):
+        plain = search(ev, target=target, strategy="exhaustive", heldout=0, progress=False)
+        raced = search(
+            domain_evaluator(full_pool, corpus),
+            target=target,
+            strategy="exhaustive",
+            heldout=0,
+            race=True,
+            progress=False,
+        )
+        assert raced.best.mixture == plain.best.mixture
+        assert raced.best.score == pytest.approx(plain.best.score, rel=1e-5)
+        assert all(isinstance(t.result, EvalResult) for t in raced.trials)
+        assert all(isinstance(t.result, PartialResult) for t in raced.raced_out)
+        assert len(raced.trials) + len(raced.raced_out) == plain.evaluations
+        assert set(raced.frame["mixture"]) == {str(t.mixture) for t in raced.trials}
+        assert raced.race is not None and any("racing:" in n for n in raced.notes)
+    # a sequential strategy races each proposal against the best so far
+    st = search(
+        domain_evaluator(full_pool, corpus),
+        target="code",
+        strategy="random",
+        budget=4,
+        heldout=0,
+        race=True,
+        progress=False,
+    )
+    assert st.best is not None and st.evaluations + len(st.raced_out) == 4
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_can_race(name, full_pool_dir, corpus):
+    """Racing is a scoring policy: each registered strategy runs with it, sees full scores
+    for the survivors and estimates for the dropped, and reports a full-scored best."""
+    if name in ("tpe", "gp"):
+        pytest.importorskip("optuna")
+    ev = domain_evaluator(full_pool_dir, corpus)
+    continuous = "subsets" not in STRATEGIES[name].spaces
+    st = search(
+        ev,
+        target="code",
+        strategy=name,
+        budget=4,
+        heldout=0,
+        race=True,
+        continuous=continuous,
+        progress=False,
+    )
+    assert st.best is not None and st.race is not None
+    assert all(isinstance(t.result, EvalResult) for t in st.trials)
+    assert st.best.score == min(t.score for t in st.trials)
+    assert st.evaluations + len(st.raced_out) <= 4
+
+
+# ---------------------------------------------------------------------- task terms
+def _task_race(domain, tokens, items, candidates, *, task_weight=1.0):
+    """Race units = ``domain``'s documents, then ``items`` task items (one linear stratum of
+    acc losses, 0 or 100 per item), as ``Race`` lays them out for a task term."""
+    n_docs = len(domain)
+    strata = np.concatenate([domain, np.full(items, N_DOMAINS)])
+    units_tokens = np.concatenate([tokens, np.ones(items, np.int64)])
+    dom_w = (1 - task_weight) / N_DOMAINS
+    weights = np.array([dom_w] * N_DOMAINS + [task_weight])
+    linear = np.arange(N_DOMAINS + 1) == N_DOMAINS
+    bound = np.where(linear, 100.0, 0.0)
+    raced = [d for d in range(N_DOMAINS + 1) if weights[d] > 0]
+    order = RaceOrder.build(strata, raced)
+    racer = Racer(order, units_tokens, strata, weights, linear=linear, bound=bound)
+    scored = dict.fromkeys(candidates, 0)
+
+    def score(keys, idx):
+        for k in keys:
+            scored[k] += int((idx >= n_docs).sum())  # task items scored
+        return np.stack([candidates[k][idx] for k in keys])
+
+    return racer.run(list(candidates), score), scored, racer
+
+
+def test_task_target_drops_a_clearly_worse_candidate_early(docs):
+    tokens, domain, base, rng = docs
+    items = 200
+    good = np.concatenate([base, 100.0 * (rng.random(items) > 0.8)])  # ~80% accuracy
+    bad = np.concatenate([base, 100.0 * (rng.random(items) > 0.3)])  # ~30% accuracy
+    out, scored, racer = _task_race(domain, tokens, items, {"good": good, "bad": bad})
+    assert out["good"].full and scored["good"] == items
+    assert not out["bad"].full and out["bad"].against == "good"
+    assert scored["bad"] <= items / 4  # dropped after a small part of the items
+    assert out["bad"].score > out["good"].score
+    assert out["good"].score == pytest.approx(good[len(domain) :].mean())  # 100 * (1 - acc)
+    # a few items that all disagree prove nothing: a zero variance is not an exact test
+    two = np.zeros(len(tokens) + items, bool)
+    two[len(tokens) : len(tokens) + 2] = True
+    weights = np.array([0.0] * N_DOMAINS + [1.0])
+    lin, bnd = weights > 0, np.where(weights > 0, 100.0, 0.0)
+    strata = np.concatenate([domain, np.full(items, N_DOMAINS)])
+    ones = np.concatenate([tokens, np.ones(items)])
+    gap = paired_gap(good + 100, good, ones, strata, two, weights, lin, bnd)
+    assert gap.delta == pytest.approx(100) and not gap.worse(0.99)
+    assert paired_gap(good + 100, good, ones, strata, two, weights, lin).worse(0.99)  # unguarded
+
+
+def test_weighted_task_and_perplexity_target_races_on_both(docs):
+    """Same accuracy, much worse perplexity: a 50/50 target drops it on the documents, a
+    task-only target cannot tell the two apart (both scored in full)."""
+    tokens, domain, base, rng = docs
+    items = 40
+    acc = 100.0 * (rng.random(items) > 0.6)
+    worse_ppl = base + tokens * rng.normal(0.5, 0.05, len(base))
+    cands = {"inc": np.concatenate([base, acc]), "ppl": np.concatenate([worse_ppl, acc])}
+    out, _, racer = _task_race(domain, tokens, items, cands, task_weight=0.5)
+    assert out["inc"].full and not out["ppl"].full
+    assert np.isnan(out["ppl"].nll).any()  # dropped before the last stage
+    only_task, _, _ = _task_race(domain, tokens, items, cands, task_weight=1.0)
+    assert only_task["inc"].full and only_task["ppl"].full
+    mu = np.array([base[domain == d].sum() / tokens[domain == d].sum() for d in range(N_DOMAINS)])
+    assert out["inc"].score == pytest.approx(np.exp(mu).mean() / 2 + acc.mean() / 2)
+
+
+QA = [  # a snippet of one domain, continued by words of each domain; the gold one matches
+    {
+        "context": " ".join(WORDS[dom][(i + k) % 10] for k in range(6)),
+        "choices": [" ".join(WORDS[d][(i + k) % 10] for k in range(3)) for d in WORDS],
+        "gold": list(WORDS).index(dom),
+        "id": i,
+    }
+    for i, dom in enumerate(["code", "wiki", "math"] * 3)
+]
+
+
+@pytest.mark.parametrize("target", ["task:qa", "weighted:code=1,task:qa:gold_nll=2"])
+def test_race_with_task_terms_matches_full_scoring(target, full_pool_dir, corpus, tmp_path):
+    """Racing a task (or task + perplexity) target: the same best as plain search, and every
+    survivor's task scores are its full task scores."""
+    qa = write_jsonl(tmp_path / "qa.jsonl", QA)
+    ev = domain_evaluator(full_pool_dir, corpus, tasks=[qa])
+    plain = search(ev, target=target, strategy="exhaustive", heldout=0, progress=False)
+    raced = search(
+        domain_evaluator(full_pool_dir, corpus, tasks=[qa], store=tmp_path / "r.sqlite"),
+        target=target,
+        strategy="exhaustive",
+        heldout=0,
+        race=True,
+        confidence=0.8,
+        progress=False,
+    )
+    assert raced.best.mixture == plain.best.mixture
+    assert raced.best.score == pytest.approx(plain.best.score, rel=1e-5)
+    assert len(raced.trials) + len(raced.raced_out) == plain.evaluations
+    full = {str(t.mixture): t.result for t in plain.trials}
+    for t in raced.trials:
+        got, want = t.result.tasks["qa"], full[str(t.mixture)].tasks["qa"]
+        assert np.allclose(got.choice_nll, want.choice_nll, rtol=1e-5, atol=0)
+        assert np.array_equal(got.correct, want.correct) and not got.cached
+        assert t.score == pytest.approx(
+            plain.frame.set_index("mixture").loc[str(t.mixture)]["score"]
+        )
+    assert raced.raced_out and raced.race.tokens_scored < raced.race.tokens_full
+    assert all(t.result.estimate > raced.best.score for t in raced.raced_out)
