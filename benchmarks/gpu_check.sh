@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 LOGS=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+# The kernels must compile for the device, not run under the CPU interpreter (.ci/run sets it).
+unset TRITON_INTERPRET
 ROWS=()
 FAILED=0
 

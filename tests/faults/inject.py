@@ -77,7 +77,7 @@ def _kill_at_publish(n: int) -> None:
 
 @fault("kill-in-tokenize")
 def _kill_in_tokenize(n: int) -> None:
-    """Kill half-way through tokenizing the n-th partition."""
+    """Kill half-way through the n-th tokenizer batch (of 256 documents: a small partition is one)."""
     import pool.tokens
 
     real, hit = pool.tokens.encode_documents, _nth(n)
