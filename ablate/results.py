@@ -117,13 +117,10 @@ class ResultsStore:
         )
 
     def get(self, pool_key: str, eval_key: str, mixture_key: str) -> dict[str, Row] | None:
-        try:
-            rows = self._db.execute(
-                "SELECT domain, tokens, nll, bytes FROM results WHERE pool_key=? AND eval_key=? AND mixture_key=?",
-                (pool_key, eval_key, mixture_key),
-            ).fetchall()
-        except sqlite3.DatabaseError as e:  # damaged since it was opened
-            raise self._unusable(e) from None
+        rows = self._read(
+            "SELECT domain, tokens, nll, bytes FROM results WHERE pool_key=? AND eval_key=? AND mixture_key=?",
+            (pool_key, eval_key, mixture_key),
+        )
         return {d: (t, n, b) for d, t, n, b in rows} or None
 
     def put(
@@ -135,38 +132,24 @@ class ResultsStore:
         rows: Mapping[str, Row],
     ) -> None:
         """Store all domains of one mixture in one transaction (all or nothing)."""
-        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        text = json.dumps(dict(mixture), sort_keys=True)
-        try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
-                    [
-                        (pool_key, eval_key, mixture_key, d, text, t, n, b, now)
-                        for d, (t, n, b) in rows.items()
-                    ],
-                )
-        except sqlite3.OperationalError as e:  # disk full, I/O error, locked past the busy timeout
-            raise PoolError(
-                f"cannot write to results store {self.path} ({e}); scores stored before are kept - "
-                "fix the cause and run again"
-            ) from None
-        except sqlite3.DatabaseError as e:  # damaged since it was opened
-            raise self._unusable(e) from None
+        now, text = _stamp(mixture)
+        self._write(
+            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (pool_key, eval_key, mixture_key, d, text, t, n, b, now)
+                for d, (t, n, b) in rows.items()
+            ],
+        )
 
     def get_task(self, pool_key: str, task_key: str, mixture_key: str) -> np.ndarray | None:
         """Every choice's summed NLL ``(C,)`` float64 for a task, or None if never scored."""
         import numpy as np
 
-        try:
-            row = self._db.execute(
-                "SELECT choice_nll FROM task_results WHERE pool_key=? AND task_key=? AND mixture_key=?",
-                (pool_key, task_key, mixture_key),
-            ).fetchone()
-        except sqlite3.DatabaseError as e:  # damaged since it was opened
-            raise self._unusable(e) from None
-        return None if row is None else np.frombuffer(row[0], dtype="<f8").copy()
+        rows = self._read(
+            "SELECT choice_nll FROM task_results WHERE pool_key=? AND task_key=? AND mixture_key=?",
+            (pool_key, task_key, mixture_key),
+        )
+        return np.frombuffer(rows[0][0], dtype="<f8").copy() if rows else None
 
     def put_task(
         self,
@@ -179,20 +162,12 @@ class ResultsStore:
         """Store one task's per-choice NLL ``(C,)`` for one mixture."""
         import numpy as np
 
-        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        now, text = _stamp(mixture)
         blob = np.ascontiguousarray(choice_nll, dtype="<f8").tobytes()
-        text = json.dumps(dict(mixture), sort_keys=True)
-        row = (pool_key, task_key, mixture_key, text, blob, now)
-        try:
-            with self._db:
-                self._db.execute("INSERT OR REPLACE INTO task_results VALUES (?,?,?,?,?,?)", row)
-        except sqlite3.OperationalError as e:
-            raise PoolError(
-                f"cannot write to results store {self.path} ({e}); scores stored before are kept - "
-                "fix the cause and run again"
-            ) from None
-        except sqlite3.DatabaseError as e:
-            raise self._unusable(e) from None
+        self._write(
+            "INSERT OR REPLACE INTO task_results VALUES (?,?,?,?,?,?)",
+            [(pool_key, task_key, mixture_key, text, blob, now)],
+        )
 
     def put_partial(
         self,
@@ -204,37 +179,43 @@ class ResultsStore:
     ) -> None:
         """Store a raced-out mixture's partial scores: ``{domain: (tokens scored, summed nll,
         domain's total tokens)}``, all domains in one transaction."""
-        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        text = json.dumps(dict(mixture), sort_keys=True)
+        now, text = _stamp(mixture)
+        self._write(
+            "INSERT OR REPLACE INTO partial_results VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (pool_key, eval_key, mixture_key, d, text, t, n, total, now)
+                for d, (t, n, total) in rows.items()
+            ],
+        )
+
+    def get_partial(self, pool_key: str, eval_key: str, mixture_key: str) -> dict[str, Row] | None:
+        """A raced-out mixture's ``{domain: (tokens scored, summed nll, total tokens)}``."""
+        rows = self._read(
+            "SELECT domain, tokens, nll, total_tokens FROM partial_results "
+            "WHERE pool_key=? AND eval_key=? AND mixture_key=?",
+            (pool_key, eval_key, mixture_key),
+        )
+        return {d: (t, n, total) for d, t, n, total in rows} or None
+
+    def _read(self, sql: str, params: tuple) -> list[tuple]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as e:  # damaged since it was opened
+            raise self._unusable(e) from None
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """``rows`` in one transaction (all or nothing), failures as one clear line."""
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO partial_results VALUES (?,?,?,?,?,?,?,?,?)",
-                    [
-                        (pool_key, eval_key, mixture_key, d, text, t, n, total, now)
-                        for d, (t, n, total) in rows.items()
-                    ],
-                )
-        except sqlite3.OperationalError as e:
+                self._db.executemany(sql, rows)
+        except sqlite3.OperationalError as e:  # disk full, I/O error, locked past the busy timeout
             raise PoolError(
                 f"cannot write to results store {self.path} ({e}); scores stored before are kept - "
                 "fix the cause and run again"
             ) from None
-        except sqlite3.DatabaseError as e:
+        except sqlite3.DatabaseError as e:  # damaged since it was opened
             raise self._unusable(e) from None
-
-    def get_partial(self, pool_key: str, eval_key: str, mixture_key: str) -> dict[str, Row] | None:
-        """A raced-out mixture's ``{domain: (tokens scored, summed nll, total tokens)}``."""
-        try:
-            rows = self._db.execute(
-                "SELECT domain, tokens, nll, total_tokens FROM partial_results "
-                "WHERE pool_key=? AND eval_key=? AND mixture_key=?",
-                (pool_key, eval_key, mixture_key),
-            ).fetchall()
-        except sqlite3.DatabaseError as e:
-            raise self._unusable(e) from None
-        return {d: (t, n, total) for d, t, n, total in rows} or None
 
     def __len__(self) -> int:
         return self._db.execute(
@@ -243,6 +224,12 @@ class ResultsStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _stamp(mixture: Mapping[str, float]) -> tuple[str, str]:
+    """``(now, mixture as JSON)``: the columns every stored row carries."""
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return now, json.dumps(dict(mixture), sort_keys=True)
 
 
 class ResultsCache:

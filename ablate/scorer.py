@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.evalset import IGNORE, EvalSet
+from ablate.evalset import IGNORE, EvalSet, Windows
 from ablate.mixture import Mixture
 
 if TYPE_CHECKING:
@@ -136,6 +136,38 @@ class ScoringBatch:
     doc: torch.Tensor
 
 
+def cut_batches(w: Windows, device: torch.device, batch_tokens: int) -> list[ScoringBatch]:
+    """``w`` cut into ``ScoringBatch`` es on ``device``, each cut to its longest window.
+
+    ``w.domain`` and ``w.doc`` become the batches' ``domain`` and ``doc`` (a task passes
+    its item and flat choice index there).
+    """
+    import torch
+
+    # Plain tensors even when first needed under inference mode: the gradient search
+    # runs them through autograd.
+    with torch.inference_mode(False):
+        inputs = torch.from_numpy(w.inputs).to(device)
+        targets = torch.from_numpy(w.targets).to(device)
+        domain = torch.from_numpy(w.domain).to(device)
+        doc = torch.from_numpy(w.doc).to(device)
+        out = []
+        for start, stop, length in w.batches(batch_tokens):
+            y = targets[start:stop, :length].flatten()  # (B*L,)
+            at = (y != IGNORE).nonzero()[:, 0]  # (N,)
+            row = at // length  # (N,) window of each target within the batch
+            out.append(
+                ScoringBatch(
+                    inputs[start:stop, :length],
+                    at,
+                    y[at],
+                    domain[start:stop][row],
+                    doc[start:stop][row],
+                )
+            )
+    return out
+
+
 def target_nll(model: torch.nn.Module, batch: ScoringBatch) -> torch.Tensor:
     """NLL ``(N,)`` fp32 of every real target in ``batch``.
 
@@ -183,34 +215,10 @@ class Scorer:
         window changes no score and skips the padding's compute; the real targets' positions
         are found once here, not per mixture.
         """
-        import torch
-
         tokenizer = self.model.pool.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         w = self.eval_set.windows(self.model.pool.manifest.context, pad)
-        device = self.model.device
-        # Plain tensors even when first needed under inference mode: the gradient search
-        # runs them through autograd.
-        with torch.inference_mode(False):
-            inputs = torch.from_numpy(w.inputs).to(device)
-            targets = torch.from_numpy(w.targets).to(device)
-            domain = torch.from_numpy(w.domain).to(device)
-            doc = torch.from_numpy(w.doc).to(device)
-            out = []
-            for start, stop, length in w.batches(self.batch_tokens):
-                y = targets[start:stop, :length].flatten()  # (B*L,)
-                at = (y != IGNORE).nonzero()[:, 0]  # (N,)
-                row = at // length  # (N,) window of each target within the batch
-                out.append(
-                    ScoringBatch(
-                        inputs[start:stop, :length],
-                        at,
-                        y[at],
-                        domain[start:stop][row],
-                        doc[start:stop][row],
-                    )
-                )
-        return out
+        return cut_batches(w, self.model.device, self.batch_tokens)
 
     @cached_property
     def domain_tokens(self) -> list[int]:
@@ -260,5 +268,6 @@ __all__ = [
     "EvalResult",
     "Scorer",
     "ScoringBatch",
+    "cut_batches",
     "target_nll",
 ]

@@ -32,13 +32,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from ablate.evalset import IGNORE, Windows
-from ablate.scorer import ScoringBatch, target_nll
+from ablate.scorer import ScoringBatch, cut_batches, target_nll
 from pool.atomic import sha256_json
 from pool.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
-    import torch
     from transformers import PreTrainedTokenizerBase
 
     from ablate.evaluator import Evaluator
@@ -357,32 +356,6 @@ class TaskScore:
 
 
 # ---------------------------------------------------------------------- scoring
-def _batches(w: Windows, device: torch.device, batch_tokens: int) -> list[ScoringBatch]:
-    """``Windows`` cut into ``ScoringBatch`` es on ``device`` (as ``Scorer.batches`` does)."""
-    import torch
-
-    with torch.inference_mode(False):
-        inputs = torch.from_numpy(w.inputs).to(device)
-        targets = torch.from_numpy(w.targets).to(device)
-        item = torch.from_numpy(w.domain).to(device)
-        choice = torch.from_numpy(w.doc).to(device)
-        out = []
-        for start, stop, length in w.batches(batch_tokens):
-            y = targets[start:stop, :length].flatten()  # (B*L,)
-            at = (y != IGNORE).nonzero()[:, 0]  # (N,)
-            row = at // length  # (N,) window of each target within the batch
-            out.append(
-                ScoringBatch(
-                    inputs[start:stop, :length],
-                    at,
-                    y[at],
-                    item[start:stop][row],
-                    choice[start:stop][row],
-                )
-            )
-    return out
-
-
 class TaskScorer:
     """Per-choice NLL of a model skeleton's current weights on one task.
 
@@ -403,7 +376,7 @@ class TaskScorer:
         tok = self.model.pool.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         w = self.task.windows(tok, self.model.pool.manifest.context, pad)
-        return _batches(w, self.model.device, self.batch_tokens)
+        return cut_batches(w, self.model.device, self.batch_tokens)
 
     def score(self) -> TaskScore:
         """The skeleton's current weights: every choice's summed NLL."""

@@ -3,7 +3,7 @@
 Builds a tiny pool (a small seed trained from scratch) over a synthetic corpus of 128 topics,
 each with its own vocabulary, one partition per topic (``--partition-by topic``), and reports:
 
-* clustering the same corpus into 128 clusters (hashed TF-IDF): time and adjusted Rand index
+* clustering the same corpus into 128 clusters (tfidf: LSA on hashed TF-IDF): time and adjusted Rand index
   against the topics;
 * per-member grow time (real training, tiny units);
 * scoring time per mixture of k = 2, 8, 32, 128 members (fresh merges, no results store);

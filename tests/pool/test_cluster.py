@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,8 @@ from support import WORDS, fake_grow, make_docs, tiny_recipe, tree_digest, write
 
 from ablate.cli import main
 from pool import Pool, cluster
-from pool.cluster import fit_clusters, load_cluster_model
-from pool.corpus import read_documents
+from pool.cluster import ClusterModel, fit_clusters, load_cluster_model, lsa_components
+from pool.corpus import Document, read_documents
 
 pytest.importorskip("sklearn")
 
@@ -57,6 +58,83 @@ def test_clustering_is_deterministic_and_finds_the_topics(tmp_path):
     assert a.names == ("c00", "c01", "c02")
     words = {w for dom in WORDS.values() for w in dom}
     assert all(set(t) <= words and t for t in a.record.top_terms)
+
+
+def _shared_words(seed: int) -> list[Document]:
+    """Three topics, each document 6 topic words in 40 words drawn from one shared vocabulary.
+
+    The shared words swamp raw TF-IDF distances (hashed TF-IDF + MiniBatchKMeans, format 1,
+    got ARI 0.49 and 0.60 on seeds 2 and 4); LSA's SVD keeps the co-occurring topic words.
+    """
+    rng = random.Random(seed)
+    common = [f"w{i}" for i in range(40)]
+    docs = []
+    for dom, words in WORDS.items():
+        for _ in range(12):
+            t = [rng.choice(words) for _ in range(6)] + [rng.choice(common) for _ in range(40)]
+            rng.shuffle(t)
+            docs.append(Document(" ".join(t), {"domain": dom}, "mem", "mem"))
+    rng.shuffle(docs)
+    return docs
+
+
+@pytest.mark.parametrize("seed", [2, 4])
+def test_lsa_finds_topics_that_share_most_of_their_words(seed):
+    docs = _shared_words(seed)
+    model = fit_clusters(iter(docs), 3, seed=seed)
+    assert model.record.n_components == 24  # clip(4 * 3, 24, 256)
+    groups: dict[int, set[str]] = {}
+    for d, lab in zip(docs, model.assign(docs).tolist(), strict=True):
+        groups.setdefault(lab, set()).add(d.meta["domain"])
+    assert sorted(map(sorted, groups.values())) == [["code"], ["math"], ["wiki"]]
+    # top terms (centroids mapped back to term space): own topic words, no other topic's
+    topic_words = {w for ws in WORDS.values() for w in ws}
+    for lab, (dom,) in groups.items():
+        shown = set(model.record.top_terms[lab]) & topic_words
+        assert len(shown) >= 2 and shown <= set(WORDS[dom]), (dom, model.record.top_terms)
+
+
+def test_large_samples_fall_back_to_minibatch_kmeans(monkeypatch):
+    monkeypatch.setattr(cluster, "FULL_KMEANS_WORK", 0)  # as if the sample were too big
+    docs = _shared_words(2)
+    a, b = (fit_clusters(iter(docs), 3, seed=2) for _ in range(2))
+    np.testing.assert_array_equal(a.centroids, b.centroids)  # still deterministic
+    labels = a.assign(docs).tolist()
+    pairs = {(d.meta["domain"], lab) for d, lab in zip(docs, labels, strict=True)}
+    assert len(pairs) == 3 and len(set(labels)) == 3  # one cluster per topic
+
+
+def test_lsa_dimensions_rule():
+    assert lsa_components(6, 481, 20_000) == 24  # the demo: floor of 24
+    assert lsa_components(40, 20_000, 65_536) == 160  # 4 per cluster
+    assert lsa_components(128, 624, 65_536) == 256  # capped
+    assert lsa_components(3, 10, 65_536) == 10  # no more than the sample's documents
+    assert lsa_components(3, 40, 5) == 5  # no more than the features seen
+    assert lsa_components(1, 1, 3) == 1
+
+
+def test_tiny_samples_keep_their_documents_apart():
+    # Two documents, two clusters: a rank-1 SVD would map both to one point (exact SVD here).
+    two = [Document(t, {}, "mem", "mem") for t in ("alpha beta gamma", "delta epsilon zeta")]
+    assert sorted(fit_clusters(iter(two), 2, seed=0).assign(two).tolist()) == [0, 1]
+    one_word = [Document("echo echo", {}, "mem", "mem")] * 3  # a single hashed feature
+    model = fit_clusters(iter(one_word), 1, seed=0)
+    assert model.record.n_components == 1 and model.assign(one_word).tolist() == [0, 0, 0]
+
+
+def test_stored_model_keeps_the_svd_beside_the_centroids(tmp_path):
+    from safetensors.numpy import load_file
+
+    docs = read_documents([_unlabeled(tmp_path / "u.jsonl", 1)])
+    model = fit_clusters(iter(docs), 3, seed=0)
+    model.save(tmp_path / "clusters")
+    tensors = load_file(tmp_path / "clusters" / "centroids.safetensors")
+    d, seen = model.record.n_components, len(model.record.idf)
+    assert tensors["centroids"].shape == (3, d) and tensors["components"].shape == (d, seen)
+    again = ClusterModel.load(tmp_path / "clusters")
+    np.testing.assert_array_equal(again.assign(docs), model.assign(docs))
+    record = json.loads((tmp_path / "clusters" / "model.json").read_text())
+    assert record["format_version"] == 2 and record["n_components"] == d
 
 
 def test_pool_add_clusters_then_readd_assigns_to_the_same_clusters(empty_pool, tmp_path, capsys):
@@ -133,6 +211,14 @@ def test_cluster_bad_inputs_are_one_line_and_change_nothing(
     record = json.loads(model.read_text())
     model.write_text(json.dumps({**record, "format_version": 99}))
     _refused(capsys, pool, few, "--clusters", match="cluster model format 99")
+    model.write_text(json.dumps({**record, "format_version": 1}))  # raw TF-IDF centroids
+    _refused(
+        capsys,
+        pool,
+        few,
+        "--clusters",
+        match="cluster model format 1, but this ablate reads format 2",
+    )
     model.write_text(json.dumps(record))
     (pool.path / "clusters" / "centroids.safetensors").write_bytes(b"damaged")
     _refused(capsys, pool, few, "--clusters", match="sha256 does not match")
