@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import WORDS, fake_grow, make_docs, tiny_recipe, tree_digest, write_jsonl
+from support import WORDS, fake_grow, make_docs, tree_digest, write_jsonl
 
 from ablate.cli import main
 from pool import Pool, cluster
@@ -23,17 +23,6 @@ def _unlabeled(path: Path, seed: int, n: int = 8) -> Path:
     rows = [r for dom in WORDS for r in make_docs(dom, n, seed, length=40)]
     rows = sorted(rows, key=lambda r: r["text"])  # interleave the topics
     return write_jsonl(path, rows)
-
-
-@pytest.fixture
-def empty_pool(full_pool_dir, tmp_path) -> Pool:
-    """A new pool on the session pool's seed model (no seed training), with no data yet."""
-    return Pool.create(
-        tmp_path / "pool",
-        base=str(full_pool_dir / "base"),
-        recipe=tiny_recipe(unit_tokens=100),
-        progress=False,
-    )
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:

@@ -11,27 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import WORDS, make_docs, tiny_recipe, tree_digest, write_jsonl
+from support import WORDS, make_docs, tree_digest, write_jsonl
 
 import pool.tokens
 from ablate.cli import main
-from pool import Pool, cluster
+from pool import cluster
 from pool.cluster import load_cluster_model
 from pool.corpus import read_documents
 from pool.tokens import content_hash, write_partition
 
 pytest.importorskip("sklearn")
-
-
-@pytest.fixture
-def fresh_pool(full_pool_dir, tmp_path) -> Pool:
-    """A new pool on the session pool's seed model, with no data folder yet."""
-    return Pool.create(
-        tmp_path / "pool",
-        base=str(full_pool_dir / "base"),
-        recipe=tiny_recipe(unit_tokens=100),
-        progress=False,
-    )
 
 
 def _corpus(path: Path, n: int, seed: int) -> Path:
@@ -52,9 +41,9 @@ def _hidden(folder: Path) -> list[str]:
 
 
 def test_streamed_partitions_equal_tokenizing_each_cluster_in_one_go(
-    fresh_pool, tmp_path, capsys, monkeypatch
+    empty_pool, tmp_path, capsys, monkeypatch
 ):
-    p = fresh_pool
+    p = empty_pool
     # Tiny batches and buffers: many assignment batches, spool flushes and tokenizer batches.
     monkeypatch.setattr(cluster, "ASSIGN_BATCH", 4)
     monkeypatch.setattr(cluster, "SPOOL_BUFFER", 200)
@@ -97,9 +86,9 @@ def test_streamed_partitions_equal_tokenizing_each_cluster_in_one_go(
 
 
 def test_refusal_found_while_assigning_leaves_the_pool_unchanged(
-    fresh_pool, tmp_path, capsys, monkeypatch
+    empty_pool, tmp_path, capsys, monkeypatch
 ):
-    p = fresh_pool
+    p = empty_pool
     rows = [r for dom in WORDS for r in make_docs(dom, 6, 2, length=30)]
     bad = write_jsonl(tmp_path / "bad.jsonl", [*rows, {"text": "!! ?? ..."}])  # line 19
     # A two-document sample cannot hold line 19 (seeded): only the streaming pass meets it.
