@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -298,8 +299,16 @@ class Evaluator:
         with tqdm(
             total=len(todo), desc="mixtures", disable=not show or not todo, unit="mix"
         ) as bar:
+            # The local executor yields while its model still holds ``m``: task items are
+            # scored on those weights now rather than merged again afterwards.
+            here = bool(self.tasks) and isinstance(self.executor, LocalExecutor)
             for m, scores in self.executor.run(walk, rest, self.eval_set):
                 out[m.key] = self.cache.record(m, scores, todo[m])
+                if here:
+                    from ablate.tasks import score_tasks_here
+
+                    tasks = score_tasks_here(self, m, todo[m], {})
+                    out[m.key] = dataclasses.replace(out[m.key], tasks=tasks)
                 bar.update(1)
         results = [out[m.key] for m in mixtures]
         if self.tasks:  # task items: store first, else merged and scored here

@@ -209,8 +209,8 @@ def _write_adapter(
         lora_dropout=0.0,
         target_modules=targets,
     )
-    base = pool.load_base_model()
-    _save_model(pool, pool.load_base_model().to(dtype), folder / "base")
+    base = pool.load_base_model().to(dtype)  # one load: saved as base/, then wrapped by peft
+    _save_model(pool, base, folder / "base")
     peft_model = get_peft_model(base, config)
     set_peft_model_state_dict(peft_model, state)
     peft_model.to(dtype)

@@ -235,6 +235,9 @@ class Racer:
     def admit(self, key: Hashable, nll: np.ndarray) -> float:
         """Record a fully scored mixture as a possible incumbent; returns its target."""
         score = self.value(nll, np.ones(len(nll), dtype=bool))
+        # A mixture raced again (no store to answer it) replaces its entry: the k best are
+        # k distinct mixtures.
+        self.incumbents = [x for x in self.incumbents if x[1] != key]
         self.incumbents.append((score, key, nll))
         self.incumbents.sort(key=lambda x: x[0])
         del self.incumbents[self.top :]

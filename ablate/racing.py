@@ -305,8 +305,11 @@ class Race:
             nll = self._score_stage([r.mixture.key], docs)[0]
             self.racer.tokens_scored += int(self.racer.cost.sum())
             self.racer.admit(r.mixture.key, nll)
+            self._choice.pop(r.mixture.key, None)  # a hit's task scores came from the store
 
     def _stage_set(self, docs: np.ndarray) -> EvalSet:
+        if len(docs) == self.n_docs and (docs == np.arange(self.n_docs)).all():
+            return self.ev.eval_set  # every document (a seeded hit): its scorer is built already
         key = docs.tobytes()
         if key not in self._stage_sets:
             self._stage_sets[key] = self.ev.eval_set.subset(docs.tolist(), "race stage")

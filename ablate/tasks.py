@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from ablate.evaluator import Evaluator
     from ablate.merge import MergedModel
+    from ablate.mixture import Mixture
     from ablate.scorer import EvalResult
     from pool import Pool
 
@@ -205,6 +206,9 @@ class Task:
         lm-evaluation-harness does); a continuation that alone exceeds it is an error.
         """
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        # An empty context with no BOS leaves nothing to predict the first choice token from:
+        # start it from EOS, as lm-evaluation-harness's prefix token does.
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         rows: list[tuple[list[int], int, int, int]] = []  # (sequence, cont tokens, item, choice)
         flat = 0
         for i, it in enumerate(self.items):
@@ -212,6 +216,12 @@ class Task:
             stripped = ctx.rstrip()
             moved = ctx[len(stripped) :]  # trailing whitespace goes with the continuation
             ctx_ids = _encode(tokenizer, stripped)
+            lead = bos or ([] if ctx_ids else eos)
+            if not lead and not ctx_ids:
+                raise DataError(
+                    f"task {self.name} item {it.id}: the context is empty and the tokenizer "
+                    "has no BOS or EOS token to start from; give the item a context"
+                )
             for c in it.choices:
                 cont = moved + DELIMITER + c
                 whole = _encode(tokenizer, stripped + cont)
@@ -225,7 +235,7 @@ class Task:
                         f"task {self.name} item {it.id}: a choice is {len(cont_ids)} tokens, "
                         f"longer than the model's context ({context}); shorten it"
                     )
-                seq = (bos + whole)[-(context + 1) :]
+                seq = (lead + whole)[-(context + 1) :]
                 rows.append((seq, len(cont_ids), i, flat))
                 flat += 1
         inputs = np.full((len(rows), context), pad_id, dtype=np.int64)
@@ -405,6 +415,34 @@ def load_tasks(pool: Pool, specs: Sequence[str | os.PathLike | Task]) -> dict[st
     return out
 
 
+def _stored(ev: Evaluator, task: Task, key: str, mixture: Mixture) -> TaskScore | None:
+    """``task``'s stored score of ``mixture`` (merging the members ``key`` names), if any."""
+    hit = None if ev.store is None else ev.store.get_task(key, task.fingerprint, mixture.key)
+    return (
+        None
+        if hit is None or len(hit) != task.offsets[-1]
+        else TaskScore.of(task, hit, cached=True)
+    )
+
+
+def score_tasks_here(
+    ev: Evaluator, mixture: Mixture, key: str, found: dict[str, TaskScore]
+) -> dict[str, TaskScore]:
+    """Fill ``found`` with every task of ``ev`` it lacks: from the store when scored before,
+    else scored on the weights the merged model holds now (``mixture``'s, merging the
+    members ``key`` names) and stored."""
+    for t in ev.tasks.values():
+        if t.name in found:
+            continue
+        s = _stored(ev, t, key, mixture)
+        if s is None:
+            s = ev.task_scorer(t).score()
+            if ev.store is not None:
+                ev.store.put_task(key, t.fingerprint, mixture.key, mixture.as_dict(), s.choice_nll)
+        found[t.name] = s
+    return found
+
+
 def with_task_scores(ev: Evaluator, results: Sequence[EvalResult]) -> list[EvalResult]:
     """``results`` (``EvalResult`` s of ``ev``) with their ``tasks`` filled: kept where a
     result carries them already, else from the results store when scored before, else
@@ -416,31 +454,21 @@ def with_task_scores(ev: Evaluator, results: Sequence[EvalResult]) -> list[EvalR
     tasks: dict[str, Task] = ev.tasks
     if not tasks:
         return list(results)
-    store = ev.store
     found: dict[str, dict[str, TaskScore]] = {}
-    todo = []
     for r in results:
         m = r.mixture
         if m.key in found:
             continue
+        have = found[m.key] = {n: s for n, s in r.tasks.items() if n in tasks}  # a race's kept
+        if len(have) == len(tasks):
+            continue
         key = ev.pool_key(m)
-        found[m.key] = {n: s for n, s in r.tasks.items() if n in tasks}  # a race's are kept
         for t in tasks.values():
-            if t.name in found[m.key]:
-                continue
-            hit = None if store is None else store.get_task(key, t.fingerprint, m.key)
-            if hit is not None and len(hit) == t.offsets[-1]:
-                found[m.key][t.name] = TaskScore.of(t, hit, cached=True)
-        if len(found[m.key]) < len(tasks):
-            todo.append((m, key))
-    for m, key in todo:
-        ev.merged.merge(torch.from_numpy(ev.member_weights(m)).float())
-        for t in tasks.values():
-            if t.name not in found[m.key]:
-                s = ev.task_scorer(t).score()
-                if store is not None:
-                    store.put_task(key, t.fingerprint, m.key, m.as_dict(), s.choice_nll)
-                found[m.key][t.name] = s
+            if t.name not in have and (s := _stored(ev, t, key, m)) is not None:
+                have[t.name] = s
+        if len(have) < len(tasks):
+            ev.merged.merge(torch.from_numpy(ev.member_weights(m)).float())
+            score_tasks_here(ev, m, key, have)
     return [
         dataclasses.replace(r, tasks={n: found[r.mixture.key][n] for n in tasks}) for r in results
     ]

@@ -104,7 +104,7 @@ def cluster_file(path: Path, k: int) -> None:
     print(f"fit: {fit_s:.1f} s on {r.sample_docs} of {r.corpus_docs} documents; "
           f"peak RSS {peak_rss_mib():.0f} MiB", flush=True)  # fmt: skip
     counts = np.zeros(k, dtype=np.int64)
-    for labels in model.assign_stream(iter_documents([path])):
+    for _, labels in model.assign_batches(iter_documents([path])):
         counts += np.bincount(labels, minlength=k)
     print(f"assigned {counts.sum()} documents in {time.perf_counter() - t - fit_s:.1f} s: "
           f"{counts.tolist()}; peak RSS {peak_rss_mib():.0f} MiB")  # fmt: skip

@@ -151,15 +151,8 @@ class ClusterModel:
 
     def assign(self, docs: Sequence[Document]) -> np.ndarray:
         """Cluster index of each document ``(len(docs),)`` int64: the nearest centroid."""
-        out = np.empty(len(docs), dtype=np.int64)
-        for a in range(0, len(docs), ASSIGN_BATCH):
-            out[a : a + ASSIGN_BATCH] = self._nearest(self.embed(docs[a : a + ASSIGN_BATCH]))
-        return out
-
-    def assign_stream(self, docs: Iterable[Document]) -> Iterator[np.ndarray]:
-        """Labels of a document stream, one array per batch of ``ASSIGN_BATCH`` documents."""
-        for _, labels in self.assign_batches(docs):
-            yield labels
+        labels = [lab for _, lab in self.assign_batches(docs)]
+        return np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
 
     def assign_batches(
         self, docs: Iterable[Document]
@@ -202,29 +195,7 @@ class ClusterModel:
         """Read a stored clusterer; refuse another format version or a damaged file clearly."""
         from safetensors.numpy import load
 
-        path = folder / "model.json"
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise PoolError(
-                f"{path}: cannot read the pool's cluster model ({err}); restore it from a backup "
-                f"or start a new pool"
-            ) from None
-        version = raw.get("format_version") if isinstance(raw, dict) else None
-        if version != CLUSTER_FORMAT_VERSION:
-            raise PoolError(
-                f"{path}: cluster model format {version!r}, but this ablate reads format "
-                f"{CLUSTER_FORMAT_VERSION}; use the ablate version that wrote it, or cluster "
-                f"into a new pool"
-            )
-        try:
-            record = ClusterModelRecord.model_validate(raw)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise PoolError(
-                f"{path}: invalid cluster model ({'.'.join(map(str, first['loc']))}: "
-                f"{first['msg']}); restore it or cluster into a new pool"
-            ) from None
+        record = read_cluster_record(folder)
         weights = folder / "centroids.safetensors"
         try:
             data = weights.read_bytes()
@@ -265,6 +236,35 @@ class ClusterModel:
     @property
     def names(self) -> tuple[str, ...]:
         return self.record.names
+
+
+def read_cluster_record(folder: Path) -> ClusterModelRecord:
+    """``folder/model.json`` alone (no centroids read or hashed: ``pool ls`` needs no more);
+    another format version or a damaged file is refused clearly."""
+    path = folder / "model.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PoolError(
+            f"{path}: cannot read the pool's cluster model ({err}); restore it from a backup "
+            f"or start a new pool"
+        ) from None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != CLUSTER_FORMAT_VERSION:
+        raise PoolError(
+            f"{path}: cluster model format {version!r}, but this ablate reads format "
+            f"{CLUSTER_FORMAT_VERSION}; use the ablate version that wrote it, or cluster "
+            f"into a new pool"
+        )
+    try:
+        record = ClusterModelRecord.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise PoolError(
+            f"{path}: invalid cluster model ({'.'.join(map(str, first['loc']))}: "
+            f"{first['msg']}); restore it or cluster into a new pool"
+        ) from None
+    return record
 
 
 # ---------------------------------------------------------------------- embedding
@@ -410,8 +410,7 @@ def fit_clusters(
     # Stable names: c00 is the largest cluster of the sample (ties: the earliest document).
     sizes = np.bincount(labels, minlength=k)
     first = np.full(k, m)
-    for i, lab in enumerate(labels):
-        first[lab] = min(first[lab], i)
+    np.minimum.at(first, labels, np.arange(m))  # each cluster's earliest sample document
     order = sorted(range(k), key=lambda c: (-sizes[c], first[c], c))
     width = max(2, len(str(k - 1)))
     names = tuple(f"c{i:0{width}d}" for i in range(k))
@@ -493,15 +492,6 @@ def load_cluster_model(pool: Pool, device: str | None = None) -> ClusterModel | 
             f"{folder}: the cluster model embeds with another seed model; cluster into a new pool"
         )
     return model
-
-
-def group_by_cluster(model: ClusterModel, docs: Sequence[Document]) -> dict[str, list[Document]]:
-    """Documents grouped by assigned cluster name (empty clusters left out), sorted by name."""
-    labels = model.assign(docs)
-    groups: dict[str, list[Document]] = {}
-    for doc, lab in zip(docs, labels.tolist(), strict=True):
-        groups.setdefault(model.names[lab], []).append(doc)
-    return {name: groups[name] for name in sorted(groups)}
 
 
 def resolve_model(
@@ -724,7 +714,7 @@ def summary(pool: Pool) -> dict | None:
     folder = cluster_folder(pool)
     if not (folder / "model.json").is_file():
         return None
-    r = ClusterModel.load(folder).record
+    r = read_cluster_record(folder)
     return {
         "k": r.k,
         "on": r.on,
@@ -740,9 +730,9 @@ __all__ = [
     "ClusterModel",
     "ClusterModelRecord",
     "fit_clusters",
-    "group_by_cluster",
     "load_cluster_model",
     "lsa_components",
+    "read_cluster_record",
     "reservoir_sample",
     "resolve_model",
     "summary",

@@ -89,33 +89,7 @@ def read_documents(
         DataError: A path is missing, unreadable or of unknown format, a record is malformed,
             or no document at all was found.
     """
-    if isinstance(paths, (str, os.PathLike)):  # a bare str is a Sequence of characters
-        paths = [paths]
-    if not paths:
-        raise DataError("no corpus paths given; pass at least one file or folder")
-    docs: list[Document] = []
-    skipped = 0
-    for raw_path in paths:
-        path = Path(raw_path)
-        tally = _Tally()
-        before = len(docs)
-        docs.extend(_read_path(path, text_field, tally))
-        if tally.empty:
-            logger.warning(
-                "%s: skipped %d document(s) with empty text (%d kept)",
-                path,
-                tally.empty,
-                len(docs) - before,
-            )
-        skipped += tally.empty
-    if not docs:
-        shown = ", ".join(str(p) for p in paths)
-        extra = f" ({skipped} had empty text)" if skipped else ""
-        raise DataError(
-            f"no documents found in {shown}{extra}; check the paths and that "
-            f"{text_field!r} holds the text"
-        )
-    return docs
+    return list(iter_documents(paths, text_field=text_field))
 
 
 def iter_documents(
@@ -128,7 +102,7 @@ def iter_documents(
     logged warning as in ``read_documents`` (``warn_empty=False``: silently, for a second pass
     over the same files); a corpus with no document at all raises the same ``DataError``.
     """
-    if isinstance(paths, (str, os.PathLike)):
+    if isinstance(paths, (str, os.PathLike)):  # a bare str is a Sequence of characters
         paths = [paths]
     if not paths:
         raise DataError("no corpus paths given; pass at least one file or folder")
@@ -137,13 +111,14 @@ def iter_documents(
     for raw_path in paths:
         tally = _Tally()
         before = found
-        for doc in _read_path(Path(raw_path), text_field, tally):
+        path = Path(raw_path)
+        for doc in _read_path(path, text_field, tally):
             found += 1
             yield doc
         if tally.empty and warn_empty:
             logger.warning(
                 "%s: skipped %d document(s) with empty text (%d kept)",
-                raw_path,
+                path,
                 tally.empty,
                 found - before,
             )

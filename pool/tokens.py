@@ -228,6 +228,13 @@ def append_partition(
                 while chunk := src.read(_COPY_CHUNK):
                     f.write(chunk)
                     sha.update(chunk)
+            # The copy is hashed anyway: a damaged tokens.bin must not be re-blessed with a
+            # fresh tokens_sha256 (then `pool verify` could no longer see the damage).
+            if sha.copy().hexdigest() != old.tokens_sha256:
+                raise PoolError(
+                    f"{part.folder / 'tokens.bin'}: sha256 does not match index.json (the file "
+                    f"is damaged); restore it, or remove {part.folder} and add its documents again"
+                )
             encoded = _encode_into(f, texts, tokenizer, old.token_dtype, sha, progress)
         lengths = encoded.lengths
         offsets = np.concatenate([old_offsets, old_offsets[-1] + np.cumsum(lengths)])  # (n + 1,)

@@ -32,14 +32,22 @@ def _plain_nll(model, eval_set, context: int) -> float:
     "pool_fixture,adapter",
     [("full_pool_dir", False), ("lora_pool_dir", False), ("lora_pool_dir", True)],
 )
-def test_export_parity(request, corpus, tmp_path, pool_fixture, adapter):
+def test_export_parity(request, corpus, tmp_path, pool_fixture, adapter, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     from ablate.export import MERGE_RECORD
+    from pool import Pool
 
     ev = domain_evaluator(request.getfixturevalue(pool_fixture), corpus)
     want = sum(s.nll for s in ev.evaluate(MIX).scores.values())
+    loads = []
+    load = Pool.load_base_model
+    monkeypatch.setattr(
+        Pool, "load_base_model", lambda self, *a, **k: loads.append(1) or load(self, *a, **k)
+    )
     out = ev.export(MIX, tmp_path / "proxy", adapter=adapter)
+    monkeypatch.undo()
+    assert len(loads) == 1  # the seed is read once per export
     names = {p.name for p in out.iterdir()}
     assert {"tokenizer.json", MERGE_RECORD} <= names
     assert (

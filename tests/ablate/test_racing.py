@@ -82,6 +82,14 @@ def test_top_k_keeps_the_k_best_and_drops_the_clearly_worse(docs):
     assert [k for _, k, _ in racer.incumbents] == ["m0", "m1"]
 
 
+def test_a_mixture_raced_twice_holds_one_incumbent_slot(docs):
+    tokens, domain, base, _ = docs
+    cands = {f"m{i}": base + tokens * 0.15 * i for i in range(3)}
+    _, _, racer = _race(tokens, domain, cands, top=2)
+    assert racer.run(["m0"], lambda keys, idx: np.stack([cands[k][idx] for k in keys]))
+    assert [k for _, k, _ in racer.incumbents] == ["m0", "m1"]  # not m0 twice
+
+
 def test_paired_gap_is_exact_when_every_document_is_scored(docs):
     tokens, domain, base, _ = docs
     w = np.full(N_DOMAINS, 1 / N_DOMAINS)
@@ -111,6 +119,9 @@ def test_race_on_a_pool_keeps_partial_scores_apart(full_pool, corpus, tmp_path):
         assert ev.cache.lookup(r.mixture, key) is None  # never served as a full score
         rows = ev.store.get_partial(key, ev.eval_set.fingerprint, r.mixture.key)
         assert all(t < total for t, _, total in rows.values() if total)
+    # a store hit seeded as incumbent is scored on every document: the eval set and its
+    # scorer, not a copy of them
+    assert race._stage_set(np.arange(len(ev.eval_set.docs))) is ev.eval_set
     again = ev.evaluate(dropped[0].mixture)  # asking for it scores it in full
     assert not again.cached and set(again.scores) == set(ev.domains)
     # the race's full score is the full score

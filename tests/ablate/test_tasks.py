@@ -100,6 +100,30 @@ def test_scores_match_plain_forward_and_store_reuse(full_pool_dir, corpus, task_
     assert not fresh.evaluate("code,wiki").tasks["qa"].cached
 
 
+def test_tasks_are_scored_in_the_executors_walk_without_merging_again(
+    full_pool_dir, corpus, task_file, monkeypatch
+):
+    """Task items are scored on the weights the walk just produced: every subset of the
+    pool and one weighted mixture cost one merge (the weighted one), and each task score
+    equals that mixture merged and scored on its own."""
+    from ablate.merge import MergedModel
+
+    ev = domain_evaluator(full_pool_dir, corpus, tasks=[task_file])
+    merges = []
+    real = MergedModel.merge
+    monkeypatch.setattr(
+        MergedModel, "merge", lambda self, *a, **k: merges.append(1) or real(self, *a, **k)
+    )
+    mixtures = [*ev.all_subsets(), "code=0.25,wiki=0.75"]
+    results = ev.run_many(mixtures)
+    assert len(merges) == 1
+    monkeypatch.setattr(MergedModel, "merge", real)
+    alone = domain_evaluator(full_pool_dir, corpus, tasks=[task_file])
+    for r in results:
+        one = alone.evaluate(r.mixture).tasks["qa"]
+        np.testing.assert_allclose(r.tasks["qa"].choice_nll, one.choice_nll, rtol=1e-5)
+
+
 def test_task_search_targets(full_pool_dir, corpus, task_file):
     """task:NAME maximises accuracy; weighted combines task loss and perplexity."""
     from ablate import search
@@ -123,6 +147,33 @@ def test_task_search_targets(full_pool_dir, corpus, task_file):
         search(ev, target="task:nope", strategy="random", budget=2)
     with pytest.raises(Exception, match="METRIC"):
         Target.parse("task:qa:f1")
+
+
+class _CharTokenizer:
+    """One token per character (code point + 10); no BOS, EOS as given."""
+
+    bos_token_id = None
+
+    def __init__(self, eos):
+        self.eos_token_id = eos
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) + 10 for c in text]}
+
+
+def test_empty_context_without_bos_starts_from_eos():
+    from pathlib import Path
+
+    from ablate.evalset import IGNORE
+    from ablate.tasks import Task, TaskItem
+    from pool.errors import DataError
+
+    task = Task("t", Path("t.jsonl"), (TaskItem("", ("ab", "c"), 0, "q"),), "fp")
+    w = task.windows(_CharTokenizer(eos=1), 16, 0)  # crashed on a broadcast before
+    assert sorted((w.targets != IGNORE).sum(1).tolist()) == [2, 3]  # " ab", " c": all scored
+    assert (w.inputs[:, 0] == 1).all()  # each choice is predicted from EOS
+    with pytest.raises(DataError, match="context is empty"):
+        task.windows(_CharTokenizer(eos=None), 16, 0)
 
 
 BAD = [

@@ -126,6 +126,19 @@ def test_stored_model_keeps_the_svd_beside_the_centroids(tmp_path):
     assert record["format_version"] == 2 and record["n_components"] == d
 
 
+def test_summary_reads_model_json_only(tmp_path):
+    """`pool ls` shows settings and top terms: it must not read (and hash) the centroids and
+    SVD components, up to 64 MiB."""
+    from types import SimpleNamespace
+
+    docs = read_documents([_unlabeled(tmp_path / "u.jsonl", 1)])
+    model = fit_clusters(iter(docs), 3, seed=0)
+    model.save(tmp_path / "clusters")
+    (tmp_path / "clusters" / "centroids.safetensors").unlink()
+    shown = cluster.summary(SimpleNamespace(path=tmp_path))
+    assert shown["k"] == 3 and shown["top_terms"]["c00"] == list(model.record.top_terms[0])
+
+
 def test_pool_add_clusters_then_readd_assigns_to_the_same_clusters(empty_pool, tmp_path, capsys):
     pool = empty_pool
     first = _unlabeled(tmp_path / "first.jsonl", 1)

@@ -107,3 +107,31 @@ def test_refusal_found_while_assigning_leaves_the_pool_unchanged(
     code, err = _add(capsys, p.path, bad, "--clusters")  # the stored model meets it late too
     assert code == 2 and "line 19: the document has no words" in err
     assert tree_digest(p.path) == before and _hidden(p.data_folder) == []
+
+
+class _ByteTokenizer:
+    """Token ids are the text's bytes: enough for write/append_partition, no model needed."""
+
+    bos_token_id, eos_token_id = 1, 2
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [list(t.encode()) for t in texts]}
+
+
+def test_append_refuses_a_damaged_partition_instead_of_rehashing_it(tmp_path):
+    from pool.errors import PoolError
+    from pool.tokens import TokenizedPartition, append_partition
+
+    tok = _ByteTokenizer()
+    folder = tmp_path / "c00"
+    write_partition(folder, name="c00", texts=["alpha beta", "gamma"], sources=["a"],
+                    tokenizer=tok, token_dtype="uint16", unit_tokens=4)  # fmt: skip
+    tokens = folder / "tokens.bin"
+    damaged = bytearray(tokens.read_bytes())
+    damaged[3] ^= 0xFF  # bit rot: `pool verify` would report it, an append must not hide it
+    tokens.write_bytes(bytes(damaged))
+    before = tree_digest(tmp_path)
+    with pytest.raises(PoolError, match="tokens.bin: sha256 does not match index.json"):
+        append_partition(TokenizedPartition.open(folder), texts=["delta"], sources=["b"],
+                         tokenizer=tok)  # fmt: skip
+    assert tree_digest(tmp_path) == before  # no stage left, the damaged file untouched
