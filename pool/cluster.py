@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pool.atomic import remove_stale_temporaries, staged_dir, write_json
 from pool.corpus import Document
-from pool.embedding import N_FEATURES, check_rows, embed_seed, hasher, tfidf
+from pool.embedding import N_FEATURES, SAMPLE_CHARS, check_rows, embed_seed, hasher, tfidf
 from pool.errors import DataError, PoolError
 from pool.tokens import ContentHasher
 
@@ -60,7 +60,6 @@ CLUSTER_FOLDER = "clusters"
 ClusterOn = Literal["tfidf", "seed"]
 
 SAMPLE_DOCS = 20_000  # reservoir size: fit time and memory stay bounded whatever the corpus
-SAMPLE_CHARS = 20_000  # characters of a sampled document kept for fitting (a long tail adds little)
 TOP_TERMS = 8  # terms per cluster shown by `pool ls`
 ASSIGN_BATCH = 1024  # documents vectorised per step of the streaming pass
 SPOOL_BUFFER = 32 << 20  # bytes of spooled text held (all clusters) before appending to files

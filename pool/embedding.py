@@ -59,6 +59,9 @@ def check_rows(x, docs: Sequence[Document]) -> None:
 
 
 # ---------------------------------------------------------------------- seed embeddings
+SAMPLE_CHARS = 20_000  # characters of a document a clusterer reads (a long tail adds little)
+
+
 def embed_seed(pool: Pool, docs: Sequence[Document], device: str | None) -> np.ndarray:
     """Mean-pooled final hidden states of the seed model ``(len(docs), hidden)``, L2-normalised."""
     import torch
@@ -69,7 +72,9 @@ def embed_seed(pool: Pool, docs: Sequence[Document], device: str | None) -> np.n
     tok = pool.tokenizer
     limit = pool.manifest.context
     out = np.empty((len(docs), model.config.hidden_size), dtype=np.float32)
-    ids = tok([d.text for d in docs], add_special_tokens=False)["input_ids"]
+    # Only the first ``limit`` tokens are embedded: tokenize the same character prefix that
+    # fitting saw (sampled texts are cut to SAMPLE_CHARS), never a whole book.
+    ids = tok([d.text[:SAMPLE_CHARS] for d in docs], add_special_tokens=False)["input_ids"]
     for i, row in enumerate(ids):
         if not row:
             no_tokens_error(docs[i])
