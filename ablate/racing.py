@@ -79,6 +79,7 @@ from ablate.racer import (
     target_value,
 )
 from ablate.scorer import DocScores, DomainScore, EvalResult
+from ablate.tasks import TASK_LOSS_SCALE, as_task_loss
 from pool.errors import AblateError
 
 if TYPE_CHECKING:
@@ -104,13 +105,12 @@ class RaceTarget(Protocol):
     ) -> float: ...
 
 
-TASK_BOUND = 100.0  # an item moves an acc / acc_norm loss (100 * (1 - acc)) by at most this
+TASK_BOUND = TASK_LOSS_SCALE  # an item moves an acc / acc_norm loss by at most this
 
 
 def _task_loss(score: object, metric: str) -> np.ndarray:
     """Per-item loss of one task term, ``(n,)``: its mean is ``task_loss`` (search's)."""
-    v = score.per_item(metric)  # type: ignore[attr-defined]
-    return v if metric == "gold_nll" else TASK_BOUND * (1.0 - v)
+    return as_task_loss(score.per_item(metric), metric)  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------- the policy

@@ -49,6 +49,17 @@ if TYPE_CHECKING:
 TaskMetric = Literal["acc", "acc_norm", "gold_nll"]
 TASK_METRICS: tuple[TaskMetric, ...] = ("acc", "acc_norm", "gold_nll")
 DELIMITER = " "  # lm-evaluation-harness's default target_delimiter between context and choice
+
+TASK_LOSS_SCALE = 100.0  # an accuracy of 1 - x costs 100 x: one point = one perplexity point
+
+
+def as_task_loss(value: float | np.ndarray, metric: str) -> float | np.ndarray:
+    """A task metric (a float, or per-item values ``(n,)``) as what a search minimises: the
+    error rate in percent (100 - accuracy in %) for acc and acc_norm, so one accuracy point
+    weighs as much as one perplexity point; the gold NLL (nats) as it is for gold_nll."""
+    return value if metric == "gold_nll" else TASK_LOSS_SCALE * (1.0 - value)
+
+
 FIELDS = ("context", "choices", "gold", "id", "fewshot")
 SCORING_VERSION = 1  # part of a task's fingerprint: a changed convention re-scores everything
 BOOTSTRAP_SAMPLES = 1000

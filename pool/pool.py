@@ -163,12 +163,12 @@ class Pool:
             base_folder = seedlib.check_base_folder(base)
             model, _ = seedlib.load_base(base_folder)
             recipe = method_of(recipe).fit_recipe(recipe, model)  # refused before any write
-            check_head(model)  # the scorer computes the logits itself: they must agree
             limit = seedlib.model_context(model, cap=1 << 30)
             if recipe.seq_len > limit:
                 raise PoolError(
                     f"--seq-len {recipe.seq_len} exceeds the model's context of {limit} tokens"
                 )
+            check_head(model)  # a forward pass, after the cheap checks: the scorer's logits
             base, base_path, context = str(base_folder), str(base_folder), recipe.seq_len
             del model
             path.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         ablate export runs/pool --mixture code,wiki out/proxy --dtype bf16 --overwrite
         ablate export runs/lora-pool --weights code=0.3,wiki=0.7 out/adapter --adapter
     """
-    from ablate.export import check_export_target, export
-    from ablate.layout import MemberLayout
+    from ablate.export import export
     from ablate.mixture import Mixture
     from pool import Pool
 
@@ -33,18 +32,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not spec:
         raise usage_error("say what to export: --weights a=0.3,b=0.7 or --mixture a,b")
     mixture = Mixture.parse(spec)
-    check_export_target(args.out, overwrite=args.overwrite)
-    pool = Pool.open(args.pool)
-    layout = MemberLayout(pool)
-    layout.member_weights(mixture)  # unknown partitions: one line before loading anything
+    # export() refuses an existing folder and unknown partitions before loading anything.
     path = export(
-        pool,
+        Pool.open(args.pool),
         mixture,
         args.out,
         dtype=args.dtype,
         adapter=args.adapter,
         overwrite=args.overwrite,
-        layout=layout,
         progress=not args.quiet,
     )
     what = "merged adapter" if args.adapter else f"merged {args.dtype} weights"

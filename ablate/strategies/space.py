@@ -235,11 +235,10 @@ def task_term(name: str) -> tuple[str, str] | None:
 
 
 def task_loss(score: object, metric: str) -> float:
-    """What a search minimises for a task term: the error rate in percent (100 - accuracy
-    in %) for acc and acc_norm, so one accuracy point weighs as much as one perplexity
-    point; the mean gold NLL (nats) for gold_nll."""
-    value = score.metric(metric)
-    return value if metric == "gold_nll" else 100.0 * (1.0 - value)
+    """A task term's loss for a search (``as_task_loss`` of the task's mean metric)."""
+    from ablate.tasks import as_task_loss
+
+    return as_task_loss(score.metric(metric), metric)
 
 
 @dataclass(frozen=True)
