@@ -9,36 +9,31 @@ The layers, bottom up (each one importable and usable on its own):
 * ``pool`` - partitions, the seed model and one trained member per partition unit; a
   ``Method`` (full, LoRA) owns what a member stores and how it merges.
 * ``MemberLayout`` - which stack rows a mixture weighs, its cache key, Gray-code order.
-* ``MergedModel`` (``ablate.merge``) - the ``[N, P]`` member stack and one model skeleton;
+* ``MergedModel`` (``ablate.engine.merge``) - the ``[N, P]`` member stack and one model skeleton;
   a merge is one ``kernels.weighted_average``; running-sum walks over subsets.
 * ``Scorer(model, eval_set)`` - windows and batches of one eval set, NLL per domain or per
   document through ``kernels.token_nll``.
 * ``ResultsCache`` / ``ResultsStore`` - no mixture is scored twice.
 * an executor - scores a batch of mixtures here or on Ray actors (``executor="ray"``).
-* ``Race`` (``ablate.racing``) - a scoring policy: mixtures proven worse on part of the
+* ``Race`` (``ablate.racing.policy``) - a scoring policy: mixtures proven worse on part of the
   eval set stop early, survivors are scored in full.
 * ``Evaluator`` - the composition users call (``evaluate``, ``run_many``, ...); ``search``
   and ``validate`` read scores only through it.
 """
 
-from ablate._shadowing import check_not_shadowed
-
-check_not_shadowed()
-
-from ablate.evalset import EvalSet  # noqa: E402
-from ablate.evaluator import DomainScore, EvalResult, Evaluator, results_frame  # noqa: E402
-from ablate.layout import MemberLayout  # noqa: E402
-from ablate.mixture import Mixture, MixtureError  # noqa: E402
-from ablate.racing import PartialResult, Race, RaceStats  # noqa: E402
-from ablate.results import ResultsCache, ResultsStore  # noqa: E402
-from ablate.scorer import DocScores, Scorer  # noqa: E402
-from ablate.strategies import Study, search  # noqa: E402
-from ablate.tasks import Task, TaskScore, TaskScorer, task_frame  # noqa: E402
-from ablate.validation import ValidationReport, validate  # noqa: E402
-from pool import AblateError, LoraSpec, Pool, Recipe, TinyModelSpec  # noqa: E402
-from pool.cluster import ClusterModel, add_clustered, fit_clusters  # noqa: E402
-
-__version__ = "0.1.0"
+from ablate.data.evalset import EvalSet
+from ablate.data.tasks import Task, TaskScore, TaskScorer, task_frame
+from ablate.engine.layout import MemberLayout
+from ablate.engine.results import ResultsCache, ResultsStore
+from ablate.engine.scoring import DocScores, Scorer
+from ablate.evaluator import DomainScore, EvalResult, Evaluator, results_frame
+from ablate.mixture import Mixture, MixtureError
+from ablate.pool import AblateError, LoraSpec, Pool, Recipe, TinyModelSpec
+from ablate.pool.cluster import ClusterModel, add_clustered, fit_clusters
+from ablate.racing.policy import PartialResult, Race, RaceStats
+from ablate.strategies import Study, search
+from ablate.validation import ValidationReport, validate
+from ablate.version import __version__ as __version__
 
 __all__ = [
     "AblateError",

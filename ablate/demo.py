@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pool.atomic import write_bytes
+from ablate.pool.atomic import write_bytes
 
 if TYPE_CHECKING:
     from ablate.evaluator import Evaluator
-    from pool import Pool
+    from ablate.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def build_pool(
     """Build (or reuse) the demo pool under ``out`` with ``settings``: returns the pool and
     its eval file (held-out documents of every partition). The multiple-choice task
     ``TASK_FILE`` is written beside it, cut from the same held-out documents."""
-    from pool import Pool, Recipe, TinyModelSpec
+    from ablate.pool import Pool, Recipe, TinyModelSpec
 
     s = settings
     out = Path(out)
@@ -249,9 +249,9 @@ def run_demo(
     out: str | Path, *, quick: bool = False, progress: bool = True, device: str | None = None
 ) -> Path:
     """Build (or reuse) the demo pool under ``out``, score every subset, write the report."""
+    from ablate.data.tasks import task_frame
     from ablate.evaluator import Evaluator, results_frame
-    from ablate.report import write_report
-    from ablate.tasks import task_frame
+    from ablate.present.tables import write_report
 
     out = Path(out)
     pool, _ = build_pool(out, QUICK if quick else FULL, progress=progress, device=device)

@@ -11,7 +11,7 @@ trained independently, and mixtures are scored independently):
   driver alone reads and writes the results store: one SQLite writer, and the actors never
   need the store's filesystem to honour SQLite's locks.
 * ``torchrun_group``: lets ``ablate pool grow`` run under ``torchrun``/``accelerate launch``
-  (one member trained data-parallel over the processes; see ``pool.train.train_model``).
+  (one member trained data-parallel over the processes; see ``ablate.pool.train.train_model``).
 
 Ray is optional (``pip install 'ablate[ray]'``) and imported only inside these functions.
 """
@@ -27,17 +27,17 @@ from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from pool import Pool
-from pool.errors import AblateError, PoolError
+from ablate.pool import Pool
+from ablate.pool.errors import AblateError, PoolError
 
 if TYPE_CHECKING:
-    from ablate.evalset import EvalSet
+    from ablate.data.evalset import EvalSet
+    from ablate.engine.executor import Scored
+    from ablate.engine.layout import MemberLayout
+    from ablate.engine.scoring import DomainScore
     from ablate.evaluator import Evaluator
-    from ablate.executor import Scored
-    from ablate.layout import MemberLayout
     from ablate.mixture import Mixture
-    from ablate.scorer import DomainScore
-    from pool.storage import MemberRecord
+    from ablate.pool.storage import MemberRecord
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
 # ---------------------------------------------------------------------- growing
 def _grow_member(pool_path: str, ref: tuple[str, int, str], device: str) -> MemberRecord | None:
     """Ray task body: train one member into the shared pool folder, or None if not ours."""
-    from pool.pool import UnitRef
+    from ablate.pool.pool import UnitRef
 
     pool = Pool.open(pool_path)
     unit = UnitRef(*ref)

@@ -3,12 +3,12 @@
 ``Evaluator`` is a thin composition of the layers below it, with the face users know
 (``evaluate``, ``evaluate_many``, ``run_many``, ``all_subsets``):
 
-* ``MemberLayout`` (``ablate.layout``): members as rows, weights and cache key of a mixture;
-* ``MergedModel`` (``ablate.merge``): the member stack, the merge and the Gray-code walk;
-* ``Scorer`` (``ablate.scorer``): one eval set's windows and batches, scored per domain or
+* ``MemberLayout`` (``ablate.engine.layout``): members as rows, weights and cache key of a mixture;
+* ``MergedModel`` (``ablate.engine.merge``): the member stack, the merge and the Gray-code walk;
+* ``Scorer`` (``ablate.engine.scoring``): one eval set's windows and batches, scored per domain or
   per document; another eval set on the same weights is another ``Scorer``;
-* ``ResultsCache`` (``ablate.results``): store lookup before scoring, record after;
-* an ``Executor`` (``ablate.executor``): scores here, or on Ray actors
+* ``ResultsCache`` (``ablate.engine.results``): store lookup before scoring, record after;
+* an ``Executor`` (``ablate.engine.executor``): scores here, or on Ray actors
   (``executor="ray"``, ``ablate.distributed``).
 """
 
@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.evalset import EvalSet
-from ablate.executor import Executor, ExecutorName, LocalExecutor
-from ablate.layout import MemberLayout, gray_subsets
-from ablate.mixture import Mixture
-from ablate.results import ResultsCache, ResultsStore
-from ablate.scorer import (
+from ablate.data.evalset import EvalSet
+from ablate.engine.executor import Executor, ExecutorName, LocalExecutor
+from ablate.engine.layout import MemberLayout, gray_subsets
+from ablate.engine.results import ResultsCache, ResultsStore
+from ablate.engine.scoring import (
     MACRO,
     DocScores,
     DomainScore,
@@ -40,16 +39,17 @@ from ablate.scorer import (
     ScoringBatch,
     target_nll,
 )
-from pool import Pool
-from pool.errors import AblateError
+from ablate.mixture import Mixture
+from ablate.pool import Pool
+from ablate.pool.errors import AblateError
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from ablate.merge import MergedModel
-    from ablate.tasks import Task, TaskScorer
-    from pool.storage import MemberRecord
+    from ablate.data.tasks import Task, TaskScorer
+    from ablate.engine.merge import MergedModel
+    from ablate.pool.storage import MemberRecord
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ class _Loaded:
 
     def merged(self) -> MergedModel:
         if self.model is None:
-            from ablate.merge import MergedModel
-            from pool.train import pick_device
+            from ablate.engine.merge import MergedModel
+            from ablate.pool.train import pick_device
 
             self.model = MergedModel(
                 self.pool,
@@ -106,7 +106,7 @@ class _Loaded:
 
     def task_scorer(self, task: Task) -> TaskScorer:
         if task.fingerprint not in self.task_scorers:
-            from ablate.tasks import TaskScorer
+            from ablate.data.tasks import TaskScorer
 
             self.task_scorers[task.fingerprint] = TaskScorer(
                 self.merged(), task, batch_tokens=self.batch_tokens
@@ -137,7 +137,7 @@ class Evaluator:
         stack_budget_bytes: Most memory the ``[N, P]`` member stack may take in this
             process; a larger stack streams from the memory-mapped members (None: 70% of
             what is free).
-        tasks: Multiple-choice task files (``FILE`` or ``NAME=FILE``, ``ablate.tasks``)
+        tasks: Multiple-choice task files (``FILE`` or ``NAME=FILE``, ``ablate.data.tasks``)
             scored with every mixture: ``evaluate(m).tasks[NAME]``. Task items are scored
             in this process (also with ``executor="ray"``).
     """
@@ -172,7 +172,7 @@ class Evaluator:
             if isinstance(eval_data, EvalSet)
             else EvalSet.load(pool, eval_data, by=by, text_field=text_field)
         )
-        from ablate.tasks import load_tasks
+        from ablate.data.tasks import load_tasks
 
         task_set: dict[str, Task] = load_tasks(pool, tasks)  # bad lines fail before any write
         path = pool.path / "results.sqlite" if store is True else store
@@ -235,7 +235,7 @@ class Evaluator:
 
     @cached_property
     def device(self) -> torch.device:
-        from pool.train import pick_device
+        from ablate.pool.train import pick_device
 
         return pick_device(self.device_name)
 
@@ -305,14 +305,14 @@ class Evaluator:
             for m, scores in self.executor.run(walk, rest, self.eval_set):
                 out[m.key] = self.cache.record(m, scores, todo[m])
                 if here:
-                    from ablate.tasks import score_tasks_here
+                    from ablate.data.tasks import score_tasks_here
 
                     tasks = score_tasks_here(self, m, todo[m], {})
                     out[m.key] = dataclasses.replace(out[m.key], tasks=tasks)
                 bar.update(1)
         results = [out[m.key] for m in mixtures]
         if self.tasks:  # task items: store first, else merged and scored here
-            from ablate.tasks import with_task_scores
+            from ablate.data.tasks import with_task_scores
 
             results = with_task_scores(self, results)
         return results  # type: ignore[return-value]

@@ -24,17 +24,17 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ablate.layout import MemberLayout
-from pool.atomic import sha256_file, staged_dir, write_json
-from pool.errors import AblateError
+from ablate.engine.layout import MemberLayout
+from ablate.pool.atomic import sha256_file, staged_dir, write_json
+from ablate.pool.errors import AblateError
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from ablate.merge import MergedModel
+    from ablate.engine.merge import MergedModel
     from ablate.mixture import Mixture
-    from pool import Pool
+    from ablate.pool import Pool
 
 ExportDtype = Literal["fp32", "bf16", "fp16"]
 DTYPES: tuple[ExportDtype, ...] = ("fp32", "bf16", "fp16")
@@ -106,7 +106,7 @@ def export(
             f"--adapter exports a merged LoRA adapter; pool {pool.path} trains {pool.method.name} "
             "weights - drop --adapter"
         )
-    from ablate import __version__
+    from ablate.version import __version__
 
     record = {
         "format_version": FORMAT_VERSION,
@@ -134,7 +134,7 @@ def export(
             _write_adapter(pool, layout, weights, tmp, out, torch_dtype)
         else:
             if model is None:
-                from ablate.merge import MergedModel
+                from ablate.engine.merge import MergedModel
 
                 model = MergedModel(
                     pool, layout.members, device=torch.device("cpu"), progress=progress
@@ -185,7 +185,7 @@ def _write_adapter(
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-    from pool.weights import load_tensors
+    from ablate.pool.weights import load_tensors
 
     rows = [i for i in range(len(layout.members)) if weights[i] > 0]
     saved = []

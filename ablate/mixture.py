@@ -12,8 +12,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pool.errors import AblateError
-from pool.partition import validate_partition_name
+from ablate.pool.errors import AblateError
+from ablate.pool.partition import validate_partition_name
 
 MAX_SPEC_CHARS = 100_000  # a mixture string longer than this is a mistake, not a mixture
 _DIGITS = 12  # weights are rounded to 12 decimals so float noise does not split cache keys

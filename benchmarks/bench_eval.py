@@ -41,12 +41,12 @@ def build_pool(
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pool.atomic import staged_dir, write_json
-    from pool.recipe import Recipe
-    from pool.seed import save_pretrained, train_tiny_tokenizer, weights_fingerprint
-    from pool.storage import MemberRecord, PartitionIndex, PoolManifest
-    from pool.tokens import write_partition
-    from pool.weights import save_tensors
+    from ablate.pool.atomic import staged_dir, write_json
+    from ablate.pool.recipe import Recipe
+    from ablate.pool.seed import save_pretrained, train_tiny_tokenizer, weights_fingerprint
+    from ablate.pool.storage import MemberRecord, PartitionIndex, PoolManifest
+    from ablate.pool.tokens import write_partition
+    from ablate.pool.weights import save_tensors
 
     texts = [f"document {i} about topic {i % 7} with words " * 20 for i in range(200)]
     tok = train_tiny_tokenizer(texts, 1000)
@@ -122,7 +122,7 @@ def build_pool(
 
 def eval_file(path: Path, tokens: int) -> Path:
     """Eval documents of about ``tokens`` tokens in total (the tiny tokenizer: ~1 token per char)."""
-    from pool.atomic import write_bytes
+    from ablate.pool.atomic import write_bytes
 
     docs = [{"text": ("lorem ipsum dolor sit amet " * 40)[: max(8, tokens // 4)]} for _ in range(4)]
     write_bytes(path, "".join(json.dumps(d) + "\n" for d in docs).encode("utf-8"))
@@ -166,7 +166,7 @@ def baseline(
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from pool import Pool
+    from ablate.pool import Pool
 
     pool = Pool.open(pool_dir)
     t = {"merge": 0.0, "save+load": 0.0, "score": 0.0}

@@ -51,7 +51,7 @@ def _docs(tag: int, n: int, length: int = 80) -> list[dict]:
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
-    from pool.atomic import write_bytes
+    from ablate.pool.atomic import write_bytes
 
     write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
     return path
@@ -59,7 +59,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 def build_pool(root: Path, members: int, unit_tokens: int):
     """A tiny seed model and ``members`` one-unit partitions, nothing trained yet."""
-    from pool import Pool, Recipe, TinyModelSpec
+    from ablate.pool import Pool, Recipe, TinyModelSpec
 
     seed = _write(root / "seed.jsonl", [d for i in range(members) for d in _docs(100 + i, 10)])
     data = _write(root / "data.jsonl", [d for i in range(members) for d in _docs(i, 9)])

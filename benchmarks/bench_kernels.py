@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import kernels  # noqa: E402  (after the path tweak, so the repo's package is found)
+from ablate import kernels  # noqa: E402  (after the path tweak, so the repo's package is found)
 
 N_MEMBERS = 8  # pool size for the merge benchmark
 N_TOKENS = 2048  # one long eval window, as the evaluator scores

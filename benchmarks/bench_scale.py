@@ -32,9 +32,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ablate import Evaluator, Mixture  # noqa: E402  (after the path tweak)
+from ablate.pool import Pool, Recipe, TinyModelSpec  # noqa: E402
+from ablate.pool.atomic import write_bytes  # noqa: E402
 from ablate.strategies import STRATEGIES, search  # noqa: E402
-from pool import Pool, Recipe, TinyModelSpec  # noqa: E402
-from pool.atomic import write_bytes  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -94,8 +94,8 @@ def cluster_file(path: Path, k: int) -> None:
     """Cluster ``path`` as ``pool add --clusters`` does, without keeping its documents."""
     import numpy as np
 
-    from pool.cluster import fit_clusters
-    from pool.corpus import iter_documents
+    from ablate.pool.cluster import fit_clusters
+    from ablate.pool.corpus import iter_documents
 
     t = time.perf_counter()
     model = fit_clusters(iter_documents([path]), k, seed=0)
@@ -136,8 +136,8 @@ def main() -> None:
     # ---- clustering the unlabeled corpus into n clusters
     from sklearn.metrics import adjusted_rand_score
 
-    from pool.cluster import fit_clusters
-    from pool.corpus import read_documents
+    from ablate.pool.cluster import fit_clusters
+    from ablate.pool.corpus import read_documents
 
     docs = read_documents([train_file])
     t = time.perf_counter()

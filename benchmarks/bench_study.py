@@ -3,7 +3,7 @@
 Measured on one pool (the demo pool it builds, or ``--pool``):
 
 * member training time (from the members' records; the pool is built once per study);
-* per-mixture scoring time, full and with racing (``ablate.racing``): exhaustive search
+* per-mixture scoring time, full and with racing (``ablate.racing.policy``): exhaustive search
   over every subset, for the macro target and every eval domain, with and without
   ``race=True`` - the best mixture of each, and the eval tokens each scored;
 * ``eval --all-subsets --race --top 10`` against full scoring's ten best;
@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ablate import Evaluator, Mixture, Race, search  # noqa: E402
-from ablate.racing import PartialResult  # noqa: E402
+from ablate.racing.policy import PartialResult  # noqa: E402
 
 TOP = 10  # the eval --race --top K check
 
@@ -180,7 +180,7 @@ def main() -> None:
         args.pool, args.eval_data = pool.path, str(eval_file)
     if args.eval_data is None:
         ap.error("--eval-data is needed with --pool")
-    from pool import Pool
+    from ablate.pool import Pool
 
     pool = Pool.open(args.pool)
     members = member_seconds(pool)

@@ -35,7 +35,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 
 
 def _build(root: Path, corpus: dict[str, Path], **recipe):
-    from pool import Pool
+    from ablate.pool import Pool
 
     pool = Pool.create(
         root,
@@ -66,7 +66,7 @@ def full_pool(full_pool_dir, tmp_path):
     """A private copy of the session pool, free to modify."""
     import shutil
 
-    from pool import Pool
+    from ablate.pool import Pool
 
     dst = tmp_path / "pool"
     shutil.copytree(full_pool_dir, dst)

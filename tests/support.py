@@ -76,7 +76,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def tiny_recipe(**kw):
-    from pool import Recipe
+    from ablate.pool import Recipe
 
     base = dict(unit_tokens=600, seq_len=32, batch_size=4, lr=3e-3)
     base.update(kw)
@@ -84,7 +84,7 @@ def tiny_recipe(**kw):
 
 
 def tiny_spec():
-    from pool import TinyModelSpec
+    from ablate.pool import TinyModelSpec
 
     return TinyModelSpec(
         vocab_size=300, hidden_size=32, layers=2, heads=2, intermediate_size=64, seed_tokens=3000
@@ -144,8 +144,8 @@ def fake_grow(pool: Any, *, scale: float = 0.02) -> int:
 
     import torch
 
-    from pool.storage import MemberRecord
-    from pool.train import TrainResult, write_trained
+    from ablate.pool.storage import MemberRecord
+    from ablate.pool.train import TrainResult, write_trained
 
     missing = pool.missing()
     base = pool.load_base_model()

@@ -21,8 +21,8 @@ import pytest
 from support import make_docs, run_cli, tree_digest, write_jsonl
 
 from ablate.cli import main
-from ablate.evalset import EvalSet
-from pool import Pool
+from ablate.data.evalset import EvalSet
+from ablate.pool import Pool
 
 MAX_LINE = 1200  # an error may quote the input, but never echo 200 kB of it
 

@@ -19,9 +19,9 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import kernels
+import ablate.kernels as kernels
 from ablate import Mixture
-from pool.partition import cut_units
+from ablate.pool.partition import cut_units
 
 FEW = settings(max_examples=50, deadline=None)
 

@@ -85,7 +85,7 @@ def _quiet_broken_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
-    from pool.errors import AblateError
+    from ablate.pool.errors import AblateError
 
     try:
         args = build_parser().parse_args(argv)

@@ -41,14 +41,14 @@ DISK_FIXES = {
 
 def version() -> str:
     """The installed ablate's version (``ablate.__version__``)."""
-    from ablate import __version__
+    from ablate.version import __version__
 
     return __version__
 
 
 def usage_error(msg: str) -> Exception:
     """An error the user caused: ``main`` prints it as one line and exits with status 2."""
-    from pool.errors import AblateError
+    from ablate.pool.errors import AblateError
 
     return AblateError(msg)
 
@@ -179,7 +179,7 @@ def add_max_size_arg(p: argparse.ArgumentParser, when: str = "") -> None:
 
 
 def add_race_args(p: argparse.ArgumentParser, target: str = "target") -> None:
-    """``--race`` and ``--confidence``: the racing scoring policy (``ablate.racing``)."""
+    """``--race`` and ``--confidence``: the racing scoring policy (``ablate.racing.policy``)."""
     p.add_argument(
         "--race",
         action="store_true",
@@ -197,7 +197,7 @@ def add_race_args(p: argparse.ArgumentParser, target: str = "target") -> None:
 
 def race_confidence(args: argparse.Namespace) -> float:
     """``--confidence`` (default 0.95); refused without ``--race``, where it would do nothing."""
-    from ablate.racing import DEFAULT_CONFIDENCE
+    from ablate.racing.policy import DEFAULT_CONFIDENCE
 
     if args.confidence is not None and not args.race:
         raise usage_error("--confidence applies to racing; add --race or drop --confidence")
@@ -260,8 +260,8 @@ def emit_json(doc: Any) -> None:
 def emit_table(
     args: argparse.Namespace, rows: Sequence[Mapping[str, Any]], columns: Sequence[Any]
 ) -> None:
-    """``rows`` as CSV with ``--csv``, else as an aligned table (``ablate.report``)."""
-    from ablate.report import format_csv, format_table
+    """``rows`` as CSV with ``--csv``, else as an aligned table (``ablate.present.tables``)."""
+    from ablate.present.tables import format_csv, format_table
 
     if getattr(args, "csv", False):
         sys.stdout.write(format_csv(rows, columns))
@@ -284,7 +284,7 @@ def check_out_folder(path: str, flag: str) -> None:
 
 def check_figure_path(path: str, flag: str) -> None:
     """``path`` must name a file in an existing folder, with a suffix matplotlib can write."""
-    from ablate.report import figure_formats
+    from ablate.present.tables import figure_formats
 
     p = Path(path)
     fmt = p.suffix[1:].lower()

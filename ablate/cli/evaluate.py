@@ -39,7 +39,7 @@ def _mixtures_from_args(args: argparse.Namespace, ev: Any) -> list:
 
 def eval_table(results: list, domains: list[str]) -> tuple[list[dict], list]:
     """Rows (best macro perplexity first) and columns of the ``ablate eval`` table."""
-    from ablate.report import Column
+    from ablate.present.tables import Column
 
     ranked = sorted(results, key=lambda r: r.macro_ppl)
     rows = [
@@ -84,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with evaluator(args) as ev:
         mixtures = _mixtures_from_args(args, ev)
         if args.race:
-            from ablate.racing import PartialResult, Race
+            from ablate.racing.policy import PartialResult, Race
 
             race = Race(ev, "macro", confidence=confidence, top=args.top or 1)
             raced = race.run(mixtures)  # survivors: full scores only in the table
@@ -95,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         domains = list(ev.domains)
     if args.top is not None:
         results = sorted(results, key=lambda r: r.macro_ppl)[: args.top]
-    from ablate.tasks import task_rows
+    from ablate.data.tasks import task_rows
 
     if args.json:
         # one object per mixture x domain, a macro object, then a "task" object per task

@@ -26,7 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """
     from ablate.export import export
     from ablate.mixture import Mixture
-    from pool import Pool
+    from ablate.pool import Pool
 
     spec = args.weights or args.mixture
     if not spec:

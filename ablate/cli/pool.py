@@ -19,8 +19,8 @@ from ablate.cli.common import (
     usage_error,
     version,
 )
-from pool.cluster import ClusterOn
-from pool.recipe import LoraSpec, Recipe, TinyModelSpec
+from ablate.pool.cluster import ClusterOn
+from ablate.pool.recipe import LoraSpec, Recipe, TinyModelSpec
 
 
 def _flags(model: type, *fields: str, prefix: str = "") -> dict[str, tuple[type, str]]:
@@ -106,7 +106,7 @@ def cmd_pool_init(args: argparse.Namespace) -> int:
         ablate pool init runs/pool --base path/to/hf-model --method lora --lora-targets all-linear
         ablate pool init runs/pool --base path/to/pythia --method lora --lora-targets query_key_value,dense
     """
-    from pool import Pool
+    from ablate.pool import Pool
 
     tiny_fields = _model_from_flags(args, TINY_FLAGS, TinyModelSpec)
     tiny = TinyModelSpec(**tiny_fields) if args.base == "tiny" else None
@@ -148,14 +148,14 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
         ablate pool add runs/pool web.jsonl --clusters 64 --cluster-seed 0
         ablate pool add runs/pool more-web.jsonl --clusters
     """
-    from pool import Pool
+    from ablate.pool import Pool
 
     pool = Pool.open(args.pool)
     cluster_flags = args.cluster_on is not None or args.cluster_seed is not None
     if cluster_flags and args.clusters is None:
         raise usage_error("--cluster-on and --cluster-seed apply only with --clusters [K]")
     if args.clusters is not None:
-        from pool.cluster import add_clustered
+        from ablate.pool.cluster import add_clustered
 
         added = add_clustered(
             pool,
@@ -198,7 +198,7 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
         ablate pool grow runs/pool
         ablate pool grow runs/pool --backend ray --address HEAD:6379 --gpus-per-member 1
     """
-    from pool import Pool
+    from ablate.pool import Pool
 
     pool = Pool.open(args.pool)
     if args.backend == "ray":
@@ -229,7 +229,7 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
 
 def ls_columns(clustered: bool = False) -> list:
     """The ``pool ls`` table; a clustered pool adds each cluster's top terms (on its unit 0)."""
-    from ablate.report import Column
+    from ablate.present.tables import Column
 
     cols = [
         Column("partition", align="<", max_width=_NAME_WIDTH),
@@ -255,8 +255,8 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
         ablate pool ls runs/pool
         ablate pool ls runs/pool --csv > members.csv
     """
-    from pool import Pool
-    from pool.cluster import summary
+    from ablate.pool import Pool
+    from ablate.pool.cluster import summary
 
     pool = Pool.open(args.pool)
     rows = pool.status()
@@ -313,7 +313,7 @@ def cmd_pool_verify(args: argparse.Namespace) -> int:
     Examples:
         ablate pool verify runs/pool
     """
-    from pool import Pool
+    from ablate.pool import Pool
 
     pool = Pool.open(args.pool)
     report = pool.verify()

@@ -23,7 +23,7 @@ from ablate.cli.evaluate import DOMAIN_WIDTH, MIXTURE_WIDTH
 
 def search_table(frame: Any, domains: list[str]) -> tuple[list[dict], list]:
     """Rows (best first) and columns of the ``ablate search`` table."""
-    from ablate.report import Column
+    from ablate.present.tables import Column
 
     accs = [c for c in frame.columns if c.startswith("acc:")]  # one per --task
     rows = [

@@ -27,7 +27,7 @@ def validate_table(table: Any) -> tuple[list[dict], list]:
 
     ``table`` is ``ValidationReport.table()``: correlations, their intervals, mean gaps.
     """
-    from ablate.report import Column
+    from ablate.present.tables import Column
 
     rows = [{"domain": str(d), **{k: v for k, v in r.items()}} for d, r in table.iterrows()]
     cols = [Column("domain", align="<", max_width=24), Column("n", fmt=".0f")]

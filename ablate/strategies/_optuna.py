@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablate.mixture import Mixture
+from ablate.pool.atomic import sha256_json
 from ablate.strategies.base import SearchContext, Trial, require_extra
-from pool.atomic import sha256_json
 
 if TYPE_CHECKING:
     import optuna

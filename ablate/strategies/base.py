@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from pool.errors import AblateError
+from ablate.pool.errors import AblateError
 
 if TYPE_CHECKING:
     from ablate.evaluator import EvalResult, Evaluator
     from ablate.mixture import Mixture
-    from ablate.racing import PartialResult
+    from ablate.racing.policy import PartialResult
     from ablate.strategies.space import SearchSpace, Target
 
 SpaceKind = Literal["subsets", "weights"]

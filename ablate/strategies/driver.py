@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ablate.engine.layout import MAX_ALL_SUBSETS
 from ablate.evaluator import EvalResult, Evaluator
-from ablate.layout import MAX_ALL_SUBSETS
-from ablate.racing import DEFAULT_CONFIDENCE, PartialResult, Race
+from ablate.pool.errors import AblateError
+from ablate.racing.policy import DEFAULT_CONFIDENCE, PartialResult, Race
 from ablate.strategies.base import STRATEGIES, SearchContext, Strategy, Trial
 from ablate.strategies.space import SearchSpace, Target
 from ablate.strategies.study import Best, Study
-from pool.errors import AblateError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def search(
             domain has at least 4 documents, else 0).
         seed: Seeds the strategy and the held-out split.
         progress: Show a progress bar (default: the evaluator's setting).
-        race: Score each proposal by racing (``ablate.racing``): mixtures proven worse than
+        race: Score each proposal by racing (``ablate.racing.policy``): mixtures proven worse than
             the best so far on part of the eval set stop early; the best is always scored
             in full. Dropped mixtures are in ``Study.raced_out``, never in ``trials``.
         confidence: With ``race``: probability that a dropped mixture is really worse.

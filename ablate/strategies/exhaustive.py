@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 
-from ablate.layout import MAX_ALL_SUBSETS
+from ablate.engine.layout import MAX_ALL_SUBSETS
 from ablate.mixture import Mixture
 from ablate.strategies.base import SearchContext, Trial, register
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ablate.mixture import Mixture
+from ablate.pool.errors import AblateError
 from ablate.strategies.base import SearchContext, Trial, register
-from pool.errors import AblateError
 
 if TYPE_CHECKING:
     from ablate.evaluator import EvalResult, Evaluator
@@ -54,7 +54,7 @@ def mixture_gradient(
     """
     import torch
 
-    from ablate.scorer import target_nll
+    from ablate.engine.scoring import target_nll
 
     if ev.pool.method.merges_by_factors:
         raise AblateError(

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ablate.mixture import Mixture, MixtureError
-from pool.errors import AblateError
+from ablate.pool.errors import AblateError
 
 MACRO = "macro"
-TASK_PREFIX = "task:"  # a target term on a multiple-choice task (ablate.tasks)
+TASK_PREFIX = "task:"  # a target term on a multiple-choice task (ablate.data.tasks)
 _REQUIRED_FLOOR = 1e-3  # smallest weight a required partition keeps in a weight space
 
 
@@ -123,8 +123,8 @@ class SearchSpace:
 
     def subsets(self) -> list[Mixture]:
         """Every mixture of a subset space, in reflected Gray-code order of the free members
-        (refused, with how to restrict it, above ``ablate.layout.MAX_ALL_SUBSETS``)."""
-        from ablate.layout import gray_subsets
+        (refused, with how to restrict it, above ``ablate.engine.layout.MAX_ALL_SUBSETS``)."""
+        from ablate.engine.layout import gray_subsets
 
         out = [self.subset(())] if self.require else []
         for idx in gray_subsets(len(self.free), self.free_limit):
@@ -134,7 +134,7 @@ class SearchSpace:
     def iter_subsets(self) -> Iterator[Mixture]:
         """Every mixture of a subset space, lazily, smallest first (``itertools.combinations``
         up to ``max_size``): any number of partitions, nothing of size 2^n built."""
-        from ablate.layout import iter_subsets
+        from ablate.engine.layout import iter_subsets
 
         if self.require:
             yield self.subset(())
@@ -222,7 +222,7 @@ def task_term(name: str) -> tuple[str, str] | None:
     """``(task, metric)`` of a ``task:NAME[:METRIC]`` term, None for an eval domain."""
     if not name.startswith(TASK_PREFIX):
         return None
-    from ablate.tasks import TASK_METRICS
+    from ablate.data.tasks import TASK_METRICS
 
     task, _, metric = name.removeprefix(TASK_PREFIX).partition(":")
     metric = metric or "acc"
@@ -236,7 +236,7 @@ def task_term(name: str) -> tuple[str, str] | None:
 
 def task_loss(score: object, metric: str) -> float:
     """A task term's loss for a search (``as_task_loss`` of the task's mean metric)."""
-    from ablate.tasks import as_task_loss
+    from ablate.data.tasks import as_task_loss
 
     return as_task_loss(score.metric(metric), metric)
 

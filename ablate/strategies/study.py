@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ablate.mixture import Mixture
+from ablate.pool.errors import AblateError
 from ablate.strategies.base import Trial
 from ablate.strategies.space import SearchSpace, Target
-from pool.errors import AblateError
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from ablate.racing import RaceStats
+    from ablate.racing.policy import RaceStats
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ class Study:
             f"ablate search: {self.strategy}, target {self.target}, {self.evaluations} evaluations"
         )
         if path is not None:
-            from ablate.report import save_figure
+            from ablate.present.tables import save_figure
 
             save_figure(fig, path, dpi=120)
         return fig

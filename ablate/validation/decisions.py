@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.scorer import MACRO
+from ablate.engine.scoring import MACRO
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from ablate.mixture import Mixture
-from pool.atomic import sha256_json
-from pool.errors import CorruptMemberError, PoolError
-from pool.storage import TrainedRecord, member_id, read_record
+from ablate.pool.atomic import sha256_json
+from ablate.pool.errors import CorruptMemberError, PoolError
+from ablate.pool.storage import TrainedRecord, member_id, read_record
 
 if TYPE_CHECKING:
     import numpy as np
 
     from ablate.evaluator import Evaluator
-    from pool import Pool
-    from pool.ensure import Target
+    from ablate.pool import Pool
+    from ablate.pool.ensure import Target
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,12 @@ def ensure_trained(
     """Train every plan without a finished model; returns (records in plan order, trained now).
 
     A lock file per model keeps two concurrent runs from training the same model: the second
-    waits for the first and then reuses its result (``pool.ensure``, ``if_locked="wait"``).
+    waits for the first and then reuses its result (``ablate.pool.ensure``, ``if_locked="wait"``).
     """
     from tqdm.auto import tqdm
 
-    from pool.ensure import SeedModel
-    from pool.ensure import ensure_trained as ensure_one
+    from ablate.pool.ensure import SeedModel
+    from ablate.pool.ensure import ensure_trained as ensure_one
 
     pool = ev.pool
     records: dict[str, ValidationRecord] = {}
@@ -186,9 +186,9 @@ def ensure_trained(
 
 def _target(pool: Pool, plan: TrainingPlan) -> Target[ValidationRecord]:
     """The plan's model: k units of tokens over the plan's units (weighted), stored by key."""
-    from pool.ensure import Target
-    from pool.pool import member_seed
-    from pool.tokens import TokenizedPartition
+    from ablate.pool.ensure import Target
+    from ablate.pool.pool import member_seed
+    from ablate.pool.tokens import TokenizedPartition
 
     recipe = pool.manifest.recipe
     # One unit: the member's own seed, so the real model *is* the member (a built-in check).
@@ -223,8 +223,8 @@ def _target(pool: Pool, plan: TrainingPlan) -> Target[ValidationRecord]:
 def load_into(ev: Evaluator, rec: ValidationRecord) -> None:
     """Put a real model's weights into the evaluator's model skeleton, so that its
     ``Scorer`` scores the real model exactly as it scores a merge."""
-    from pool.method import method_of
-    from pool.weights import load_tensors
+    from ablate.pool.method import method_of
+    from ablate.pool.weights import load_tensors
 
     pool = ev.pool
     folder = folder_of(pool, rec.key)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.report import save_figure
+from ablate.pool.atomic import write_bytes
+from ablate.present.tables import save_figure
 from ablate.validation.stats import POOLED, Calibration, CalibrationKind
-from pool.atomic import write_bytes
 
 if TYPE_CHECKING:
     import pandas as pd

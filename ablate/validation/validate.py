@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ablate.engine.scoring import MACRO, DocScores
 from ablate.mixture import Mixture, MixtureError
-from ablate.scorer import MACRO, DocScores
 from ablate.validation.decisions import decision_table
 from ablate.validation.models import Budget
 from ablate.validation.report import ValidationReport, gap_table

@@ -162,7 +162,7 @@ def test_every_table_into_a_closed_pipe_is_quiet(full_pool, corpus, tmp_path):
 
 # ---------------------------------------------------------------------- tables
 def test_pool_ls_table_csv_and_json_agree(full_pool_dir, capsys):
-    from pool import Pool
+    from ablate.pool import Pool
 
     status = Pool.open(full_pool_dir).status()
     assert main(["-q", "pool", "ls", str(full_pool_dir), "--csv"]) == 0
@@ -181,7 +181,7 @@ def test_pool_ls_table_csv_and_json_agree(full_pool_dir, capsys):
 
 
 def test_table_truncates_long_names_and_sizes_columns_from_data():
-    from ablate.report import Column, format_csv, format_table
+    from ablate.present.tables import Column, format_csv, format_table
 
     rows = [{"name": f"partition_{i:03d}_" + "x" * (i % 50), "n": i} for i in range(150)]
     cols = [Column("name", align="<", max_width=24), Column("n", fmt="d")]

@@ -197,7 +197,7 @@ def test_ray_missing_names_the_extra(monkeypatch):
 # ---------------------------------------------------------------------- streamed merges
 def test_chunked_merge_equals_in_memory(full_pool_dir):
     """A tiny stack budget forces streaming from the memory-mapped members, chunk by chunk."""
-    from ablate.merge import MergedModel
+    from ablate.engine.merge import MergedModel
 
     pool = Pool.open(full_pool_dir)
     members = pool.members
@@ -245,7 +245,7 @@ def test_torchrun_grow_two_processes(full_pool_dir, tmp_path):
     assert rec.tokens_seen == ref.tokens_seen and rec.steps == ref.steps
     # Same data order and update as one process, up to float summation order.
     assert rec.final_loss == pytest.approx(ref.final_loss, rel=1e-3)
-    from pool.weights import load_tensors
+    from ablate.pool.weights import load_tensors
 
     got, want = (
         load_tensors(pool.weights_path(rec)),

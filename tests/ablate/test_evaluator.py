@@ -11,7 +11,7 @@ import torch
 from support import domain_evaluator, eval_cli_args, run_cli
 
 from ablate import Evaluator, Mixture, MixtureError, Pool
-from pool.weights import load_tensors
+from ablate.pool.weights import load_tensors
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_cache_hits_do_not_recompute(full_pool, corpus, monkeypatch):
     first = ev.evaluate("code,math")
     assert not first.cached
     again = Evaluator(full_pool, corpus["eval"], by="domain", progress=False)
-    from ablate.merge import MergedModel
+    from ablate.engine.merge import MergedModel
 
     # A cache hit neither scores nor loads the members.
     monkeypatch.setattr(MergedModel, "__init__", lambda *a, **k: pytest.fail("loaded members"))
@@ -165,7 +165,7 @@ def test_lora_merge_is_exact(lora_pool_dir, corpus):
 def test_lora_single_member_matches_peft(lora_pool_dir, corpus):
     from peft import PeftModel, set_peft_model_state_dict
 
-    from pool.weights import wrap_lora
+    from ablate.pool.weights import wrap_lora
 
     ev = Evaluator(lora_pool_dir, corpus["eval"], by="domain", store=False, progress=False)
     pool = ev.pool
@@ -200,7 +200,7 @@ def test_bad_mixtures_are_clear(ev, spec, message):
 
 
 def test_eval_by_missing_field(full_pool_dir, corpus):
-    from pool.errors import DataError
+    from ablate.pool.errors import DataError
 
     with pytest.raises(DataError, match="no field 'topic'"):
         Evaluator(full_pool_dir, corpus["eval"], by="topic", progress=False)
@@ -229,8 +229,8 @@ def test_cli_eval_json_schema(full_pool, corpus):
 def test_extrapolated_merges_and_the_norm_lambda(full_pool_dir):
     """``theta_0 + lambda * sum_i w_i (theta_i - theta_0)``, in memory and streamed, and the
     per-mixture lambda that restores the members' mean update length."""
-    from ablate.merge import MergedModel
-    from pool import Pool
+    from ablate.engine.merge import MergedModel
+    from ablate.pool import Pool
 
     pool = Pool.open(full_pool_dir)
     cpu = torch.device("cpu")

@@ -36,7 +36,7 @@ def test_export_parity(request, corpus, tmp_path, pool_fixture, adapter, monkeyp
     from transformers import AutoModelForCausalLM
 
     from ablate.export import MERGE_RECORD
-    from pool import Pool
+    from ablate.pool import Pool
 
     ev = domain_evaluator(request.getfixturevalue(pool_fixture), corpus)
     want = sum(s.nll for s in ev.evaluate(MIX).scores.values())
@@ -75,7 +75,7 @@ def test_export_bf16_and_overwrite(full_pool_dir, corpus, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pool.errors import AblateError
+    from ablate.pool.errors import AblateError
 
     ev = domain_evaluator(full_pool_dir, corpus)
     out = ev.export("code", tmp_path / "p", dtype="bf16")

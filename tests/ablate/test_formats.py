@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from ablate import Evaluator, Mixture
+from ablate.pool.atomic import sha256_json
 from ablate.validation.models import plan_for
-from pool.atomic import sha256_json
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD = "aa118ba"  # the last commit before the scoring seam was split (issue 14)

@@ -1,4 +1,4 @@
-"""Racing (ablate.racing): planted candidates, the statistic, and partial scores kept apart."""
+"""Racing (ablate.racing.policy): planted candidates, the statistic, and partial scores kept apart."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from support import WORDS, domain_evaluator, eval_cli_args, write_jsonl
 
 from ablate import EvalResult, PartialResult, Race, search
-from ablate.racing import RaceOrder, Racer, paired_gap
+from ablate.pool.errors import AblateError
+from ablate.racing.policy import RaceOrder, Racer, paired_gap
 from ablate.strategies import STRATEGIES
-from pool.errors import AblateError
 
 N_DOMAINS, PER_DOMAIN = 3, 16
 

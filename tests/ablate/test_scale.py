@@ -16,11 +16,11 @@ from support import WORDS, fake_grow, tiny_recipe, write_jsonl
 
 from ablate import Evaluator, Mixture
 from ablate.cli import main
-from ablate.layout import MAX_ALL_SUBSETS, count_subsets, gray_subsets, iter_subsets
+from ablate.engine.layout import MAX_ALL_SUBSETS, count_subsets, gray_subsets, iter_subsets
+from ablate.pool import AblateError, Pool
 from ablate.strategies import STRATEGIES
 from ablate.strategies.driver import search
 from ablate.strategies.space import SearchSpace
-from pool import AblateError, Pool
 
 
 def _many_pool(root: Path, base: Path, n: int) -> Pool:

@@ -176,7 +176,7 @@ def test_resumed_search_scores_nothing_new(name, full_pool_dir, corpus, tmp_path
         Evaluator(full_pool_dir, corpus["eval"], by="domain", store=store, progress=False), **kw
     )
     assert _store_rows(store) == first.evaluations >= 1
-    from ablate.scorer import Scorer
+    from ablate.engine.scoring import Scorer
 
     monkeypatch.setattr(Scorer, "score", lambda self: pytest.fail(f"{name} re-scored a mixture"))
     again = search(
@@ -204,7 +204,7 @@ def test_gradient_matches_finite_differences(full_pool_dir, corpus):
 
 
 def test_gradient_needs_a_full_pool():
-    from pool import METHODS
+    from ablate.pool import METHODS
 
     lora = SimpleNamespace(pool=SimpleNamespace(method=METHODS["lora"]))
     space = SearchSpace(("a", "b"), continuous=True)
@@ -364,7 +364,7 @@ def test_cli_json_and_workers_sharing_an_optuna_study(full_pool, corpus, tmp_pat
 def test_save_figure_writes_by_suffix_atomically(tmp_path):
     from matplotlib.figure import Figure
 
-    from ablate.report import save_figure
+    from ablate.present.tables import save_figure
 
     fig = Figure()
     fig.subplots().plot([1, 2], [3, 4])

@@ -29,7 +29,7 @@ def task_file(tmp_path_factory):
 
 def test_metrics_by_hand():
     """acc = lowest NLL; acc_norm = lowest NLL per byte of the choice; gold_nll; ties -> first."""
-    from ablate.tasks import TaskScore
+    from ablate.data.tasks import TaskScore
 
     s = TaskScore(
         "t",
@@ -106,7 +106,7 @@ def test_tasks_are_scored_in_the_executors_walk_without_merging_again(
     """Task items are scored on the weights the walk just produced: every subset of the
     pool and one weighted mixture cost one merge (the weighted one), and each task score
     equals that mixture merged and scored on its own."""
-    from ablate.merge import MergedModel
+    from ablate.engine.merge import MergedModel
 
     ev = domain_evaluator(full_pool_dir, corpus, tasks=[task_file])
     merges = []
@@ -164,9 +164,9 @@ class _CharTokenizer:
 def test_empty_context_without_bos_starts_from_eos():
     from pathlib import Path
 
-    from ablate.evalset import IGNORE
-    from ablate.tasks import Task, TaskItem
-    from pool.errors import DataError
+    from ablate.data.evalset import IGNORE
+    from ablate.data.tasks import Task, TaskItem
+    from ablate.pool.errors import DataError
 
     task = Task("t", Path("t.jsonl"), (TaskItem("", ("ab", "c"), 0, "q"),), "fp")
     w = task.windows(_CharTokenizer(eos=1), 16, 0)  # crashed on a broadcast before
@@ -185,9 +185,9 @@ BAD = [
 
 @pytest.mark.parametrize("line,message", BAD)
 def test_bad_task_lines(full_pool_dir, tmp_path, line, message):
-    from ablate.tasks import Task
-    from pool import Pool
-    from pool.errors import DataError
+    from ablate.data.tasks import Task
+    from ablate.pool import Pool
+    from ablate.pool.errors import DataError
 
     path = write_jsonl(tmp_path / "bad.jsonl", [_items()[0], line])
     with pytest.raises(DataError, match=message) as e:

@@ -276,7 +276,7 @@ def test_cli_validate_out_must_be_a_folder_checked_before_any_work(tmp_path, cap
 
 # ---------------------------------------------------------------------- decision fidelity
 def test_exact_counts_and_the_fixed_budget_sampler_draw_each_share():
-    from pool.train import SequenceSampler, exact_counts
+    from ablate.pool.train import SequenceSampler, exact_counts
 
     assert exact_counts(np.array([0.2, 0.3, 0.5]), 10).tolist() == [2, 3, 5]
     got = exact_counts(np.array([1 / 3, 1 / 3, 1 / 3]), 10)

@@ -78,9 +78,9 @@ def _kill_at_publish(n: int) -> None:
 @fault("kill-in-tokenize")
 def _kill_in_tokenize(n: int) -> None:
     """Kill half-way through the n-th tokenizer batch (of 256 documents: a small partition is one)."""
-    import pool.tokens
+    from ablate.pool import tokens as pool_tokens
 
-    real, hit = pool.tokens.encode_documents, _nth(n)
+    real, hit = pool_tokens.encode_documents, _nth(n)
 
     def encode_documents(tokenizer: Any, texts: Any, progress: Any = None) -> Any:
         if hit():
@@ -88,7 +88,7 @@ def _kill_in_tokenize(n: int) -> None:
             _die()
         return real(tokenizer, texts, progress)
 
-    pool.tokens.encode_documents = encode_documents
+    pool_tokens.encode_documents = encode_documents
 
 
 class _Connection:
@@ -116,7 +116,7 @@ class _Connection:
 
 @fault("kill-in-store-put")
 def _kill_in_store_put(n: int) -> None:
-    from ablate.results import ResultsStore
+    from ablate.engine.results import ResultsStore
 
     real_init, hit = ResultsStore.__init__, _nth(n)
 

@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ablate.results import ResultsStore
+from ablate.engine.results import ResultsStore
 
 # Each writer waits for the other at a file barrier, then both open a fresh store (racing to
 # create its schema and switch it to WAL) and commit N small transactions interleaved.
 WRITER = """
 import sys, time
 from pathlib import Path
-from ablate.results import ResultsStore
+from ablate.engine.results import ResultsStore
 
 path, me, other, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 Path(f"{path}.{me}.ready").touch()
@@ -117,7 +117,7 @@ def test_store_damaged_after_opening_is_one_clear_error(tmp_path: Path) -> None:
 
     import pytest
 
-    from pool.errors import PoolError
+    from ablate.pool.errors import PoolError
 
     class Malformed:  # what SQLite raises on a page it finds damaged
         def __getattr__(self, name: str):

@@ -22,8 +22,8 @@ from support import run_cli
 
 from ablate import Evaluator
 from ablate.cli import main
-from pool import CorruptMemberError, MemberRecord, Pool, PoolError
-from pool.atomic import sha256_file
+from ablate.pool import CorruptMemberError, MemberRecord, Pool, PoolError
+from ablate.pool.atomic import sha256_file
 
 VICTIM = ("code", 1)
 NAMES_VICTIM = r"code/1\b|members/code/0001"

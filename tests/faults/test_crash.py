@@ -16,9 +16,9 @@ from pathlib import Path
 from support import make_docs, write_jsonl
 
 from ablate.cli import main
-from ablate.results import ResultsStore
-from pool import Pool
-from pool.tokens import content_hash
+from ablate.engine.results import ResultsStore
+from ablate.pool import Pool
+from ablate.pool.tokens import content_hash
 
 SIGKILLED = -signal.SIGKILL
 

@@ -21,9 +21,9 @@ from support import eval_cli_args, make_docs, tree_digest, write_jsonl
 
 from ablate import Evaluator
 from ablate.cli import main
-from ablate.results import ResultsStore
-from pool import PoolError
-from pool.atomic import write_json
+from ablate.engine.results import ResultsStore
+from ablate.pool import PoolError
+from ablate.pool.atomic import write_json
 
 
 def _enospc(filename: object = None) -> OSError:
@@ -101,7 +101,9 @@ def test_full_disk_while_replacing_a_json_record(tmp_path: Path, monkeypatch) ->
         def __exit__(self, *exc: object) -> None:
             self._f.close()
 
-    monkeypatch.setattr("pool.atomic.os.fdopen", lambda *a, **k: HalfFull(real_fdopen(*a, **k)))
+    monkeypatch.setattr(
+        "ablate.pool.atomic.os.fdopen", lambda *a, **k: HalfFull(real_fdopen(*a, **k))
+    )
     with pytest.raises(OSError) as err:
         write_json(record, {"format_version": 1, "new": True})
     assert err.value.errno == errno.ENOSPC

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-import kernels
+import ablate.kernels as kernels
 
 pytestmark = [
     pytest.mark.gpu,
@@ -82,7 +82,7 @@ def test_grow_and_eval_on_cuda_match_cpu(corpus, tmp_path):
     """A tiny pool grown on CUDA scores the same on CUDA (Triton) as on CPU (the twins)."""
     from support import domain_evaluator, tiny_recipe, tiny_spec
 
-    from pool import Pool
+    from ablate.pool import Pool
 
     pool = Pool.create(
         tmp_path / "pool",

@@ -22,7 +22,7 @@ TRITON_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 def dtype_names() -> list[str]:
     """Triton's names of every dtype the launchers accept."""
-    from kernels import SUPPORTED_DTYPES
+    from ablate.kernels import SUPPORTED_DTYPES
 
     return [TRITON_NAMES[str(dtype).removeprefix("torch.")] for dtype in SUPPORTED_DTYPES]
 
@@ -36,7 +36,7 @@ def _signature(kernel, types: dict[str, str], constexprs: dict) -> dict[str, str
 def average_source(dtype: str):
     from triton.compiler import ASTSource
 
-    from kernels.triton_average import BLOCK_P, _weighted_average_kernel
+    from ablate.kernels.triton_average import BLOCK_P, _weighted_average_kernel
 
     types = {
         "stack_ptr": f"*{dtype}",
@@ -56,7 +56,7 @@ def perplexity_source(dtype: str):
     branch of the kernel body is compiled."""
     from triton.compiler import ASTSource
 
-    from kernels.triton_perplexity import GPU_BLOCKS, _token_nll_kernel
+    from ablate.kernels.triton_perplexity import GPU_BLOCKS, _token_nll_kernel
 
     pointers = ("hidden_ptr", "weight_ptr", "bias_ptr", "targets_ptr", "part_lse_ptr")
     types = dict(zip(pointers, (f"*{dtype}", f"*{dtype}", "*fp32", "*i64", "*fp32"), strict=True))

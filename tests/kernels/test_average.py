@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import AOT_CAPABILITIES
 
-import kernels
-from kernels import _backend, reference
+import ablate.kernels as kernels
+from ablate.kernels import _backend, reference
 
 # (dtype, atol, rtol): fp32 accumulation is exact enough that the error is the final
 # rounding into the output dtype (half an ulp: 2**-24, 2**-9, 2**-12 relative).
@@ -171,7 +171,7 @@ def test_triton_sequence_and_strided_stack(device, out_dtype):
 @pytest.mark.triton
 def test_triton_launcher_checks_layout(device):
     pytest.importorskip("triton")
-    from kernels.triton_average import weighted_average_triton
+    from ablate.kernels.triton_average import weighted_average_triton
 
     stack = torch.randn(3, 100, device=device)
     w = torch.rand(3, device=device)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from support import AOT_CAPABILITIES
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import kernels
-from kernels import _backend, reference
+import ablate.kernels as kernels
+from ablate.kernels import _backend, reference
 
 # (dtype, atol, rtol) on the NLL in nats. Both paths compute fp32 logits from the exact
 # inputs, so the error is fp32 rounding of an H-term dot product and a V-term sum; the
@@ -216,7 +216,7 @@ def test_triton_matches_twin_and_float64(device, shape, dtype, atol, rtol, bias,
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_large_logits_and_vocab_splits(device, dtype):
     pytest.importorskip("triton")
-    from kernels.triton_perplexity import token_nll_forward_triton
+    from ablate.kernels.triton_perplexity import token_nll_forward_triton
 
     hidden, weight, targets, b = make(20, 32, 301, dtype, device, True, logit_magnitude=3e3)
     expected = oracle(hidden, weight, targets, b)
@@ -245,7 +245,7 @@ def test_triton_forward_backs_propagates_through_twin_backward(device):
 @pytest.mark.triton
 def test_triton_launcher_checks_layout(device):
     pytest.importorskip("triton")
-    from kernels.triton_perplexity import token_nll_forward_triton
+    from ablate.kernels.triton_perplexity import token_nll_forward_triton
 
     hidden, weight, targets, _ = make(8, 16, 40, torch.float32, device)
     with pytest.raises(ValueError, match="rows must be contiguous"):

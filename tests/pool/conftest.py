@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from support import tiny_recipe
 
-from pool import Pool
+from ablate.pool import Pool
 
 
 @pytest.fixture

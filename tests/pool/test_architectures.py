@@ -26,9 +26,9 @@ import torch
 from support import make_docs, write_jsonl
 
 from ablate.cli import main
-from pool import Pool
-from pool.architectures import ALL_LINEAR, linear_layer_names, lora_targets
-from pool.errors import PoolError
+from ablate.pool import Pool
+from ablate.pool.architectures import ALL_LINEAR, linear_layer_names, lora_targets
+from ablate.pool.errors import PoolError
 
 H, LAYERS, HEADS, FFN, CONTEXT = 32, 2, 2, 64, 64
 PAD_ROWS = 24  # extra embedding rows beyond the tokenizer, as Pythia and Qwen ship
@@ -105,7 +105,7 @@ def _skeleton(arch: str, vocab: int = 300):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, corpus) -> dict[str, Path]:
     """A tokenizer trained on the seed corpus; two one-unit partitions; an eval file."""
-    from pool.seed import train_tiny_tokenizer
+    from ablate.pool.seed import train_tiny_tokenizer
 
     d = tmp_path_factory.mktemp("arch-data")
     texts = [json.loads(line)["text"] for line in corpus["seed"].read_text().splitlines()]
@@ -174,7 +174,7 @@ def pools(tmp_path_factory, bases, data):
 def _independent_merge(pool: Pool, weights) -> dict[str, torch.Tensor]:
     """The mixture's parameters without the merge engine: each member's plain weights (the
     saved tensors, or peft's ``merge_and_unload`` of its adapter), averaged in float64."""
-    from pool.weights import load_tensors
+    from ablate.pool.weights import load_tensors
 
     method, recipe = pool.method, pool.manifest.recipe
     out: dict[str, torch.Tensor] = {}
@@ -192,7 +192,7 @@ def _plain_nll(pool: Pool, state: dict[str, torch.Tensor], eval_set) -> dict[str
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
-    from ablate.evalset import IGNORE
+    from ablate.data.evalset import IGNORE
 
     model = AutoModelForCausalLM.from_pretrained(pool.base_folder, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -257,7 +257,7 @@ def test_architecture_matrix(arch, method, pools, data):
     assert err < REL, f"{arch}/{method}: proxy NLL {got} vs plain forward {want}"
     # Precision policy: members are stored and merged in fp32, whatever the base's dtype.
     assert all(p.dtype == torch.float32 for p in merged.values())
-    from pool.weights import load_tensors
+    from ablate.pool.weights import load_tensors
 
     saved = load_tensors(pool.weights_path(pool.members[0]))
     assert {t.dtype for t in saved.values()} == {torch.float32}
@@ -267,7 +267,7 @@ def test_architecture_matrix(arch, method, pools, data):
 def test_sharded_safetensors_are_one_fingerprint(bases, tmp_path):
     import shutil
 
-    from pool.seed import weights_fingerprint
+    from ablate.pool.seed import weights_fingerprint
 
     base = bases("llama")
     shards = sorted(base.glob("model-*-of-*.safetensors"))
@@ -380,8 +380,8 @@ def test_lora_targets_usage_errors(args, message, bases, tmp_path, capsys):
 
 
 def test_wrap_lora_refuses_a_recorded_name_the_model_lacks():
-    from pool.recipe import LoraSpec
-    from pool.weights import wrap_lora
+    from ablate.pool.recipe import LoraSpec
+    from ablate.pool.weights import wrap_lora
 
     with pytest.raises(PoolError, match="name no linear layer of this gpt2 model"):
         wrap_lora(_skeleton("gpt2"), LoraSpec(target_modules=("q_proj",)))
@@ -399,7 +399,7 @@ def test_wrap_lora_refuses_a_recorded_name_the_model_lacks():
 def test_output_heads_that_scale_or_cap_agree_with_the_model(cls, extra):
     import transformers
 
-    from pool.architectures import check_head
+    from ablate.pool.architectures import check_head
 
     if not hasattr(transformers, cls):
         pytest.skip(f"transformers has no {cls}")

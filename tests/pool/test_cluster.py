@@ -11,9 +11,9 @@ import pytest
 from support import WORDS, fake_grow, make_docs, tree_digest, write_jsonl
 
 from ablate.cli import main
-from pool import Pool, cluster
-from pool.cluster import ClusterModel, fit_clusters, load_cluster_model, lsa_components
-from pool.corpus import Document, read_documents
+from ablate.pool import Pool, cluster
+from ablate.pool.cluster import ClusterModel, fit_clusters, load_cluster_model, lsa_components
+from ablate.pool.corpus import Document, read_documents
 
 pytest.importorskip("sklearn")
 

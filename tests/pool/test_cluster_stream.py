@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from support import WORDS, make_docs, tree_digest, write_jsonl
 
-import pool.tokens
 from ablate.cli import main
-from pool import cluster
-from pool.cluster import load_cluster_model
-from pool.corpus import read_documents
-from pool.tokens import content_hash, write_partition
+from ablate.pool import cluster
+from ablate.pool import tokens as pool_tokens
+from ablate.pool.cluster import load_cluster_model
+from ablate.pool.corpus import read_documents
+from ablate.pool.tokens import content_hash, write_partition
 
 pytest.importorskip("sklearn")
 
@@ -47,7 +47,7 @@ def test_streamed_partitions_equal_tokenizing_each_cluster_in_one_go(
     # Tiny batches and buffers: many assignment batches, spool flushes and tokenizer batches.
     monkeypatch.setattr(cluster, "ASSIGN_BATCH", 4)
     monkeypatch.setattr(cluster, "SPOOL_BUFFER", 200)
-    monkeypatch.setattr(pool.tokens, "_BATCH_DOCS", 3)
+    monkeypatch.setattr(pool_tokens, "_BATCH_DOCS", 3)
     first = _corpus(tmp_path / "first.jsonl", 7, 1)
     p.data_folder.mkdir()
     (p.data_folder / ".spool.crashed.tmp").mkdir()  # a crashed add's spool: swept
@@ -73,11 +73,11 @@ def test_streamed_partitions_equal_tokenizing_each_cluster_in_one_go(
     grown = model.names[int(model.assign(read_documents([more]))[0])]
     old = p.partitions[grown]
     old_tokens = np.array(old.tokens)
-    monkeypatch.setattr(pool.tokens, "_COPY_CHUNK", 64)  # the old tokens copied in pieces
+    monkeypatch.setattr(pool_tokens, "_COPY_CHUNK", 64)  # the old tokens copied in pieces
     assert _add(capsys, p.path, more, "--clusters")[0] == 0
     new = p.partitions[grown]
     texts = [d["text"] for d in make_docs("math", 5, 9, length=30)]
-    added = np.concatenate(pool.tokens.encode_documents(p.tokenizer, texts))
+    added = np.concatenate(pool_tokens.encode_documents(p.tokenizer, texts))
     np.testing.assert_array_equal(np.asarray(new.tokens), np.concatenate([old_tokens, added]))
     assert new.index.batches == (old.index.content_hash, content_hash(texts))
     assert new.index.n_bytes == old.index.n_bytes + sum(len(t.encode()) for t in texts)
@@ -119,8 +119,8 @@ class _ByteTokenizer:
 
 
 def test_append_refuses_a_damaged_partition_instead_of_rehashing_it(tmp_path):
-    from pool.errors import PoolError
-    from pool.tokens import TokenizedPartition, append_partition
+    from ablate.pool.errors import PoolError
+    from ablate.pool.tokens import TokenizedPartition, append_partition
 
     tok = _ByteTokenizer()
     folder = tmp_path / "c00"

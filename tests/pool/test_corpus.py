@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pool.corpus import Document, read_documents
-from pool.errors import DataError
+from ablate.pool.corpus import Document, read_documents
+from ablate.pool.errors import DataError
 
 RECORDS = [
     {"text": "the cat sat", "domain": "web", "id": 1},
@@ -127,7 +127,7 @@ def test_empty_text_is_skipped_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", [{"text": ""}, {"text": " \n"}, {"text": "kept"}])
-    with caplog.at_level(logging.WARNING, logger="pool.corpus"):
+    with caplog.at_level(logging.WARNING, logger="ablate.pool.corpus"):
         docs = read_documents([path])
     assert [d.text for d in docs] == ["kept"]
     assert "skipped 2 document(s) with empty text" in caplog.text
@@ -220,7 +220,7 @@ def test_unreadable_file_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("pool.corpus.open", refuse, raising=False)  # works as root too
+    monkeypatch.setattr("ablate.pool.corpus.open", refuse, raising=False)  # works as root too
     with pytest.raises(DataError, match=r"c\.jsonl: cannot read file \(Permission denied\)"):
         read_documents([path])
 

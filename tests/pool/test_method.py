@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from support import tiny_recipe, tiny_spec
 
-from pool import METHODS, Method, Pool, PoolError, method_of
+from ablate.pool import METHODS, Method, Pool, PoolError, method_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ EXPECTED = {
 def test_every_recipe_method_is_registered():
     from typing import get_args
 
-    from pool.recipe import Recipe
+    from ablate.pool.recipe import Recipe
 
     names = get_args(Recipe.model_fields["method"].annotation)
     assert sorted(METHODS) == sorted(names) == sorted(EXPECTED)
@@ -57,7 +57,7 @@ def test_unknown_method_is_a_clear_error(bad):
 
 @pytest.fixture(scope="module")
 def seed_model():
-    from pool.seed import build_tiny_model
+    from ablate.pool.seed import build_tiny_model
 
     return build_tiny_model(tiny_spec(), vocab_size=300, context=32, seed=0)
 

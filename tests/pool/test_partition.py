@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pool.corpus import Document, read_documents
-from pool.errors import DataError
-from pool.partition import (
+from ablate.pool.corpus import Document, read_documents
+from ablate.pool.errors import DataError
+from ablate.pool.partition import (
     PARTITION_NAME_RE,
     cut_units,
     partition_documents,
@@ -212,13 +212,13 @@ def test_cut_units_examples(tokens: list[int], unit: int, expected: list[tuple[i
 
 
 def test_cut_units_short_partition_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="pool.partition"):
+    with caplog.at_level(logging.WARNING, logger="ablate.pool.partition"):
         assert cut_units([3, 4], 100) == [(0, 2)]
     assert "holds 7 tokens, less than one unit of 100 tokens" in caplog.text
 
 
 def test_cut_units_full_partition_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="pool.partition"):
+    with caplog.at_level(logging.WARNING, logger="ablate.pool.partition"):
         cut_units([50, 50], 100)
     assert not caplog.records
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import make_docs, run_cli, tiny_recipe, tiny_spec, tree_digest, write_jsonl
 
-from pool import DataError, Pool, PoolError
+from ablate.pool import DataError, Pool, PoolError
 
 
 def test_create_writes_hf_seed_and_manifest(full_pool_dir):
@@ -84,7 +84,7 @@ def test_add_waits_for_another_add(full_pool, tmp_path, caplog):
         target=lambda: added.append(full_pool.add([new], by="domain", progress=False))
     )
     try:
-        with caplog.at_level("WARNING", logger="pool.pool"):
+        with caplog.at_level("WARNING", logger="ablate.pool.pool"):
             worker.start()
             deadline = time.monotonic() + 120
             while "another `ablate pool add`" not in caplog.text:  # it reached the lock and waits
@@ -141,8 +141,8 @@ def test_verify_names_flipped_byte(full_pool):
 
 def test_verify_reports_member_of_older_data_as_missing(full_pool):
     """A member whose data_hash is not its unit's current one is unfinished, as grow sees it."""
-    from pool.atomic import write_json
-    from pool.storage import MemberRecord, read_record
+    from ablate.pool.atomic import write_json
+    from ablate.pool.storage import MemberRecord, read_record
 
     m = full_pool.members[0]
     f = full_pool.member_folder(m.partition, m.unit) / "member.json"
@@ -198,7 +198,7 @@ def test_interrupted_grow_resumes(tmp_path, corpus):
 def test_hf_model_directory_as_base(tmp_path, corpus):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pool.seed import train_tiny_tokenizer
+    from ablate.pool.seed import train_tiny_tokenizer
 
     texts = [json.loads(x)["text"] for x in corpus["seed"].read_text().splitlines()]
     tok = train_tiny_tokenizer(texts, 300)

@@ -1,0 +1,455 @@
+"""The merge engine: members stacked once, any mixture merged in one kernel call.
+
+Full pools: every member's parameters are flattened into one row of a ``[N, P]`` stack and
+one model skeleton's parameters are *views* into one flat ``[P]`` buffer, so writing the
+merged vector into that buffer *is* loading the merged model (no state-dict copy). A merge
+is one ``kernels.weighted_average`` call; subset walks keep a running sum and cost one row
+update per step (Gray code). LoRA pools merge exactly: sum_i w_i B_i A_i is one GEMM of the
+concatenated factors per adapted weight, added onto the seed weight.
+
+Large pools: when the ``[N, P]`` stack does not fit in device memory (or a caller forces it
+with ``stack_budget_bytes``), members stay memory-mapped on CPU (safetensors ``load_file`` is
+mmap-backed) and a merge streams them chunk by chunk of P through a bounded ``[N, chunk]``
+staging buffer, one ``kernels.weighted_average`` per chunk into the same flat buffer.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+import ablate.kernels as kernels
+from ablate.pool import Pool
+from ablate.pool.architectures import stores_transposed
+from ablate.pool.errors import CorruptMemberError
+from ablate.pool.storage import MemberRecord
+from ablate.pool.weights import load_tensors
+
+log = logging.getLogger(__name__)
+
+# Share of free device memory (or available RAM on CPU) the stack may take; the rest is
+# left for activations, eval windows and other processes.
+STACK_FRACTION = 0.7
+# Fewest stack columns per streamed chunk of a stack too large for memory: below this,
+# per-chunk Python overhead dominates.
+STREAM_MIN_COLS = 1024
+
+
+@dataclass(frozen=True)
+class _LoraSite:
+    """One adapted linear layer: concatenated factors of all members."""
+
+    param: torch.Tensor  # the skeleton's weight, a view into the flat buffer
+    base: torch.Tensor  # seed weight, same shape
+    # param = base + scaling * (left * w) @ right, w repeated r times per member. For
+    # nn.Linear ([out, in]) left = [B_1 ... B_N] (out, N*r), right = [A_1; ...; A_N] (N*r, in);
+    # for GPT-2's Conv1D, which stores W transposed ([in, out]), left = A^T, right = B^T.
+    left: torch.Tensor
+    right: torch.Tensor
+    rank: int
+    scaling: float
+
+
+class MergedModel:
+    """A model skeleton whose weights are a weighted average of pool members.
+
+    It owns the member stack, the merge (``kernels.weighted_average``, or one GEMM of
+    concatenated factors for LoRA pools) and the Gray-code running-sum walk over uniform
+    subsets (``walk``; ``supports_walks`` says whether the pool's method allows it). Score
+    its current weights with ``ablate.engine.scoring.Scorer(model, eval_set)``.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        members: Sequence[MemberRecord],
+        *,
+        device: torch.device,
+        progress: bool = True,
+        stack_budget_bytes: int | None = None,
+    ):
+        """Load the members; ``stack_budget_bytes`` caps the stack's device memory (None: measure)."""
+        if not members:
+            raise CorruptMemberError(
+                "the pool has no trained members; run `ablate pool grow` first"
+            )
+        self.pool = pool
+        self.members = list(members)
+        self.device = device
+        self.method = pool.method
+        model = pool.load_base_model()
+        self._params = _unique_params(model)
+        dtype = self._params[0][1].dtype
+        numel = sum(p.numel() for _, p in self._params)
+        self.flat = torch.empty(numel, dtype=dtype, device=device)  # [P] merged parameters
+        self._offsets: dict[str, tuple[int, int]] = {}
+        offset = 0
+        with torch.no_grad():
+            for name, p in self._params:
+                view = self.flat[offset : offset + p.numel()].view_as(p)  # (same shape as p)
+                view.copy_(p.data)
+                p.data = view
+                self._offsets[name] = (offset, offset + p.numel())
+                offset += p.numel()
+        self.model = model.to(device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.chunked = False
+        self._seed: torch.Tensor | None = None  # (P,) seed parameters, for extrapolated merges
+        self._gram = None  # (N, N) inner products of the members' updates (norm_lambda)
+        self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
+        # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
+        # so mixtures without it still merge; a merge that needs it raises that reason.
+        self.unusable: dict[int, str] = {}
+        if self.method.merges_by_factors:
+            self._sites = self._load_lora(progress)
+            return
+        need = len(self.members) * numel * self.flat.element_size()
+        budget = _stack_budget(self.device) if stack_budget_bytes is None else stack_budget_bytes
+        if need <= budget:
+            self.stack = self._load_full(progress)
+            return
+        self.chunked = True
+        self._mapped = [
+            self._map_or_zeros(i, rec) for i, rec in enumerate(self.members)
+        ]  # N x [(numel,)]
+        self._starts = [a for a, _ in self._offsets.values()]
+        cols = min(
+            numel, max(STREAM_MIN_COLS, budget // (len(self.members) * self.flat.element_size()))
+        )
+        self._stage = torch.empty(len(self.members), cols, dtype=dtype, device=device)  # (N, cols)
+        # Pinned host staging makes each chunk one host-to-device copy instead of N x tensors.
+        on_gpu = device.type == "cuda"
+        self._host = (
+            torch.empty(self._stage.shape, dtype=dtype, pin_memory=on_gpu)
+            if on_gpu
+            else self._stage
+        )
+        log.info(
+            "stack of %d members needs %.1f GiB > budget %.1f GiB: streaming %d columns per chunk",
+            len(self.members),
+            need / 2**30,
+            budget / 2**30,
+            cols,
+        )
+
+    # ------------------------------------------------------------------ loading
+    def _read(self, rec: MemberRecord) -> dict[str, torch.Tensor]:
+        self.pool.check_member(rec)
+        return load_tensors(self.pool.weights_path(rec), sha256=rec.weights_sha256)
+
+    def _map(self, rec: MemberRecord) -> list[torch.Tensor]:
+        """A full member's tensors as flat CPU views in skeleton order (memory-mapped, unread)."""
+        tensors = self._read(rec)
+        expected = set(self._offsets)
+        if set(tensors) != expected:
+            extra = sorted(set(tensors) - expected)[:3]
+            lacking = sorted(expected - set(tensors))[:3]
+            raise CorruptMemberError(
+                f"member {rec.member_id} does not have the seed model's architecture "
+                f"(unexpected {extra}, missing {lacking}); delete it and run `ablate pool grow`"
+            )
+        flat = []
+        shapes = {name: tuple(p.shape) for name, p in self._params}
+        for name in self._offsets:
+            t = tensors[name]
+            if tuple(t.shape) != shapes[name]:  # not just numel: a transposed weight is foreign too
+                raise CorruptMemberError(
+                    f"member {rec.member_id}: tensor {name} has shape {tuple(t.shape)}, "
+                    "which does not match the seed model; delete it and regrow"
+                )
+            flat.append(t.reshape(-1))  # (numel,)
+        return flat
+
+    def _unusable(self, i: int, err: CorruptMemberError) -> None:
+        self.unusable[i] = str(err)
+        # info, not warning: a mixture that needs it fails with this message as its one error line
+        log.info("member %s cannot be used and is left out: %s", self.members[i].member_id, err)
+
+    def _map_or_zeros(self, i: int, rec: MemberRecord) -> list[torch.Tensor]:
+        """``_map``, or zeros for a member that fails its checks (recorded in ``unusable``)."""
+        try:
+            return self._map(rec)
+        except CorruptMemberError as e:
+            self._unusable(i, e)
+            zero = torch.zeros(1, dtype=self.flat.dtype)
+            return [zero.expand(b - a) for a, b in self._offsets.values()]  # views: no memory
+
+    def _check_usable(self, rows: Sequence[int]) -> None:
+        for r in rows:
+            if r in self.unusable:
+                raise CorruptMemberError(self.unusable[r])
+
+    def _load_full(self, progress: bool) -> torch.Tensor:
+        from tqdm.auto import tqdm
+
+        stack = torch.empty(
+            len(self.members), self.flat.numel(), dtype=self.flat.dtype, device=self.device
+        )
+        for i, rec in enumerate(
+            tqdm(self.members, desc="load members", disable=not progress, leave=False)
+        ):
+            for t, (a, b) in zip(self._map_or_zeros(i, rec), self._offsets.values(), strict=True):
+                stack[i, a:b].copy_(t)
+        return stack
+
+    def _load_lora(self, progress: bool) -> list[_LoraSite]:
+        from tqdm.auto import tqdm
+
+        spec = self.pool.manifest.recipe.lora
+        per_member: list[dict[str, torch.Tensor] | None] = []
+        for i, rec in enumerate(
+            tqdm(self.members, desc="load adapters", disable=not progress, leave=False)
+        ):
+            try:
+                per_member.append(self._read(rec))
+            except CorruptMemberError as e:
+                self._unusable(i, e)
+                per_member.append(None)
+        good = next((m for m in per_member if m is not None), None)
+        if good is None:  # no member loads: say why the first one does not
+            raise CorruptMemberError(self.unusable[0])
+        per_member = [
+            m if m is not None else {k: torch.zeros_like(v) for k, v in good.items()}
+            for m in per_member
+        ]
+        params = dict(self._params)
+        modules = dict(self.model.named_modules())
+        sites = []
+        for key in sorted(k for k in per_member[0] if k.endswith("lora_A.weight")):
+            module = key[: -len(".lora_A.weight")].removeprefix("base_model.model.")
+            name = f"{module}.weight"
+            if name not in params:
+                raise CorruptMemberError(
+                    f"adapter tensor {key} has no matching weight {name} in the seed model"
+                )
+            try:
+                a = torch.cat([m[key] for m in per_member])  # (N*r, in)
+                b = torch.cat(
+                    [m[key.replace("lora_A", "lora_B")] for m in per_member], dim=1
+                )  # (out, N*r)
+            except (KeyError, RuntimeError) as e:
+                raise CorruptMemberError(
+                    f"LoRA members disagree on {module} ({e}); regrow the odd one"
+                ) from None
+            p = params[name]
+            left, right = (a.T, b.T) if stores_transposed(modules[module]) else (b, a)
+            sites.append(
+                _LoraSite(
+                    param=p,
+                    base=p.detach().clone(),
+                    left=left.to(self.device, p.dtype).contiguous(),
+                    right=right.to(self.device, p.dtype).contiguous(),
+                    rank=spec.rank,
+                    scaling=spec.alpha / spec.rank,
+                )
+            )
+        if not sites:
+            raise CorruptMemberError("LoRA members hold no adapter weights; regrow the pool")
+        return sites
+
+    # ------------------------------------------------------------------ merging
+    def merge(self, weights: torch.Tensor, *, extrapolate: float | str = 1.0) -> None:
+        """Write sum_i weights[i] * member_i into the skeleton (weights: fp32 [N]).
+
+        ``extrapolate`` = lambda != 1 writes ``theta_0 + lambda * sum_i w_i (theta_i -
+        theta_0)`` instead (weights summing to one): the merge moved lambda times as far from
+        the seed ``theta_0``, a budget-aware proxy that ``ablate validate`` measures.
+        ``"norm"`` picks lambda per mixture so that the merged update is as long as the
+        members' updates are on average (``norm_lambda``).
+        """
+        if extrapolate == "norm":
+            extrapolate = self.norm_lambda(weights)
+        if self.unusable:
+            self._check_usable([r for r in self.unusable if float(weights[r]) != 0.0])
+        if extrapolate != 1.0:
+            weights = weights * extrapolate
+        if self.method.merges_by_factors:
+            with torch.no_grad():
+                for s in self._sites:
+                    w = weights.to(self.device, s.left.dtype).repeat_interleave(s.rank)  # (N*r,)
+                    # W = W0 + scaling * [w_1 B_1 ... w_N B_N] @ [A_1; ...; A_N]: one GEMM.
+                    torch.addmm(s.base, s.left * w, s.right, alpha=s.scaling, out=s.param.data)
+            return  # LoRA deltas are already relative to the seed: scaling them extrapolates
+        if not self.chunked:
+            kernels.weighted_average(self.stack, weights.to(self.device), out=self.flat)
+        else:
+            # Streamed: read only the members the mixture uses (a subset's others weigh 0).
+            rows = torch.nonzero(weights).flatten().tolist()
+            if not rows:
+                self.flat.zero_()
+            else:
+                w = weights[rows].to(self.device)
+                for a, b, block in self._chunks(rows):
+                    kernels.weighted_average(block, w, out=self.flat[a:b])
+        if extrapolate != 1.0:
+            self.flat.add_(self._seed_flat(), alpha=1.0 - extrapolate)
+
+    def norm_lambda(self, weights: torch.Tensor) -> float:
+        """``sum_i w_i |d_i| / |sum_i w_i d_i|`` with ``d_i = theta_i - theta_0``: how much
+        shorter averaging makes the members' updates (members that moved in different
+        directions partly cancel, while a model really trained on the mixture moves the full
+        distance of its training run). 1 for one member; from the members' Gram matrix."""
+        import numpy as np
+
+        g = self.update_gram()
+        w = weights.double().cpu().numpy()
+        merged = float(np.sqrt(max(w @ g @ w, 0.0)))
+        return float(w @ np.sqrt(np.clip(np.diag(g), 0.0, None))) / merged if merged > 0 else 1.0
+
+    def update_gram(self):
+        """``G[i, j] = <theta_i - theta_0, theta_j - theta_0>`` (float64 ``(N, N)``, numpy;
+        computed once, in column chunks of the stack)."""
+        import numpy as np
+
+        if self._gram is None:
+            if self.method.merges_by_factors:
+                raise ValueError("update norms are computed for full-weight pools only")
+            seed = self._seed_flat()
+            rows = list(range(len(self.members)))
+            self._check_usable(rows)
+            g = torch.zeros(len(rows), len(rows), dtype=torch.float64)
+            if self.chunked:
+                blocks = self._chunks(rows)
+            else:
+                cols = 1 << 20
+                blocks = (
+                    (a, min(a + cols, seed.numel()), self.stack[:, a : a + cols])
+                    for a in range(0, seed.numel(), cols)
+                )
+            for a, b, block in blocks:
+                d = block.double() - seed[a:b].double()  # (N, cols) updates
+                g += (d @ d.T).cpu()
+            self._gram = g.numpy().astype(np.float64)
+        return self._gram
+
+    def _seed_flat(self) -> torch.Tensor:
+        """The seed model's parameters ``(P,)`` in the stack's layout (loaded on first use)."""
+        if self._seed is None:
+            params = dict(self.pool.load_base_model().named_parameters())
+            self._seed = torch.cat(
+                [params[name].detach().reshape(-1) for name, _ in self._params]
+            ).to(self.device, self.flat.dtype)
+        return self._seed
+
+    @property
+    def supports_walks(self) -> bool:
+        """Whether ``walk`` applies: running sums of members need a full-weight pool (in
+        memory or streamed); LoRA members merge through their factors instead."""
+        return self.method.running_sum_walks
+
+    def walk(
+        self, subsets: Iterable[Sequence[str]], rows_of: Mapping[str, Sequence[int]]
+    ) -> Iterator[int]:
+        """Merge each uniform subset of partitions in turn; yield its index once merged.
+
+        Keeps R = sum of the current partitions' member means; a step flips only the
+        partitions that differ from the previous subset, so subsets in Gray-code order
+        (``ablate.engine.layout``) cost one member update each instead of a full merge.
+
+        Args:
+            subsets: Partition names of each uniform subset, in walk order.
+            rows_of: Stack rows of each partition's members.
+        """
+        subsets = list(subsets)
+        if subsets and not self.supports_walks:
+            raise ValueError(f"running-sum walks need a full-weight pool, not {self.method.name}")
+        running = torch.zeros(self.flat.numel(), dtype=torch.float32, device=self.device)  # (P,)
+        current: set[str] = set()
+        for i, names in enumerate(subsets):
+            target = set(names)
+            flips = current ^ target
+            if len(flips) >= len(target):  # cheaper to rebuild than to patch
+                running.zero_()
+                flips, current = target, set()
+            for p in flips:
+                sign = 1.0 if p not in current else -1.0
+                rows = rows_of[p]
+                for r in rows:
+                    self.add_member_(running, r, alpha=sign / len(rows))  # streams when chunked
+            current = target
+            kernels.weighted_average(running.unsqueeze(0), [1.0 / len(target)], out=self.flat)
+            yield i
+
+    def load_state(self, tensors: Mapping[str, torch.Tensor], what: str) -> None:
+        """Put a whole model's parameters (by name, as the seed model names them) into the
+        skeleton, e.g. a really trained model that validation scores like a merge.
+
+        Raises:
+            CorruptMemberError: ``tensors`` are not the seed model's parameters; ``what``
+                names the model in the message.
+        """
+        params = dict(self._params)
+        if set(tensors) != set(params):
+            odd = sorted(set(tensors) ^ set(params))[:3]
+            raise CorruptMemberError(f"{what} does not match the seed model's architecture ({odd})")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[name].reshape(p.shape))
+
+    def flatten(self, per_parameter: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One fp32 vector ``(P,)`` in the stack's column layout from one tensor per
+        parameter of ``model.parameters()`` (e.g. gradients), to dot with member rows."""
+        if len(per_parameter) != len(self._params):
+            raise ValueError(f"need {len(self._params)} tensors, got {len(per_parameter)}")
+        return torch.cat([t.reshape(-1).float() for t in per_parameter])
+
+    def add_member_(self, out: torch.Tensor, row: int, alpha: float = 1.0) -> None:
+        """``out += alpha * member[row]`` (out: [P] on the device); subset walks patch with it."""
+        self._check_usable([row])
+        if not self.chunked:
+            out.add_(self.stack[row], alpha=alpha)
+            return
+        for a, b, block in self._chunks([row]):
+            out[a:b].add_(block[0], alpha=alpha)
+
+    def member_row(self, row: int) -> torch.Tensor:
+        """One member's flat parameters [P] on the device (a view of the stack when it is in memory)."""
+        self._check_usable([row])
+        if not self.chunked:
+            return self.stack[row]
+        out = torch.zeros_like(self.flat)
+        self.add_member_(out, row)
+        return out
+
+    def _chunks(self, rows: Sequence[int]):
+        """Yield (a, b, block): members ``rows`` at columns [a, b) as a device block [len(rows), b - a]."""
+        cols = self._stage.shape[1]
+        names = list(self._offsets.values())
+        for a in range(0, self.flat.numel(), cols):
+            b = min(self.flat.numel(), a + cols)
+            host = self._host[: len(rows), : b - a]  # (len(rows), b - a)
+            k = bisect.bisect_right(self._starts, a) - 1  # first tensor that overlaps [a, b)
+            while k < len(names) and names[k][0] < b:
+                s, e = names[k]
+                lo, hi = max(a, s), min(b, e)
+                for j, r in enumerate(rows):
+                    host[j, lo - a : hi - a].copy_(self._mapped[r][k][lo - s : hi - s])
+                k += 1
+            block = self._stage[: len(rows), : b - a]
+            if block.data_ptr() != host.data_ptr():
+                block.copy_(host)  # blocking: the next chunk refills `host`
+            yield a, b, block
+
+
+def _stack_budget(device: torch.device) -> int:
+    """Bytes the stack may take on ``device``: a share of what is free there now."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * STACK_FRACTION)
+    try:  # CPU: RAM that is available without swapping (Linux); page cache counts as free
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return int(kib * 1024 * STACK_FRACTION)
+    except (OSError, StopIteration, ValueError):
+        return sys.maxsize
+
+
+def _unique_params(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """Parameters in a fixed order, tied weights once (same as what members store)."""
+    return list(model.named_parameters())

@@ -1,0 +1,278 @@
+"""The results store: every scored (pool members, mixture, eval set) is remembered.
+
+SQLite in WAL mode next to the pool, so several processes (search workers, notebooks) can
+read while one writes, and a repeated or resumed study never scores a mixture twice. A
+mixture's key includes the sha256 of exactly the members it merges, so growing the pool
+invalidates only the mixtures whose members changed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ablate.pool.errors import PoolError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ablate.data.evalset import EvalSet
+    from ablate.engine.scoring import DomainScore, EvalResult
+    from ablate.mixture import Mixture
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    pool_key    TEXT NOT NULL,
+    eval_key    TEXT NOT NULL,
+    mixture_key TEXT NOT NULL,
+    domain      TEXT NOT NULL,
+    mixture     TEXT NOT NULL,
+    tokens      INTEGER NOT NULL,
+    nll         REAL NOT NULL,
+    bytes       INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (pool_key, eval_key, mixture_key, domain)
+)
+"""
+# Multiple-choice task scores (ablate.data.tasks): one row per (members, task, mixture); every
+# choice's summed NLL as a float64 blob, so metrics and per-item differences derive from it.
+# A table of its own (IF NOT EXISTS), so stores of older releases open unchanged.
+_TASK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS task_results (
+    pool_key    TEXT NOT NULL,
+    task_key    TEXT NOT NULL,
+    mixture_key TEXT NOT NULL,
+    mixture     TEXT NOT NULL,
+    choice_nll  BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (pool_key, task_key, mixture_key)
+)
+"""
+# Scores of mixtures a race dropped (ablate.racing.policy): tokens and summed NLL over the documents
+# scored, and the domain's full token count beside them. A table of its own, never read by
+# ``get``, so a partial score cannot be served as a full one.
+_PARTIAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS partial_results (
+    pool_key     TEXT NOT NULL,
+    eval_key     TEXT NOT NULL,
+    mixture_key  TEXT NOT NULL,
+    domain       TEXT NOT NULL,
+    mixture      TEXT NOT NULL,
+    tokens       INTEGER NOT NULL,
+    nll          REAL NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (pool_key, eval_key, mixture_key, domain)
+)
+"""
+_BUSY_MS = 60_000  # writers wait this long for another writer's transaction instead of failing
+
+Row = tuple[int, float, int]  # (tokens, summed nll, bytes)
+
+
+class ResultsStore:
+    """Scores per (pool key, eval key, mixture key, domain)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        deadline = time.monotonic() + _BUSY_MS / 1000
+        while True:
+            try:
+                self._db = self._open()
+                return
+            except sqlite3.OperationalError as e:
+                # Switching a new database to WAL takes an exclusive lock, and SQLite answers a
+                # second process racing for it with "locked" at once, without its busy handler.
+                if _is_busy(e) and time.monotonic() < deadline:
+                    time.sleep(random.uniform(0.01, 0.05))
+                    continue
+                raise self._unusable(e) from None
+            except sqlite3.DatabaseError as e:
+                raise self._unusable(e) from None
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across app crashes
+            db.execute(_SCHEMA)
+            db.execute(_TASK_SCHEMA)
+            db.execute(_PARTIAL_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _unusable(self, e: Exception) -> PoolError:
+        return PoolError(
+            f"results store {self.path} is unusable ({e}); move it aside - scores will be recomputed"
+        )
+
+    def get(self, pool_key: str, eval_key: str, mixture_key: str) -> dict[str, Row] | None:
+        rows = self._read(
+            "SELECT domain, tokens, nll, bytes FROM results WHERE pool_key=? AND eval_key=? AND mixture_key=?",
+            (pool_key, eval_key, mixture_key),
+        )
+        return {d: (t, n, b) for d, t, n, b in rows} or None
+
+    def put(
+        self,
+        pool_key: str,
+        eval_key: str,
+        mixture_key: str,
+        mixture: Mapping[str, float],
+        rows: Mapping[str, Row],
+    ) -> None:
+        """Store all domains of one mixture in one transaction (all or nothing)."""
+        now, text = _stamp(mixture)
+        self._write(
+            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (pool_key, eval_key, mixture_key, d, text, t, n, b, now)
+                for d, (t, n, b) in rows.items()
+            ],
+        )
+
+    def get_task(self, pool_key: str, task_key: str, mixture_key: str) -> np.ndarray | None:
+        """Every choice's summed NLL ``(C,)`` float64 for a task, or None if never scored."""
+        import numpy as np
+
+        rows = self._read(
+            "SELECT choice_nll FROM task_results WHERE pool_key=? AND task_key=? AND mixture_key=?",
+            (pool_key, task_key, mixture_key),
+        )
+        return np.frombuffer(rows[0][0], dtype="<f8").copy() if rows else None
+
+    def put_task(
+        self,
+        pool_key: str,
+        task_key: str,
+        mixture_key: str,
+        mixture: Mapping[str, float],
+        choice_nll: np.ndarray,
+    ) -> None:
+        """Store one task's per-choice NLL ``(C,)`` for one mixture."""
+        import numpy as np
+
+        now, text = _stamp(mixture)
+        blob = np.ascontiguousarray(choice_nll, dtype="<f8").tobytes()
+        self._write(
+            "INSERT OR REPLACE INTO task_results VALUES (?,?,?,?,?,?)",
+            [(pool_key, task_key, mixture_key, text, blob, now)],
+        )
+
+    def put_partial(
+        self,
+        pool_key: str,
+        eval_key: str,
+        mixture_key: str,
+        mixture: Mapping[str, float],
+        rows: Mapping[str, Row],
+    ) -> None:
+        """Store a raced-out mixture's partial scores: ``{domain: (tokens scored, summed nll,
+        domain's total tokens)}``, all domains in one transaction."""
+        now, text = _stamp(mixture)
+        self._write(
+            "INSERT OR REPLACE INTO partial_results VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (pool_key, eval_key, mixture_key, d, text, t, n, total, now)
+                for d, (t, n, total) in rows.items()
+            ],
+        )
+
+    def get_partial(self, pool_key: str, eval_key: str, mixture_key: str) -> dict[str, Row] | None:
+        """A raced-out mixture's ``{domain: (tokens scored, summed nll, total tokens)}``."""
+        rows = self._read(
+            "SELECT domain, tokens, nll, total_tokens FROM partial_results "
+            "WHERE pool_key=? AND eval_key=? AND mixture_key=?",
+            (pool_key, eval_key, mixture_key),
+        )
+        return {d: (t, n, total) for d, t, n, total in rows} or None
+
+    def _read(self, sql: str, params: tuple) -> list[tuple]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as e:  # damaged since it was opened
+            raise self._unusable(e) from None
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """``rows`` in one transaction (all or nothing), failures as one clear line."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(sql, rows)
+        except sqlite3.OperationalError as e:  # disk full, I/O error, locked past the busy timeout
+            raise PoolError(
+                f"cannot write to results store {self.path} ({e}); scores stored before are kept - "
+                "fix the cause and run again"
+            ) from None
+        except sqlite3.DatabaseError as e:  # damaged since it was opened
+            raise self._unusable(e) from None
+
+    def __len__(self) -> int:
+        return self._db.execute(
+            "SELECT COUNT(DISTINCT pool_key || eval_key || mixture_key) FROM results"
+        ).fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _stamp(mixture: Mapping[str, float]) -> tuple[str, str]:
+    """``(now, mixture as JSON)``: the columns every stored row carries."""
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return now, json.dumps(dict(mixture), sort_keys=True)
+
+
+class ResultsCache:
+    """A mixture's scores on one eval set, looked up before scoring and recorded after.
+
+    ``store=None`` remembers nothing (every lookup misses): the Ray actors and throwaway
+    evaluators use that, and only one process writes a store.
+    """
+
+    def __init__(self, store: ResultsStore | None, eval_set: EvalSet):
+        self.store = store
+        self.eval_set = eval_set
+
+    def lookup(self, mixture: Mixture, pool_key: str) -> EvalResult | None:
+        """The stored scores of ``mixture`` (merging the members ``pool_key`` names), if every
+        eval domain has one."""
+        from ablate.engine.scoring import DomainScore, EvalResult
+
+        if self.store is None:
+            return None
+        hit = self.store.get(pool_key, self.eval_set.fingerprint, mixture.key)
+        domains = self.eval_set.domains
+        if hit is None or set(hit) != set(domains):
+            return None
+        return EvalResult(mixture, {d: DomainScore(*hit[d]) for d in domains}, cached=True)
+
+    def record(
+        self, mixture: Mixture, scores: Mapping[str, DomainScore], pool_key: str
+    ) -> EvalResult:
+        """Store ``scores`` (all domains in one transaction) and return them as a result."""
+        from ablate.engine.scoring import EvalResult
+
+        if self.store is not None:
+            rows: dict[str, Row] = {d: (s.tokens, s.nll, s.bytes) for d, s in scores.items()}
+            self.store.put(
+                pool_key, self.eval_set.fingerprint, mixture.key, mixture.as_dict(), rows
+            )
+        return EvalResult(mixture, dict(scores))
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # primary code
+    msg = str(e).lower()
+    return "locked" in msg or "busy" in msg

@@ -1,0 +1,31 @@
+"""The model pool: partitions, the seed, and one trained member per base unit."""
+
+from ablate.pool.cluster import ClusterModel, add_clustered, fit_clusters
+from ablate.pool.errors import AblateError, CorruptMemberError, DataError, PoolError
+from ablate.pool.method import METHODS, Method, method_of
+from ablate.pool.pool import Pool, UnitRef, VerifyReport
+from ablate.pool.recipe import LoraSpec, Recipe, TinyModelSpec
+from ablate.pool.storage import FORMAT_VERSION, MemberRecord, PartitionIndex, PoolManifest
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METHODS",
+    "AblateError",
+    "ClusterModel",
+    "CorruptMemberError",
+    "DataError",
+    "LoraSpec",
+    "MemberRecord",
+    "Method",
+    "PartitionIndex",
+    "Pool",
+    "PoolError",
+    "PoolManifest",
+    "Recipe",
+    "TinyModelSpec",
+    "UnitRef",
+    "VerifyReport",
+    "add_clustered",
+    "fit_clusters",
+    "method_of",
+]

@@ -1,0 +1,103 @@
+"""The training recipe every member of a pool shares, and the tiny seed model's shape.
+
+The paper's claim (Na et al., EMNLP 2024) holds when every member is continued from the
+same seed with the same recipe and the same token budget per base unit; the recipe is
+therefore fixed once, in ``pool.json``, and recorded again in every member.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ablate.pool.architectures import ALL_LINEAR
+
+MethodName = Literal["full", "lora"]  # the training methods in pool.method.METHODS
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a module's leaf name, or all-linear
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LoraSpec(_Frozen):
+    """peft LoRA settings, used by pools whose method is LoRA."""
+
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout during training.")
+    target_modules: tuple[str, ...] = Field(
+        (),
+        description=(
+            "Linear layers that get adapters, by leaf name (e.g. q_proj,v_proj), or all-linear "
+            "(every linear layer but the LM head); empty: peft's choice for the architecture, "
+            "else all-linear. Resolved at pool init; pool.json records the names used."
+        ),
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _plain_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for n in names:
+            if not _MODULE_NAME.fullmatch(n):
+                raise ValueError(
+                    f"LoRA target {n!r} is not a module name (letters, digits, _ and -, "
+                    "e.g. q_proj or query_key_value)"
+                )
+        if ALL_LINEAR in names and len(names) > 1:
+            raise ValueError(f"{ALL_LINEAR} selects every linear layer; give it alone")
+        return names
+
+
+class Recipe(_Frozen):
+    """Continued pre-training recipe shared by all members (and validation models)."""
+
+    method: MethodName = Field(
+        "full", description="Train all weights (full) or a peft LoRA adapter (lora)."
+    )
+    unit_tokens: int = Field(
+        100_000, ge=1, description="Tokens per base unit; every member trains on this many tokens."
+    )
+    seq_len: int = Field(128, ge=8, le=1 << 17, description="Training sequence length in tokens.")
+    batch_size: int = Field(16, ge=1, description="Sequences per optimizer step.")
+    lr: float = Field(1e-3, gt=0, lt=10, description="Peak learning rate (AdamW).")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of lr.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
+    seed: int = Field(0, ge=0, description="Seed for data order and initialisation.")
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def steps_for(self, tokens: int) -> int:
+        """Optimizer steps that cover ``tokens`` training tokens (at least one)."""
+        return max(1, -(-tokens // self.tokens_per_step))
+
+
+class TinyModelSpec(_Frozen):
+    """Shape of the Llama-style seed model that ``--base tiny`` trains from scratch."""
+
+    vocab_size: int = Field(4096, ge=260, le=65_535, description="BPE vocabulary size.")
+    hidden_size: int = Field(128, ge=16, description="Model width.")
+    layers: int = Field(4, ge=1, description="Transformer blocks.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    intermediate_size: int = Field(384, ge=16, description="MLP width.")
+    # 8 default units: members of a seed trained on several units' worth of tokens stay in
+    # one basin, and their averages rank mixtures as real training does (README "How
+    # accurate is it?"); 2.5 units ranked balanced mixtures poorly there.
+    seed_tokens: int = Field(
+        800_000, ge=1_000, description="Seed-data tokens the seed model trains on."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelSpec:
+        if self.hidden_size % self.heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}"
+            )
+        return self

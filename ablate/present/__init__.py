@@ -1,0 +1,1 @@
+"""Tables and figures for people: the CLI's and the demo's output."""
