@@ -84,8 +84,15 @@ def test_a_store_written_by_the_old_evaluator_answers_every_mixture(
     pool = tmp_path / "pool"
     shutil.copytree(full_pool_dir, pool)
     (pool / "results.sqlite").unlink(missing_ok=True)
+    # The old release named its rooms `kernels` and `pool`, like Hugging Face's `kernels` that
+    # transformers now imports: transformers takes theirs first, then the old code gets its own.
     script = (
         "import sys, json\n"
+        f"sys.path.remove({str(old)!r})\n"
+        "import transformers.activations\n"
+        "for name in [n for n in sys.modules if n == 'kernels' or n.startswith('kernels.')]:\n"
+        "    del sys.modules[name]\n"
+        f"sys.path.insert(0, {str(old)!r})\n"
         "import ablate, kernels, pool\n"
         f"assert ablate.__file__.startswith({str(old)!r}), ablate.__file__\n"
         "from ablate.evaluator import Evaluator\n"
