@@ -13,7 +13,7 @@ trained independently, and mixtures are scored independently):
 * ``torchrun_group``: lets ``ablate pool grow`` run under ``torchrun``/``accelerate launch``
   (one member trained data-parallel over the processes; see ``ablate.pool.train.train_model``).
 
-Ray is optional (``pip install 'ablate[ray]'``) and imported only inside these functions.
+Ray is optional (``pip install 'ablate-sim[ray]'``) and imported only inside these functions.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RAY_EXTRA = "pip install 'ablate[ray]'"
+RAY_EXTRA = "pip install 'ablate-sim[ray]'"
 # A worker lost to a crash or a preempted node reruns its task this many times; an I/O
 # error on the shared filesystem (OSError) is retried as well. Training errors are not:
 # a member trains deterministically, so a second try would fail the same way.

@@ -74,7 +74,7 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> Literal["tri
     if not triton_available():
         raise ImportError(
             f"{op}: backend='triton' needs the triton package, which is not installed; "
-            "install the extra with `pip install 'ablate[triton]'` or pass backend='torch'"
+            "install the extra with `pip install 'ablate-sim[triton]'` or pass backend='torch'"
         )
     if device.type != "cuda" and not interpreting():
         raise RuntimeError(

@@ -83,7 +83,7 @@ def require_sklearn() -> None:
     """Raise a ``DataError`` with the install line when scikit-learn is missing."""
     if not _has_sklearn():
         raise DataError(
-            "clustering (--clusters) needs scikit-learn; install it with: pip install 'ablate[cluster]'"
+            "clustering (--clusters) needs scikit-learn; install it with: pip install 'ablate-sim[cluster]'"
         )
 
 

@@ -106,5 +106,5 @@ def require_extra(module: str, purpose: str) -> None:
     """Raise an ``AblateError`` naming the ``search`` extra when ``module`` is missing."""
     if not has_module(module):
         raise AblateError(
-            f"{purpose} needs {module}; install it with: pip install 'ablate[search]'"
+            f"{purpose} needs {module}; install it with: pip install 'ablate-sim[search]'"
         )

@@ -204,7 +204,7 @@ def test_cluster_bad_inputs_are_one_line_and_change_nothing(
     _refused(capsys, pool, blank, "--clusters", 2, match="no documents found")
     with monkeypatch.context() as m:
         m.setattr(cluster, "_has_sklearn", lambda: False)
-        _refused(capsys, pool, few, "--clusters", 2, match="pip install 'ablate[cluster]'")
+        _refused(capsys, pool, few, "--clusters", 2, match="pip install 'ablate-sim[cluster]'")
 
     assert _cli(capsys, "pool", "add", pool.path, few, "--clusters", 3)[0] == 0
     _refused(capsys, pool, few, "--clusters", 4, match="already clustered (--clusters 3")
