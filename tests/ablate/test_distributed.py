@@ -190,7 +190,7 @@ def test_ray_missing_names_the_extra(monkeypatch):
     from ablate import AblateError, distributed
 
     monkeypatch.setattr(distributed, "ray_available", lambda: False)
-    with pytest.raises(AblateError, match=r"pip install 'ablate\[ray\]'"):
+    with pytest.raises(AblateError, match=r"pip install 'ablate-sim\[ray\]'"):
         distributed.connect()
 
 

@@ -256,7 +256,7 @@ def test_missing_extra_names_the_install_command(monkeypatch, ev):
     from ablate.strategies import base
 
     monkeypatch.setattr(base, "has_module", lambda name: name != "optuna")
-    with pytest.raises(AblateError, match=r"pip install 'ablate\[search\]'"):
+    with pytest.raises(AblateError, match=r"pip install 'ablate-sim\[search\]'"):
         search(ev, strategy="tpe", budget=2)
 
 

@@ -238,7 +238,7 @@ def test_triton_backend_on_cpu_needs_interpreter(monkeypatch):
 
 def test_triton_backend_without_triton_names_the_extra(monkeypatch):
     monkeypatch.setattr(_backend, "triton_available", lambda: False)
-    with pytest.raises(ImportError, match=r"ablate\[triton\]"):
+    with pytest.raises(ImportError, match=r"ablate-sim\[triton\]"):
         kernels.weighted_average(torch.randn(2, 3), [1, 1], backend="triton")
     # "auto" quietly uses the twin instead.
     assert kernels.weighted_average(torch.randn(2, 3), [1, 1]).shape == (3,)
