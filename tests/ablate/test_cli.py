@@ -1,5 +1,6 @@
 """The command line as people meet it: help texts, one meaning per option, quiet pipes,
-README's CLI reference checked against the parser, and the Ray backend of search/validate.
+the CLI reference (docs/cli.md) checked against the parser, and the Ray backend of
+search/validate.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def test_help_is_for_the_terminal(path, capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "``" not in text  # no reStructuredText markup
-    assert "examples:" in text  # an examples epilog taken from README
+    assert "examples:" in text  # every command shows how it is called
     parser = dict(_commands(build_parser()))[path]
     for action in parser._actions:
         assert action.help and action.help != argparse.SUPPRESS, (path, action.dest)
@@ -90,11 +91,10 @@ def test_an_option_means_the_same_everywhere():
         assert {"--json", "--csv"} <= _options(leaves[cmd]), cmd
 
 
-# ---------------------------------------------------------------------- README
-def _readme_reference() -> dict[tuple[str, ...], set[str]]:
-    """README's CLI reference table: options named by each command's rows."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## CLI reference", 1)[1].split("\n## ", 1)[0]
+# ---------------------------------------------------------------------- docs/cli.md
+def _documented_reference() -> dict[tuple[str, ...], set[str]]:
+    """The CLI reference table in docs/cli.md: options named by each command's rows."""
+    section = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     names = {p for p, _ in _leaves()}
     out: dict[tuple[str, ...], set[str]] = {}
     for line in section.splitlines():
@@ -109,15 +109,15 @@ def _readme_reference() -> dict[tuple[str, ...], set[str]]:
     return out
 
 
-def test_readme_cli_reference_matches_the_parser():
-    readme = _readme_reference()
+def test_cli_reference_matches_the_parser():
+    documented = _documented_reference()
     parser = {path: _options(p) for path, p in _commands(build_parser())}
     leaves = {path for path, _ in _leaves()}
-    assert set(readme) == leaves | {()}, "README's CLI reference and the parser list other commands"
-    for cmd, opts in readme.items():
+    assert set(documented) == leaves | {()}, "docs/cli.md and the parser list other commands"
+    for cmd, opts in documented.items():
         missing, extra = parser[cmd] - opts, opts - parser[cmd]
-        assert not missing, f"`ablate {' '.join(cmd)}`: README does not list {sorted(missing)}"
-        assert not extra, f"`ablate {' '.join(cmd)}`: README lists unknown {sorted(extra)}"
+        assert not missing, f"`ablate {' '.join(cmd)}`: docs/cli.md does not list {sorted(missing)}"
+        assert not extra, f"`ablate {' '.join(cmd)}`: docs/cli.md lists unknown {sorted(extra)}"
 
 
 # ---------------------------------------------------------------------- closed pipes
