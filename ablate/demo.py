@@ -54,7 +54,7 @@ FULL = DemoSettings(
     packages=("asyncio", "email", "unittest", "multiprocessing", "xml"),
     unit_tokens=60_000,
     # A seed trained on 7.5 units' worth of tokens: proxies then rank fixed-budget mixtures
-    # as real training does (README "How accurate is it?": macro Spearman 0.94 here against
+    # as real training does (docs/accuracy.md: macro Spearman 0.94 here against
     # 0.46 with a 150K-token seed; benchmarks/bench_fidelity.py).
     seed_tokens=450_000,
     eval_docs=12,

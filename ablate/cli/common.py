@@ -65,7 +65,7 @@ def add_command(
     run, or ``doc`` itself (a group of subcommands runs nothing of its own).
 
     The docstring's first line is the one-line help; the paragraphs after it, line breaks
-    kept, the description; the shell lines under ``Examples:`` (as in README's CLI
+    kept, the description; the shell lines under ``Examples:`` (as in docs/cli.md's
     reference) the examples epilog.
     """
     text = inspect.cleandoc(doc) if isinstance(doc, str) else inspect.getdoc(doc) or ""

@@ -126,7 +126,7 @@ def check_head(model: nn.Module, tokens: int = 8) -> None:
         raise PoolError(
             f"this {model_type(model)} model's logits are not softcap(hidden @ W.T * scale + "
             f"bias) of its final hidden states (relative difference {err:.1e}), which is how "
-            "ablate scores them; its output head is not supported (README: Bring your own model)"
+            "ablate scores them; its output head is not supported (docs/models.md)"
         )
 
 

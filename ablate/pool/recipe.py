@@ -88,8 +88,8 @@ class TinyModelSpec(_Frozen):
     heads: int = Field(4, ge=1, description="Attention heads.")
     intermediate_size: int = Field(384, ge=16, description="MLP width.")
     # 8 default units: members of a seed trained on several units' worth of tokens stay in
-    # one basin, and their averages rank mixtures as real training does (README "How
-    # accurate is it?"); 2.5 units ranked balanced mixtures poorly there.
+    # one basin, and their averages rank mixtures as real training does (docs/accuracy.md,
+    # the demo pool); 2.5 units ranked balanced mixtures poorly there.
     seed_tokens: int = Field(
         800_000, ge=1_000, description="Seed-data tokens the seed model trains on."
     )
