@@ -84,16 +84,19 @@ def test_a_store_written_by_the_old_evaluator_answers_every_mixture(
     pool = tmp_path / "pool"
     shutil.copytree(full_pool_dir, pool)
     (pool / "results.sqlite").unlink(missing_ok=True)
-    # The old release named its rooms `kernels` and `pool`, like Hugging Face's `kernels` that
-    # transformers now imports: transformers takes theirs first, then the old code gets its own.
+    # The old release named a room `kernels`, like Hugging Face's `kernels` that transformers
+    # imports (also lazily, in from_pretrained). One process cannot have both under one name:
+    # the old package is imported as `kernels` and lends Hugging Face's names it lacks.
     script = (
         "import sys, json\n"
         f"sys.path.remove({str(old)!r})\n"
-        "import transformers.activations\n"
+        "import transformers.activations, kernels as hf\n"
         "for name in [n for n in sys.modules if n == 'kernels' or n.startswith('kernels.')]:\n"
         "    del sys.modules[name]\n"
         f"sys.path.insert(0, {str(old)!r})\n"
         "import ablate, kernels, pool\n"
+        "for name in dir(hf):\n"
+        "    if not hasattr(kernels, name): setattr(kernels, name, getattr(hf, name))\n"
         f"assert ablate.__file__.startswith({str(old)!r}), ablate.__file__\n"
         "from ablate.evaluator import Evaluator\n"
         f"ev = Evaluator({str(pool)!r}, {str(corpus['eval'])!r}, by='domain', progress=False)\n"
