@@ -221,6 +221,29 @@ class MixtureLaw:
         fitted = self.predict_fitted(self.rows(mixtures, weights))
         return np.exp(fitted) if self.transform == "log" else fitted
 
+    def holdout(self, runs: Any, weights: Sequence[str] | None = None) -> dict:
+        """How the law ranks held-out runs that carry the target (RegMix's 1B runs):
+        ``n``, ``spearman`` of predictions with the real values, ``pick`` (row, 1-based, of
+        the predicted best), ``pick_rank`` (its real rank, 1 = the real best) and ``regret``
+        (its real value's relative shortfall against the real best).
+        """
+        if not isinstance(runs, Runs):
+            runs = read_runs(runs, [self.target], weights=weights, partitions=self.partitions)
+        if self.target not in runs.targets:
+            raise AblateError(f"{runs.source} has no {self.target!r} column to check against")
+        y = runs.targets[self.target]
+        pred = self.predict(runs)
+        sign = -1.0 if self.higher_is_better else 1.0
+        pick = int(np.argmin(sign * pred))
+        best = float(y[int(np.argmin(sign * y))])
+        return {
+            "n": len(y),
+            "spearman": _num(sg.spearman(pred, y)),
+            "pick": pick + 1,
+            "pick_rank": int((sign * y < sign * y[pick]).sum()) + 1,
+            "regret": _num(abs(float(y[pick]) - best) / abs(best)) if best else None,
+        }
+
     def predict_fitted(self, x: np.ndarray) -> np.ndarray:
         """Predictions on the fitted scale for weight rows ``x (M, n)`` (at the real
         fidelity for a multi-fidelity law)."""
