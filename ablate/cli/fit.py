@@ -120,14 +120,16 @@ def _print_law(args: argparse.Namespace, law: Any, doc: dict, candidates: Any) -
     goal = "higher is better" if law.higher_is_better else "lower is better"
     print(f"law of {law.target} ({goal}) on {law.runs} runs: {law.surrogate.kind} ({scale})")
     errs = "  ".join(
-        f"{k} {v ** 0.5:.4g}{'*' if k == law.surrogate.kind else ''}"
+        f"{k} {v**0.5:.4g}{'*' if k == law.surrogate.kind else ''}"
         for k, v in law.kfold_mse.items()
     )
     print(f"  k-fold RMSE ({scale}): {errs}")
     lo, hi = law.cv_spearman_interval
     print(f"  cross-validated Spearman {law.cv_spearman:.3f} [{lo:.3f}, {hi:.3f}] (90% bootstrap)")
     if candidates is not None:
-        rows = sorted(doc["predictions"], key=lambda r: r["predicted"], reverse=law.higher_is_better)
+        rows = sorted(
+            doc["predictions"], key=lambda r: r["predicted"], reverse=law.higher_is_better
+        )
         shown = [
             r | {"mixture": brief(candidates.partitions, candidates.weights[r["row"] - 1])}
             for r in rows[:_SHOWN_PREDICTIONS]
@@ -228,4 +230,6 @@ def add_fit_command(sub: Any) -> None:
         help="with --propose: cap partitions' weights, e.g. web=0.5,code=0.1 (0 excludes one)",
     )
     add_seed_arg(p, of="the folds, the trees and --propose")
-    p.add_argument("--json", action="store_true", help="print the laws, checks and proposals as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="print the laws, checks and proposals as JSON"
+    )

@@ -204,7 +204,7 @@ class MixtureLaw:
                 need_targets=False,
             )
             return runs.weights
-        items = [mixtures] if isinstance(mixtures, Mixture | Mapping) else list(mixtures)
+        items = [mixtures] if isinstance(mixtures, Mixture | Mapping | str) else list(mixtures)
         x = np.zeros((len(items), len(self.partitions)))
         for i, m in enumerate(items):
             if isinstance(m, str):

@@ -129,7 +129,13 @@ class Surrogate:
 
 
 def fit(x: np.ndarray, y: np.ndarray, kind: Kind, seed: int, n_weights: int | None = None):
-    """``Surrogate`` of ``kind`` fitted on rows ``x (M, n)`` and targets ``y (M,)``."""
+    """``Surrogate`` of ``kind`` fitted on rows ``x (M, n)`` and targets ``y (M,)``.
+
+    Rows are made C-contiguous first: BLAS sums in another order on another layout, and
+    the exponential law's optimiser turns that last bit into 1e-11 differences between
+    two callers holding the same numbers.
+    """
+    x, y = np.ascontiguousarray(x, dtype=float), np.ascontiguousarray(y, dtype=float)
     w = x.shape[1] if n_weights is None else n_weights
     return Surrogate(kind, make(kind, seed).fit(features(x, kind, w), y), w)
 
@@ -169,6 +175,7 @@ def select(
     n_weights: int | None = None,
 ) -> Selection:
     """The kind with the lowest k-fold squared error on ``(x, y)`` (ties: earlier in KINDS)."""
+    x, y = np.ascontiguousarray(x, dtype=float), np.ascontiguousarray(y, dtype=float)
     errors: dict[str, float] = {}
     oofs: dict[str, np.ndarray] = {}
     for kind in kinds:

@@ -10,7 +10,9 @@ the columns they share.
 Checks, each failing with one line that names the row or column and the fix: targets
 present, numeric and finite; weights finite and non-negative with a positive sum; rows
 whose weights sum to 1 within ``SUM_TOLERANCE`` are rescaled exactly, other rows are
-normalised with a warning; weight columns must be partitions of the pool when one is given.
+normalised with a warning when the weight columns were named (``weights=``) and refused when
+they were guessed (an accuracy column in [0, 1] would otherwise pass for a weight); weight
+columns must be partitions of the pool when one is given.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ def read_runs(
     if partitions is not None:
         names, x = _onto(names, x, tuple(partitions), where)
     order = np.argsort(names, kind="stable")
-    names, x = tuple(names[i] for i in order), x[:, order]
+    names, x = tuple(names[i] for i in order), np.ascontiguousarray(x[:, order])
     return Runs(names, x, ys, where)
 
 
@@ -239,10 +241,12 @@ def _checked(
             f"weight {names[j]!r} of row {i + 1} of {where} is negative ({x[i, j]:g}); "
             "mixture weights must be >= 0"
         )
-    return tuple(names), _normalised(x, where)
+    return tuple(names), _normalised(x, where, names if inferred else None)
 
 
-def _normalised(x: np.ndarray, where: str) -> np.ndarray:
+def _normalised(x: np.ndarray, where: str, inferred: Sequence[str] | None = None) -> np.ndarray:
+    """Rows divided by their sums; off-one sums warn, or fail when the columns were guessed
+    (``inferred``: an accuracy column in [0, 1] must not pass for a weight)."""
     sums = x.sum(1)  # (M,)
     empty = np.flatnonzero(sums <= 0)
     if len(empty):
@@ -250,6 +254,13 @@ def _normalised(x: np.ndarray, where: str) -> np.ndarray:
             f"row {empty[0] + 1} of {where} has no positive weight; every run needs a mixture"
         )
     off = np.flatnonzero(np.abs(sums - 1) > SUM_TOLERANCE)
+    if len(off) and inferred is not None:
+        shown = ", ".join(inferred[:8]) + (" ..." if len(inferred) > 8 else "")
+        raise RunsTableError(
+            f"the columns taken for weights ({shown}) sum to {sums[off[0]]:.4g} in row "
+            f"{off[0] + 1} of {where}; name the weight columns with --weights (rows are then "
+            "normalised) or make each run's weights sum to 1"
+        )
     if len(off):
         log.warning(
             "the weights of %d run(s) of %s do not sum to 1 (row %d: %.4g); each run's "

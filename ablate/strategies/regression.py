@@ -45,7 +45,7 @@ class Regression:
         n = len(ctx.space.allowed)
         self._n_init = max(4, min(n + 1, ctx.budget // 3))
         self._x: list[np.ndarray] = []
-        self._y: list[float] = []
+        self._y: list[float] = []  # raw scores: logged together at each fit, as MixtureLaw does
         self._proposed: set[str] = set()
         self._best: tuple[float, Mixture] | None = None
         self._pool: list[Mixture] | None = None
@@ -81,7 +81,7 @@ class Regression:
     def _data(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``(M, n)`` or, with real runs, ``(M + R, n + 1)`` (a fidelity column) and
         log scores ``(M[+R],)``."""
-        x, y = np.stack(self._x), np.asarray(self._y)  # (M, n), (M,)
+        x, y = np.stack(self._x), sg.log_scores(self._y)  # (M, n), (M,)
         if self._real is None:
             return x, y
         rx, ry = self._real
@@ -142,6 +142,6 @@ class Regression:
     def observe(self, trials: Sequence[Trial]) -> None:
         for t in trials:
             self._x.append(self._space.vector(t.mixture))
-            self._y.append(float(sg.log_scores([t.score])[0]))
+            self._y.append(float(t.score))
             if self._best is None or t.score < self._best[0]:
                 self._best = (t.score, t.mixture)
