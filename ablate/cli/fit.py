@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ablate.cli.common import add_command, add_seed_arg, emit_json, emit_table
+from ablate.cli.common import add_command, add_seed_arg, emit_json, emit_table, usage_error
 
 _SHOWN_WEIGHTS = 4  # heaviest partitions a table row shows of a mixture
 _SHOWN_PREDICTIONS = 10  # rows of the --predict table for people (--json has every row)
@@ -41,9 +41,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     constraints = Constraints.parse(args.max_weight)
     if args.propose is not None and args.propose < 1:
-        from ablate.cli.common import usage_error
-
         raise usage_error(f"--propose must be at least 1, got {args.propose}")
+    if args.max_weight and not args.propose:
+        raise usage_error("--max-weight caps the proposals; add --propose N or drop --max-weight")
     targets = list(dict.fromkeys(args.target))
     runs = read_runs(args.runs, targets, weights=args.weights)
     candidates = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -195,6 +196,8 @@ class MixtureLaw:
                     f"partitions ({', '.join(self.partitions)})"
                 )
             return x
+        if isinstance(mixtures, Path):
+            mixtures = str(mixtures)
         if isinstance(mixtures, pd.DataFrame | str) and not _is_mixture_text(mixtures):
             runs = read_runs(
                 mixtures,

@@ -164,6 +164,11 @@ def search(
     if racer is not None:
         study.race = racer.stats
         study.notes.append(racer.stats.describe())
+    if also_runs is not None:
+        study.notes.append(
+            f"the surrogate also learnt from {len(also_runs)} real run(s) of {also_runs.source} "
+            "(fidelity indicator; candidates ranked by their predicted real score)"
+        )
     if note:
         study.notes.append(note)
         log.info(note)

@@ -208,7 +208,8 @@ def test_cli_fit_predict_propose(tmp_path, capsys):
         (lambda f: f.assign(loss2=f["loss"] * 3), [], "column 'loss2'"),
         (lambda f: f.assign(arxiv=0.0, code=0.0, web=0.0, wiki=0.0), [], "no positive weight"),
         (lambda f: f.head(3), [], "at least 4"),
-        (lambda f: f, ["--max-weight", "zzz=0.2"], "unknown partition"),
+        (lambda f: f, ["--propose", "1", "--max-weight", "zzz=0.2"], "unknown partition"),
+        (lambda f: f, ["--max-weight", "web=0.2"], "add --propose N"),
         (lambda f: f, ["--weights", "w_*"], "matches no column"),
         (lambda f: f.drop(columns=list(PARTS)).assign(mixture="a=x"), [], "row 1"),
     ],
@@ -270,6 +271,7 @@ def test_search_also_reads_real_runs(ev, tmp_path):
     )
     study = search(ev, target="code", strategy="regression", budget=6, also=runs, heldout=0)
     assert study.best is not None and len(study.trials) == 6
+    assert any("3 real run(s)" in n for n in study.notes)
     with pytest.raises(AblateError, match="add --strategy regression"):
         search(ev, target="code", strategy="random", budget=2, also=runs)
     with pytest.raises(AblateError, match="no column 'code'"):
