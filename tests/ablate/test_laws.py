@@ -13,6 +13,8 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("sklearn")
 
@@ -110,6 +112,17 @@ def test_propose_respects_caps():
     # capped, the best keeps web and arxiv at their caps and the rest goes to code (0.4 < 0.8)
     assert w[0, law.partitions.index("web")] == pytest.approx(0.3, abs=0.02)
     assert law.propose(1, {"web": 0.0}).loc[0, "web"] == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 1.0), min_size=2, max_size=6).filter(lambda c: sum(c) >= 1),
+    st.integers(0, 2**32 - 1),
+)
+def test_cap_rows_lands_on_the_capped_simplex(caps, seed):
+    c = np.array(caps)
+    x = cap_rows(np.random.default_rng(seed).dirichlet(np.ones(len(c)), size=20), c)
+    assert np.allclose(x.sum(1), 1) and (x <= c + 1e-9).all() and (x >= 0).all()
 
 
 def test_cap_rows_water_fills():
@@ -221,6 +234,21 @@ def test_cli_refuses_bad_tables(tmp_path, capsys, change, args, message):
     assert code == 2
     assert err.count("\n") == 0 and err.startswith("ablate: error:"), err
     assert message in err, err
+
+
+def test_cli_joins_tables_like_regmix(tmp_path, capsys):
+    """RegMix keeps mixtures and losses in two files joined by ``index``; Parquet reads too."""
+    frame = synthetic(40, 0).rename(columns={p: f"train_{p}" for p in PARTS})
+    frame.insert(0, "index", np.arange(40))
+    mix = _write(tmp_path, frame.drop(columns="loss"), "mix.csv")
+    loss = tmp_path / "loss.parquet"
+    frame[["index", "loss"]].sample(frac=1, random_state=0).to_parquet(loss)  # any row order
+    assert main(["fit", mix, str(loss), "--weights", "train_*", "--target", "loss", "--json"]) == 0
+    law = json.loads(capsys.readouterr().out)["targets"][0]["law"]
+    assert law["runs"] == 40 and law["partitions"] == [f"train_{p}" for p in sorted(PARTS)]
+    frame[["index", "loss"]].head(30).to_parquet(loss)
+    assert main(["fit", mix, str(loss), "--weights", "train_*", "--target", "loss"]) == 2
+    assert "matched 30 of 40 and 30 rows" in capsys.readouterr().err
 
 
 def test_cli_refuses_missing_and_foreign_files(tmp_path, capsys):
