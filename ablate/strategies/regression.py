@@ -33,7 +33,7 @@ _RESELECT_GROWTH = 1.25  # re-run the k-fold model choice when the data grew by 
 
 @register("regression")
 class Regression:
-    """RegMix-style surrogate (ridge, pairwise ridge, boosted trees or Ye et al.'s exponential law, picked by k-fold error)."""
+    """RegMix-style surrogate (ridge, pairwise ridge, trees or exponential law; lowest k-fold error)."""
 
     def __init__(self, ctx: SearchContext):
         from ablate.strategies.base import require_extra
