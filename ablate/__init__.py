@@ -27,6 +27,7 @@ from ablate.engine.layout import MemberLayout
 from ablate.engine.results import ResultsCache, ResultsStore
 from ablate.engine.scoring import DocScores, Scorer
 from ablate.evaluator import DomainScore, EvalResult, Evaluator, results_frame
+from ablate.laws import MixtureLaw
 from ablate.mixture import Mixture, MixtureError
 from ablate.pool import AblateError, LoraSpec, Pool, Recipe, TinyModelSpec
 from ablate.pool.cluster import ClusterModel, add_clustered, fit_clusters
@@ -47,6 +48,7 @@ __all__ = [
     "MemberLayout",
     "Mixture",
     "MixtureError",
+    "MixtureLaw",
     "PartialResult",
     "Pool",
     "Race",

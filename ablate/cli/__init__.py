@@ -5,7 +5,7 @@ Each command parses, validates, calls one public function, prints (a table for p
 one line and exit 2; an interrupt exits 130 and says how to resume; a reader that stops
 early (``ablate pool ls POOL | head``) ends the command quietly with status 141, as it
 would any coreutils tool. The commands live one group per module: ``pool``, ``evaluate``
-(``ablate eval``), ``search``, ``validate``, ``demo``; ``common`` holds what they share.
+(``ablate eval``), ``search``, ``fit``, ``validate``, ``demo``; ``common`` holds what they share.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ablate.cli.common import (
 from ablate.cli.demo import add_demo_command
 from ablate.cli.evaluate import add_eval_command
 from ablate.cli.export import add_export_command
+from ablate.cli.fit import add_fit_command
 from ablate.cli.pool import add_pool_commands
 from ablate.cli.search import add_search_command
 from ablate.cli.validate import add_validate_command
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_command(sub)
     add_validate_command(sub)
     add_search_command(sub)
+    add_fit_command(sub)
     add_export_command(sub)
     add_demo_command(sub)
     return parser

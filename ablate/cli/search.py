@@ -55,6 +55,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             --continuous --strategy gradient
         ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy tpe --storage sqlite:///study.db
         ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy exhaustive --race
+        ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy regression \\
+            --also runs/pool/validation/validation.csv
     """
     from ablate.strategies import search
 
@@ -77,6 +79,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             seed=args.seed,
             race=args.race,
             confidence=confidence,
+            also=args.also,
         )
     if args.plot:
         study.plot(args.plot)
@@ -130,6 +133,15 @@ def add_search_command(sub: Any) -> None:
     )
     add_max_size_arg(p)
     add_race_args(p)
+    p.add_argument(
+        "--also",
+        nargs="+",
+        default=None,
+        metavar="RUNS",
+        help="with --strategy regression: a table of really trained runs (a mixture column, "
+        "and a column named as the target or one per eval domain; validation.csv works) "
+        "the surrogate learns from beside the proxies (several files are joined)",
+    )
     p.add_argument(
         "--require", nargs="+", metavar="NAME", help="partitions every mixture must contain"
     )

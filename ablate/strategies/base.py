@@ -18,6 +18,7 @@ from ablate.pool.errors import AblateError
 
 if TYPE_CHECKING:
     from ablate.evaluator import EvalResult, Evaluator
+    from ablate.laws.table import Runs
     from ablate.mixture import Mixture
     from ablate.racing.policy import PartialResult
     from ablate.strategies.space import SearchSpace, Target
@@ -50,6 +51,7 @@ class SearchContext:
     seed: int
     storage: str | None = None  # Optuna RDB URL shared by several workers
     study_name: str | None = None
+    also: Runs | None = None  # real runs over space.allowed, scored under targets[target.spec]
 
 
 class Strategy(Protocol):

@@ -80,6 +80,7 @@ def search(
     progress: bool | None = None,
     race: bool = False,
     confidence: float = DEFAULT_CONFIDENCE,
+    also: object = None,
 ) -> Study:
     """Search the mixtures of ``ev``'s pool for the one that minimises ``target``.
 
@@ -103,6 +104,8 @@ def search(
             the best so far on part of the eval set stop early; the best is always scored
             in full. Dropped mixtures are in ``Study.raced_out``, never in ``trials``.
         confidence: With ``race``: probability that a dropped mixture is really worse.
+        also: Real runs (a runs table: path, paths or DataFrame; ``ablate.laws.fidelity.
+            target_runs``) the regression strategy's surrogate learns from beside the proxies.
 
     Returns:
         A ``Study`` with ``best``, ``frame``, ``pareto()`` and ``plot()``.
@@ -138,7 +141,17 @@ def search(
         raise AblateError(
             "the gradient strategy follows perplexity only; a task: target needs another strategy"
         )
-    ctx = SearchContext(search_ev, space, target, budget, seed, storage, study_name)
+    also_runs = None
+    if also is not None:
+        if strategy != "regression":
+            raise AblateError(
+                "--also feeds real runs to the regression strategy's surrogate; "
+                "add --strategy regression"
+            )
+        from ablate.laws.fidelity import target_runs
+
+        also_runs = target_runs(also, target, space.allowed, search_ev.domains)
+    ctx = SearchContext(search_ev, space, target, budget, seed, storage, study_name, also_runs)
     plan = info.factory(ctx)
     racer = Race(search_ev, target, confidence=confidence) if race else None
     trials = _loop(plan, ctx, ev.progress if progress is None else progress, racer)
@@ -151,6 +164,11 @@ def search(
     if racer is not None:
         study.race = racer.stats
         study.notes.append(racer.stats.describe())
+    if also_runs is not None:
+        study.notes.append(
+            f"the surrogate also learnt from {len(also_runs)} real run(s) of {also_runs.source} "
+            "(fidelity indicator; candidates ranked by their predicted real score)"
+        )
     if note:
         study.notes.append(note)
         log.info(note)
