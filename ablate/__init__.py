@@ -22,14 +22,15 @@ The layers, bottom up (each one importable and usable on its own):
 """
 
 from ablate.data.evalset import EvalSet
-from ablate.data.tasks import Task, TaskScore, TaskScorer, task_frame
+from ablate.data.tasks import Task
 from ablate.engine.layout import MemberLayout
 from ablate.engine.results import ResultsCache, ResultsStore
-from ablate.engine.scoring import DocScores, Scorer
+from ablate.engine.scoring import DocScores, Scorer, TaskScore, TaskScorer
 from ablate.evaluator import DomainScore, EvalResult, Evaluator, results_frame
 from ablate.mixture import Mixture, MixtureError
 from ablate.pool import AblateError, LoraSpec, Pool, Recipe, TinyModelSpec
 from ablate.pool.cluster import ClusterModel, add_clustered, fit_clusters
+from ablate.present.tables import task_frame
 from ablate.racing.policy import PartialResult, Race, RaceStats
 from ablate.strategies import Study, search
 from ablate.validation import ValidationReport, validate

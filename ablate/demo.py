@@ -249,9 +249,8 @@ def run_demo(
     out: str | Path, *, quick: bool = False, progress: bool = True, device: str | None = None
 ) -> Path:
     """Build (or reuse) the demo pool under ``out``, score every subset, write the report."""
-    from ablate.data.tasks import task_frame
     from ablate.evaluator import Evaluator, results_frame
-    from ablate.present.tables import write_report
+    from ablate.present.tables import task_frame, write_report
 
     out = Path(out)
     pool, _ = build_pool(out, QUICK if quick else FULL, progress=progress, device=device)

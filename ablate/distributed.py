@@ -27,15 +27,15 @@ from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from ablate.engine.executor import Scored
 from ablate.pool import Pool
 from ablate.pool.errors import AblateError, PoolError
 
 if TYPE_CHECKING:
     from ablate.data.evalset import EvalSet
-    from ablate.engine.executor import Scored
+    from ablate.data.tasks import Task
     from ablate.engine.layout import MemberLayout
-    from ablate.engine.scoring import DomainScore
-    from ablate.evaluator import Evaluator
+    from ablate.engine.scoring import DomainScore, TaskScore
     from ablate.mixture import Mixture
     from ablate.pool.storage import MemberRecord
 
@@ -176,44 +176,30 @@ def check_ray_settings(workers: int, gpus_per_worker: float) -> None:
 
 
 class _EvalWorker:
-    """Ray actor: the pool stacked once, scoring batches of mixtures on any eval set."""
+    """Ray actor: the pool stacked once (``Scorers``), scoring batches of mixtures on any
+    eval set and tasks the driver sends."""
 
     def __init__(self, pool_path: str, expected: list[str], device: str | None, batch_tokens: int):
-        self.pool_path = pool_path
-        self.expected = expected
-        self.device = device
-        self.batch_tokens = batch_tokens
-        self.evaluators: dict[str, Evaluator] = {}
+        from ablate.engine.executor import Scorers
+        from ablate.engine.layout import MemberLayout
 
-    def _evaluator(self, eval_set: EvalSet) -> Evaluator:
-        from ablate.evaluator import Evaluator
-
-        if eval_set.fingerprint not in self.evaluators:
-            if self.evaluators:  # another eval set on the same loaded members
-                first = next(iter(self.evaluators.values()))
-                self.evaluators[eval_set.fingerprint] = first.on(eval_set)
-            else:
-                ev = Evaluator(
-                    self.pool_path,
-                    eval_set,
-                    device=self.device,
-                    batch_tokens=self.batch_tokens,
-                    store=False,
-                    progress=False,
-                )
-                if [m.weights_sha256 for m in ev.members] != self.expected:
-                    raise PoolError(
-                        f"pool {self.pool_path} changed while it was being evaluated; "
-                        "run the evaluation again"
-                    )
-                self.evaluators[eval_set.fingerprint] = ev
-        return self.evaluators[eval_set.fingerprint]
+        pool = Pool.open(pool_path)
+        layout = MemberLayout(pool)
+        if [m.weights_sha256 for m in layout.members] != expected:
+            raise PoolError(
+                f"pool {pool_path} changed while it was being evaluated; run the evaluation again"
+            )
+        self.scorers = Scorers(
+            pool, layout, device_name=device, batch_tokens=batch_tokens, progress=False
+        )
 
     def run(
-        self, walk: list[Mixture], rest: list[Mixture], eval_set: EvalSet
-    ) -> list[tuple[str, dict[str, DomainScore]]]:
-        ev = self._evaluator(eval_set)
-        return [(m.key, scores) for m, scores in ev.executor.run(walk, rest, eval_set)]
+        self, mixtures: list[Mixture], eval_set: EvalSet | None, tasks: list[Task]
+    ) -> list[tuple[str, dict[str, DomainScore], dict[str, TaskScore]]]:
+        return [
+            (s.mixture.key, dict(s.scores), dict(s.tasks))
+            for s in self.scorers.score(mixtures, eval_set, tasks)
+        ]
 
 
 class RayExecutor:
@@ -290,34 +276,34 @@ class RayExecutor:
         return self._actors
 
     def run(
-        self, walk: Sequence[Mixture], rest: Sequence[Mixture], eval_set: EvalSet
+        self,
+        mixtures: Sequence[Mixture],
+        eval_set: EvalSet | None,
+        tasks: Sequence[Task] = (),
     ) -> Iterator[Scored]:
-        """Contiguous batches of the walk (each still patches cheaply), then the rest, spread
-        over the actors; yields each batch's mixtures as it comes back."""
-        from ray.util import ActorPool
-
+        """Contiguous batches of the Gray-code walk (each still patches cheaply), then the
+        rest, spread over the actors; yields each batch's mixtures as it comes back."""
+        walk, rest = self.layout.walk_order(mixtures)
         order = [*walk, *rest]
         if not order:
             return
         actors = self._start()
         import ray
+        from ray.util import ActorPool
 
-        if eval_set.fingerprint not in self._eval_refs:
-            self._eval_refs[eval_set.fingerprint] = ray.put(eval_set)
-        eval_ref = self._eval_refs[eval_set.fingerprint]
+        eval_ref = None
+        if eval_set is not None:
+            if eval_set.fingerprint not in self._eval_refs:
+                self._eval_refs[eval_set.fingerprint] = ray.put(eval_set)
+            eval_ref = self._eval_refs[eval_set.fingerprint]
         size = min(MAX_BATCH, max(1, math.ceil(len(order) / (BATCHES_PER_WORKER * len(actors)))))
-        walking = {m.key for m in walk}
         batches = [order[i : i + size] for i in range(0, len(order), size)]
         by_key = {m.key: m for m in order}
-        jobs = (
-            ([m for m in b if m.key in walking], [m for m in b if m.key not in walking])
-            for b in batches
-        )
         for scored in ActorPool(actors).map_unordered(
-            lambda a, job: a.run.remote(job[0], job[1], eval_ref), jobs
+            lambda a, batch: a.run.remote(batch, eval_ref, list(tasks)), batches
         ):
-            for key, scores in scored:
-                yield by_key[key], scores
+            for key, scores, task_scores in scored:
+                yield Scored(by_key[key], scores, task_scores)
 
     def close(self) -> None:
         """Stop the actors (the Ray cluster itself is left running)."""

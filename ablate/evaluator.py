@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ablate.data.evalset import EvalSet
-from ablate.engine.executor import Executor, ExecutorName, LocalExecutor
+from ablate.data.tasks import Task, load_tasks
+from ablate.engine.executor import Executor, ExecutorName, LocalExecutor, Scored, Scorers
 from ablate.engine.layout import MemberLayout, gray_subsets
 from ablate.engine.results import ResultsCache, ResultsStore
 from ablate.engine.scoring import (
@@ -37,6 +38,8 @@ from ablate.engine.scoring import (
     EvalResult,
     Scorer,
     ScoringBatch,
+    TaskScore,
+    TaskScorer,
     target_nll,
 )
 from ablate.mixture import Mixture
@@ -47,7 +50,6 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from ablate.data.tasks import Task, TaskScorer
     from ablate.engine.merge import MergedModel
     from ablate.pool.storage import MemberRecord
 
@@ -68,50 +70,32 @@ def as_mixture(m: MixtureLike) -> Mixture:
 
 @dataclass
 class _Loaded:
-    """What evaluators of one pool share, whatever eval set each scores: the members'
-    layout, the lazily loaded model, its scorers and the executor."""
+    """What evaluators of one pool share, whatever eval set each scores: the merged model
+    and its scorers (``Scorers``), the results store and the executor."""
 
-    pool: Pool
-    layout: MemberLayout
-    device_name: str | None
-    batch_tokens: int
-    progress: bool
+    scorers: Scorers
     store: ResultsStore | None
-    stack_budget_bytes: int | None = None
-    executor: Executor | None = None
-    model: MergedModel | None = None
-    scorers: dict[str, Scorer] = field(default_factory=dict)
-    task_scorers: dict[str, TaskScorer] = field(default_factory=dict)
+    executor: Executor
 
-    def merged(self) -> MergedModel:
-        if self.model is None:
-            from ablate.engine.merge import MergedModel
-            from ablate.pool.train import pick_device
+    @property
+    def pool(self) -> Pool:
+        return self.scorers.pool
 
-            self.model = MergedModel(
-                self.pool,
-                self.layout.members,
-                device=pick_device(self.device_name),
-                progress=self.progress,
-                stack_budget_bytes=self.stack_budget_bytes,
-            )
-        return self.model
+    @property
+    def layout(self) -> MemberLayout:
+        return self.scorers.layout
 
-    def scorer(self, eval_set: EvalSet) -> Scorer:
-        if eval_set.fingerprint not in self.scorers:
-            self.scorers[eval_set.fingerprint] = Scorer(
-                self.merged(), eval_set, batch_tokens=self.batch_tokens
-            )
-        return self.scorers[eval_set.fingerprint]
+    @property
+    def device_name(self) -> str | None:
+        return self.scorers.device_name
 
-    def task_scorer(self, task: Task) -> TaskScorer:
-        if task.fingerprint not in self.task_scorers:
-            from ablate.data.tasks import TaskScorer
+    @property
+    def batch_tokens(self) -> int:
+        return self.scorers.batch_tokens
 
-            self.task_scorers[task.fingerprint] = TaskScorer(
-                self.merged(), task, batch_tokens=self.batch_tokens
-            )
-        return self.task_scorers[task.fingerprint]
+    @property
+    def progress(self) -> bool:
+        return self.scorers.progress
 
 
 def _shared(name: str, doc: str) -> property:
@@ -172,25 +156,22 @@ class Evaluator:
             if isinstance(eval_data, EvalSet)
             else EvalSet.load(pool, eval_data, by=by, text_field=text_field)
         )
-        from ablate.data.tasks import load_tasks
-
         task_set: dict[str, Task] = load_tasks(pool, tasks)  # bad lines fail before any write
         path = pool.path / "results.sqlite" if store is True else store
-        loaded = _Loaded(
-            pool=pool,
-            layout=MemberLayout(pool),
+        scorers = Scorers(
+            pool,
+            MemberLayout(pool),
             device_name=device,
             batch_tokens=batch_tokens,
             progress=progress,
-            store=ResultsStore(path) if path else None,
             stack_budget_bytes=stack_budget_bytes,
         )
         if executor == "ray":
             from ablate.distributed import RayExecutor
 
-            loaded.executor = RayExecutor(
+            run: Executor = RayExecutor(
                 pool,
-                loaded.layout,
+                scorers.layout,
                 workers=workers,
                 address=address,
                 device=device,
@@ -198,7 +179,8 @@ class Evaluator:
                 batch_tokens=batch_tokens,
             )
         else:
-            loaded.executor = LocalExecutor(loaded.merged, loaded.scorer, loaded.layout)
+            run = LocalExecutor(scorers)
+        loaded = _Loaded(scorers, ResultsStore(path) if path else None, run)
         self._loaded = loaded
         self.eval_set = eval_set
         self.tasks = task_set
@@ -243,15 +225,15 @@ class Evaluator:
     def merged(self) -> MergedModel:
         """Members loaded and stacked in this process on first use (cache hits never pay
         for it; with the Ray executor only validation and the gradient search need it)."""
-        return self._loaded.merged()
+        return self._loaded.scorers.merged()
 
     def scorer(self, eval_set: EvalSet | None = None) -> Scorer:
         """The ``Scorer`` of ``eval_set`` (default: this evaluator's) on the merged model."""
-        return self._loaded.scorer(self.eval_set if eval_set is None else eval_set)
+        return self._loaded.scorers.scorer(self.eval_set if eval_set is None else eval_set)
 
     def task_scorer(self, task: Task) -> TaskScorer:
         """The ``TaskScorer`` of ``task`` on the merged model (built once)."""
-        return self._loaded.task_scorer(task)
+        return self._loaded.scorers.task_scorer(task)
 
     # ------------------------------------------------------------------ keys
     def member_weights(self, mixture: Mixture) -> np.ndarray:
@@ -281,8 +263,8 @@ class Evaluator:
         self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
     ) -> list[EvalResult]:
         """Scores of ``mixtures`` in their order: the store answers what it knows, the
-        executor scores the rest once each, and every new score is stored as it arrives
-        (an interrupted run keeps them)."""
+        executor scores the rest once each (tasks on the same merge), and every new score
+        is stored as it arrives (an interrupted run keeps them)."""
         from tqdm.auto import tqdm
 
         mixtures = [as_mixture(m) for m in mixtures]
@@ -294,28 +276,63 @@ class Evaluator:
                 out[m.key] = self.cache.lookup(m, key)
                 if out[m.key] is None:
                     todo[m] = key
-        walk, rest = self.layout.walk_order(list(todo))
+        hits = {m.key: self._task_hits(m, key) for m, key in todo.items()}
+        tasks = [t for t in self.tasks.values() if any(t.name not in h for h in hits.values())]
         show = self.progress if progress is None else progress
         with tqdm(
             total=len(todo), desc="mixtures", disable=not show or not todo, unit="mix"
         ) as bar:
-            # The local executor yields while its model still holds ``m``: task items are
-            # scored on those weights now rather than merged again afterwards.
-            here = bool(self.tasks) and isinstance(self.executor, LocalExecutor)
-            for m, scores in self.executor.run(walk, rest, self.eval_set):
-                out[m.key] = self.cache.record(m, scores, todo[m])
-                if here:
-                    from ablate.data.tasks import score_tasks_here
-
-                    tasks = score_tasks_here(self, m, todo[m], {})
-                    out[m.key] = dataclasses.replace(out[m.key], tasks=tasks)
+            for s in self.executor.run(list(todo), self.eval_set, tasks):
+                m, key = s.mixture, todo[s.mixture]
+                r = self.cache.record(m, s.scores, key)
+                if self.tasks:
+                    found = self._record_tasks(s, key, hits[m.key])
+                    r = dataclasses.replace(r, tasks=found)
+                out[m.key] = r
                 bar.update(1)
-        results = [out[m.key] for m in mixtures]
-        if self.tasks:  # task items: store first, else merged and scored here
-            from ablate.data.tasks import with_task_scores
+        return self.with_tasks([out[m.key] for m in mixtures])  # type: ignore[misc]
 
-            results = with_task_scores(self, results)
-        return results  # type: ignore[return-value]
+    def with_tasks(self, results: Sequence[EvalResult]) -> list[EvalResult]:
+        """``results`` with every task of this evaluator: kept where a result carries it,
+        else from the store, else scored (one merge per mixture) and stored."""
+        if not self.tasks:
+            return list(results)
+        found: dict[str, dict[str, TaskScore]] = {}
+        todo: dict[Mixture, str] = {}
+        for r in results:
+            m = r.mixture
+            if m.key in found:
+                continue
+            kept = {n: s for n, s in r.tasks.items() if n in self.tasks}  # a race's own
+            if len(kept) == len(self.tasks):
+                found[m.key] = kept
+                continue
+            key = self.pool_key(m)
+            found[m.key] = {**self._task_hits(m, key), **kept}
+            if len(found[m.key]) < len(self.tasks):
+                todo[m] = key
+        tasks = [t for t in self.tasks.values() if any(t.name not in found[m.key] for m in todo)]
+        for s in self.executor.run(list(todo), None, tasks):
+            found[s.mixture.key] = self._record_tasks(s, todo[s.mixture], found[s.mixture.key])
+        return [
+            dataclasses.replace(r, tasks={n: found[r.mixture.key][n] for n in self.tasks})
+            for r in results
+        ]
+
+    def _task_hits(self, mixture: Mixture, key: str) -> dict[str, TaskScore]:
+        """The tasks whose scores of ``mixture`` the store holds."""
+        hits = {n: self.cache.lookup_task(t, mixture, key) for n, t in self.tasks.items()}
+        return {n: s for n, s in hits.items() if s is not None}
+
+    def _record_tasks(
+        self, scored: Scored, key: str, have: Mapping[str, TaskScore]
+    ) -> dict[str, TaskScore]:
+        """``have`` plus the new task scores in ``scored`` (stored), in task order."""
+        found = dict(have)
+        for name, s in scored.tasks.items():
+            if name not in found:
+                found[name] = self.cache.record_task(self.tasks[name], scored.mixture, key, s)
+        return {n: found[n] for n in self.tasks if n in found}
 
     def all_subsets(self, max_size: int | None = None) -> list[Mixture]:
         """Every uniform subset of the pool's partitions (Gray-code order)."""

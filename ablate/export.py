@@ -137,9 +137,13 @@ def export(
                 from ablate.engine.merge import MergedModel
 
                 model = MergedModel(
-                    pool, layout.members, device=torch.device("cpu"), progress=progress
+                    pool,
+                    layout.members,
+                    device=torch.device("cpu"),
+                    progress=progress,
+                    layout=layout,
                 )
-            model.merge(torch.from_numpy(weights).float())
+            model.load(mixture)
             _write_full(pool, model, tmp, torch_dtype)
         record["files"] = {
             str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))

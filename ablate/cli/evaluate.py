@@ -95,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         domains = list(ev.domains)
     if args.top is not None:
         results = sorted(results, key=lambda r: r.macro_ppl)[: args.top]
-    from ablate.data.tasks import task_rows
+    from ablate.present.tables import task_rows
 
     if args.json:
         # one object per mixture x domain, a macro object, then a "task" object per task

@@ -20,15 +20,20 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 import ablate.kernels as kernels
+from ablate.engine.layout import MemberLayout
 from ablate.pool import Pool
 from ablate.pool.architectures import stores_transposed
 from ablate.pool.errors import CorruptMemberError
 from ablate.pool.storage import MemberRecord
 from ablate.pool.weights import load_tensors
+
+if TYPE_CHECKING:
+    from ablate.mixture import Mixture
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +64,9 @@ class MergedModel:
     """A model skeleton whose weights are a weighted average of pool members.
 
     It owns the member stack, the merge (``kernels.weighted_average``, or one GEMM of
-    concatenated factors for LoRA pools) and the Gray-code running-sum walk over uniform
-    subsets (``walk``; ``supports_walks`` says whether the pool's method allows it). Score
-    its current weights with ``ablate.engine.scoring.Scorer(model, eval_set)``.
+    concatenated factors for LoRA pools), "load this mixture" (``load``) and the walk over
+    many mixtures (``visit``: Gray-code running sums over uniform subsets where the pool's
+    method allows it). Score its current weights with ``ablate.engine.scoring.Scorer``.
     """
 
     def __init__(
@@ -72,14 +77,17 @@ class MergedModel:
         device: torch.device,
         progress: bool = True,
         stack_budget_bytes: int | None = None,
+        layout: MemberLayout | None = None,
     ):
-        """Load the members; ``stack_budget_bytes`` caps the stack's device memory (None: measure)."""
+        """Load the members; ``stack_budget_bytes`` caps the stack's device memory (None:
+        measure); ``layout`` maps mixtures to rows (None: built from the pool on first use)."""
         if not members:
             raise CorruptMemberError(
                 "the pool has no trained members; run `ablate pool grow` first"
             )
         self.pool = pool
         self.members = list(members)
+        self._layout = layout
         self.device = device
         self.method = pool.method
         model = pool.load_base_model()
@@ -289,6 +297,30 @@ class MergedModel:
                     kernels.weighted_average(block, w, out=self.flat[a:b])
         if extrapolate != 1.0:
             self.flat.add_(self._seed_flat(), alpha=1.0 - extrapolate)
+
+    @property
+    def layout(self) -> MemberLayout:
+        """Which rows each mixture weighs (the pool's layout unless one was given)."""
+        if self._layout is None:
+            self._layout = MemberLayout(self.pool)
+        return self._layout
+
+    def load(self, mixture: Mixture) -> None:
+        """Put ``mixture``'s merged weights into the skeleton."""
+        self.merge(torch.from_numpy(self.layout.member_weights(mixture)).float())
+
+    def visit(self, mixtures: Sequence[Mixture]) -> Iterator[Mixture]:
+        """Load each of ``mixtures`` in turn and yield it while the skeleton holds it.
+
+        Uniform subsets come first, in Gray-code order through the running-sum ``walk``
+        (where the pool's method allows it), then every other mixture merged one by one.
+        """
+        walk, rest = self.layout.walk_order(mixtures)
+        for i in self.walk([m.names for m in walk], self.layout.rows_of):
+            yield walk[i]
+        for m in rest:
+            self.load(m)
+            yield m
 
     def norm_lambda(self, weights: torch.Tensor) -> float:
         """``sum_i w_i |d_i| / |sum_i w_i d_i|`` with ``d_i = theta_i - theta_0``: how much

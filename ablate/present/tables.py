@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from ablate.engine.scoring import EvalResult
+
 _TOP = 15  # ranked rows shown in the table: enough to see the winners, short enough to read
 _ELLIPSIS = "\u2026"
 
@@ -349,3 +351,37 @@ def _has_tabulate() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tabulate") is not None
+
+
+# ---------------------------------------------------------------------- task tables
+def task_frame(results: Sequence[EvalResult]) -> pd.DataFrame:
+    """One row per mixture x task: ``mixture``, ``size``, ``task``, ``n``, ``acc`` (with
+    ``acc_lo``/``acc_hi``, 95% bootstrap over items), ``acc_norm``, ``gold_nll``, ``cached``,
+    ``weights`` (reports and notebooks read it)."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        for name, s in getattr(r, "tasks", {}).items():
+            lo, hi = s.intervals()["acc"]
+            rows.append(
+                {
+                    "mixture": str(r.mixture),
+                    "size": len(r.mixture.names),
+                    "task": name,
+                    "n": s.n,
+                    "acc": s.acc,
+                    "acc_lo": lo,
+                    "acc_hi": hi,
+                    "acc_norm": s.acc_norm,
+                    "gold_nll": s.gold_nll,
+                    "cached": s.cached,
+                    "weights": r.mixture.as_dict(),
+                }
+            )
+    return pd.DataFrame.from_records(rows)
+
+
+def task_rows(results: Sequence[EvalResult]) -> list[dict]:
+    """The ``"task"`` objects of ``--json``: one per mixture x task."""
+    return [s.row(r.mixture.as_dict()) for r in results for s in getattr(r, "tasks", {}).values()]

@@ -25,7 +25,7 @@ from ablate.strategies.base import SearchContext, Trial, register
 
 if TYPE_CHECKING:
     from ablate.evaluator import EvalResult, Evaluator
-    from ablate.strategies.space import Target
+    from ablate.objective import Target
 
 _ETA0 = 1.0  # first step: the most-favoured partition's weight moves by a factor e
 _ETA_GROW = 1.5  # after an improvement
@@ -62,7 +62,7 @@ def mixture_gradient(
         )
     result = result if result is not None else ev.evaluate(mixture)
     merged = ev.merged
-    merged.merge(torch.from_numpy(ev.member_weights(mixture)).float())
+    merged.load(mixture)
     model = merged.model
     coef = target.coefficients(target.domains(ev.domains))
     # d (sum_d c_d exp(nll_d / T_d)) = sum_d c_d ppl_d / T_d * d nll_d, one factor per token.

@@ -83,7 +83,7 @@ def validate(
     import pandas as pd
 
     from ablate.evaluator import as_mixture
-    from ablate.strategies.space import Target
+    from ablate.objective import Target
     from ablate.validation.models import ensure_trained, plan_for
 
     if check_search is not None and any(
@@ -331,8 +331,8 @@ def _check_search(
     really best mixture for that target."""
     import pandas as pd
 
+    from ablate.objective import Target
     from ablate.strategies import search
-    from ablate.strategies.space import Target
     from ablate.validation.decisions import target_ppl
     from ablate.validation.models import ensure_trained, plan_for
 
