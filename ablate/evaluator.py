@@ -9,7 +9,7 @@
   per document; another eval set on the same weights is another ``Scorer``;
 * ``ResultsCache`` (``ablate.engine.results``): store lookup before scoring, record after;
 * an ``Executor`` (``ablate.engine.executor``): scores here, or on Ray actors
-  (``executor="ray"``, ``ablate.distributed``).
+  (``executor="ray"``, ``ablate.engine.ray``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ablate.data.evalset import EvalSet
 from ablate.data.tasks import Task, load_tasks
 from ablate.engine.executor import Executor, ExecutorName, LocalExecutor, Scored, Scorers
 from ablate.engine.layout import MemberLayout, gray_subsets
+from ablate.engine.ray import RayExecutor, check_ray_settings
 from ablate.engine.results import ResultsCache, ResultsStore
 from ablate.engine.scoring import (
     MACRO,
@@ -122,8 +123,8 @@ class Evaluator:
             process; a larger stack streams from the memory-mapped members (None: 70% of
             what is free).
         tasks: Multiple-choice task files (``FILE`` or ``NAME=FILE``, ``ablate.data.tasks``)
-            scored with every mixture: ``evaluate(m).tasks[NAME]``. Task items are scored
-            in this process (also with ``executor="ray"``).
+            scored with every mixture: ``evaluate(m).tasks[NAME]``, on the same merge as
+            its perplexity (by the executor: here, or on the Ray actors).
     """
 
     def __init__(
@@ -147,8 +148,6 @@ class Evaluator:
         if executor not in ("local", "ray"):
             raise AblateError(f"executor must be 'local' or 'ray', got {executor!r}")
         if executor == "ray":
-            from ablate.distributed import check_ray_settings
-
             check_ray_settings(workers, gpus_per_worker)  # before tokenizing anything
         pool = pool if isinstance(pool, Pool) else Pool.open(pool)
         eval_set = (
@@ -167,8 +166,6 @@ class Evaluator:
             stack_budget_bytes=stack_budget_bytes,
         )
         if executor == "ray":
-            from ablate.distributed import RayExecutor
-
             run: Executor = RayExecutor(
                 pool,
                 scorers.layout,

@@ -202,7 +202,7 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
 
     pool = Pool.open(args.pool)
     if args.backend == "ray":
-        from ablate.distributed import grow_with_ray
+        from ablate.pool import grow_with_ray
 
         trained = grow_with_ray(
             pool,
@@ -212,7 +212,7 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     else:
-        from ablate.distributed import torchrun_group
+        from ablate.pool import torchrun_group
 
         with torchrun_group(args.device) as main_rank:  # a no-op unless started by torchrun
             trained = pool.grow(args.only, progress=not args.quiet, device=args.device)
