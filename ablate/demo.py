@@ -250,7 +250,8 @@ def run_demo(
 ) -> Path:
     """Build (or reuse) the demo pool under ``out``, score every subset, write the report."""
     from ablate.evaluator import Evaluator, results_frame
-    from ablate.present.tables import task_frame, write_report
+    from ablate.present.markdown import write_report
+    from ablate.present.tables import task_frame
 
     out = Path(out)
     pool, _ = build_pool(out, QUICK if quick else FULL, progress=progress, device=device)

@@ -1,15 +1,8 @@
-"""Score any mixture of a pool by merging its members and measuring perplexity.
+"""Score any mixture of a pool: the face users call (``evaluate``, ``run_many``, ...).
 
-``Evaluator`` is a thin composition of the layers below it, with the face users know
-(``evaluate``, ``evaluate_many``, ``run_many``, ``all_subsets``):
-
-* ``MemberLayout`` (``ablate.engine.layout``): members as rows, weights and cache key of a mixture;
-* ``MergedModel`` (``ablate.engine.merge``): the member stack, the merge and the Gray-code walk;
-* ``Scorer`` (``ablate.engine.scoring``): one eval set's windows and batches, scored per domain or
-  per document; another eval set on the same weights is another ``Scorer``;
-* ``ResultsCache`` (``ablate.engine.results``): store lookup before scoring, record after;
-* an ``Executor`` (``ablate.engine.executor``): scores here, or on Ray actors
-  (``executor="ray"``, ``ablate.engine.ray``).
+``Evaluator`` composes the engine (``ablate.engine``: layout, merged model, scorers, results
+cache, executor) so that strategies, racing and validation read scores through one object
+and never touch the store or the stack themselves.
 """
 
 from __future__ import annotations
@@ -22,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 
@@ -104,16 +97,20 @@ def _shared(name: str, doc: str) -> property:
     return property(lambda self: getattr(self._loaded, name), doc=doc)
 
 
-class Evaluator:
-    """Merges pool members into mixtures and scores them on an eval set.
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """How an ``Evaluator`` reads eval data, where it scores and what it remembers.
+
+    Every field is also a keyword of ``Evaluator`` (``Evaluator(pool, data, by="domain")``
+    and ``Evaluator(pool, data, EvaluatorConfig(by="domain"))`` are the same).
 
     Args:
-        pool: A ``Pool`` or its path.
-        eval_data: Eval files (same formats as corpora), or an already loaded ``EvalSet``.
         by: Metadata field that names each eval document's domain (one domain if None).
+        text_field: Field of each eval record that holds its text.
         device: ``"cpu"``, ``"cuda"``, or None for CUDA when available (Ray: the actors').
         batch_tokens: Tokens per forward pass; bounds activation memory.
         store: Use the pool's ``results.sqlite`` (True), another path, or no store (False).
+        progress: Whether progress bars show by default.
         executor: ``"local"`` scores here; ``"ray"`` fans mixtures out over ``workers`` Ray
             actors that each stack the pool once (only this process touches the store).
         workers: Ray actors (``executor="ray"``).
@@ -127,58 +124,76 @@ class Evaluator:
             its perplexity (by the executor: here, or on the Ray actors).
     """
 
+    by: str | None = None
+    text_field: str = "text"
+    device: str | None = None
+    batch_tokens: int = 8192
+    store: bool | str | os.PathLike = True
+    progress: bool = True
+    executor: ExecutorName = "local"
+    workers: int = 2
+    address: str | None = None
+    gpus_per_worker: float = 0.0
+    stack_budget_bytes: int | None = None
+    tasks: Sequence[str | os.PathLike | Task] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))  # frozen: a list would not be
+        if self.executor not in get_args(ExecutorName):
+            raise AblateError(f"executor must be 'local' or 'ray', got {self.executor!r}")
+
+
+class Evaluator:
+    """Merges pool members into mixtures and scores them on an eval set.
+
+    Args:
+        pool: A ``Pool`` or its path.
+        eval_data: Eval files (same formats as corpora), or an already loaded ``EvalSet``.
+        config: How to read, score and remember (``EvaluatorConfig``; default: its defaults).
+        **options: Any ``EvaluatorConfig`` field by name, overriding ``config``'s.
+    """
+
     def __init__(
         self,
         pool: Pool | str | os.PathLike,
         eval_data: EvalSet | str | os.PathLike | Sequence[str | os.PathLike],
-        *,
-        by: str | None = None,
-        text_field: str = "text",
-        device: str | None = None,
-        batch_tokens: int = 8192,
-        store: bool | str | os.PathLike = True,
-        progress: bool = True,
-        executor: ExecutorName = "local",
-        workers: int = 2,
-        address: str | None = None,
-        gpus_per_worker: float = 0.0,
-        stack_budget_bytes: int | None = None,
-        tasks: Sequence[str | os.PathLike | Task] = (),
+        config: EvaluatorConfig | None = None,
+        **options: object,
     ):
-        if executor not in ("local", "ray"):
-            raise AblateError(f"executor must be 'local' or 'ray', got {executor!r}")
-        if executor == "ray":
-            check_ray_settings(workers, gpus_per_worker)  # before tokenizing anything
+        cfg = dataclasses.replace(config or EvaluatorConfig(), **options)  # type: ignore[arg-type]
+        if cfg.executor == "ray":
+            check_ray_settings(cfg.workers, cfg.gpus_per_worker)  # before tokenizing anything
         pool = pool if isinstance(pool, Pool) else Pool.open(pool)
         eval_set = (
             eval_data
             if isinstance(eval_data, EvalSet)
-            else EvalSet.load(pool, eval_data, by=by, text_field=text_field)
+            else EvalSet.load(pool, eval_data, by=cfg.by, text_field=cfg.text_field)
         )
-        task_set: dict[str, Task] = load_tasks(pool, tasks)  # bad lines fail before any write
-        path = pool.path / "results.sqlite" if store is True else store
+        task_set: dict[str, Task] = load_tasks(pool, cfg.tasks)  # bad lines fail before any write
+        path = pool.path / "results.sqlite" if cfg.store is True else cfg.store
         scorers = Scorers(
             pool,
             MemberLayout(pool),
-            device_name=device,
-            batch_tokens=batch_tokens,
-            progress=progress,
-            stack_budget_bytes=stack_budget_bytes,
+            device_name=cfg.device,
+            batch_tokens=cfg.batch_tokens,
+            progress=cfg.progress,
+            stack_budget_bytes=cfg.stack_budget_bytes,
         )
-        if executor == "ray":
+        if cfg.executor == "ray":
             run: Executor = RayExecutor(
                 pool,
                 scorers.layout,
-                workers=workers,
-                address=address,
-                device=device,
-                gpus_per_worker=gpus_per_worker,
-                batch_tokens=batch_tokens,
+                workers=cfg.workers,
+                address=cfg.address,
+                device=cfg.device,
+                gpus_per_worker=cfg.gpus_per_worker,
+                batch_tokens=cfg.batch_tokens,
             )
         else:
             run = LocalExecutor(scorers)
         loaded = _Loaded(scorers, ResultsStore(path) if path else None, run)
         self._loaded = loaded
+        self.config = cfg
         self.eval_set = eval_set
         self.tasks = task_set
         self.cache = ResultsCache(loaded.store, eval_set)
@@ -400,6 +415,7 @@ __all__ = [
     "DomainScore",
     "EvalResult",
     "Evaluator",
+    "EvaluatorConfig",
     "MixtureLike",
     "ScoringBatch",
     "as_mixture",

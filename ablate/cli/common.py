@@ -284,7 +284,7 @@ def check_out_folder(path: str, flag: str) -> None:
 
 def check_figure_path(path: str, flag: str) -> None:
     """``path`` must name a file in an existing folder, with a suffix matplotlib can write."""
-    from ablate.present.tables import figure_formats
+    from ablate.present.heatmap import figure_formats
 
     p = Path(path)
     fmt = p.suffix[1:].lower()

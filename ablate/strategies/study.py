@@ -192,7 +192,7 @@ class Study:
             f"ablate search: {self.strategy}, target {self.target}, {self.evaluations} evaluations"
         )
         if path is not None:
-            from ablate.present.tables import save_figure
+            from ablate.present.heatmap import save_figure
 
             save_figure(fig, path, dpi=120)
         return fig

@@ -61,3 +61,22 @@ def test_cli_eval_json_schema(full_pool, corpus):
     assert json.loads(r2.stdout) == rows
     bad = run_cli("eval", full_pool.path, "--eval-data", corpus["eval"], "--mixture", "code,zzz")
     assert bad.returncode == 2 and "unknown partition(s) 'zzz'" in bad.stderr
+
+
+def test_a_config_object_and_keywords_are_the_same(full_pool_dir, corpus):
+    from ablate import EvaluatorConfig
+    from ablate.pool.errors import AblateError
+
+    cfg = EvaluatorConfig(by="domain", store=False, progress=False, batch_tokens=512)
+    a = Evaluator(full_pool_dir, corpus["eval"], cfg)
+    b = Evaluator(full_pool_dir, corpus["eval"], by="domain", store=False, progress=False,
+                  batch_tokens=512)  # fmt: skip
+    c = Evaluator(full_pool_dir, corpus["eval"], cfg, batch_tokens=1024)  # a keyword overrides
+    assert a.config == b.config and a.batch_tokens == b.batch_tokens == 512
+    assert c.batch_tokens == 1024 and c.config.by == "domain" and a.store is None
+    assert a.domains == b.domains
+    with pytest.raises(TypeError, match="batch_token"):
+        Evaluator(full_pool_dir, corpus["eval"], batch_token=1)
+    with pytest.raises(AblateError, match="executor must be 'local' or 'ray'"):
+        EvaluatorConfig(executor="slurm")
+    assert EvaluatorConfig(tasks=["a.jsonl"]).tasks == ("a.jsonl",)  # frozen and hashable
