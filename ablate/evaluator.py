@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ablate.data.evalset import EvalSet
 from ablate.data.tasks import Task, load_tasks
@@ -36,9 +37,11 @@ from ablate.engine.scoring import (
     TaskScorer,
     target_nll,
 )
+from ablate.export import export
 from ablate.mixture import Mixture
 from ablate.pool import Pool
 from ablate.pool.errors import AblateError
+from ablate.pool.train import pick_device
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -229,8 +232,6 @@ class Evaluator:
 
     @cached_property
     def device(self) -> torch.device:
-        from ablate.pool.train import pick_device
-
         return pick_device(self.device_name)
 
     @property
@@ -277,8 +278,6 @@ class Evaluator:
         """Scores of ``mixtures`` in their order: the store answers what it knows, the
         executor scores the rest once each (tasks on the same merge), and every new score
         is stored as it arrives (an interrupted run keeps them)."""
-        from tqdm.auto import tqdm
-
         mixtures = [as_mixture(m) for m in mixtures]
         out: dict[str, EvalResult | None] = {}
         todo: dict[Mixture, str] = {}
@@ -360,8 +359,6 @@ class Evaluator:
         overwrite: bool = False,
     ) -> Path:
         """Write ``mixture``'s merged proxy as a Hugging Face folder (``ablate.export``)."""
-        from ablate.export import export
-
         return export(
             self.pool,
             as_mixture(mixture),

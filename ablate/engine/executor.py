@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from ablate.engine.layout import MemberLayout
 from ablate.engine.scoring import DomainScore, Scorer, TaskScore, TaskScorer
+from ablate.pool.train import pick_device
 
 if TYPE_CHECKING:
     from ablate.data.evalset import EvalSet
@@ -75,7 +76,6 @@ class Scorers:
         """The merged model, loading the members on first call (cache hits never pay)."""
         if self.model is None:
             from ablate.engine.merge import MergedModel  # torch: only once something is scored
-            from ablate.pool.train import pick_device
 
             self.model = MergedModel(
                 self.pool,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import ablate.kernels as kernels
 from ablate.engine.layout import MemberLayout
@@ -192,8 +193,6 @@ class MergedModel:
                 raise CorruptMemberError(self.unusable[r])
 
     def _load_full(self, progress: bool) -> torch.Tensor:
-        from tqdm.auto import tqdm
-
         stack = torch.empty(
             len(self.members), self.flat.numel(), dtype=self.flat.dtype, device=self.device
         )
@@ -205,8 +204,6 @@ class MergedModel:
         return stack
 
     def _load_lora(self, progress: bool) -> list[_LoraSite]:
-        from tqdm.auto import tqdm
-
         spec = self.pool.manifest.recipe.lora
         per_member: list[dict[str, torch.Tensor] | None] = []
         for i, rec in enumerate(

@@ -21,6 +21,7 @@ import numpy as np
 from ablate.data.evalset import IGNORE, EvalSet, Windows
 from ablate.data.tasks import Task
 from ablate.engine.scores import MACRO, DocScores, DomainScore, EvalResult, TaskScore
+from ablate.pool.architectures import lm_head
 
 if TYPE_CHECKING:
     import torch
@@ -79,8 +80,7 @@ def target_nll(model: torch.nn.Module, batch: ScoringBatch) -> torch.Tensor:
     Runs the model body, then ``kernels.token_nll`` on the final hidden states of real
     targets only (never on padding).
     """
-    import ablate.kernels as kernels
-    from ablate.pool.architectures import lm_head
+    import ablate.kernels as kernels  # imports torch: only once something is scored
 
     hidden = model.base_model(input_ids=batch.inputs, use_cache=False).last_hidden_state
     head = lm_head(model)  # weight, bias, logit scale (Cohere, Granite), soft-cap (Gemma 2)

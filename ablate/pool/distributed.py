@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ablate.pool.errors import AblateError, PoolError
 from ablate.pool.pool import Pool, UnitRef
 from ablate.pool.storage import MemberRecord
@@ -93,8 +95,6 @@ def grow_with_ray(
         gpus_per_member: GPUs (or a fraction of one) per task; 0 trains on CPU.
         progress: Show a bar that advances as members finish.
     """
-    from tqdm.auto import tqdm
-
     pool = pool if isinstance(pool, Pool) else Pool.open(pool)
     if gpus_per_member < 0:
         raise AblateError(f"--gpus-per-member must be >= 0, got {gpus_per_member}")

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ablate.pool.atomic import write_bytes
 from ablate.present.tables import ranked, truncate
 
@@ -86,7 +88,6 @@ def plot_heatmap(
     """
     # A bare Figure (no pyplot) renders headless without switching the process's backend,
     # so notebooks that call this keep their inline plots.
-    import numpy as np
     from matplotlib.figure import Figure
 
     table = ranked(frame) if table is None else table
@@ -128,7 +129,6 @@ def plot_heatmap(
 
 def _heatmap_panel(ax, fig, table, logratio, best_pos, cols, shown) -> None:
     """One block of heatmap columns with its own clipped log scale and colour bar."""
-    import numpy as np
     from matplotlib import colormaps
     from matplotlib.ticker import FuncFormatter
 

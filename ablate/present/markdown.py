@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,8 +92,6 @@ def task_section(tasks: pd.DataFrame, k: int = 5) -> str:
 
 
 def _has_tabulate() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("tabulate") is not None
 
 

@@ -60,15 +60,18 @@ evaluator are scored in full for survivors as before.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from ablate.engine.executor import LocalExecutor
 from ablate.engine.scores import DocScores, DomainScore, EvalResult, TaskScore
+from ablate.evaluator import as_mixture
 from ablate.mixture import Mixture
-from ablate.objective import TASK_LOSS_SCALE, as_task_loss
+from ablate.objective import TASK_LOSS_SCALE, Target, as_task_loss, task_term
 from ablate.pool.errors import AblateError
 from ablate.racing.engine import (
     DEFAULT_CONFIDENCE,
@@ -187,11 +190,8 @@ class Race:
         top: int = 1,
         seed: int = RACE_SEED,
     ):
-        from ablate.engine.executor import LocalExecutor
-
         if not isinstance(ev.executor, LocalExecutor):
             raise AblateError("--race scores in this process; drop --backend ray or --race")
-        from ablate.objective import Target, task_term
 
         if isinstance(target, str):
             target = Target.parse(target)
@@ -264,8 +264,6 @@ class Race:
     def run(self, mixtures: Sequence[Mixture]) -> list[EvalResult | PartialResult]:
         """Each mixture's full ``EvalResult`` (store hits and survivors) or ``PartialResult``
         (dropped), in the given order."""
-        from ablate.evaluator import as_mixture
-
         mixtures = [as_mixture(m) for m in mixtures]
         ev, known = self.ev, {}
         todo: dict[str, Mixture] = {}
@@ -357,8 +355,6 @@ class Race:
         return out
 
     def _result(self, m: Mixture, o: Outcome) -> EvalResult | PartialResult:
-        import dataclasses
-
         ev, es = self.ev, self.ev.eval_set
         nll, tokens = o.nll[: self.n_docs], self.racer.tokens[: self.n_docs]
         choice = self._choice.pop(m.key, {})

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ablate.engine.scoring import target_nll
 from ablate.mixture import Mixture
 from ablate.pool.errors import AblateError
 from ablate.strategies.base import SearchContext, Trial, register
@@ -53,8 +54,6 @@ def mixture_gradient(
         ``{partition: derivative}`` of the target's weighted mean perplexity.
     """
     import torch
-
-    from ablate.engine.scoring import target_nll
 
     if ev.pool.method.merges_by_factors:
         raise AblateError(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ablate.engine.layout import gray_subsets, iter_subsets
 from ablate.mixture import Mixture, MixtureError
 from ablate.objective import Target
 from ablate.pool.errors import AblateError
@@ -123,8 +124,6 @@ class SearchSpace:
     def subsets(self) -> list[Mixture]:
         """Every mixture of a subset space, in reflected Gray-code order of the free members
         (refused, with how to restrict it, above ``ablate.engine.layout.MAX_ALL_SUBSETS``)."""
-        from ablate.engine.layout import gray_subsets
-
         out = [self.subset(())] if self.require else []
         for idx in gray_subsets(len(self.free), self.free_limit):
             out.append(self.subset(self.free[i] for i in idx))
@@ -133,8 +132,6 @@ class SearchSpace:
     def iter_subsets(self) -> Iterator[Mixture]:
         """Every mixture of a subset space, lazily, smallest first (``itertools.combinations``
         up to ``max_size``): any number of partitions, nothing of size 2^n built."""
-        from ablate.engine.layout import iter_subsets
-
         if self.require:
             yield self.subset(())
         for idx in iter_subsets(len(self.free), self.free_limit):
