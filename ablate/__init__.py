@@ -2,35 +2,22 @@
 
 Train one model per data partition (the pool), merge any mixture by parameter averaging,
 score the merge's perplexity (Na et al., EMNLP 2024, "Scalable Data Ablation Approximations
-for Language Models through Modular Training and Merging").
-
-The layers, bottom up (each one importable and usable on its own):
-
-* ``pool`` - partitions, the seed model and one trained member per partition unit; a
-  ``Method`` (full, LoRA) owns what a member stores and how it merges.
-* ``MemberLayout`` - which stack rows a mixture weighs, its cache key, Gray-code order.
-* ``MergedModel`` (``ablate.engine.merge``) - the ``[N, P]`` member stack and one model skeleton;
-  a merge is one ``kernels.weighted_average``; running-sum walks over subsets.
-* ``Scorer(model, eval_set)`` - windows and batches of one eval set, NLL per domain or per
-  document through ``kernels.token_nll``.
-* ``ResultsCache`` / ``ResultsStore`` - no mixture is scored twice.
-* an executor - scores a batch of mixtures here or on Ray actors (``executor="ray"``).
-* ``Race`` (``ablate.racing.policy``) - a scoring policy: mixtures proven worse on part of the
-  eval set stop early, survivors are scored in full.
-* ``Evaluator`` - the composition users call (``evaluate``, ``run_many``, ...); ``search``
-  and ``validate`` read scores only through it.
+for Language Models through Modular Training and Merging"). This face lists the public
+names; the rooms behind it, and which may import which, are stated and enforced by
+``tests/test_layers.py``.
 """
 
 from ablate.data.evalset import EvalSet
-from ablate.data.tasks import Task, TaskScore, TaskScorer, task_frame
+from ablate.data.tasks import Task
 from ablate.engine.layout import MemberLayout
 from ablate.engine.results import ResultsCache, ResultsStore
-from ablate.engine.scoring import DocScores, Scorer
-from ablate.evaluator import DomainScore, EvalResult, Evaluator, results_frame
+from ablate.engine.scoring import DocScores, Scorer, TaskScore, TaskScorer
+from ablate.evaluator import DomainScore, EvalResult, Evaluator, EvaluatorConfig, results_frame
 from ablate.laws import MixtureLaw
 from ablate.mixture import Mixture, MixtureError
 from ablate.pool import AblateError, LoraSpec, Pool, Recipe, TinyModelSpec
 from ablate.pool.cluster import ClusterModel, add_clustered, fit_clusters
+from ablate.present.tables import task_frame
 from ablate.racing.policy import PartialResult, Race, RaceStats
 from ablate.strategies import Study, search
 from ablate.validation import ValidationReport, validate
@@ -44,6 +31,7 @@ __all__ = [
     "EvalResult",
     "EvalSet",
     "Evaluator",
+    "EvaluatorConfig",
     "LoraSpec",
     "MemberLayout",
     "Mixture",

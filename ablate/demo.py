@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ablate.evaluator import Evaluator, results_frame
+from ablate.pool import Pool, Recipe, TinyModelSpec
 from ablate.pool.atomic import write_bytes
+from ablate.present.markdown import write_report
+from ablate.present.tables import task_frame
+from ablate.validation import validate
 
 if TYPE_CHECKING:
     from ablate.evaluator import Evaluator
@@ -138,8 +144,6 @@ def continuation_task(docs: list[dict], seed: int = 0) -> list[dict]:
     The tiny demo models are far from answering longer continuations (60 characters: near
     chance, 25%); the next word they get right about half of the time, which leaves room
     for mixtures to differ."""
-    import random
-
     rng = random.Random(seed)
     cuts = []  # (doc index, domain, snippet, word)
     for i, d in enumerate(docs):
@@ -176,8 +180,6 @@ def build_pool(
     """Build (or reuse) the demo pool under ``out`` with ``settings``: returns the pool and
     its eval file (held-out documents of every partition). The multiple-choice task
     ``TASK_FILE`` is written beside it, cut from the same held-out documents."""
-    from ablate.pool import Pool, Recipe, TinyModelSpec
-
     s = settings
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,10 +251,6 @@ def run_demo(
     out: str | Path, *, quick: bool = False, progress: bool = True, device: str | None = None
 ) -> Path:
     """Build (or reuse) the demo pool under ``out``, score every subset, write the report."""
-    from ablate.data.tasks import task_frame
-    from ablate.evaluator import Evaluator, results_frame
-    from ablate.present.tables import write_report
-
     out = Path(out)
     pool, _ = build_pool(out, QUICK if quick else FULL, progress=progress, device=device)
     ev = Evaluator(
@@ -292,8 +290,6 @@ def _validate(ev: Evaluator, out: Path) -> None:
     Fixed budget: each real model costs one member's training, so the demo stays short.
     Progress bars and the training device are the evaluator's, as ``validate`` defaults to.
     """
-    from ablate.validation import validate
-
     print(
         f"validating: really training {_VALIDATE_MIXTURES} weighted mixtures at the members' "
         "budget to compare with their proxies"

@@ -1,15 +1,8 @@
-"""Score any mixture of a pool by merging its members and measuring perplexity.
+"""Score any mixture of a pool: the face users call (``evaluate``, ``run_many``, ...).
 
-``Evaluator`` is a thin composition of the layers below it, with the face users know
-(``evaluate``, ``evaluate_many``, ``run_many``, ``all_subsets``):
-
-* ``MemberLayout`` (``ablate.engine.layout``): members as rows, weights and cache key of a mixture;
-* ``MergedModel`` (``ablate.engine.merge``): the member stack, the merge and the Gray-code walk;
-* ``Scorer`` (``ablate.engine.scoring``): one eval set's windows and batches, scored per domain or
-  per document; another eval set on the same weights is another ``Scorer``;
-* ``ResultsCache`` (``ablate.engine.results``): store lookup before scoring, record after;
-* an ``Executor`` (``ablate.engine.executor``): scores here, or on Ray actors
-  (``executor="ray"``, ``ablate.distributed``).
+``Evaluator`` composes the engine (``ablate.engine``: layout, merged model, scorers, results
+cache, executor) so that strategies, racing and validation read scores through one object
+and never touch the store or the stack themselves.
 """
 
 from __future__ import annotations
@@ -19,16 +12,19 @@ import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ablate.data.evalset import EvalSet
-from ablate.engine.executor import Executor, ExecutorName, LocalExecutor
+from ablate.data.tasks import Task, load_tasks
+from ablate.engine.executor import Executor, ExecutorName, LocalExecutor, Scored, Scorers
 from ablate.engine.layout import MemberLayout, gray_subsets
+from ablate.engine.ray import RayExecutor, check_ray_settings
 from ablate.engine.results import ResultsCache, ResultsStore
 from ablate.engine.scoring import (
     MACRO,
@@ -37,17 +33,20 @@ from ablate.engine.scoring import (
     EvalResult,
     Scorer,
     ScoringBatch,
+    TaskScore,
+    TaskScorer,
     target_nll,
 )
+from ablate.export import export
 from ablate.mixture import Mixture
 from ablate.pool import Pool
 from ablate.pool.errors import AblateError
+from ablate.pool.train import pick_device
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from ablate.data.tasks import Task, TaskScorer
     from ablate.engine.merge import MergedModel
     from ablate.pool.storage import MemberRecord
 
@@ -68,50 +67,32 @@ def as_mixture(m: MixtureLike) -> Mixture:
 
 @dataclass
 class _Loaded:
-    """What evaluators of one pool share, whatever eval set each scores: the members'
-    layout, the lazily loaded model, its scorers and the executor."""
+    """What evaluators of one pool share, whatever eval set each scores: the merged model
+    and its scorers (``Scorers``), the results store and the executor."""
 
-    pool: Pool
-    layout: MemberLayout
-    device_name: str | None
-    batch_tokens: int
-    progress: bool
+    scorers: Scorers
     store: ResultsStore | None
-    stack_budget_bytes: int | None = None
-    executor: Executor | None = None
-    model: MergedModel | None = None
-    scorers: dict[str, Scorer] = field(default_factory=dict)
-    task_scorers: dict[str, TaskScorer] = field(default_factory=dict)
+    executor: Executor
 
-    def merged(self) -> MergedModel:
-        if self.model is None:
-            from ablate.engine.merge import MergedModel
-            from ablate.pool.train import pick_device
+    @property
+    def pool(self) -> Pool:
+        return self.scorers.pool
 
-            self.model = MergedModel(
-                self.pool,
-                self.layout.members,
-                device=pick_device(self.device_name),
-                progress=self.progress,
-                stack_budget_bytes=self.stack_budget_bytes,
-            )
-        return self.model
+    @property
+    def layout(self) -> MemberLayout:
+        return self.scorers.layout
 
-    def scorer(self, eval_set: EvalSet) -> Scorer:
-        if eval_set.fingerprint not in self.scorers:
-            self.scorers[eval_set.fingerprint] = Scorer(
-                self.merged(), eval_set, batch_tokens=self.batch_tokens
-            )
-        return self.scorers[eval_set.fingerprint]
+    @property
+    def device_name(self) -> str | None:
+        return self.scorers.device_name
 
-    def task_scorer(self, task: Task) -> TaskScorer:
-        if task.fingerprint not in self.task_scorers:
-            from ablate.data.tasks import TaskScorer
+    @property
+    def batch_tokens(self) -> int:
+        return self.scorers.batch_tokens
 
-            self.task_scorers[task.fingerprint] = TaskScorer(
-                self.merged(), task, batch_tokens=self.batch_tokens
-            )
-        return self.task_scorers[task.fingerprint]
+    @property
+    def progress(self) -> bool:
+        return self.scorers.progress
 
 
 def _shared(name: str, doc: str) -> property:
@@ -119,16 +100,20 @@ def _shared(name: str, doc: str) -> property:
     return property(lambda self: getattr(self._loaded, name), doc=doc)
 
 
-class Evaluator:
-    """Merges pool members into mixtures and scores them on an eval set.
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """How an ``Evaluator`` reads eval data, where it scores and what it remembers.
+
+    Every field is also a keyword of ``Evaluator`` (``Evaluator(pool, data, by="domain")``
+    and ``Evaluator(pool, data, EvaluatorConfig(by="domain"))`` are the same).
 
     Args:
-        pool: A ``Pool`` or its path.
-        eval_data: Eval files (same formats as corpora), or an already loaded ``EvalSet``.
         by: Metadata field that names each eval document's domain (one domain if None).
+        text_field: Field of each eval record that holds its text.
         device: ``"cpu"``, ``"cuda"``, or None for CUDA when available (Ray: the actors').
         batch_tokens: Tokens per forward pass; bounds activation memory.
         store: Use the pool's ``results.sqlite`` (True), another path, or no store (False).
+        progress: Whether progress bars show by default.
         executor: ``"local"`` scores here; ``"ray"`` fans mixtures out over ``workers`` Ray
             actors that each stack the pool once (only this process touches the store).
         workers: Ray actors (``executor="ray"``).
@@ -138,68 +123,80 @@ class Evaluator:
             process; a larger stack streams from the memory-mapped members (None: 70% of
             what is free).
         tasks: Multiple-choice task files (``FILE`` or ``NAME=FILE``, ``ablate.data.tasks``)
-            scored with every mixture: ``evaluate(m).tasks[NAME]``. Task items are scored
-            in this process (also with ``executor="ray"``).
+            scored with every mixture: ``evaluate(m).tasks[NAME]``, on the same merge as
+            its perplexity (by the executor: here, or on the Ray actors).
+    """
+
+    by: str | None = None
+    text_field: str = "text"
+    device: str | None = None
+    batch_tokens: int = 8192
+    store: bool | str | os.PathLike = True
+    progress: bool = True
+    executor: ExecutorName = "local"
+    workers: int = 2
+    address: str | None = None
+    gpus_per_worker: float = 0.0
+    stack_budget_bytes: int | None = None
+    tasks: Sequence[str | os.PathLike | Task] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))  # frozen: a list would not be
+        if self.executor not in get_args(ExecutorName):
+            raise AblateError(f"executor must be 'local' or 'ray', got {self.executor!r}")
+
+
+class Evaluator:
+    """Merges pool members into mixtures and scores them on an eval set.
+
+    Args:
+        pool: A ``Pool`` or its path.
+        eval_data: Eval files (same formats as corpora), or an already loaded ``EvalSet``.
+        config: How to read, score and remember (``EvaluatorConfig``; default: its defaults).
+        **options: Any ``EvaluatorConfig`` field by name, overriding ``config``'s.
     """
 
     def __init__(
         self,
         pool: Pool | str | os.PathLike,
         eval_data: EvalSet | str | os.PathLike | Sequence[str | os.PathLike],
-        *,
-        by: str | None = None,
-        text_field: str = "text",
-        device: str | None = None,
-        batch_tokens: int = 8192,
-        store: bool | str | os.PathLike = True,
-        progress: bool = True,
-        executor: ExecutorName = "local",
-        workers: int = 2,
-        address: str | None = None,
-        gpus_per_worker: float = 0.0,
-        stack_budget_bytes: int | None = None,
-        tasks: Sequence[str | os.PathLike | Task] = (),
+        config: EvaluatorConfig | None = None,
+        **options: object,
     ):
-        if executor not in ("local", "ray"):
-            raise AblateError(f"executor must be 'local' or 'ray', got {executor!r}")
-        if executor == "ray":
-            from ablate.distributed import check_ray_settings
-
-            check_ray_settings(workers, gpus_per_worker)  # before tokenizing anything
+        cfg = dataclasses.replace(config or EvaluatorConfig(), **options)  # type: ignore[arg-type]
+        if cfg.executor == "ray":
+            check_ray_settings(cfg.workers, cfg.gpus_per_worker)  # before tokenizing anything
         pool = pool if isinstance(pool, Pool) else Pool.open(pool)
         eval_set = (
             eval_data
             if isinstance(eval_data, EvalSet)
-            else EvalSet.load(pool, eval_data, by=by, text_field=text_field)
+            else EvalSet.load(pool, eval_data, by=cfg.by, text_field=cfg.text_field)
         )
-        from ablate.data.tasks import load_tasks
-
-        task_set: dict[str, Task] = load_tasks(pool, tasks)  # bad lines fail before any write
-        path = pool.path / "results.sqlite" if store is True else store
-        loaded = _Loaded(
-            pool=pool,
-            layout=MemberLayout(pool),
-            device_name=device,
-            batch_tokens=batch_tokens,
-            progress=progress,
-            store=ResultsStore(path) if path else None,
-            stack_budget_bytes=stack_budget_bytes,
+        task_set: dict[str, Task] = load_tasks(pool, cfg.tasks)  # bad lines fail before any write
+        path = pool.path / "results.sqlite" if cfg.store is True else cfg.store
+        scorers = Scorers(
+            pool,
+            MemberLayout(pool),
+            device_name=cfg.device,
+            batch_tokens=cfg.batch_tokens,
+            progress=cfg.progress,
+            stack_budget_bytes=cfg.stack_budget_bytes,
         )
-        if executor == "ray":
-            from ablate.distributed import RayExecutor
-
-            loaded.executor = RayExecutor(
+        if cfg.executor == "ray":
+            run: Executor = RayExecutor(
                 pool,
-                loaded.layout,
-                workers=workers,
-                address=address,
-                device=device,
-                gpus_per_worker=gpus_per_worker,
-                batch_tokens=batch_tokens,
+                scorers.layout,
+                workers=cfg.workers,
+                address=cfg.address,
+                device=cfg.device,
+                gpus_per_worker=cfg.gpus_per_worker,
+                batch_tokens=cfg.batch_tokens,
             )
         else:
-            loaded.executor = LocalExecutor(loaded.merged, loaded.scorer, loaded.layout)
+            run = LocalExecutor(scorers)
+        loaded = _Loaded(scorers, ResultsStore(path) if path else None, run)
         self._loaded = loaded
+        self.config = cfg
         self.eval_set = eval_set
         self.tasks = task_set
         self.cache = ResultsCache(loaded.store, eval_set)
@@ -235,23 +232,21 @@ class Evaluator:
 
     @cached_property
     def device(self) -> torch.device:
-        from ablate.pool.train import pick_device
-
         return pick_device(self.device_name)
 
     @property
     def merged(self) -> MergedModel:
         """Members loaded and stacked in this process on first use (cache hits never pay
         for it; with the Ray executor only validation and the gradient search need it)."""
-        return self._loaded.merged()
+        return self._loaded.scorers.merged()
 
     def scorer(self, eval_set: EvalSet | None = None) -> Scorer:
         """The ``Scorer`` of ``eval_set`` (default: this evaluator's) on the merged model."""
-        return self._loaded.scorer(self.eval_set if eval_set is None else eval_set)
+        return self._loaded.scorers.scorer(self.eval_set if eval_set is None else eval_set)
 
     def task_scorer(self, task: Task) -> TaskScorer:
         """The ``TaskScorer`` of ``task`` on the merged model (built once)."""
-        return self._loaded.task_scorer(task)
+        return self._loaded.scorers.task_scorer(task)
 
     # ------------------------------------------------------------------ keys
     def member_weights(self, mixture: Mixture) -> np.ndarray:
@@ -281,10 +276,8 @@ class Evaluator:
         self, mixtures: Iterable[MixtureLike], *, progress: bool | None = None
     ) -> list[EvalResult]:
         """Scores of ``mixtures`` in their order: the store answers what it knows, the
-        executor scores the rest once each, and every new score is stored as it arrives
-        (an interrupted run keeps them)."""
-        from tqdm.auto import tqdm
-
+        executor scores the rest once each (tasks on the same merge), and every new score
+        is stored as it arrives (an interrupted run keeps them)."""
         mixtures = [as_mixture(m) for m in mixtures]
         out: dict[str, EvalResult | None] = {}
         todo: dict[Mixture, str] = {}
@@ -294,28 +287,63 @@ class Evaluator:
                 out[m.key] = self.cache.lookup(m, key)
                 if out[m.key] is None:
                     todo[m] = key
-        walk, rest = self.layout.walk_order(list(todo))
+        hits = {m.key: self._task_hits(m, key) for m, key in todo.items()}
+        tasks = [t for t in self.tasks.values() if any(t.name not in h for h in hits.values())]
         show = self.progress if progress is None else progress
         with tqdm(
             total=len(todo), desc="mixtures", disable=not show or not todo, unit="mix"
         ) as bar:
-            # The local executor yields while its model still holds ``m``: task items are
-            # scored on those weights now rather than merged again afterwards.
-            here = bool(self.tasks) and isinstance(self.executor, LocalExecutor)
-            for m, scores in self.executor.run(walk, rest, self.eval_set):
-                out[m.key] = self.cache.record(m, scores, todo[m])
-                if here:
-                    from ablate.data.tasks import score_tasks_here
-
-                    tasks = score_tasks_here(self, m, todo[m], {})
-                    out[m.key] = dataclasses.replace(out[m.key], tasks=tasks)
+            for s in self.executor.run(list(todo), self.eval_set, tasks):
+                m, key = s.mixture, todo[s.mixture]
+                r = self.cache.record(m, s.scores, key)
+                if self.tasks:
+                    found = self._record_tasks(s, key, hits[m.key])
+                    r = dataclasses.replace(r, tasks=found)
+                out[m.key] = r
                 bar.update(1)
-        results = [out[m.key] for m in mixtures]
-        if self.tasks:  # task items: store first, else merged and scored here
-            from ablate.data.tasks import with_task_scores
+        return self.with_tasks([out[m.key] for m in mixtures])  # type: ignore[misc]
 
-            results = with_task_scores(self, results)
-        return results  # type: ignore[return-value]
+    def with_tasks(self, results: Sequence[EvalResult]) -> list[EvalResult]:
+        """``results`` with every task of this evaluator: kept where a result carries it,
+        else from the store, else scored (one merge per mixture) and stored."""
+        if not self.tasks:
+            return list(results)
+        found: dict[str, dict[str, TaskScore]] = {}
+        todo: dict[Mixture, str] = {}
+        for r in results:
+            m = r.mixture
+            if m.key in found:
+                continue
+            kept = {n: s for n, s in r.tasks.items() if n in self.tasks}  # a race's own
+            if len(kept) == len(self.tasks):
+                found[m.key] = kept
+                continue
+            key = self.pool_key(m)
+            found[m.key] = {**self._task_hits(m, key), **kept}
+            if len(found[m.key]) < len(self.tasks):
+                todo[m] = key
+        tasks = [t for t in self.tasks.values() if any(t.name not in found[m.key] for m in todo)]
+        for s in self.executor.run(list(todo), None, tasks):
+            found[s.mixture.key] = self._record_tasks(s, todo[s.mixture], found[s.mixture.key])
+        return [
+            dataclasses.replace(r, tasks={n: found[r.mixture.key][n] for n in self.tasks})
+            for r in results
+        ]
+
+    def _task_hits(self, mixture: Mixture, key: str) -> dict[str, TaskScore]:
+        """The tasks whose scores of ``mixture`` the store holds."""
+        hits = {n: self.cache.lookup_task(t, mixture, key) for n, t in self.tasks.items()}
+        return {n: s for n, s in hits.items() if s is not None}
+
+    def _record_tasks(
+        self, scored: Scored, key: str, have: Mapping[str, TaskScore]
+    ) -> dict[str, TaskScore]:
+        """``have`` plus the new task scores in ``scored`` (stored), in task order."""
+        found = dict(have)
+        for name, s in scored.tasks.items():
+            if name not in found:
+                found[name] = self.cache.record_task(self.tasks[name], scored.mixture, key, s)
+        return {n: found[n] for n in self.tasks if n in found}
 
     def all_subsets(self, max_size: int | None = None) -> list[Mixture]:
         """Every uniform subset of the pool's partitions (Gray-code order)."""
@@ -331,8 +359,6 @@ class Evaluator:
         overwrite: bool = False,
     ) -> Path:
         """Write ``mixture``'s merged proxy as a Hugging Face folder (``ablate.export``)."""
-        from ablate.export import export
-
         return export(
             self.pool,
             as_mixture(mixture),
@@ -386,6 +412,7 @@ __all__ = [
     "DomainScore",
     "EvalResult",
     "Evaluator",
+    "EvaluatorConfig",
     "MixtureLike",
     "ScoringBatch",
     "as_mixture",

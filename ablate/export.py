@@ -20,6 +20,7 @@ is refused unless ``overwrite`` (then replaced in one rename).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Literal
 from ablate.engine.layout import MemberLayout
 from ablate.pool.atomic import sha256_file, staged_dir, write_json
 from ablate.pool.errors import AblateError
+from ablate.pool.weights import load_tensors
+from ablate.version import __version__
 
 if TYPE_CHECKING:
     import numpy as np
@@ -106,7 +109,6 @@ def export(
             f"--adapter exports a merged LoRA adapter; pool {pool.path} trains {pool.method.name} "
             "weights - drop --adapter"
         )
-    from ablate.version import __version__
 
     record = {
         "format_version": FORMAT_VERSION,
@@ -134,12 +136,16 @@ def export(
             _write_adapter(pool, layout, weights, tmp, out, torch_dtype)
         else:
             if model is None:
-                from ablate.engine.merge import MergedModel
+                from ablate.engine.merge import MergedModel  # torch, loaded only here
 
                 model = MergedModel(
-                    pool, layout.members, device=torch.device("cpu"), progress=progress
+                    pool,
+                    layout.members,
+                    device=torch.device("cpu"),
+                    progress=progress,
+                    layout=layout,
                 )
-            model.merge(torch.from_numpy(weights).float())
+            model.load(mixture)
             _write_full(pool, model, tmp, torch_dtype)
         record["files"] = {
             str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))
@@ -180,12 +186,8 @@ def _write_adapter(
     dtype: torch.dtype,
 ) -> None:
     """The exactly merged adapter (concatenated factors) plus the seed in ``base/``."""
-    import json
-
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-
-    from ablate.pool.weights import load_tensors
 
     rows = [i for i in range(len(layout.members)) if weights[i] > 0]
     saved = []

@@ -2,7 +2,7 @@
 
 Builds a tiny pool of ``--members`` one-unit partitions (Na et al., EMNLP 2024: one member
 per base unit), grows it with ``Pool.grow``, deletes the members, grows it again with
-``ablate.distributed.grow_with_ray`` on a local Ray cluster, and prints both times and
+``ablate.pool.grow_with_ray`` on a local Ray cluster, and prints both times and
 their ratio. Ray's cluster startup is timed apart from the grow; the Ray grow includes
 starting its worker processes (each imports torch and loads the seed), which is what a
 user pays. Members must come out byte-identical (same seeds), which is checked too.
@@ -86,7 +86,7 @@ def main() -> None:
 
     import torch
 
-    from ablate.distributed import grow_with_ray
+    from ablate.pool import grow_with_ray
 
     root = Path(tempfile.mkdtemp(prefix="bench-grow-"))
     try:

@@ -16,6 +16,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from ablate.cli.common import (
     DISK_FIXES,
     EXIT_BROKEN_PIPE,
@@ -31,6 +33,7 @@ from ablate.cli.fit import add_fit_command
 from ablate.cli.pool import add_pool_commands
 from ablate.cli.search import add_search_command
 from ablate.cli.validate import add_validate_command
+from ablate.pool.errors import AblateError
 
 __all__ = ["build_parser", "main"]
 
@@ -85,10 +88,6 @@ def _quiet_broken_pipe() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pydantic import ValidationError
-
-    from ablate.pool.errors import AblateError
-
     try:
         args = build_parser().parse_args(argv)
     except SystemExit:  # --help, --version or a usage error: flush now, so a closed pipe is quiet

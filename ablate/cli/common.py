@@ -18,6 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ablate.evaluator import Evaluator
+from ablate.pool.errors import AblateError
+from ablate.present.heatmap import figure_formats
+from ablate.present.tables import format_csv, format_table
+from ablate.racing.policy import DEFAULT_CONFIDENCE
+from ablate.version import __version__
+
 EXIT_OK = 0
 EXIT_USER = 2
 EXIT_INTERRUPTED = 130
@@ -41,15 +48,11 @@ DISK_FIXES = {
 
 def version() -> str:
     """The installed ablate's version (``ablate.__version__``)."""
-    from ablate.version import __version__
-
     return __version__
 
 
 def usage_error(msg: str) -> Exception:
     """An error the user caused: ``main`` prints it as one line and exits with status 2."""
-    from ablate.pool.errors import AblateError
-
     return AblateError(msg)
 
 
@@ -197,8 +200,6 @@ def add_race_args(p: argparse.ArgumentParser, target: str = "target") -> None:
 
 def race_confidence(args: argparse.Namespace) -> float:
     """``--confidence`` (default 0.95); refused without ``--race``, where it would do nothing."""
-    from ablate.racing.policy import DEFAULT_CONFIDENCE
-
     if args.confidence is not None and not args.race:
         raise usage_error("--confidence applies to racing; add --race or drop --confidence")
     return DEFAULT_CONFIDENCE if args.confidence is None else args.confidence
@@ -235,8 +236,6 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def evaluator(args: argparse.Namespace):
     """The ``Evaluator`` for ``add_eval_args``'s arguments; use it as a context manager."""
-    from ablate.evaluator import Evaluator
-
     return Evaluator(
         args.pool,
         args.eval_data,
@@ -261,8 +260,6 @@ def emit_table(
     args: argparse.Namespace, rows: Sequence[Mapping[str, Any]], columns: Sequence[Any]
 ) -> None:
     """``rows`` as CSV with ``--csv``, else as an aligned table (``ablate.present.tables``)."""
-    from ablate.present.tables import format_csv, format_table
-
     if getattr(args, "csv", False):
         sys.stdout.write(format_csv(rows, columns))
     else:
@@ -284,8 +281,6 @@ def check_out_folder(path: str, flag: str) -> None:
 
 def check_figure_path(path: str, flag: str) -> None:
     """``path`` must name a file in an existing folder, with a suffix matplotlib can write."""
-    from ablate.present.tables import figure_formats
-
     p = Path(path)
     fmt = p.suffix[1:].lower()
     formats = figure_formats()

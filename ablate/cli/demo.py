@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ablate.cli.common import add_command, add_device_arg, add_out_arg
+from ablate.demo import run_demo
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -19,8 +20,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ablate demo --out ablate-demo
         ablate demo --quick
     """
-    from ablate.demo import run_demo
-
     run_demo(args.out, quick=args.quick, progress=not args.quiet, device=args.device)
     return 0
 

@@ -17,14 +17,15 @@ from ablate.cli.common import (
     race_confidence,
     usage_error,
 )
+from ablate.mixture import Mixture
+from ablate.present.tables import Column, task_rows
+from ablate.racing.policy import PartialResult, Race
 
 MIXTURE_WIDTH = 40  # mixture names longer than this end in an ellipsis in tables
 DOMAIN_WIDTH = 12  # domain column headers likewise
 
 
 def _mixtures_from_args(args: argparse.Namespace, ev: Any) -> list:
-    from ablate.mixture import Mixture
-
     if args.all_subsets:
         return ev.all_subsets(args.max_size)
     specs = [Mixture.parse(s) for s in (args.mixture or [])] + [
@@ -39,8 +40,6 @@ def _mixtures_from_args(args: argparse.Namespace, ev: Any) -> list:
 
 def eval_table(results: list, domains: list[str]) -> tuple[list[dict], list]:
     """Rows (best macro perplexity first) and columns of the ``ablate eval`` table."""
-    from ablate.present.tables import Column
-
     ranked = sorted(results, key=lambda r: r.macro_ppl)
     rows = [
         {
@@ -84,8 +83,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with evaluator(args) as ev:
         mixtures = _mixtures_from_args(args, ev)
         if args.race:
-            from ablate.racing.policy import PartialResult, Race
-
             race = Race(ev, "macro", confidence=confidence, top=args.top or 1)
             raced = race.run(mixtures)  # survivors: full scores only in the table
             results = [r for r in raced if not isinstance(r, PartialResult)]
@@ -95,7 +92,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         domains = list(ev.domains)
     if args.top is not None:
         results = sorted(results, key=lambda r: r.macro_ppl)[: args.top]
-    from ablate.data.tasks import task_rows
 
     if args.json:
         # one object per mixture x domain, a macro object, then a "task" object per task

@@ -6,6 +6,9 @@ import argparse
 from typing import Any
 
 from ablate.cli.common import add_command, add_pool_arg, usage_error
+from ablate.export import DTYPES, export
+from ablate.mixture import Mixture
+from ablate.pool import Pool
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -24,10 +27,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         ablate export runs/pool --mixture code,wiki out/proxy --dtype bf16 --overwrite
         ablate export runs/lora-pool --weights code=0.3,wiki=0.7 out/adapter --adapter
     """
-    from ablate.export import export
-    from ablate.mixture import Mixture
-    from ablate.pool import Pool
-
     spec = args.weights or args.mixture
     if not spec:
         raise usage_error("say what to export: --weights a=0.3,b=0.7 or --mixture a,b")
@@ -48,8 +47,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_export_command(sub: Any) -> None:
-    from ablate.export import DTYPES
-
     p = add_command(sub, "export", cmd_export)
     add_pool_arg(p, "pool folder (made by `ablate pool init`)")
     p.add_argument("out", metavar="OUT", help="new folder for the exported model")

@@ -19,8 +19,10 @@ from ablate.cli.common import (
     usage_error,
     version,
 )
-from ablate.pool.cluster import ClusterOn
+from ablate.pool import Pool, grow_with_ray, torchrun_group
+from ablate.pool.cluster import ClusterOn, add_clustered, summary
 from ablate.pool.recipe import LoraSpec, Recipe, TinyModelSpec
+from ablate.present.tables import Column
 
 
 def _flags(model: type, *fields: str, prefix: str = "") -> dict[str, tuple[type, str]]:
@@ -51,8 +53,6 @@ def _cluster_count(text: str) -> int:
 
 
 def _add_model_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[type, str]]) -> None:
-    from typing import get_args
-
     for flag, (model, name) in flags.items():
         info = model.model_fields[name]
         choices = get_args(info.annotation) or None
@@ -106,8 +106,6 @@ def cmd_pool_init(args: argparse.Namespace) -> int:
         ablate pool init runs/pool --base path/to/hf-model --method lora --lora-targets all-linear
         ablate pool init runs/pool --base path/to/pythia --method lora --lora-targets query_key_value,dense
     """
-    from ablate.pool import Pool
-
     tiny_fields = _model_from_flags(args, TINY_FLAGS, TinyModelSpec)
     tiny = TinyModelSpec(**tiny_fields) if args.base == "tiny" else None
     if args.base != "tiny" and tiny_fields:
@@ -148,15 +146,11 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
         ablate pool add runs/pool web.jsonl --clusters 64 --cluster-seed 0
         ablate pool add runs/pool more-web.jsonl --clusters
     """
-    from ablate.pool import Pool
-
     pool = Pool.open(args.pool)
     cluster_flags = args.cluster_on is not None or args.cluster_seed is not None
     if cluster_flags and args.clusters is None:
         raise usage_error("--cluster-on and --cluster-seed apply only with --clusters [K]")
     if args.clusters is not None:
-        from ablate.pool.cluster import add_clustered
-
         added = add_clustered(
             pool,
             args.files,
@@ -198,12 +192,8 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
         ablate pool grow runs/pool
         ablate pool grow runs/pool --backend ray --address HEAD:6379 --gpus-per-member 1
     """
-    from ablate.pool import Pool
-
     pool = Pool.open(args.pool)
     if args.backend == "ray":
-        from ablate.distributed import grow_with_ray
-
         trained = grow_with_ray(
             pool,
             only=args.only,
@@ -212,8 +202,6 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     else:
-        from ablate.distributed import torchrun_group
-
         with torchrun_group(args.device) as main_rank:  # a no-op unless started by torchrun
             trained = pool.grow(args.only, progress=not args.quiet, device=args.device)
         if not main_rank:
@@ -229,8 +217,6 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
 
 def ls_columns(clustered: bool = False) -> list:
     """The ``pool ls`` table; a clustered pool adds each cluster's top terms (on its unit 0)."""
-    from ablate.present.tables import Column
-
     cols = [
         Column("partition", align="<", max_width=_NAME_WIDTH),
         Column("unit"),
@@ -255,9 +241,6 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
         ablate pool ls runs/pool
         ablate pool ls runs/pool --csv > members.csv
     """
-    from ablate.pool import Pool
-    from ablate.pool.cluster import summary
-
     pool = Pool.open(args.pool)
     rows = pool.status()
     m = pool.manifest
@@ -313,8 +296,6 @@ def cmd_pool_verify(args: argparse.Namespace) -> int:
     Examples:
         ablate pool verify runs/pool
     """
-    from ablate.pool import Pool
-
     pool = Pool.open(args.pool)
     report = pool.verify()
     for item in report.corrupt:

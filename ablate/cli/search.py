@@ -19,12 +19,12 @@ from ablate.cli.common import (
     race_confidence,
 )
 from ablate.cli.evaluate import DOMAIN_WIDTH, MIXTURE_WIDTH
+from ablate.present.tables import Column
+from ablate.strategies import STRATEGIES, search
 
 
 def search_table(frame: Any, domains: list[str]) -> tuple[list[dict], list]:
     """Rows (best first) and columns of the ``ablate search`` table."""
-    from ablate.present.tables import Column
-
     accs = [c for c in frame.columns if c.startswith("acc:")]  # one per --task
     rows = [
         {"rank": rank, **{k: row[k] for k in ("mixture", "score")}}
@@ -58,8 +58,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         ablate search runs/pool --eval-data eval.jsonl --eval-by domain --strategy regression \\
             --also runs/pool/validation/validation.csv
     """
-    from ablate.strategies import search
-
     if args.plot:
         check_figure_path(args.plot, "--plot")
     confidence = race_confidence(args)
@@ -105,8 +103,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def add_search_command(sub: Any) -> None:
-    from ablate.strategies import STRATEGIES
-
     p = add_command(sub, "search", cmd_search)
     strategies = (f"  {k:<11} {v.summary}" for k, v in sorted(STRATEGIES.items()))
     p.description += "\n\nstrategies:\n" + "\n".join(strategies)

@@ -18,6 +18,9 @@ from ablate.cli.common import (
     usage_error,
     version,
 )
+from ablate.mixture import Mixture
+from ablate.present.tables import Column
+from ablate.validation import validate
 
 _STATS = ("pearson", "spearman", "kendall")
 
@@ -27,8 +30,6 @@ def validate_table(table: Any) -> tuple[list[dict], list]:
 
     ``table`` is ``ValidationReport.table()``: correlations, their intervals, mean gaps.
     """
-    from ablate.present.tables import Column
-
     rows = [{"domain": str(d), **{k: v for k, v in r.items()}} for d, r in table.iterrows()]
     cols = [Column("domain", align="<", max_width=24), Column("n", fmt=".0f")]
     for s in _STATS:
@@ -55,9 +56,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --sample 12 --sizes 2,3,4 --out runs/validation
         ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --mixture code,wiki --mixture code=1,math=3
     """
-    from ablate.mixture import Mixture
-    from ablate.validation import validate
-
     try:
         sizes = tuple(int(x) for x in args.sizes.split(","))
     except ValueError:

@@ -1,4 +1,4 @@
-"""Downstream multiple-choice tasks, scored on merged proxies beside perplexity.
+"""Downstream multiple-choice tasks: the file format, its items, and their windows.
 
 Perplexity is what Na et al. (EMNLP 2024) validate, but mixtures are chosen on downstream
 accuracy (RegMix, CLIMB and DoReMi report task averages). A task is a JSONL file, one
@@ -7,15 +7,8 @@ item per line::
     {"context": "The capital of France is", "choices": ["Paris", "Rome"], "gold": 0,
      "id": "q1", "fewshot": "The capital of Spain is Madrid.\\n"}
 
-Scoring follows lm-evaluation-harness's multiple-choice convention (Gao et al., 2021-):
-each choice is the continuation ``" " + choice`` of ``fewshot + context``; its summed NLL
-over the continuation's tokens is its score (trailing whitespace of the context moves into
-the continuation, and the continuation's tokens are those the whole text has beyond the
-context's own tokens). ``acc``: the choice with the lowest NLL is the gold one;
-``acc_norm``: the lowest NLL per UTF-8 byte of the choice; ``gold_nll``: the gold choice's
-NLL. Per-item arrays are kept (``TaskScore``) so that bootstraps and racing policies can
-use per-item differences. Sequences run through the same fused path as perplexity
-(``ablate.engine.scoring.target_nll`` -> ``kernels.token_nll``), batched longest first.
+Each choice is the continuation ``" " + choice`` of ``fewshot + context`` (lm-evaluation-
+harness's convention; scoring is ``ablate.engine.task_scoring``).
 """
 
 from __future__ import annotations
@@ -23,46 +16,27 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ablate.data.evalset import IGNORE, Windows
-from ablate.engine.scoring import ScoringBatch, cut_batches, target_nll
 from ablate.pool.atomic import sha256_json
 from ablate.pool.errors import DataError
 
 if TYPE_CHECKING:
-    import pandas as pd
     from transformers import PreTrainedTokenizerBase
 
-    from ablate.engine.merge import MergedModel
-    from ablate.engine.scoring import EvalResult
-    from ablate.evaluator import Evaluator
-    from ablate.mixture import Mixture
     from ablate.pool import Pool
 
-TaskMetric = Literal["acc", "acc_norm", "gold_nll"]
-TASK_METRICS: tuple[TaskMetric, ...] = ("acc", "acc_norm", "gold_nll")
 DELIMITER = " "  # lm-evaluation-harness's default target_delimiter between context and choice
-
-TASK_LOSS_SCALE = 100.0  # an accuracy of 1 - x costs 100 x: one point = one perplexity point
-
-
-def as_task_loss(value: float | np.ndarray, metric: str) -> float | np.ndarray:
-    """A task metric (a float, or per-item values ``(n,)``) as what a search minimises: the
-    error rate in percent (100 - accuracy in %) for acc and acc_norm, so one accuracy point
-    weighs as much as one perplexity point; the gold NLL (nats) as it is for gold_nll."""
-    return value if metric == "gold_nll" else TASK_LOSS_SCALE * (1.0 - value)
-
 
 FIELDS = ("context", "choices", "gold", "id", "fewshot")
 SCORING_VERSION = 1  # part of a task's fingerprint: a changed convention re-scores everything
-BOOTSTRAP_SAMPLES = 1000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -267,151 +241,6 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-# ---------------------------------------------------------------------- scores
-@dataclass(frozen=True, eq=False)
-class TaskScore:
-    """One task's per-item scores for one mixture; metrics derive from ``choice_nll``.
-
-    Args:
-        name: The task's name.
-        choice_nll: ``(C,)`` float64 summed NLL (nats) of every choice's continuation.
-        offsets: ``(n + 1,)`` item boundaries in ``choice_nll``.
-        gold: ``(n,)`` right choice per item.
-        choice_bytes: ``(C,)`` UTF-8 bytes per choice.
-        cached: Whether the scores came from the results store.
-    """
-
-    name: str
-    choice_nll: np.ndarray
-    offsets: np.ndarray
-    gold: np.ndarray
-    choice_bytes: np.ndarray
-    cached: bool = False
-    _derived: dict = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def of(cls, task: Task, choice_nll: np.ndarray, *, cached: bool = False) -> TaskScore:
-        return cls(task.name, choice_nll, task.offsets, task.gold, task.choice_bytes, cached)
-
-    @property
-    def n(self) -> int:
-        return len(self.gold)
-
-    def _padded(self, values: np.ndarray) -> np.ndarray:
-        """``(n, max choices)`` with +inf where an item has fewer choices."""
-        sizes = np.diff(self.offsets)
-        out = np.full((self.n, int(sizes.max())), np.inf)
-        col = np.arange(len(values)) - np.repeat(self.offsets[:-1], sizes)
-        out[np.repeat(np.arange(self.n), sizes), col] = values
-        return out
-
-    @property
-    def correct(self) -> np.ndarray:
-        """``(n,)`` bool: the lowest-NLL choice is the gold one (first one on ties)."""
-        return self._padded(self.choice_nll).argmin(1) == self.gold
-
-    @property
-    def correct_norm(self) -> np.ndarray:
-        """``(n,)`` bool: the lowest NLL per byte of the choice is the gold one."""
-        return self._padded(self.choice_nll / self.choice_bytes).argmin(1) == self.gold
-
-    @property
-    def gold_nlls(self) -> np.ndarray:
-        """``(n,)`` summed NLL of each item's gold continuation."""
-        return self.choice_nll[self.offsets[:-1] + self.gold]
-
-    def per_item(self, metric: TaskMetric) -> np.ndarray:
-        """``(n,)`` float64 per-item values of ``metric`` (their mean is the metric)."""
-        if metric == "acc":
-            return self.correct.astype(np.float64)
-        if metric == "acc_norm":
-            return self.correct_norm.astype(np.float64)
-        if metric == "gold_nll":
-            return self.gold_nlls
-        raise ValueError(f"unknown task metric {metric!r}; known: {', '.join(TASK_METRICS)}")
-
-    @property
-    def acc(self) -> float:
-        return float(self.correct.mean())
-
-    @property
-    def acc_norm(self) -> float:
-        return float(self.correct_norm.mean())
-
-    @property
-    def gold_nll(self) -> float:
-        return float(self.gold_nlls.mean())
-
-    def metric(self, metric: TaskMetric) -> float:
-        return float(self.per_item(metric).mean())
-
-    def intervals(
-        self, *, samples: int = BOOTSTRAP_SAMPLES, level: float = 0.95, seed: int = 0
-    ) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap intervals over items, per metric (same resamples for all)."""
-        key = (samples, level, seed)
-        if key not in self._derived:
-            rng = np.random.default_rng(seed)
-            idx = rng.integers(0, self.n, size=(samples, self.n))  # (B, n)
-            alpha = (1 - level) / 2
-            out = {}
-            for m in TASK_METRICS:
-                means = self.per_item(m)[idx].mean(1)  # (B,)
-                lo, hi = np.quantile(means, [alpha, 1 - alpha])
-                out[m] = (float(lo), float(hi))
-            self._derived[key] = out
-        return self._derived[key]
-
-    def row(self, mixture: Mapping[str, float] | None = None) -> dict:
-        """The ``"task"`` object of ``--json`` rows."""
-        ci = self.intervals()
-        out = {
-            "task": self.name,
-            "n": self.n,
-            "acc": self.acc,
-            "acc_norm": self.acc_norm,
-            "gold_nll": self.gold_nll,
-            **{f"{m}_ci": list(ci[m]) for m in TASK_METRICS},
-        }
-        return out if mixture is None else {"mixture": dict(mixture), **out}
-
-
-# ---------------------------------------------------------------------- scoring
-class TaskScorer:
-    """Per-choice NLL of a model skeleton's current weights on one task.
-
-    Args:
-        model: The merged model (its weights change between calls).
-        task: The task to score.
-        batch_tokens: Tokens per forward pass; bounds activation memory.
-    """
-
-    def __init__(self, model: MergedModel, task: Task, *, batch_tokens: int = 8192):
-        self.model = model
-        self.task = task
-        self.batch_tokens = batch_tokens
-
-    @cached_property
-    def batches(self) -> list[ScoringBatch]:
-        """The task's windows cut into batches once (``doc`` holds the flat choice index)."""
-        tok = self.model.pool.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        w = self.task.windows(tok, self.model.pool.manifest.context, pad)
-        return cut_batches(w, self.model.device, self.batch_tokens)
-
-    def score(self) -> TaskScore:
-        """The skeleton's current weights: every choice's summed NLL."""
-        import torch
-
-        c = int(self.task.offsets[-1])
-        nll = torch.zeros(c, dtype=torch.float64, device=self.model.device)
-        with torch.inference_mode():
-            for b in self.batches:
-                nll.index_add_(0, b.doc, target_nll(self.model.model, b).double())
-        return TaskScore.of(self.task, nll.cpu().numpy())
-
-
-# ---------------------------------------------------------------------- evaluator glue
 def load_tasks(pool: Pool, specs: Sequence[str | os.PathLike | Task]) -> dict[str, Task]:
     """``{name: Task}`` for ``--task`` values (``FILE`` or ``NAME=FILE``) or loaded tasks."""
     out: dict[str, Task] = {}
@@ -426,109 +255,12 @@ def load_tasks(pool: Pool, specs: Sequence[str | os.PathLike | Task]) -> dict[st
     return out
 
 
-def _stored(ev: Evaluator, task: Task, key: str, mixture: Mixture) -> TaskScore | None:
-    """``task``'s stored score of ``mixture`` (merging the members ``key`` names), if any."""
-    hit = None if ev.store is None else ev.store.get_task(key, task.fingerprint, mixture.key)
-    return (
-        None
-        if hit is None or len(hit) != task.offsets[-1]
-        else TaskScore.of(task, hit, cached=True)
-    )
-
-
-def score_tasks_here(
-    ev: Evaluator, mixture: Mixture, key: str, found: dict[str, TaskScore]
-) -> dict[str, TaskScore]:
-    """Fill ``found`` with every task of ``ev`` it lacks: from the store when scored before,
-    else scored on the weights the merged model holds now (``mixture``'s, merging the
-    members ``key`` names) and stored."""
-    for t in ev.tasks.values():
-        if t.name in found:
-            continue
-        s = _stored(ev, t, key, mixture)
-        if s is None:
-            s = ev.task_scorer(t).score()
-            if ev.store is not None:
-                ev.store.put_task(key, t.fingerprint, mixture.key, mixture.as_dict(), s.choice_nll)
-        found[t.name] = s
-    return found
-
-
-def with_task_scores(ev: Evaluator, results: Sequence[EvalResult]) -> list[EvalResult]:
-    """``results`` (``EvalResult`` s of ``ev``) with their ``tasks`` filled: kept where a
-    result carries them already, else from the results store when scored before, else
-    merged and scored here once per mixture, and stored."""
-    import dataclasses
-
-    import torch
-
-    tasks: dict[str, Task] = ev.tasks
-    if not tasks:
-        return list(results)
-    found: dict[str, dict[str, TaskScore]] = {}
-    for r in results:
-        m = r.mixture
-        if m.key in found:
-            continue
-        have = found[m.key] = {n: s for n, s in r.tasks.items() if n in tasks}  # a race's kept
-        if len(have) == len(tasks):
-            continue
-        key = ev.pool_key(m)
-        for t in tasks.values():
-            if t.name not in have and (s := _stored(ev, t, key, m)) is not None:
-                have[t.name] = s
-        if len(have) < len(tasks):
-            ev.merged.merge(torch.from_numpy(ev.member_weights(m)).float())
-            score_tasks_here(ev, m, key, have)
-    return [
-        dataclasses.replace(r, tasks={n: found[r.mixture.key][n] for n in tasks}) for r in results
-    ]
-
-
-def task_frame(results: Sequence[EvalResult]) -> pd.DataFrame:
-    """One row per mixture x task: ``mixture``, ``size``, ``task``, ``n``, ``acc`` (with
-    ``acc_lo``/``acc_hi``, 95% bootstrap over items), ``acc_norm``, ``gold_nll``, ``cached``,
-    ``weights`` (reports and notebooks read it)."""
-    import pandas as pd
-
-    rows = []
-    for r in results:
-        for name, s in getattr(r, "tasks", {}).items():
-            lo, hi = s.intervals()["acc"]
-            rows.append(
-                {
-                    "mixture": str(r.mixture),
-                    "size": len(r.mixture.names),
-                    "task": name,
-                    "n": s.n,
-                    "acc": s.acc,
-                    "acc_lo": lo,
-                    "acc_hi": hi,
-                    "acc_norm": s.acc_norm,
-                    "gold_nll": s.gold_nll,
-                    "cached": s.cached,
-                    "weights": r.mixture.as_dict(),
-                }
-            )
-    return pd.DataFrame.from_records(rows)
-
-
-def task_rows(results: Sequence[EvalResult]) -> list[dict]:
-    """The ``"task"`` objects of ``--json``: one per mixture x task."""
-    return [s.row(r.mixture.as_dict()) for r in results for s in getattr(r, "tasks", {}).values()]
-
-
 __all__ = [
     "DELIMITER",
-    "TASK_METRICS",
+    "FIELDS",
+    "SCORING_VERSION",
     "Task",
     "TaskItem",
-    "TaskMetric",
-    "TaskScore",
-    "TaskScorer",
     "load_tasks",
     "task_name",
-    "task_frame",
-    "task_rows",
-    "with_task_scores",
 ]

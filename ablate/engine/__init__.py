@@ -1,4 +1,6 @@
-"""The scoring engine: which members a mixture weighs, the merge, the scorer, the results store.
+"""The scoring engine: which members a mixture weighs (``layout``), the merged model and its
+merge methods (``merge``, ``merges``), the scorers (``scoring``, ``scores``), the results
+store (``results``) and where a batch of mixtures runs (``executor``, ``ray``).
 
-Everything here works on one pool and one eval set; the ``Evaluator`` composes it.
+Everything here works on one pool; the ``Evaluator`` composes it.
 """

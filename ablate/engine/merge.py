@@ -1,16 +1,11 @@
 """The merge engine: members stacked once, any mixture merged in one kernel call.
 
-Full pools: every member's parameters are flattened into one row of a ``[N, P]`` stack and
-one model skeleton's parameters are *views* into one flat ``[P]`` buffer, so writing the
-merged vector into that buffer *is* loading the merged model (no state-dict copy). A merge
-is one ``kernels.weighted_average`` call; subset walks keep a running sum and cost one row
-update per step (Gray code). LoRA pools merge exactly: sum_i w_i B_i A_i is one GEMM of the
-concatenated factors per adapted weight, added onto the seed weight.
-
-Large pools: when the ``[N, P]`` stack does not fit in device memory (or a caller forces it
-with ``stack_budget_bytes``), members stay memory-mapped on CPU (safetensors ``load_file`` is
-mmap-backed) and a merge streams them chunk by chunk of P through a bounded ``[N, chunk]``
-staging buffer, one ``kernels.weighted_average`` per chunk into the same flat buffer.
+Full pools: every member's parameters are one row of a ``[N, P]`` stack and the model
+skeleton's parameters are views into one flat ``[P]`` buffer, so writing the merged vector
+into that buffer *is* loading the merged model. LoRA pools merge exactly: sum_i w_i B_i A_i
+is one GEMM of the concatenated factors. A stack too large for memory streams from the
+memory-mapped members in column chunks. How weights become parameters (the plain average,
+extrapolations) is a plug-in of ``ablate.engine.merges`` built on ``weighted_sum_``.
 """
 
 from __future__ import annotations
@@ -20,15 +15,24 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import ablate.kernels as kernels
+from ablate.engine.layout import MemberLayout
+from ablate.engine.merges import merge_method
 from ablate.pool import Pool
 from ablate.pool.architectures import stores_transposed
 from ablate.pool.errors import CorruptMemberError
 from ablate.pool.storage import MemberRecord
 from ablate.pool.weights import load_tensors
+
+if TYPE_CHECKING:
+    from ablate.engine.merges import MergeMethod
+    from ablate.mixture import Mixture
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +63,9 @@ class MergedModel:
     """A model skeleton whose weights are a weighted average of pool members.
 
     It owns the member stack, the merge (``kernels.weighted_average``, or one GEMM of
-    concatenated factors for LoRA pools) and the Gray-code running-sum walk over uniform
-    subsets (``walk``; ``supports_walks`` says whether the pool's method allows it). Score
-    its current weights with ``ablate.engine.scoring.Scorer(model, eval_set)``.
+    concatenated factors for LoRA pools), "load this mixture" (``load``) and the walk over
+    many mixtures (``visit``: Gray-code running sums over uniform subsets where the pool's
+    method allows it). Score its current weights with ``ablate.engine.scoring.Scorer``.
     """
 
     def __init__(
@@ -72,14 +76,17 @@ class MergedModel:
         device: torch.device,
         progress: bool = True,
         stack_budget_bytes: int | None = None,
+        layout: MemberLayout | None = None,
     ):
-        """Load the members; ``stack_budget_bytes`` caps the stack's device memory (None: measure)."""
+        """Load the members; ``stack_budget_bytes`` caps the stack's device memory (None:
+        measure); ``layout`` maps mixtures to rows (None: built from the pool on first use)."""
         if not members:
             raise CorruptMemberError(
                 "the pool has no trained members; run `ablate pool grow` first"
             )
         self.pool = pool
         self.members = list(members)
+        self._layout = layout
         self.device = device
         self.method = pool.method
         model = pool.load_base_model()
@@ -100,8 +107,8 @@ class MergedModel:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.chunked = False
-        self._seed: torch.Tensor | None = None  # (P,) seed parameters, for extrapolated merges
-        self._gram = None  # (N, N) inner products of the members' updates (norm_lambda)
+        self._seed: torch.Tensor | None = None  # (P,) seed parameters (add_seed_, update_gram)
+        self._gram = None  # (N, N) inner products of the members' updates (update_gram)
         self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
         # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
         # so mixtures without it still merge; a merge that needs it raises that reason.
@@ -186,8 +193,6 @@ class MergedModel:
                 raise CorruptMemberError(self.unusable[r])
 
     def _load_full(self, progress: bool) -> torch.Tensor:
-        from tqdm.auto import tqdm
-
         stack = torch.empty(
             len(self.members), self.flat.numel(), dtype=self.flat.dtype, device=self.device
         )
@@ -199,8 +204,6 @@ class MergedModel:
         return stack
 
     def _load_lora(self, progress: bool) -> list[_LoraSite]:
-        from tqdm.auto import tqdm
-
         spec = self.pool.manifest.recipe.lora
         per_member: list[dict[str, torch.Tensor] | None] = []
         for i, rec in enumerate(
@@ -254,59 +257,84 @@ class MergedModel:
         return sites
 
     # ------------------------------------------------------------------ merging
-    def merge(self, weights: torch.Tensor, *, extrapolate: float | str = 1.0) -> None:
-        """Write sum_i weights[i] * member_i into the skeleton (weights: fp32 [N]).
+    def merge(
+        self,
+        weights: torch.Tensor,
+        *,
+        method: MergeMethod | None = None,
+        extrapolate: float | str = 1.0,
+    ) -> None:
+        """Write the merge of the members under ``weights`` (fp32 ``(N,)``) into the skeleton.
 
-        ``extrapolate`` = lambda != 1 writes ``theta_0 + lambda * sum_i w_i (theta_i -
-        theta_0)`` instead (weights summing to one): the merge moved lambda times as far from
-        the seed ``theta_0``, a budget-aware proxy that ``ablate validate`` measures.
-        ``"norm"`` picks lambda per mixture so that the merged update is as long as the
-        members' updates are on average (``norm_lambda``).
+        ``method`` is a merge method (``ablate.engine.merges``; default: the weighted average
+        ``sum_i weights[i] * member_i``); ``extrapolate`` names one by its ``--extrapolate``
+        value instead (a lambda, or a registered name such as ``"norm"``).
         """
-        if extrapolate == "norm":
-            extrapolate = self.norm_lambda(weights)
         if self.unusable:
             self._check_usable([r for r in self.unusable if float(weights[r]) != 0.0])
-        if extrapolate != 1.0:
-            weights = weights * extrapolate
+        (method or merge_method(extrapolate)).apply(self, weights)
+
+    @property
+    def merges_deltas(self) -> bool:
+        """Whether a merge writes the seed plus weighted member deltas (LoRA factors), so
+        that scaling the weights scales the distance from the seed."""
+        return self.method.merges_by_factors
+
+    def weighted_sum_(self, weights: torch.Tensor) -> None:
+        """``sum_i weights[i] * member_i`` into the skeleton (LoRA: ``W0 + scaling * sum_i
+        weights[i] B_i A_i``): the primitive every merge method builds on."""
         if self.method.merges_by_factors:
             with torch.no_grad():
                 for s in self._sites:
                     w = weights.to(self.device, s.left.dtype).repeat_interleave(s.rank)  # (N*r,)
                     # W = W0 + scaling * [w_1 B_1 ... w_N B_N] @ [A_1; ...; A_N]: one GEMM.
                     torch.addmm(s.base, s.left * w, s.right, alpha=s.scaling, out=s.param.data)
-            return  # LoRA deltas are already relative to the seed: scaling them extrapolates
+            return
         if not self.chunked:
             kernels.weighted_average(self.stack, weights.to(self.device), out=self.flat)
-        else:
-            # Streamed: read only the members the mixture uses (a subset's others weigh 0).
-            rows = torch.nonzero(weights).flatten().tolist()
-            if not rows:
-                self.flat.zero_()
-            else:
-                w = weights[rows].to(self.device)
-                for a, b, block in self._chunks(rows):
-                    kernels.weighted_average(block, w, out=self.flat[a:b])
-        if extrapolate != 1.0:
-            self.flat.add_(self._seed_flat(), alpha=1.0 - extrapolate)
+            return
+        # Streamed: read only the members the mixture uses (a subset's others weigh 0).
+        rows = torch.nonzero(weights).flatten().tolist()
+        if not rows:
+            self.flat.zero_()
+            return
+        w = weights[rows].to(self.device)
+        for a, b, block in self._chunks(rows):
+            kernels.weighted_average(block, w, out=self.flat[a:b])
 
-    def norm_lambda(self, weights: torch.Tensor) -> float:
-        """``sum_i w_i |d_i| / |sum_i w_i d_i|`` with ``d_i = theta_i - theta_0``: how much
-        shorter averaging makes the members' updates (members that moved in different
-        directions partly cancel, while a model really trained on the mixture moves the full
-        distance of its training run). 1 for one member; from the members' Gram matrix."""
-        import numpy as np
+    def add_seed_(self, alpha: float) -> None:
+        """``skeleton += alpha * theta_0`` (full-weight pools; the seed loads on first use)."""
+        if self.merges_deltas:
+            raise ValueError("LoRA merges are relative to the seed already")
+        self.flat.add_(self._seed_flat(), alpha=alpha)
 
-        g = self.update_gram()
-        w = weights.double().cpu().numpy()
-        merged = float(np.sqrt(max(w @ g @ w, 0.0)))
-        return float(w @ np.sqrt(np.clip(np.diag(g), 0.0, None))) / merged if merged > 0 else 1.0
+    @property
+    def layout(self) -> MemberLayout:
+        """Which rows each mixture weighs (the pool's layout unless one was given)."""
+        if self._layout is None:
+            self._layout = MemberLayout(self.pool)
+        return self._layout
 
-    def update_gram(self):
+    def load(self, mixture: Mixture, *, method: MergeMethod | None = None) -> None:
+        """Put ``mixture``'s merged weights into the skeleton (``method``: see ``merge``)."""
+        self.merge(torch.from_numpy(self.layout.member_weights(mixture)).float(), method=method)
+
+    def visit(self, mixtures: Sequence[Mixture]) -> Iterator[Mixture]:
+        """Load each of ``mixtures`` in turn and yield it while the skeleton holds it.
+
+        Uniform subsets come first, in Gray-code order through the running-sum ``walk``
+        (where the pool's method allows it), then every other mixture merged one by one.
+        """
+        walk, rest = self.layout.walk_order(mixtures)
+        for i in self.walk([m.names for m in walk], self.layout.rows_of):
+            yield walk[i]
+        for m in rest:
+            self.load(m)
+            yield m
+
+    def update_gram(self) -> np.ndarray:
         """``G[i, j] = <theta_i - theta_0, theta_j - theta_0>`` (float64 ``(N, N)``, numpy;
         computed once, in column chunks of the stack)."""
-        import numpy as np
-
         if self._gram is None:
             if self.method.merges_by_factors:
                 raise ValueError("update norms are computed for full-weight pools only")

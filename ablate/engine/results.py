@@ -18,13 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ablate.engine.scores import DomainScore, EvalResult, TaskScore
 from ablate.pool.errors import PoolError
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from ablate.data.evalset import EvalSet
-    from ablate.engine.scoring import DomainScore, EvalResult
+    from ablate.data.tasks import Task
     from ablate.mixture import Mixture
 
 _SCHEMA = """
@@ -143,8 +144,6 @@ class ResultsStore:
 
     def get_task(self, pool_key: str, task_key: str, mixture_key: str) -> np.ndarray | None:
         """Every choice's summed NLL ``(C,)`` float64 for a task, or None if never scored."""
-        import numpy as np
-
         rows = self._read(
             "SELECT choice_nll FROM task_results WHERE pool_key=? AND task_key=? AND mixture_key=?",
             (pool_key, task_key, mixture_key),
@@ -160,8 +159,6 @@ class ResultsStore:
         choice_nll: np.ndarray,
     ) -> None:
         """Store one task's per-choice NLL ``(C,)`` for one mixture."""
-        import numpy as np
-
         now, text = _stamp(mixture)
         blob = np.ascontiguousarray(choice_nll, dtype="<f8").tobytes()
         self._write(
@@ -233,21 +230,21 @@ def _stamp(mixture: Mapping[str, float]) -> tuple[str, str]:
 
 
 class ResultsCache:
-    """A mixture's scores on one eval set, looked up before scoring and recorded after.
+    """The one reader and writer of a store's tables for one eval set: perplexity per
+    domain, task scores per choice, and the partial scores of mixtures a race dropped.
 
-    ``store=None`` remembers nothing (every lookup misses): the Ray actors and throwaway
-    evaluators use that, and only one process writes a store.
+    Every method takes the mixture's ``pool_key`` (``MemberLayout.pool_key``: exactly the
+    members it merges). ``store=None`` remembers nothing (every lookup misses): the Ray
+    actors and throwaway evaluators use that, and only one process writes a store.
     """
 
     def __init__(self, store: ResultsStore | None, eval_set: EvalSet):
         self.store = store
         self.eval_set = eval_set
 
+    # ------------------------------------------------------------------ perplexity
     def lookup(self, mixture: Mixture, pool_key: str) -> EvalResult | None:
-        """The stored scores of ``mixture`` (merging the members ``pool_key`` names), if every
-        eval domain has one."""
-        from ablate.engine.scoring import DomainScore, EvalResult
-
+        """The stored scores of ``mixture``, if every eval domain has one."""
         if self.store is None:
             return None
         hit = self.store.get(pool_key, self.eval_set.fingerprint, mixture.key)
@@ -260,14 +257,54 @@ class ResultsCache:
         self, mixture: Mixture, scores: Mapping[str, DomainScore], pool_key: str
     ) -> EvalResult:
         """Store ``scores`` (all domains in one transaction) and return them as a result."""
-        from ablate.engine.scoring import EvalResult
-
         if self.store is not None:
             rows: dict[str, Row] = {d: (s.tokens, s.nll, s.bytes) for d, s in scores.items()}
             self.store.put(
                 pool_key, self.eval_set.fingerprint, mixture.key, mixture.as_dict(), rows
             )
         return EvalResult(mixture, dict(scores))
+
+    # ------------------------------------------------------------------ tasks
+    def lookup_task(self, task: Task, mixture: Mixture, pool_key: str) -> TaskScore | None:
+        """``task``'s stored score of ``mixture``, if it was scored before on these items."""
+        if self.store is None:
+            return None
+        hit = self.store.get_task(pool_key, task.fingerprint, mixture.key)
+        if hit is None or len(hit) != task.offsets[-1]:
+            return None
+        return TaskScore.of(task, hit, cached=True)
+
+    def record_task(
+        self, task: Task, mixture: Mixture, pool_key: str, score: TaskScore
+    ) -> TaskScore:
+        """Store ``score`` (every choice's NLL of ``task``) and return it."""
+        if self.store is not None:
+            self.store.put_task(
+                pool_key, task.fingerprint, mixture.key, mixture.as_dict(), score.choice_nll
+            )
+        return score
+
+    # ------------------------------------------------------------------ partial scores
+    def lookup_partial(self, mixture: Mixture, pool_key: str) -> dict[str, Row] | None:
+        """A raced-out mixture's ``{domain: (tokens scored, summed nll, total tokens)}``."""
+        if self.store is None:
+            return None
+        return self.store.get_partial(pool_key, self.eval_set.fingerprint, mixture.key)
+
+    def record_partial(
+        self,
+        mixture: Mixture,
+        pool_key: str,
+        partial: Mapping[str, DomainScore],
+        total_tokens: Mapping[str, int],
+    ) -> None:
+        """Store a raced-out mixture's scores over the documents it was scored on, with
+        each domain's full token count beside them (never read as a full score)."""
+        if self.store is not None:
+            rows = {d: (s.tokens, s.nll, total_tokens[d]) for d, s in partial.items()}
+            self.store.put_partial(
+                pool_key, self.eval_set.fingerprint, mixture.key, mixture.as_dict(), rows
+            )
 
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:

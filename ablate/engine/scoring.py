@@ -1,126 +1,32 @@
-"""Score whatever weights a model skeleton holds on one eval set.
+"""Score whatever weights a model skeleton holds: an eval set (``Scorer``) or a task (``TaskScorer``).
 
 A ``Scorer(model, eval_set)`` owns the eval set's windows and batches (built once) and turns
 the skeleton's current weights into summed NLL per eval domain or per document. Scoring
 another eval set on the same loaded weights is another ``Scorer`` on the same model:
 nothing is reloaded. Documents are scored in non-overlapping windows (the Paloma
 convention, see :mod:`ablate.data.evalset`); the LM head runs through ``kernels.token_nll`` on
-real targets only, so the ``(tokens, vocab)`` logits never exist at once.
+real targets only, so the ``(tokens, vocab)`` logits never exist at once. A ``TaskScorer``
+runs a task's (item, choice) windows through the same path (lm-evaluation-harness's
+multiple-choice convention, ``ablate.data.tasks``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ablate.data.evalset import IGNORE, EvalSet, Windows
-from ablate.mixture import Mixture
+from ablate.data.tasks import Task
+from ablate.engine.scores import MACRO, DocScores, DomainScore, EvalResult, TaskScore
+from ablate.pool.architectures import lm_head
 
 if TYPE_CHECKING:
     import torch
 
-    from ablate.data.tasks import TaskScore
     from ablate.engine.merge import MergedModel
-
-MACRO = "macro"
-_LN2 = math.log(2)
-
-
-@dataclass(frozen=True)
-class DomainScore:
-    """Totals for one eval domain; perplexity and bits per byte derive from them."""
-
-    tokens: int
-    nll: float
-    bytes: int
-
-    @property
-    def ppl(self) -> float:
-        return math.exp(self.nll / self.tokens)
-
-    @property
-    def bpb(self) -> float:
-        return self.nll / (_LN2 * self.bytes)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """A mixture's scores per eval domain (and per task: ``ablate.data.tasks.TaskScore``)."""
-
-    mixture: Mixture
-    scores: Mapping[str, DomainScore]
-    cached: bool = False
-    tasks: Mapping[str, TaskScore] = field(default_factory=dict)
-
-    @property
-    def ppl(self) -> dict[str, float]:
-        return {d: s.ppl for d, s in self.scores.items()}
-
-    @property
-    def bpb(self) -> dict[str, float]:
-        return {d: s.bpb for d, s in self.scores.items()}
-
-    @property
-    def macro_ppl(self) -> float:
-        return float(np.mean([s.ppl for s in self.scores.values()]))
-
-    @property
-    def macro_bpb(self) -> float:
-        return float(np.mean([s.bpb for s in self.scores.values()]))
-
-    def rows(self) -> list[dict]:
-        """One record per domain plus a ``macro`` record (the ``--json`` schema)."""
-        mix = self.mixture.as_dict()
-        out = [
-            {
-                "mixture": mix,
-                "domain": d,
-                "tokens": s.tokens,
-                "nll": s.nll,
-                "ppl": s.ppl,
-                "bpb": s.bpb,
-            }
-            for d, s in self.scores.items()
-        ]
-        out.append(
-            {
-                "mixture": mix,
-                "domain": MACRO,
-                "tokens": sum(s.tokens for s in self.scores.values()),
-                "nll": sum(s.nll for s in self.scores.values()),
-                "ppl": self.macro_ppl,
-                "bpb": self.macro_bpb,
-            }
-        )
-        return out
-
-
-@dataclass(frozen=True)
-class DocScores:
-    """Summed NLL (nats, float64) and scored tokens (int64) per eval document, ``(n_docs,)``.
-
-    Validation bootstraps over documents (Na et al., EMNLP 2024, report intervals), so it
-    needs the sums per document rather than per domain.
-    """
-
-    nll: np.ndarray
-    tokens: np.ndarray
-
-    def domain_totals(self, eval_set: EvalSet) -> dict[str, DomainScore]:
-        """The per-domain totals, rebuilt from the documents."""
-        n = len(eval_set.domains)
-        nll = np.bincount(eval_set.doc_domain, weights=self.nll, minlength=n)
-        tok = np.bincount(eval_set.doc_domain, weights=self.tokens, minlength=n).astype(np.int64)
-        nbytes = eval_set.domain_bytes
-        return {
-            d: DomainScore(int(tok[i]), float(nll[i]), int(nbytes[i]))
-            for i, d in enumerate(eval_set.domains)
-        }
 
 
 @dataclass(frozen=True)
@@ -174,8 +80,7 @@ def target_nll(model: torch.nn.Module, batch: ScoringBatch) -> torch.Tensor:
     Runs the model body, then ``kernels.token_nll`` on the final hidden states of real
     targets only (never on padding).
     """
-    import ablate.kernels as kernels
-    from ablate.pool.architectures import lm_head
+    import ablate.kernels as kernels  # imports torch: only once something is scored
 
     hidden = model.base_model(input_ids=batch.inputs, use_cache=False).last_hidden_state
     head = lm_head(model)  # weight, bias, logit scale (Cohere, Granite), soft-cap (Gemma 2)
@@ -261,6 +166,40 @@ class Scorer:
         return nll.tolist()  # one device sync per score
 
 
+class TaskScorer:
+    """Per-choice NLL of a model skeleton's current weights on one task.
+
+    Args:
+        model: The merged model (its weights change between calls).
+        task: The task to score.
+        batch_tokens: Tokens per forward pass; bounds activation memory.
+    """
+
+    def __init__(self, model: MergedModel, task: Task, *, batch_tokens: int = 8192):
+        self.model = model
+        self.task = task
+        self.batch_tokens = batch_tokens
+
+    @cached_property
+    def batches(self) -> list[ScoringBatch]:
+        """The task's windows cut into batches once (``doc`` holds the flat choice index)."""
+        tok = self.model.pool.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        w = self.task.windows(tok, self.model.pool.manifest.context, pad)
+        return cut_batches(w, self.model.device, self.batch_tokens)
+
+    def score(self) -> TaskScore:
+        """The skeleton's current weights: every choice's summed NLL."""
+        import torch
+
+        c = int(self.task.offsets[-1])
+        nll = torch.zeros(c, dtype=torch.float64, device=self.model.device)
+        with torch.inference_mode():
+            for b in self.batches:
+                nll.index_add_(0, b.doc, target_nll(self.model.model, b).double())
+        return TaskScore.of(self.task, nll.cpu().numpy())
+
+
 __all__ = [
     "MACRO",
     "DocScores",
@@ -268,6 +207,8 @@ __all__ = [
     "EvalResult",
     "Scorer",
     "ScoringBatch",
+    "TaskScore",
+    "TaskScorer",
     "cut_batches",
     "target_nll",
 ]

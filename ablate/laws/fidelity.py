@@ -17,9 +17,9 @@ alone and the proxies' law alone (no real run seen, so its error includes the ga
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -31,12 +31,18 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ablate.evaluator import Evaluator
-    from ablate.laws.law import MixtureLaw
-    from ablate.validation import ValidationReport
 
 Method = Literal["indicator", "offset"]
 MAX_DEFAULT_PROXIES = 1023  # every subset of up to 10 partitions; above, pass proxies=
 VARIANTS = ("real alone", "proxies alone", "both: indicator", "both: offset")
+
+
+class RealRuns(Protocol):
+    """What a law reads of a ``ValidationReport`` (a protocol: validation sits above the laws)."""
+
+    records: Sequence[Any]  # one per really trained model, mixtures first
+    mixtures: int  # how many distinct mixtures lead ``records``
+    pairs: Any  # DataFrame: one row per mixture x target, proxy and real values
 
 
 @dataclass(frozen=True)
@@ -81,9 +87,7 @@ class Fidelity:
         }
 
 
-def real_runs(
-    report: ValidationReport, target: Any
-) -> tuple[list[Mixture], np.ndarray, np.ndarray]:
+def real_runs(report: RealRuns, target: Any) -> tuple[list[Mixture], np.ndarray, np.ndarray]:
     """The report's mixtures with their real and proxy target scores ``(R,)`` each."""
     mixtures = [Mixture(tuple(r.mixture)) for r in report.records[: report.mixtures]]
     real, proxy = [], []
@@ -105,16 +109,16 @@ def _rows(mixtures: list[Mixture], partitions: tuple[str, ...]) -> np.ndarray:
 
 
 def fit_from(
-    cls: type[MixtureLaw],
+    cls: type,
     ev: Evaluator,
-    report: ValidationReport,
+    report: RealRuns,
     *,
     target: str = "macro",
     proxies: Iterable[Mixture | str] | None = None,
     method: Literal["auto", "indicator", "offset"] = "auto",
     features: str = "auto",
     seed: int = 0,
-) -> MixtureLaw:
+) -> Any:
     """``MixtureLaw.fit_from``: proxies of ``ev``'s pool plus ``report``'s real models.
 
     Args:
@@ -130,8 +134,7 @@ def fit_from(
     """
     import pandas as pd
 
-    from ablate.laws.law import candidate_kinds
-    from ablate.strategies.base import require_extra
+    from ablate.extras import require_extra
     from ablate.strategies.space import SearchSpace, Target, task_term
 
     require_extra("sklearn", "fitting a mixture law")
@@ -162,7 +165,7 @@ def fit_from(
     x_p = np.vstack([_rows(proxy_mixtures, parts), _rows(mixtures_r, parts)])  # (P, n)
     x_r = _rows(mixtures_r, parts)  # (R, n)
     ly_p, ly_r = sg.log_scores(y_p), sg.log_scores(y_real)
-    kinds = candidate_kinds(features, len(parts), True)
+    kinds = sg.candidate_kinds(features, len(parts), True)
     n = len(parts)
 
     # proxies alone: one law, never shown a real run

@@ -30,33 +30,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ablate.evaluator import Evaluator
-    from ablate.laws.fidelity import Fidelity
-    from ablate.validation import ValidationReport
+    from ablate.laws.fidelity import Fidelity, RealRuns
 
 Features = Literal["weights", "weights+pairs", "trees", "exp", "auto"]
-FEATURES: dict[str, tuple[sg.Kind, ...]] = {
-    "weights": ("linear",),
-    "weights+pairs": ("quadratic",),
-    "trees": ("gbm",),
-    "exp": ("exp",),
-}
 Transform = Literal["log", "none"]
 CV_LEVEL = 0.9  # coverage of the cross-validated Spearman's bootstrap interval
-
-
-def candidate_kinds(features: str, n_partitions: int, log_scale: bool) -> tuple[sg.Kind, ...]:
-    """The surrogate kinds ``features`` lets ``select`` try."""
-    if features == "auto":
-        return sg.kinds_for(n_partitions, log_scale=log_scale)
-    if features not in FEATURES:
-        raise AblateError(
-            f"--features {features!r}: choose weights, weights+pairs, trees, exp or auto"
-        )
-    if features == "exp" and not log_scale:
-        raise AblateError(
-            "--features exp models a positive loss; it does not fit a higher-is-better target"
-        )
-    return FEATURES[features]
 
 
 @dataclass(frozen=True)
@@ -116,7 +94,7 @@ class MixtureLaw:
             partitions: A pool's partitions: weight columns outside them are refused.
             seed: Seeds the folds and the trees.
         """
-        from ablate.strategies.base import require_extra
+        from ablate.extras import require_extra
 
         require_extra("sklearn", "fitting a mixture law")
         if not isinstance(runs, Runs):
@@ -125,7 +103,7 @@ class MixtureLaw:
         y_raw = runs.targets[target]
         transform: Transform = "log" if not higher_is_better and (y_raw > 0).all() else "none"
         y = sg.log_scores(y_raw) if transform == "log" else y_raw
-        kinds = candidate_kinds(features, len(runs.partitions), transform == "log")
+        kinds = sg.candidate_kinds(features, len(runs.partitions), transform == "log")
         sel = sg.select(runs.weights, y, kinds, seed)
         return cls(
             target=target,
@@ -145,7 +123,7 @@ class MixtureLaw:
     def fit_from(
         cls,
         evaluator: Evaluator,
-        report: ValidationReport,
+        report: RealRuns,
         *,
         target: str = "macro",
         proxies: Iterable[Mixture | str] | None = None,

@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ablate.pool.errors import AblateError
+
 Kind = Literal["linear", "quadratic", "gbm", "exp"]
 KINDS: tuple[Kind, ...] = ("linear", "quadratic", "gbm", "exp")  # ties go to the earlier one
 FOLDS = 4  # k of the k-fold error that picks the surrogate
@@ -223,3 +225,26 @@ def spearman_interval(
     rho = (rp * ry).sum(1)[ok] / den[ok]
     tail = (1 - level) / 2
     return (float(np.quantile(rho, tail)), float(np.quantile(rho, 1 - tail)))
+
+
+FEATURES: dict[str, tuple[Kind, ...]] = {
+    "weights": ("linear",),
+    "weights+pairs": ("quadratic",),
+    "trees": ("gbm",),
+    "exp": ("exp",),
+}
+
+
+def candidate_kinds(features: str, n_partitions: int, log_scale: bool) -> tuple[Kind, ...]:
+    """The surrogate kinds ``features`` lets ``select`` try."""
+    if features == "auto":
+        return kinds_for(n_partitions, log_scale=log_scale)
+    if features not in FEATURES:
+        raise AblateError(
+            f"--features {features!r}: choose weights, weights+pairs, trees, exp or auto"
+        )
+    if features == "exp" and not log_scale:
+        raise AblateError(
+            "--features exp models a positive loss; it does not fit a higher-is-better target"
+        )
+    return FEATURES[features]

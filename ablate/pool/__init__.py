@@ -1,6 +1,7 @@
 """The model pool: partitions, the seed, and one trained member per base unit."""
 
 from ablate.pool.cluster import ClusterModel, add_clustered, fit_clusters
+from ablate.pool.distributed import grow_with_ray, torchrun_group
 from ablate.pool.errors import AblateError, CorruptMemberError, DataError, PoolError
 from ablate.pool.method import METHODS, Method, method_of
 from ablate.pool.pool import Pool, UnitRef, VerifyReport
@@ -27,5 +28,7 @@ __all__ = [
     "VerifyReport",
     "add_clustered",
     "fit_clusters",
+    "grow_with_ray",
     "method_of",
+    "torchrun_group",
 ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -43,12 +44,15 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.numpy import load, save
+from tqdm.auto import tqdm
 
 from ablate.pool.atomic import remove_stale_temporaries, staged_dir, write_json
-from ablate.pool.corpus import Document
+from ablate.pool.corpus import Document, iter_documents
 from ablate.pool.embedding import N_FEATURES, SAMPLE_CHARS, check_rows, embed_seed, hasher, tfidf
 from ablate.pool.errors import DataError, PoolError
-from ablate.pool.tokens import ContentHasher
+from ablate.pool.pool import ADD_LOCK
+from ablate.pool.tokens import ContentHasher, TokenizedPartition, append_partition, write_partition
 
 if TYPE_CHECKING:
     from ablate.pool.pool import Pool
@@ -74,8 +78,6 @@ LSA_MIN, LSA_PER_CLUSTER, LSA_MAX = 24, 4, 256  # see lsa_components
 
 @cache
 def _has_sklearn() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("sklearn") is not None
 
 
@@ -175,8 +177,6 @@ class ClusterModel:
     # ------------------------------------------------------------------ storage
     def save(self, folder: Path) -> None:
         """Write ``model.json`` and ``centroids.safetensors`` into ``folder`` atomically."""
-        from safetensors.numpy import save
-
         tensors = {"centroids": np.ascontiguousarray(self.centroids, dtype=np.float32)}
         if self.components is not None:
             tensors["components"] = np.ascontiguousarray(self.components, dtype=np.float32)
@@ -192,8 +192,6 @@ class ClusterModel:
     @classmethod
     def load(cls, folder: Path, *, pool: Pool | None = None, device: str | None = None):
         """Read a stored clusterer; refuse another format version or a damaged file clearly."""
-        from safetensors.numpy import load
-
         record = read_cluster_record(folder)
         weights = folder / "centroids.safetensors"
         try:
@@ -588,8 +586,6 @@ def _drop_unused_data_folder(folder: Path) -> None:
 
     A refused first ``pool add --clusters`` then leaves the pool exactly as it was.
     """
-    from ablate.pool.pool import ADD_LOCK
-
     with contextlib.suppress(OSError):
         if {p.name for p in folder.iterdir()} <= {ADD_LOCK}:
             (folder / ADD_LOCK).unlink(missing_ok=True)
@@ -624,11 +620,6 @@ def add_clustered(
     Returns:
         The partitions that were created or received new documents.
     """
-    from tqdm.auto import tqdm
-
-    from ablate.pool.corpus import iter_documents
-    from ablate.pool.tokens import TokenizedPartition, append_partition, write_partition
-
     require_sklearn()
     # Pass 1, lazily: the generator is read only if a new model is fitted.
     sample_pass = iter_documents(paths, text_field=text_field, warn_empty=False)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ablate.pool.corpus import Document
 from ablate.pool.errors import DataError
+from ablate.pool.train import pick_device
 
 if TYPE_CHECKING:
     import scipy.sparse
@@ -65,8 +66,6 @@ SAMPLE_CHARS = 20_000  # characters of a document a clusterer reads (a long tail
 def embed_seed(pool: Pool, docs: Sequence[Document], device: str | None) -> np.ndarray:
     """Mean-pooled final hidden states of the seed model ``(len(docs), hidden)``, L2-normalised."""
     import torch
-
-    from ablate.pool.train import pick_device
 
     model, dev = _seed_model(pool, str(pick_device(device)))
     tok = pool.tokenizer

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
 from ablate.pool.atomic import remove_stale_temporaries
 from ablate.pool.train import broadcast_from_main, continue_pretraining, is_main_rank, write_trained
 
@@ -153,9 +156,6 @@ def ensure_trained(
     Returns:
         ``Ensured(record, trained)``.
     """
-    from filelock import FileLock, Timeout
-    from tqdm.auto import tqdm
-
     if if_locked not in ("skip", "wait"):
         raise ValueError(f'if_locked must be "skip" or "wait", got {if_locked!r}')
     folder = target.folder

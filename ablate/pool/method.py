@@ -16,6 +16,7 @@ LoRA: Hu et al., ICLR 2022, "LoRA: Low-Rank Adaptation of Large Language Models"
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -147,8 +148,6 @@ class LoraMethod(_MethodFlags):
     def prepare(self, model: PreTrainedModel, recipe: Recipe, seed: int) -> PreTrainedModel:
         """A copy of ``model`` with a fresh adapter whose initialisation comes from ``seed``
         (not from run order); ``model`` is left unchanged."""
-        import copy
-
         import torch
 
         torch.manual_seed(seed)

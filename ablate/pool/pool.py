@@ -10,6 +10,7 @@ loses at most the member it was training. A lock file per member keeps two concu
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import zlib
@@ -18,6 +19,10 @@ from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
 
 from ablate.pool import seed as seedlib
 from ablate.pool.architectures import check_head
@@ -51,8 +56,6 @@ ADD_LOCK = ".add.lock"  # in data/: the file every writer of data/ locks (see Po
 @contextlib.contextmanager
 def _add_lock(data_folder: Path) -> Iterator[None]:
     """Hold the pool's add lock, saying so when another ``pool add`` makes us wait."""
-    from filelock import FileLock, Timeout
-
     lock = FileLock(str(data_folder / ADD_LOCK))
     try:
         lock.acquire(timeout=0)
@@ -66,8 +69,6 @@ def _add_lock(data_folder: Path) -> Iterator[None]:
 
 
 def _bar(total: int, desc: str, enabled: bool, **kw: object):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, **kw)
 
 
@@ -199,7 +200,6 @@ class Pool:
     ) -> None:
         tokenizer = seedlib.train_tiny_tokenizer(texts, spec.vocab_size)
         model = seedlib.build_tiny_model(spec, len(tokenizer), recipe.seq_len, recipe.seed)
-        import numpy as np
 
         stream = np.concatenate(encode_documents(tokenizer, texts))
         # The seed is plain pre-training: full weights, whatever the members' method.
@@ -557,8 +557,6 @@ def _unit_refs(parts: dict[str, TokenizedPartition]) -> list[UnitRef]:
 
 
 def _read_config(folder: Path) -> dict:
-    import json
-
     cfg = json.loads((folder / "config.json").read_text())
     if "vocab_size" not in cfg and "text_config" in cfg:
         cfg = cfg["text_config"]

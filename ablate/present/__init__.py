@@ -1,1 +1,2 @@
-"""Tables and figures for people: the CLI's and the demo's output."""
+"""Tables and figures for people: terminal tables (``tables``), the heatmap and figure files
+(``heatmap``), and the demo's markdown summary (``markdown``)."""

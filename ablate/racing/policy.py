@@ -54,21 +54,24 @@ stratified sum. A 0/1 outcome often agrees on the first few items, and a zero sa
 there proves nothing, so a bounded stratum's variance adds Agresti & Min's pseudo-items
 (Statistics in Medicine 2005: half an item at each end of the range, one at 0). Survivors'
 choice NLLs are the stages' (each item scored once, through ``Task.subset``): their task
-scores are full scores, recorded in the store like ``with_task_scores``'s; other tasks of the
+scores are full scores, recorded in the store like ``Evaluator.with_tasks``'s; other tasks of the
 evaluator are scored in full for survivors as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ablate.data.tasks import TASK_LOSS_SCALE, as_task_loss
-from ablate.engine.scoring import DocScores, DomainScore, EvalResult
+from ablate.engine.executor import LocalExecutor
+from ablate.engine.scores import DocScores, DomainScore, EvalResult, TaskScore
+from ablate.evaluator import as_mixture
 from ablate.mixture import Mixture
+from ablate.objective import TASK_LOSS_SCALE, Target, as_task_loss, task_term
 from ablate.pool.errors import AblateError
 from ablate.racing.engine import (
     DEFAULT_CONFIDENCE,
@@ -187,11 +190,8 @@ class Race:
         top: int = 1,
         seed: int = RACE_SEED,
     ):
-        from ablate.engine.executor import LocalExecutor
-
         if not isinstance(ev.executor, LocalExecutor):
             raise AblateError("--race scores in this process; drop --backend ray or --race")
-        from ablate.strategies.space import Target, task_term
 
         if isinstance(target, str):
             target = Target.parse(target)
@@ -264,8 +264,6 @@ class Race:
     def run(self, mixtures: Sequence[Mixture]) -> list[EvalResult | PartialResult]:
         """Each mixture's full ``EvalResult`` (store hits and survivors) or ``PartialResult``
         (dropped), in the given order."""
-        from ablate.evaluator import as_mixture
-
         mixtures = [as_mixture(m) for m in mixtures]
         ev, known = self.ev, {}
         todo: dict[str, Mixture] = {}
@@ -280,9 +278,7 @@ class Race:
                 self.cached += 1
         self._mixtures.update(todo)
         if self.tasks and known:  # the target reads them (and the caller gets them)
-            from ablate.data.tasks import with_task_scores
-
-            known = {r.mixture.key: r for r in with_task_scores(ev, list(known.values()))}
+            known = {r.mixture.key: r for r in ev.with_tasks(list(known.values()))}
         if todo and len(self.racer.incumbents) < self.racer.top and known:
             self._seed(list(known.values()))
         outcomes = self.racer.run(list(todo), self._score_stage)
@@ -290,10 +286,8 @@ class Race:
         for key, o in outcomes.items():
             known[key] = self._result(todo[key], o)
         if getattr(ev, "tasks", None):  # survivors carry their task scores, like run_many's
-            from ablate.data.tasks import with_task_scores
-
             full = [r for r in known.values() if isinstance(r, EvalResult)]
-            known.update({r.mixture.key: r for r in with_task_scores(ev, full)})
+            known.update({r.mixture.key: r for r in ev.with_tasks(full)})
         return [known[m.key] for m in mixtures]
 
     def _seed(self, hits: list[EvalResult]) -> None:
@@ -324,8 +318,6 @@ class Race:
     def _score_stage(self, keys: Sequence[Hashable], units: np.ndarray) -> np.ndarray:
         """Per-unit values ``(len(keys), len(units))``: a document's summed NLL, a task
         item's loss (its terms' weighted mean); uniform subsets merge by a Gray walk."""
-        import torch
-
         ev = self.ev
         is_doc = units < self.n_docs
         docs = units[is_doc]
@@ -358,20 +350,11 @@ class Race:
         mixtures = [self._mixtures[k] for k in keys]  # type: ignore[index]
         row = {m.key: i for i, m in enumerate(mixtures)}
         out = np.empty((len(mixtures), len(units)))
-        model = ev.merged
-        walk, rest = ev.layout.walk_order(mixtures)
-        for j in model.walk([m.names for m in walk], ev.layout.rows_of):
-            out[row[walk[j].key]] = score_current(walk[j].key)
-        for m in rest:
-            model.merge(torch.from_numpy(ev.member_weights(m)).float())
+        for m in ev.merged.visit(mixtures):
             out[row[m.key]] = score_current(m.key)
         return out
 
     def _result(self, m: Mixture, o: Outcome) -> EvalResult | PartialResult:
-        import dataclasses
-
-        from ablate.data.tasks import TaskScore
-
         ev, es = self.ev, self.ev.eval_set
         nll, tokens = o.nll[: self.n_docs], self.racer.tokens[: self.n_docs]
         choice = self._choice.pop(m.key, {})
@@ -381,13 +364,12 @@ class Race:
             r = ev.cache.record(m, scores, ev.pool_key(m))
             if not self.tasks:
                 return r
-            tasks = {t.name: TaskScore.of(t, choice[t.name]) for t in self.tasks}
+            tasks = {}
             for t in self.tasks:  # every choice was scored exactly once
                 assert not np.isnan(choice[t.name]).any(), "a survivor missed task items"
-                if ev.store is not None:
-                    ev.store.put_task(
-                        ev.pool_key(m), t.fingerprint, m.key, m.as_dict(), choice[t.name]
-                    )
+                tasks[t.name] = ev.cache.record_task(
+                    t, m, ev.pool_key(m), TaskScore.of(t, choice[t.name])
+                )
             return dataclasses.replace(r, tasks=tasks)
         self.dropped += 1
         mask = ~np.isnan(nll)
@@ -408,14 +390,7 @@ class Race:
             o.score,
             self._mixtures[o.against],  # type: ignore[index]
         )
-        if ev.store is not None:
-            ev.store.put_partial(
-                ev.pool_key(m),
-                es.fingerprint,
-                m.key,
-                m.as_dict(),
-                {d: (s.tokens, s.nll, total_tokens[d]) for d, s in partial.items()},
-            )
+        ev.cache.record_partial(m, ev.pool_key(m), partial, total_tokens)
         return result
 
 

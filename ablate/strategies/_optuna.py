@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from filelock import FileLock
+
 from ablate.mixture import Mixture
 from ablate.pool.atomic import sha256_json
 from ablate.strategies.base import SearchContext, Trial, require_extra
@@ -135,8 +137,6 @@ class OptunaStrategy:
             )
         self._lock: Any = contextlib.nullcontext()
         if ctx.storage is not None:
-            from filelock import FileLock
-
             # One lock per storage, in the pool folder that every worker opens anyway.
             lock_name = hashlib.sha256(ctx.storage.encode()).hexdigest()[:16]
             self._lock = FileLock(str(ctx.evaluator.pool.path / f".search-{lock_name}.lock"))

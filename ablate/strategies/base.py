@@ -8,13 +8,9 @@ files: the strategy's own module and the import line in ``ablate/strategies/__in
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING, Literal, Protocol
-
-from ablate.pool.errors import AblateError
 
 if TYPE_CHECKING:
     from ablate.evaluator import EvalResult, Evaluator
@@ -96,17 +92,3 @@ def register(
         return factory
 
     return deco
-
-
-@cache
-def has_module(module: str) -> bool:
-    """Whether ``module`` is importable (cached ``find_spec``; nothing is imported)."""
-    return importlib.util.find_spec(module) is not None
-
-
-def require_extra(module: str, purpose: str) -> None:
-    """Raise an ``AblateError`` naming the ``search`` extra when ``module`` is missing."""
-    if not has_module(module):
-        raise AblateError(
-            f"{purpose} needs {module}; install it with: pip install 'ablate-sim[search]'"
-        )

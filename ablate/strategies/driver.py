@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ablate.engine.layout import MAX_ALL_SUBSETS
 from ablate.evaluator import EvalResult, Evaluator
@@ -194,8 +195,6 @@ def _loop(
 ) -> list[Trial]:
     """Propose, score through the store (or race), observe; until the budget or the plan
     runs out. A raced-out mixture is observed with its estimated score."""
-    from tqdm.auto import tqdm
-
     seen: dict[str, Trial] = {}
     stalls = 0
     with tqdm(total=ctx.budget, desc="search", unit="mix", disable=not progress) as bar:

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ablate.engine.scoring import target_nll
 from ablate.mixture import Mixture
 from ablate.pool.errors import AblateError
 from ablate.strategies.base import SearchContext, Trial, register
 
 if TYPE_CHECKING:
     from ablate.evaluator import EvalResult, Evaluator
-    from ablate.strategies.space import Target
+    from ablate.objective import Target
 
 _ETA0 = 1.0  # first step: the most-favoured partition's weight moves by a factor e
 _ETA_GROW = 1.5  # after an improvement
@@ -54,15 +55,13 @@ def mixture_gradient(
     """
     import torch
 
-    from ablate.engine.scoring import target_nll
-
     if ev.pool.method.merges_by_factors:
         raise AblateError(
             "the gradient strategy needs a full-weight pool; this pool is LoRA - use tpe, gp or regression"
         )
     result = result if result is not None else ev.evaluate(mixture)
     merged = ev.merged
-    merged.merge(torch.from_numpy(ev.member_weights(mixture)).float())
+    merged.load(mixture)
     model = merged.model
     coef = target.coefficients(target.domains(ev.domains))
     # d (sum_d c_d exp(nll_d / T_d)) = sum_d c_d ppl_d / T_d * d nll_d, one factor per token.

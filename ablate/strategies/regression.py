@@ -36,7 +36,7 @@ class Regression:
     """RegMix-style surrogate (ridge, pairwise ridge, trees or exponential law; lowest k-fold error)."""
 
     def __init__(self, ctx: SearchContext):
-        from ablate.strategies.base import require_extra
+        from ablate.extras import require_extra
 
         require_extra("sklearn", "the regression search strategy")
         self._space = ctx.space

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ablate.mixture import Mixture
 from ablate.pool.errors import AblateError
+from ablate.present.heatmap import save_figure
 from ablate.strategies.base import Trial
 from ablate.strategies.space import SearchSpace, Target
 
@@ -192,7 +193,5 @@ class Study:
             f"ablate search: {self.strategy}, target {self.target}, {self.evaluations} evaluations"
         )
         if path is not None:
-            from ablate.present.tables import save_figure
-
             save_figure(fig, path, dpi=120)
         return fig

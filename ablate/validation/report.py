@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ablate.pool.atomic import write_bytes
-from ablate.present.tables import save_figure
+from ablate.present.heatmap import save_figure
 from ablate.validation.stats import POOLED, Calibration, CalibrationKind
 
 if TYPE_CHECKING:

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.data.tasks import TASK_METRICS
+from ablate.objective import TASK_METRICS
 from ablate.validation.stats import correlations
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ablate.data.tasks import TaskScore
+    from ablate.engine.scores import TaskScore
 
 NOISE_SHARE = 0.5  # item noise (standard error) may be at most this share of the real spread
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ablate.engine.merges import merge_method
 from ablate.engine.scoring import MACRO, DocScores
 from ablate.mixture import Mixture, MixtureError
 from ablate.validation.decisions import decision_table
@@ -83,7 +84,7 @@ def validate(
     import pandas as pd
 
     from ablate.evaluator import as_mixture
-    from ablate.strategies.space import Target
+    from ablate.objective import Target
     from ablate.validation.models import ensure_trained, plan_for
 
     if check_search is not None and any(
@@ -280,10 +281,7 @@ def _check_supply(ev: Evaluator, mixtures: Sequence[Mixture], tokens: int) -> No
 def _proxy_documents(ev: Evaluator, mixture: Mixture, extrapolate: float | str) -> DocScores:
     """The proxy's per-document scores; the plain average is also stored as the mixture's
     score (its domain totals are exactly what ``evaluate`` computes)."""
-    import torch
-
-    weights = torch.from_numpy(ev.member_weights(mixture)).float()
-    ev.merged.merge(weights, extrapolate=extrapolate)
+    ev.merged.load(mixture, method=merge_method(extrapolate))
     docs = ev.scorer().score_documents()
     if extrapolate == 1.0:
         key = ev.pool_key(mixture)
@@ -331,8 +329,8 @@ def _check_search(
     really best mixture for that target."""
     import pandas as pd
 
+    from ablate.objective import Target
     from ablate.strategies import search
-    from ablate.strategies.space import Target
     from ablate.validation.decisions import target_ppl
     from ablate.validation.models import ensure_trained, plan_for
 

@@ -42,7 +42,7 @@ def test_demo_quick_runs_and_reuses(tmp_path):
 def test_write_report_leaves_only_its_files(tmp_path, monkeypatch):
     import pandas as pd
 
-    from ablate.present import tables as report
+    from ablate.present import markdown as report
 
     rows = [
         {"mixture": m, "domain": d, "ppl": p, "bpb": p / 10}

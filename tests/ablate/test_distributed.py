@@ -20,10 +20,12 @@ from ablate import Evaluator, Mixture, Pool
 
 
 def test_import_ablate_loads_no_optional_heavyweight():
-    """`import ablate` (and so `ablate --help`) stays fast: Ray, Optuna, sklearn load on use."""
+    """`import ablate` (and so `ablate --help`) stays fast: torch, Ray, Optuna, sklearn, pandas
+    and matplotlib load on use (the CLI's modules included)."""
+    heavy = "torch transformers ray optuna sklearn datasets pandas scipy matplotlib triton"
     code = (
-        "import sys, ablate\n"
-        "print(sorted({'ray', 'optuna', 'sklearn', 'datasets', 'matplotlib.pyplot'} & set(sys.modules)))"
+        "import sys, ablate, ablate.cli, ablate.demo, ablate.export\n"
+        f"print(sorted(set({heavy.split()!r}) & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -64,7 +66,7 @@ def _shas(pool: Pool) -> dict[str, str]:
 @pytest.mark.ray
 def test_ray_grow_equals_local_grow(ray_session, full_pool_dir, tmp_path):
     """`ablate pool grow --backend ray`: same seeds, same bytes as the local backend."""
-    from ablate.distributed import grow_with_ray
+    from ablate.pool import grow_with_ray
 
     local = Pool.open(full_pool_dir)
     pool = _fresh_copy(full_pool_dir, tmp_path / "pool", drop=("math", "wiki"))  # 4 of 8 members
@@ -82,7 +84,7 @@ def test_ray_grow_equals_local_grow(ray_session, full_pool_dir, tmp_path):
 @pytest.mark.ray
 def test_two_ray_grows_train_each_member_once(ray_session, full_pool_dir, tmp_path):
     """Two overlapping runs on one pool: the per-member lock lets exactly one train each member."""
-    from ablate.distributed import grow_with_ray
+    from ablate.pool import grow_with_ray
 
     pool = _fresh_copy(full_pool_dir, tmp_path / "pool", drop=("wiki",))
     want = sorted(u.member_id for u in pool.missing())
@@ -171,6 +173,38 @@ def test_ray_executor_matches_local(ray_session, full_pool_dir, corpus, tmp_path
 
 
 @pytest.mark.ray
+def test_ray_actors_score_tasks_like_local(ray_session, full_pool_dir, corpus, tmp_path):
+    """Task items scored by the actors (with a mixture, or alone for a stored mixture)
+    equal the local executor's, and the driver stores them."""
+    import numpy as np
+    from support import write_jsonl
+
+    items = [
+        {"context": "the code", "choices": ["def", "wiki", "sum"], "gold": 0},
+        {"context": "an article", "choices": ["about", "return"], "gold": 0},
+        {"context": "", "choices": ["x", "y"], "gold": 1},
+    ]
+    quiz = write_jsonl(tmp_path / "quiz.jsonl", items)
+    mixtures = ["code,wiki", "code=0.25,wiki=0.75", "math"]
+    local = Evaluator(
+        full_pool_dir, corpus["eval"], by="domain", store=False, progress=False, tasks=[quiz]
+    )
+    want = {r.mixture.key: r.tasks["quiz"] for r in local.run_many(mixtures)}
+    store = tmp_path / "results.sqlite"
+    kw = dict(by="domain", executor="ray", workers=1, store=store, progress=False)
+    with Evaluator(full_pool_dir, corpus["eval"], **kw) as ev:
+        ev.run_many(mixtures[:1])  # perplexity stored, no task yet
+    with Evaluator(full_pool_dir, corpus["eval"], tasks=[quiz], **kw) as ev:
+        got = ev.run_many(mixtures)  # the first: task alone; the others: with perplexity
+        assert [r.cached for r in got] == [True, False, False]
+        for r in got:
+            s = r.tasks["quiz"]
+            assert not s.cached
+            np.testing.assert_allclose(s.choice_nll, want[r.mixture.key].choice_nll, rtol=1e-5)
+        assert all(r.tasks["quiz"].cached for r in ev.run_many(mixtures))
+
+
+@pytest.mark.ray
 def test_cli_eval_backend_ray(ray_session, full_pool, corpus, local_results, capsys):
     import json
 
@@ -187,7 +221,8 @@ def test_cli_eval_backend_ray(ray_session, full_pool, corpus, local_results, cap
 
 
 def test_ray_missing_names_the_extra(monkeypatch):
-    from ablate import AblateError, distributed
+    from ablate import AblateError
+    from ablate.pool import distributed
 
     monkeypatch.setattr(distributed, "ray_available", lambda: False)
     with pytest.raises(AblateError, match=r"pip install 'ablate-sim\[ray\]'"):

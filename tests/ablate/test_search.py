@@ -364,7 +364,7 @@ def test_cli_json_and_workers_sharing_an_optuna_study(full_pool, corpus, tmp_pat
 def test_save_figure_writes_by_suffix_atomically(tmp_path):
     from matplotlib.figure import Figure
 
-    from ablate.present.tables import save_figure
+    from ablate.present.heatmap import save_figure
 
     fig = Figure()
     fig.subplots().plot([1, 2], [3, 4])

@@ -29,7 +29,7 @@ def task_file(tmp_path_factory):
 
 def test_metrics_by_hand():
     """acc = lowest NLL; acc_norm = lowest NLL per byte of the choice; gold_nll; ties -> first."""
-    from ablate.data.tasks import TaskScore
+    from ablate.engine.scores import TaskScore
 
     s = TaskScore(
         "t",

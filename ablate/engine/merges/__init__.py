@@ -1,0 +1,17 @@
+"""Merge methods as plug-ins: one file each, registered by name in ``MERGES`` when imported here."""
+
+from ablate.engine.merges.average import Average
+from ablate.engine.merges.base import MERGES, Mergeable, MergeMethod, merge_method, register
+from ablate.engine.merges.extrapolate import Extrapolate, NormExtrapolate, norm_lambda
+
+__all__ = [
+    "MERGES",
+    "Average",
+    "Extrapolate",
+    "MergeMethod",
+    "Mergeable",
+    "NormExtrapolate",
+    "merge_method",
+    "norm_lambda",
+    "register",
+]

@@ -1,0 +1,91 @@
+"""The merge-method plug-in interface: a small protocol and a registry filled by a decorator.
+
+A merge method turns weights over the pool's members into the merged model's parameters,
+using only the primitives of ``Mergeable`` (which ``ablate.engine.merge.MergedModel``
+implements): plug-ins never see the stack's layout or streaming. Adding one is one file under ``ablate/engine/merges/`` and one import line
+in its ``__init__``; ``tests/ablate/engine/test_merge.py`` runs every registered method
+through the shared contract.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+from ablate.pool.errors import AblateError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+class Mergeable(Protocol):
+    """What a merge method may use of a merged model."""
+
+    @property
+    def merges_deltas(self) -> bool:
+        """Whether a merge writes seed + weighted member deltas (LoRA), so scaling the
+        weights already scales the distance from the seed."""
+        ...
+
+    def weighted_sum_(self, weights: torch.Tensor) -> None:
+        """``sum_i weights[i] * member_i`` into the skeleton."""
+        ...
+
+    def add_seed_(self, alpha: float) -> None:
+        """``skeleton += alpha * theta_0`` (full-weight pools)."""
+        ...
+
+    def update_gram(self) -> np.ndarray:
+        """``(N, N)`` float64 inner products of the members' updates from the seed."""
+        ...
+
+
+@runtime_checkable
+class MergeMethod(Protocol):
+    """How member weights become one model (constructed with its defaults, a method
+    must give a one-member mixture exactly that member's weights)."""
+
+    name: ClassVar[str]
+
+    def apply(self, model: Mergeable, weights: torch.Tensor) -> None:
+        """Write the merge of ``model``'s members under ``weights`` (fp32 ``(N,)``) into
+        its skeleton."""
+        ...
+
+
+MERGES: dict[str, Callable[[], MergeMethod]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: add a merge method to ``MERGES`` under ``name``."""
+
+    def deco(cls: type) -> type:
+        if name in MERGES:
+            raise ValueError(f"merge method {name!r} is registered twice")
+        cls.name = name
+        MERGES[name] = cls
+        return cls
+
+    return deco
+
+
+def merge_method(spec: MergeMethod | str | float) -> MergeMethod:
+    """A merge method from a registered name (``average``, ``norm``, ...) or a number, the
+    extrapolation lambda of ``--extrapolate`` (1: the plain average)."""
+    if isinstance(spec, MergeMethod):
+        return spec
+    if isinstance(spec, str):
+        if spec not in MERGES:
+            raise AblateError(f"unknown merge method {spec!r}; known: {', '.join(sorted(MERGES))}")
+        return MERGES[spec]()
+    lam = float(spec)
+    if not (math.isfinite(lam) and lam > 0):
+        raise AblateError(f"the extrapolation lambda must be a number > 0, got {spec!r}")
+    if lam == 1.0:
+        return MERGES["average"]()
+    return MERGES["extrapolate"](lam)  # type: ignore[call-arg]
+
+
+__all__ = ["MERGES", "MergeMethod", "Mergeable", "merge_method", "register"]
