@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from ablate.extras import require_extra
 from ablate.laws import surrogate as sg
 from ablate.mixture import Mixture
 from ablate.pool.errors import AblateError
@@ -134,8 +135,8 @@ def fit_from(
     """
     import pandas as pd
 
-    from ablate.extras import require_extra
-    from ablate.strategies.space import SearchSpace, Target, task_term
+    from ablate.objective import Target, task_term
+    from ablate.strategies.space import SearchSpace
 
     require_extra("sklearn", "fitting a mixture law")
     t = Target.parse(target)

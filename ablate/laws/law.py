@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ablate.extras import require_extra
 from ablate.laws import surrogate as sg
 from ablate.laws.propose import Constraints
 from ablate.laws.propose import propose as _propose
@@ -94,7 +95,6 @@ class MixtureLaw:
             partitions: A pool's partitions: weight columns outside them are refused.
             seed: Seeds the folds and the trees.
         """
-        from ablate.extras import require_extra
 
         require_extra("sklearn", "fitting a mixture law")
         if not isinstance(runs, Runs):

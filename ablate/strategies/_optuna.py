@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from ablate.extras import require_extra
 from ablate.mixture import Mixture
 from ablate.pool.atomic import sha256_json
-from ablate.strategies.base import SearchContext, Trial, require_extra
+from ablate.strategies.base import SearchContext, Trial
 
 if TYPE_CHECKING:
     import optuna

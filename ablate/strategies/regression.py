@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ablate.extras import require_extra
 from ablate.laws import surrogate as sg
 from ablate.laws.propose import candidates
 from ablate.mixture import Mixture
@@ -36,7 +37,6 @@ class Regression:
     """RegMix-style surrogate (ridge, pairwise ridge, trees or exponential law; lowest k-fold error)."""
 
     def __init__(self, ctx: SearchContext):
-        from ablate.extras import require_extra
 
         require_extra("sklearn", "the regression search strategy")
         self._space = ctx.space

@@ -253,9 +253,9 @@ def test_pareto_and_plot(ev, tmp_path):
 
 
 def test_missing_extra_names_the_install_command(monkeypatch, ev):
-    from ablate.strategies import base
+    from ablate import extras
 
-    monkeypatch.setattr(base, "has_module", lambda name: name != "optuna")
+    monkeypatch.setattr(extras, "has_module", lambda name: name != "optuna")
     with pytest.raises(AblateError, match=r"pip install 'ablate-sim\[search\]'"):
         search(ev, strategy="tpe", budget=2)
 
