@@ -46,10 +46,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     and decisions per target (rank agreement beside the noise ceiling, regret of the
     proxy's pick and the probability that it is within 1% / --margin of the best,
     top-3 recall; two-way bootstrap over mixtures and documents, see
-    docs/validation-statistics.md). --budget fixed trains every real model on the same tokens, split by the
-    mixture's weights (what a mixture optimizer decides); proportional trains k units
-    of tokens for k units (Na et al.). Writes validation.csv, report.md and
-    scatter.png into --out.
+    docs/validation-statistics.md). --budget fixed trains every real model on the
+    same tokens, split by the mixture's weights (what a mixture optimizer decides);
+    proportional trains k units of tokens for k units (Na et al.). Writes
+    validation.csv, report.md and scatter.png into --out.
 
     Examples:
         ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --budget fixed --weights dirichlet --sample 16 --repeats 2
