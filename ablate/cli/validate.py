@@ -202,8 +202,8 @@ def add_validate_command(sub: Any) -> None:
         type=int,
         default=1000,
         metavar="B",
-        help="bootstrap replicates: of eval documents for the correlations; of mixtures x eval "
-        "documents (x seed labels with --repeats) for the decisions (default: 1000)",
+        help="bootstrap replicates, each redrawing the mixtures and the eval documents (and, "
+        "for the decisions, the seed labels with --repeats) (default: 1000)",
     )
     p.add_argument(
         "--margin",

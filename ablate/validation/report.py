@@ -38,7 +38,8 @@ class ValidationReport:
     Attributes:
         pairs: One row per mixture x eval domain: ``mixture``, ``domain``, ``proxy``, ``real``.
         correlations: Eval domain (plus ``pooled``) x ``pearson``, ``spearman``, ``kendall``, ``n``.
-        intervals: Bootstrap intervals over eval documents, ``<stat>_lo`` / ``<stat>_hi``.
+        intervals: Two-way bootstrap intervals (mixtures x eval documents),
+            ``<stat>_lo`` / ``<stat>_hi``.
         gaps: Proxy-minus-real perplexity: ``mean_gap``, ``max_gap`` (largest in size,
             signed) and ``mean_rel_gap`` (mean of gap / real).
         records: The really trained models, one per mixture and repeat (repeat-major).
@@ -121,7 +122,7 @@ class ValidationReport:
             "extrapolate": self.extrapolate,
             "mixtures": self.mixtures,
             "correlations": self.json_rows(),
-            "correlation_intervals": {"resamples": "eval documents within each domain"},
+            "correlation_intervals": {"resamples": interval_resamples(1)},
             "decisions": [],
             "decision_intervals": {
                 "resamples": interval_resamples(self.repeats),
@@ -314,8 +315,7 @@ class ValidationReport:
                 if self.extrapolate != 1
                 else ""
             )
-            + f". Brackets: {pct} bootstrap intervals over eval documents only (conditional on "
-            "these mixtures and training runs; the decisions below resample those too). "
+            + f". Brackets: {pct} two-way bootstrap intervals over {interval_resamples(1)}. "
             "Gap: proxy minus real perplexity.",
             "",
             "| domain | n | Pearson | Spearman | Kendall | mean gap | largest gap | mean gap / real |",

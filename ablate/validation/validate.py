@@ -80,8 +80,8 @@ def validate(
             (theta_i - theta_0)``; 1 is the plain weighted average (the evaluator's proxy);
             ``"norm"`` gives the merged update the members' mean length (per mixture).
         seed: Seed of the sample (and of the bootstrap and the search).
-        bootstrap: Bootstrap replicates for the intervals (decisions: mixtures x documents,
-            x seed labels with repeats; correlations: documents only).
+        bootstrap: Two-way bootstrap replicates for the intervals (mixtures x documents;
+            x seed labels with repeats for the decisions).
         level: Coverage of the bootstrap intervals.
         margin: Indifference margin (relative perplexity) of the decisions'
             ``p_within_margin``: the share of replicates whose pick is within it of the best.
