@@ -349,6 +349,7 @@ class ValidationReport:
                 lines.append(
                     f"| {t} | {r['strategy']} | {r['pick']} | {r['pick_real']:.3f} | {r['sample_best']} "
                     f"| {r['sample_best_real']:.3f} | {100 * r['gain']:+.2f}% | {_pct(r['gain_se'])} "
+                    f"(documents {_pct(r['gain_se_docs'])}, seeds {_pct(r['gain_se_seeds'])}) "
                     f"| {int(r['heldout_docs'])} | {int(r['judge_seeds'])} |"
                 )
         if self.tasks is not None:
