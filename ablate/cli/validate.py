@@ -44,11 +44,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     Really train a model per mixture (stored in POOL/validation/, reused on reruns)
     and compare its perplexity with the merged proxy's, per eval domain: correlations,
-    and decisions (rank agreement, regret of the proxy's pick, top-3 recall) per
-    target. --budget fixed trains every real model on the same tokens, split by the
-    mixture's weights (what a mixture optimizer decides); proportional trains k units
-    of tokens for k units (Na et al.). Writes validation.csv, report.md and
-    scatter.png into --out.
+    and decisions per target (rank agreement beside the noise ceiling, regret of the
+    proxy's pick and the probability that it is within 1% / --margin of the best,
+    top-3 recall; two-way bootstrap over mixtures and documents, see
+    docs/validation-statistics.md). --budget fixed trains every real model on the
+    same tokens, split by the mixture's weights (what a mixture optimizer decides);
+    proportional trains k units of tokens for k units (Na et al.). Writes
+    validation.csv, report.md and scatter.png into --out.
 
     Examples:
         ablate validate runs/pool --eval-data eval.jsonl --eval-by domain --budget fixed --weights dirichlet --sample 16 --repeats 2
@@ -88,6 +90,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             extrapolate=extrapolate,
             seed=args.seed,
             bootstrap=args.bootstrap,
+            margin=args.margin,
         )
     files = report.write(args.out)
     if args.json:
@@ -109,6 +112,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def add_validate_command(sub: Any) -> None:
+    from ablate.validation.decisions import MARGIN
+
     p = add_command(sub, "validate", cmd_validate)
     add_eval_args(p)
     what = p.add_mutually_exclusive_group(required=True)
@@ -159,8 +164,9 @@ def add_validate_command(sub: Any) -> None:
         "--check-search",
         default=None,
         metavar="STRATEGY",
-        help="run this search strategy on the proxies (continuous weights), really train its "
-        "pick and compare it with the sample's really best mixture",
+        help="run this search strategy on the proxies (continuous weights) on half of the eval "
+        "documents, then train its pick and the sample's really best mixture again with fresh "
+        "seeds and compare them on the other half (needs --budget fixed)",
     )
     p.add_argument(
         "--search-target",
@@ -194,7 +200,16 @@ def add_validate_command(sub: Any) -> None:
         type=int,
         default=1000,
         metavar="B",
-        help="bootstrap resamples of eval documents (default: 1000)",
+        help="bootstrap replicates, each redrawing the mixtures and the eval documents (and, "
+        "for the decisions, the seed labels with --repeats) (default: 1000)",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=MARGIN,
+        metavar="EPS",
+        help="indifference margin (relative perplexity) of the decisions' P(within EPS): the "
+        "share of bootstrap replicates whose proxy pick is within EPS of the best (default: %(default)s)",
     )
     add_out_arg(p, default="ablate-validation", holds="validation.csv, report.md, scatter.png")
     add_output_args(p, json_help="print the correlations per domain (and pooled) as a JSON object")

@@ -151,6 +151,11 @@ class EvalSet:
 
     def split(self, heldout: float, seed: int = 0) -> tuple[EvalSet, EvalSet]:
         """Split documents (stratified by domain) into a search set and a held-out set."""
+        search, held = self.split_indices(heldout, seed)
+        return self.subset(search, "search"), self.subset(held, "held-out")
+
+    def split_indices(self, heldout: float, seed: int = 0) -> tuple[list[int], list[int]]:
+        """The document indices (sorted) of ``split``'s search and held-out sets."""
         if not 0 < heldout < 1:
             raise DataError(f"held-out fraction must be between 0 and 1, got {heldout}")
         rng = np.random.default_rng(seed)
@@ -161,7 +166,7 @@ class EvalSet:
             k = min(max(k, 1), len(idx) - 1) if len(idx) > 1 else 0
             held.extend(idx[:k].tolist())
             search.extend(idx[k:].tolist())
-        return self.subset(sorted(search), "search"), self.subset(sorted(held), "held-out")
+        return sorted(search), sorted(held)
 
     @property
     def domain_bytes(self) -> np.ndarray:

@@ -5,10 +5,30 @@ optimizer's user needs, per target (each eval domain and ``macro``, the mean per
 over domains): rank agreement within one budget (Spearman, Kendall), the **regret** of the
 proxy's pick (real perplexity of the mixture the proxy ranks first / the best real
 perplexity - 1), and top-3 recall (how many of the really best three the proxy also ranks
-in its top three). Percentile bootstrap intervals resample eval documents within each
-domain, as for the correlations (``ablate.validation.stats``). With repeated real models
-(other training seeds), the real-vs-real Spearman is the *noise ceiling*: how well any
-proxy could possibly rank these mixtures.
+in its top three).
+
+With R training seeds per mixture (``--repeats R``) the real ranking is itself noisy:
+
+* ``seed_spearman``, the mean Spearman between two single seeds, sits beside
+  ``spearman_single``, the proxy against one seed (like for like: a proxy as good as
+  re-running training scores as much);
+* ``noise_ceiling`` is what a *perfect* proxy (the seeds' expected ranking) would score
+  against the R-seed mean that ``spearman`` uses. Classical test theory: a correlation
+  with a measurement of reliability rho is at most sqrt(rho) (Spearman 1904); the
+  reliability of a mean of R seeds is Spearman-Brown's ``R rho_1 / (1 + (R - 1) rho_1)``
+  (Brown 1910; Spearman 1910). Both hold for Pearson correlations; Spearman's rho on n
+  mixtures is mapped to and from them with its expectation under normality,
+  ``E[r_s] = 6 / (pi (n + 1)) (asin r + (n - 2) asin(r / 2))`` (Moran 1948), so the
+  ceiling is on the same scale, finite-n bias included, as the Spearman it bounds.
+
+Intervals come from a two-way bootstrap (Owen 2007, "the pigeonhole bootstrap"): each
+replicate redraws the mixtures (with their training runs: every run has its own seed, so
+seed noise travels with its mixture) and, independently, the eval documents within each
+domain; with repeats, the seeds' labels within each mixture are also shuffled, so the
+single-seed statistics do not depend on which run is called the first. The regret of an
+argmin sits at its boundary 0, where a percentile interval is not consistent; instead the
+table gives the share of replicates in which the proxy's pick is within 1% (and within
+``margin``) of the best.
 """
 
 from __future__ import annotations
@@ -25,6 +45,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 TOP_K = 3
+WITHIN = 0.01  # "within 1% of the best": the regret a user reads off the report first
+MARGIN = 0.005  # default indifference margin (relative perplexity), as racing's --margin
+_GRID = np.linspace(0.0, 1.0, 4001)  # latent correlations for inverting E[r_s]
 
 
 def regret(proxy: np.ndarray, real: np.ndarray) -> float:
@@ -69,6 +92,53 @@ def decision_metrics(proxy: np.ndarray, real: np.ndarray) -> dict[str, float]:
     return out
 
 
+# ---------------------------------------------------------------------- noise ceiling
+def spearman_brown(rho: float | np.ndarray, k: float) -> float | np.ndarray:
+    """Reliability of the mean of ``k`` parallel measurements of reliability ``rho``."""
+    return k * rho / (1 + (k - 1) * rho)
+
+
+def expected_spearman(r: float | np.ndarray, n: int) -> float | np.ndarray:
+    """Expected Spearman's rho of ``n`` bivariate-normal pairs with Pearson ``r`` (Moran 1948).
+
+    ``n`` -> infinity gives the population value ``6 / pi asin(r / 2)``; at n = 16 and
+    r = 0.8 the expectation is 0.751, 0.035 below it, which the ceiling must carry too.
+    """
+    return 6 / (np.pi * (n + 1)) * (np.arcsin(r) + (n - 2) * np.arcsin(np.asarray(r) / 2))
+
+
+def latent_correlation(rho_s: float | np.ndarray, n: int) -> np.ndarray:
+    """The Pearson r whose ``expected_spearman`` at ``n`` is ``rho_s`` (clipped to [0, 1])."""
+    return np.interp(np.clip(rho_s, 0.0, 1.0), expected_spearman(_GRID, n), _GRID)
+
+
+def noise_ceiling(seed_spearman: float | np.ndarray, repeats: int, n: int) -> np.ndarray:
+    """Expected Spearman of a perfect proxy against the mean of ``repeats`` seeds.
+
+    ``seed_spearman`` is the mean Spearman between two single seeds over ``n`` mixtures:
+    it is mapped to a latent correlation rho_1, corrected to rho_R = Spearman-Brown(rho_1,
+    R) (two R-seed means), and the perfect proxy's correlation sqrt(rho_R) is mapped back
+    to Spearman at ``n``. A negative seed agreement counts as none (ceiling 0).
+    """
+    r1 = latent_correlation(seed_spearman, n)
+    return expected_spearman(np.sqrt(spearman_brown(r1, repeats)), n)
+
+
+def seed_reliability(seed_spearman: float | np.ndarray, repeats: int, n: int) -> np.ndarray:
+    """Expected Spearman between two independent means of ``repeats`` seeds (rho_R)."""
+    return expected_spearman(spearman_brown(latent_correlation(seed_spearman, n), repeats), n)
+
+
+# ---------------------------------------------------------------------- the table
+_BOOTSTRAPPED = ("spearman", "spearman_single", "seed_spearman", "noise_ceiling")
+
+
+def interval_resamples(repeats: int) -> str:
+    """What the decision intervals and probabilities resample, in words (report and JSON)."""
+    seeds = " x training-seed labels within each mixture" if repeats > 1 else ""
+    return f"mixtures (with their training runs) x eval documents within each domain{seeds}"
+
+
 def decision_table(
     proxy_nll: np.ndarray,
     real_nll: np.ndarray,
@@ -79,6 +149,7 @@ def decision_table(
     repeats_nll: np.ndarray | None = None,
     replicates: int = 1000,
     level: float = 0.95,
+    margin: float = MARGIN,
     seed: int = 0,
 ) -> pd.DataFrame:
     """One row per target (each domain, then ``macro``) with the decision metrics.
@@ -89,76 +160,167 @@ def decision_table(
         tokens: Scored tokens per document ``(n_docs,)``.
         doc_domain: Domain index of each document ``(n_docs,)``.
         domains: Domain names.
-        repeats_nll: Each repeat's real NLL ``(R, M, n_docs)`` for the noise ceiling (R >= 2).
-        replicates: Bootstrap resamples of documents (0: no intervals).
+        repeats_nll: Each repeat's real NLL ``(R, M, n_docs)`` (R >= 2: seed statistics).
+        replicates: Two-way bootstrap replicates (0: no intervals, no probabilities).
         level: Two-sided coverage of the intervals.
+        margin: Indifference margin of ``p_within_margin`` (relative perplexity).
         seed: Seed of the resampling.
 
     Returns:
-        Columns ``spearman``, ``kendall``, ``regret``, ``top3_recall``, ``n``, the intervals
-        ``spearman_lo/hi`` and ``regret_lo/hi``, and ``noise_spearman`` (NaN without repeats).
+        Columns ``spearman`` (proxy vs the R-seed mean), ``kendall``, ``regret``,
+        ``top3_recall``, ``n``, ``spearman_single`` (proxy vs one seed, mean over seeds),
+        ``seed_spearman`` (seed vs seed), ``noise_ceiling`` (perfect proxy vs the R-seed
+        mean), ``seed_reliability`` (R-seed mean vs another), each of the four Spearmans
+        with ``_lo``/``_hi`` (two-way bootstrap, see ``interval_resamples``), and
+        ``p_within_1pct`` / ``p_within_margin`` (share of replicates whose pick is within
+        1% / ``margin`` of the best). Seed columns are NaN with one repeat.
     """
     import pandas as pd
 
-    from ablate.validation.stats import batched_spearman
-
     names = [*domains, MACRO]
     d = len(domains)
+    m = proxy_nll.shape[0]
+    runs = repeats_nll if repeats_nll is not None else real_nll[None]  # (R, M, n_docs)
+    n_runs = runs.shape[0]
     p = target_ppl(proxy_nll, tokens, doc_domain, d)  # (M, T)
     r = target_ppl(real_nll, tokens, doc_domain, d)
-    rows = {
-        name: {**decision_metrics(p[:, t], r[:, t]), "n": p.shape[0]}
-        for t, name in enumerate(names)
-    }
-    noise = np.full(len(names), math.nan)
-    if repeats_nll is not None and len(repeats_nll) >= 2:
-        reps = [target_ppl(x, tokens, doc_domain, d) for x in repeats_nll]
-        pairs = [
-            [decision_metrics(a[:, t], b[:, t])["spearman"] for t in range(len(names))]
-            for a, b in combinations(reps, 2)
-        ]
-        noise = np.nanmean(np.asarray(pairs, dtype=float), axis=0)
-    alpha = (1 - level) / 2
-    intervals = np.full((len(names), 4), math.nan)
-    if replicates > 0 and p.shape[0] >= 2:
-        rng = np.random.default_rng(seed)
-        weights = np.zeros((replicates, len(tokens)))
-        for k in range(d):
-            idx = np.flatnonzero(doc_domain == k)
-            weights[:, idx] = rng.multinomial(
-                len(idx), np.full(len(idx), 1 / len(idx)), size=replicates
-            )
-        pb = _weighted_target_ppl(proxy_nll, tokens, doc_domain, d, weights)  # (R, M, T)
-        rb = _weighted_target_ppl(real_nll, tokens, doc_domain, d, weights)
-        for t in range(len(names)):
-            x, y = pb[:, :, t], rb[:, :, t]  # (R, M)
-            rho = batched_spearman(x, y) if x.shape[1] >= 3 else np.full(replicates, math.nan)
-            pick = np.argmin(x, axis=1)
-            reg = y[np.arange(replicates), pick] / y.min(axis=1) - 1
-            for j, vals in enumerate((rho, reg)):
-                ok = vals[np.isfinite(vals)]
-                if ok.size:
-                    intervals[t, 2 * j : 2 * j + 2] = np.quantile(ok, [alpha, 1 - alpha])
+    rows = {name: {**decision_metrics(p[:, t], r[:, t]), "n": m} for t, name in enumerate(names)}
     frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("target")
     frame["n"] = frame["n"].astype(int)
-    for j, col in enumerate(("spearman_lo", "spearman_hi", "regret_lo", "regret_hi")):
-        frame[col] = intervals[:, j]
-    frame["noise_spearman"] = noise
+    ones = np.ones((1, len(tokens)))
+    point = _replicate_stats(
+        *_domain_nll(proxy_nll, runs, tokens, doc_domain, d, ones),
+        np.arange(m)[None],
+        np.tile(np.arange(n_runs), (1, m, 1)),
+        margin,
+    )
+    for k in ("spearman_single", "seed_spearman", "noise_ceiling", "seed_reliability"):
+        frame[k] = point[k][0]
+    intervals = {f"{k}_{s}": np.full(len(names), math.nan) for k in _BOOTSTRAPPED for s in "lh"}
+    within = {k: np.full(len(names), math.nan) for k in ("p_within_1pct", "p_within_margin")}
+    if replicates > 0 and m >= 2:
+        rng = np.random.default_rng(seed)
+        mix = rng.integers(0, m, size=(replicates, m))  # (B, M) mixtures drawn
+        weights = np.zeros((replicates, len(tokens)))  # (B, n_docs) documents drawn
+        for k in range(d):
+            idx = np.flatnonzero(doc_domain == k)
+            weights[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), replicates)
+        labels = rng.permuted(np.tile(np.arange(n_runs), (replicates, m, 1)), axis=2)  # (B, M, R)
+        reps = _replicate_stats(
+            *_domain_nll(proxy_nll, runs, tokens, doc_domain, d, weights), mix, labels, margin
+        )
+        alpha = (1 - level) / 2
+        for k in _BOOTSTRAPPED:
+            for t in range(len(names)):
+                ok = reps[k][:, t][np.isfinite(reps[k][:, t])]
+                if ok.size:
+                    lo, hi = np.quantile(ok, [alpha, 1 - alpha])
+                    intervals[f"{k}_l"][t], intervals[f"{k}_h"][t] = lo, hi
+        within["p_within_1pct"] = np.mean(reps["regret"] <= WITHIN + 1e-12, axis=0)
+        within["p_within_margin"] = np.mean(reps["regret"] <= margin + 1e-12, axis=0)
+    for k in _BOOTSTRAPPED:
+        frame[f"{k}_lo"], frame[f"{k}_hi"] = intervals[f"{k}_l"], intervals[f"{k}_h"]
+    for k, v in within.items():
+        frame[k] = v
     return frame
 
 
-def _weighted_target_ppl(
-    nll: np.ndarray, tokens: np.ndarray, doc_domain: np.ndarray, d: int, weights: np.ndarray
-) -> np.ndarray:
-    """``target_ppl`` for each bootstrap weighting of documents: ``(R, M, d + 1)``."""
-    onehot = np.eye(d)[doc_domain]  # (n_docs, D)
-    # Plain matrix products: a (R, n_docs, D) weighting would take R x n_docs x D floats
-    # (1,000 resamples of 10,000 documents in 20 domains: 1.6 GB).
-    tok = weights @ (tokens.astype(np.float64)[:, None] * onehot)  # (R, D)
-    tok = np.where(tok > 0, tok, np.nan)
-    sums = np.stack([weights @ (row[:, None] * onehot) for row in nll], axis=1)  # (R, M, D)
-    ppl = np.exp(sums / tok[:, None, :])
-    return np.concatenate([ppl, ppl.mean(axis=2, keepdims=True)], axis=2)
+def _domain_nll(
+    proxy_nll: np.ndarray,
+    runs: np.ndarray,
+    tokens: np.ndarray,
+    doc_domain: np.ndarray,
+    d: int,
+    weights: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """NLL per token and domain under each weighting of the documents.
+
+    Args:
+        proxy_nll: ``(M, n_docs)``; runs: ``(R, M, n_docs)``; weights: ``(B, n_docs)``.
+
+    Returns:
+        The proxy's ``(B, M, D)`` and the runs' ``(B, R, M, D)``.
+    """
+    n_runs, m, n_docs = runs.shape
+    rows = np.concatenate([proxy_nll[None], runs]).reshape(-1, n_docs)  # ((1 + R) M, n_docs)
+    out = np.empty((weights.shape[0], rows.shape[0], d))
+    # One product per domain: a (n_docs, rows, D) one-hot expansion would not fit for
+    # large eval sets (10,000 documents x 100 mixtures x 20 domains: 160 MB per copy).
+    for k in range(d):
+        idx = np.flatnonzero(doc_domain == k)
+        w = weights[:, idx]  # (B, n_k)
+        tok = w @ tokens[idx].astype(np.float64)  # (B,)
+        tok = np.where(tok > 0, tok, np.nan)  # a resample of only empty documents scores nothing
+        out[:, :, k] = (w @ rows[:, idx].T) / tok[:, None]
+    out = out.reshape(weights.shape[0], 1 + n_runs, m, d)
+    return out[:, 0], out[:, 1:]
 
 
-__all__ = ["TOP_K", "decision_metrics", "decision_table", "regret", "target_ppl", "top_recall"]
+def _with_macro(nll: np.ndarray) -> np.ndarray:
+    """Perplexity per domain plus ``macro`` (their mean) from NLL per token ``(..., D)``."""
+    ppl = np.exp(nll)
+    return np.concatenate([ppl, ppl.mean(axis=-1, keepdims=True)], axis=-1)
+
+
+def _replicate_stats(
+    proxy: np.ndarray, runs: np.ndarray, mix: np.ndarray, labels: np.ndarray, margin: float
+) -> dict[str, np.ndarray]:
+    """Every bootstrapped statistic, ``(B, T)`` each, for mixtures ``mix`` ``(B, M)`` and
+    seed labels ``labels`` ``(B, M, R)`` (the identity for the point estimate).
+
+    Args:
+        proxy: NLL per token ``(B, M, D)``; runs: ``(B, R, M, D)`` (``_domain_nll``).
+    """
+    from ablate.validation.stats import batched_spearman
+
+    b, n_runs, m, _ = runs.shape
+    p = _with_macro(np.take_along_axis(proxy, mix[:, :, None], axis=1))  # (B, M, T)
+    drawn = np.take_along_axis(runs, mix[:, None, :, None], axis=2)  # (B, R, M, D)
+    drawn = np.take_along_axis(drawn, labels.transpose(0, 2, 1)[:, :, :, None], axis=1)
+    mean = _with_macro(drawn.mean(axis=1))  # (B, M, T): the geometric mean of the runs
+    single = _with_macro(drawn)  # (B, R, M, T)
+    n_t = p.shape[2]
+    out = {k: np.full((b, n_t), math.nan) for k in ("spearman", "spearman_single", "regret")}
+    out |= {k: np.full((b, n_t), math.nan) for k in ("seed_spearman", "noise_ceiling")}
+    out["seed_reliability"] = np.full((b, n_t), math.nan)
+    rows = np.arange(b)
+    for t in range(n_t):
+        x, y = p[:, :, t], mean[:, :, t]  # (B, M)
+        out["regret"][:, t] = y[rows, np.argmin(x, axis=1)] / y.min(axis=1) - 1
+        if m < 3:  # a rank correlation of two points is undefined
+            continue
+        out["spearman"][:, t] = batched_spearman(x, y)
+        out["spearman_single"][:, t] = np.mean(
+            [batched_spearman(x, single[:, r, :, t]) for r in range(n_runs)], axis=0
+        )
+        if n_runs > 1:
+            seeds = np.mean(
+                [
+                    batched_spearman(single[:, i, :, t], single[:, j, :, t])
+                    for i, j in combinations(range(n_runs), 2)
+                ],
+                axis=0,
+            )
+            out["seed_spearman"][:, t] = seeds
+            finite = np.isfinite(seeds)
+            out["noise_ceiling"][finite, t] = noise_ceiling(seeds[finite], n_runs, m)
+            out["seed_reliability"][finite, t] = seed_reliability(seeds[finite], n_runs, m)
+    return out
+
+
+__all__ = [
+    "MARGIN",
+    "TOP_K",
+    "WITHIN",
+    "decision_metrics",
+    "decision_table",
+    "expected_spearman",
+    "interval_resamples",
+    "latent_correlation",
+    "noise_ceiling",
+    "regret",
+    "seed_reliability",
+    "spearman_brown",
+    "target_ppl",
+    "top_recall",
+]

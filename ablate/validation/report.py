@@ -15,6 +15,7 @@ import numpy as np
 
 from ablate.pool.atomic import write_bytes
 from ablate.present.heatmap import save_figure
+from ablate.validation.decisions import MARGIN, WITHIN, interval_resamples
 from ablate.validation.stats import POOLED, Calibration, CalibrationKind
 
 if TYPE_CHECKING:
@@ -37,16 +38,20 @@ class ValidationReport:
     Attributes:
         pairs: One row per mixture x eval domain: ``mixture``, ``domain``, ``proxy``, ``real``.
         correlations: Eval domain (plus ``pooled``) x ``pearson``, ``spearman``, ``kendall``, ``n``.
-        intervals: Bootstrap intervals over eval documents, ``<stat>_lo`` / ``<stat>_hi``.
+        intervals: Two-way bootstrap intervals (mixtures x eval documents),
+            ``<stat>_lo`` / ``<stat>_hi``.
         gaps: Proxy-minus-real perplexity: ``mean_gap``, ``max_gap`` (largest in size,
             signed) and ``mean_rel_gap`` (mean of gap / real).
         records: The really trained models, one per mixture and repeat (repeat-major).
         trained: How many of them this run trained (the rest were reused).
         level: Coverage of the bootstrap intervals.
-        decisions: Per target (each eval domain, then ``macro``): ``spearman``, ``kendall``,
-            ``regret`` (of the proxy's pick), ``top3_recall``, ``n``, intervals
-            ``spearman_lo/hi``, ``regret_lo/hi``, and ``noise_spearman`` (real vs real over
-            repeats; NaN with one repeat). See ``ablate.validation.decisions``.
+        decisions: Per target (each eval domain, then ``macro``): ``spearman`` (proxy vs
+            the mean of the repeats), ``kendall``, ``regret`` (of the proxy's pick),
+            ``top3_recall``, ``n``, ``spearman_single`` (proxy vs one seed),
+            ``seed_spearman`` (seed vs seed), ``noise_ceiling`` (a perfect proxy vs the
+            mean of the repeats), ``seed_reliability``, two-way bootstrap intervals
+            ``<stat>_lo/hi`` and ``p_within_1pct`` / ``p_within_margin``. See
+            ``ablate.validation.decisions``.
         budget: ``proportional`` (k units for k units) or ``fixed``.
         budget_tokens: The fixed budget (None when proportional).
         repeats: Real models per mixture (other training seeds).
@@ -54,8 +59,12 @@ class ValidationReport:
         tasks: With tasks: per (task, metric), proxy-vs-real correlations over mixtures and
             whether the task has items enough (``ablate.validation.tasks.task_table``).
         task_notes: Tasks with too few items, and how many they would need.
-        search_checks: With ``check_search``: per target, the strategy's pick really
-            trained vs the sample's really best mixture (``gain`` >= 0: at least as good).
+        search_checks: With ``check_search``: per target, the strategy's pick vs the
+            sample's really best mixture, both trained with fresh seeds and judged on
+            held-out documents (``gain`` >= 0: at least as good; ``gain_se`` its standard
+            error over seeds and documents).
+        margin: Indifference margin of ``p_within_margin`` (relative perplexity).
+        replicates: Bootstrap replicates behind the intervals (0: none).
     """
 
     pairs: pd.DataFrame
@@ -73,6 +82,8 @@ class ValidationReport:
     search_checks: pd.DataFrame | None = None
     tasks: pd.DataFrame | None = None
     task_notes: tuple[str, ...] = ()
+    margin: float = MARGIN
+    replicates: int = 0
 
     @property
     def domains(self) -> list[str]:
@@ -111,7 +122,15 @@ class ValidationReport:
             "extrapolate": self.extrapolate,
             "mixtures": self.mixtures,
             "correlations": self.json_rows(),
+            "correlation_intervals": {"resamples": interval_resamples(1)},
             "decisions": [],
+            "decision_intervals": {
+                "resamples": interval_resamples(self.repeats),
+                "level": self.level,
+                "replicates": self.replicates,
+                "within": WITHIN,
+                "margin": self.margin,
+            },
         }
         if self.decisions is not None:
             for t, r in self.decisions.iterrows():
@@ -174,18 +193,30 @@ class ValidationReport:
 
     def decisions_text(self) -> str:
         """The decision metrics as a short text table."""
+        pct = f"{100 * self.level:.0f}%"
         lines = [
             f"decisions ({self.budget} budget; regret = real ppl of the proxy's pick / best real - 1)",
-            f"{'target':<16} {'n':>4} {'spearman':>18} {'kendall':>8} {'regret':>18} {'top3':>5} {'noise':>6}",
+            f"{'target':<16} {'n':>4} {'spearman':>18} {'ceiling':>18} {'1 seed':>18} "
+            f"{'seed-seed':>18} {'kendall':>8} {'regret':>7} {'P<=1%':>6} "
+            f"{'P<=' + _pct(self.margin, 1):>7} {'top3':>5}",
         ]
         for t, r in self.decisions.iterrows():  # type: ignore[union-attr]
             lines.append(
                 f"{str(t)[:16]:<16} {int(r['n']):>4} "
-                f"{_interval(r, 'spearman', ','):>18} "
-                f"{_fmt(r['kendall']):>8} "
-                f"{_interval(r, 'regret', ',', _pct):>18} "
-                f"{r['top3_recall']:>5.2f} {_fmt(r['noise_spearman']):>6}"
+                + " ".join(
+                    f"{_interval(r, s, ','):>18}"
+                    for s in ("spearman", "noise_ceiling", "spearman_single", "seed_spearman")
+                )
+                + f" {_fmt(r['kendall']):>8} {_pct(r['regret']):>7} "
+                f"{_share(r['p_within_1pct']):>6} {_share(r['p_within_margin']):>7} "
+                f"{r['top3_recall']:>5.2f}"
             )
+        lines.append(
+            f"spearman and ceiling: against the mean of {self.repeats} seed(s); 1 seed and "
+            f"seed-seed: against one seed (like for like). Brackets: {pct} two-way bootstrap "
+            f"over {interval_resamples(self.repeats)}; P<=x: share of those replicates whose "
+            "pick is within x of the best."
+        )
         if self.tasks is not None:
             lines += ["", self.tasks_text()]
         if self.search_checks is not None:
@@ -193,7 +224,8 @@ class ValidationReport:
                 lines.append(
                     f"search check {t}: {r['strategy']} picked {r['pick']} -> real {r['pick_real']:.3f} "
                     f"vs sample best {r['sample_best']} {r['sample_best_real']:.3f} "
-                    f"({'+' if r['gain'] >= 0 else ''}{100 * r['gain']:.2f}%)"
+                    f"({100 * r['gain']:+.2f}% +- {_pct(r['gain_se'])} se; fresh seeds, "
+                    f"{int(r['heldout_docs'])} held-out documents)"
                 )
         return "\n".join(lines)
 
@@ -230,6 +262,40 @@ class ValidationReport:
         write_bytes(md, self._markdown(title).encode("utf-8"))
         return ValidationFiles(csv, md, scatter)
 
+    def _decisions_markdown(self) -> list[str]:
+        """The decisions section of ``report.md``."""
+        pct = f"{100 * self.level:.0f}%"
+        lines = [
+            "## Decisions: would the proxy pick what real training picks?",
+            "",
+            "Per target (`macro` = mean perplexity over domains). Rank agreement of the proxy "
+            f"with the mean of the {self.repeats} training seed(s) (Spearman, Kendall) beside the "
+            "**noise ceiling**: what a perfect proxy would score against that mean (the seeds' "
+            "agreement, Spearman-Brown corrected for the number of seeds). Like for like: the "
+            "proxy against one seed beside one seed against another (a proxy as good as "
+            "retraining scores as much). Regret: real perplexity of the proxy's pick over the best "
+            "real one, minus 1; P(within x): share of bootstrap replicates in which the proxy's "
+            f"pick is within x of the best. Brackets: {pct} two-way bootstrap intervals "
+            f"({self.replicates} replicates) over {interval_resamples(self.repeats)}. See "
+            "docs/validation-statistics.md.",
+            "",
+            "| target | n | Spearman vs mean | noise ceiling | Spearman vs 1 seed | seed vs seed "
+            f"| Kendall | regret@1 | P(within 1%) | P(within {_pct(self.margin, 1)}) | top-3 recall |",
+            "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for t, r in self.decisions.iterrows():  # type: ignore[union-attr]
+            cells = [
+                _interval(r, s, ", ")
+                for s in ("spearman", "noise_ceiling", "spearman_single", "seed_spearman")
+            ]
+            lines.append(
+                f"| {t} | {int(r['n'])} | "
+                + " | ".join(cells)
+                + f" | {_fmt(r['kendall'])} | {_pct(r['regret'])} | {_share(r['p_within_1pct'])} "
+                f"| {_share(r['p_within_margin'])} | {r['top3_recall']:.2f} |"
+            )
+        return lines
+
     def _budget_words(self) -> str:
         if self.budget == "fixed":
             return f"fixed, {self.budget_tokens} tokens per real model"
@@ -249,7 +315,8 @@ class ValidationReport:
                 if self.extrapolate != 1
                 else ""
             )
-            + f". Brackets: {pct} bootstrap intervals over eval documents. Gap: proxy minus real perplexity.",
+            + f". Brackets: {pct} two-way bootstrap intervals over {interval_resamples(1)}. "
+            "Gap: proxy minus real perplexity.",
             "",
             "| domain | n | Pearson | Spearman | Kendall | mean gap | largest gap | mean gap / real |",
             "|---|---:|---|---|---|---:|---:|---:|",
@@ -262,35 +329,28 @@ class ValidationReport:
                 + f" | {r['mean_gap']:.3f} | {r['max_gap']:.3f} | {100 * r['mean_rel_gap']:.2f}% |"
             )
         if self.decisions is not None:
-            lines += [
-                "",
-                "## Decisions: would the proxy pick what real training picks?",
-                "",
-                "Per target (`macro` = mean perplexity over domains): rank agreement, the regret of the "
-                "proxy's best mixture (its real perplexity over the best real one, minus 1), top-3 recall, "
-                "and the noise ceiling (Spearman between real models of other training seeds).",
-                "",
-                "| target | n | Spearman | Kendall | regret@1 | top-3 recall | noise ceiling |",
-                "|---|---:|---|---:|---|---:|---:|",
-            ]
-            for t, r in self.decisions.iterrows():
-                lines.append(
-                    f"| {t} | {int(r['n'])} | {_interval(r, 'spearman', ', ')} "
-                    f"| {_fmt(r['kendall'])} | {_interval(r, 'regret', ', ', _pct)} "
-                    f"| {r['top3_recall']:.2f} | {_fmt(r['noise_spearman'])} |"
-                )
+            lines += ["", *self._decisions_markdown()]
         if self.search_checks is not None:
             lines += [
                 "",
                 "## The optimizer's pick, really trained",
                 "",
-                "| target | strategy | pick | real | sample's best | real | pick vs best |",
-                "|---|---|---|---:|---|---:|---:|",
+                "The search optimised the proxies on part of the eval documents; the sample's best "
+                "was chosen on the same documents from its training runs. Both were then trained "
+                "again with fresh seeds and are judged on the held-out documents, which neither "
+                "choice saw. Gain: sample's best / pick - 1 (> 0: the pick is better), with its "
+                "standard error over seeds and held-out documents.",
+                "",
+                "| target | strategy | pick | real | sample's best | real | pick vs best | se | "
+                "held-out docs | fresh seeds |",
+                "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
             ]
             for t, r in self.search_checks.iterrows():
                 lines.append(
                     f"| {t} | {r['strategy']} | {r['pick']} | {r['pick_real']:.3f} | {r['sample_best']} "
-                    f"| {r['sample_best_real']:.3f} | {100 * r['gain']:+.2f}% |"
+                    f"| {r['sample_best_real']:.3f} | {100 * r['gain']:+.2f}% | {_pct(r['gain_se'])} "
+                    f"(documents {_pct(r['gain_se_docs'])}, seeds {_pct(r['gain_se_seeds'])}) "
+                    f"| {int(r['heldout_docs'])} | {int(r['judge_seeds'])} |"
                 )
         if self.tasks is not None:
             lines += [
@@ -389,8 +449,13 @@ def _interval(row, stat: str, sep: str, fmt=None) -> str:
     return f"{fmt(row[stat])} [{fmt(row[stat + '_lo'])}{sep}{fmt(row[stat + '_hi'])}]"
 
 
-def _pct(x: float) -> str:
-    return "nan" if x is None or math.isnan(x) else f"{100 * x:.2f}%"
+def _pct(x: float, digits: int = 2) -> str:
+    return "nan" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}%"
+
+
+def _share(x: float) -> str:
+    """A probability as a share, ``-`` when not estimated (no bootstrap)."""
+    return "-" if x is None or math.isnan(x) else f"{x:.2f}"
 
 
 def _fmt(x: float) -> str:

@@ -3,8 +3,8 @@
 Na et al. (EMNLP 2024) report Pearson and Spearman correlation between the perplexity of a
 parameter-averaged proxy and that of a model trained on the same mixture, per eval domain.
 Here: Pearson, Spearman and Kendall tau-b point estimates (scipy), percentile bootstrap
-intervals over eval documents (documents resampled within each domain, every statistic
-recomputed), and a calibration map from proxy to real perplexity with leave-one-out error
+intervals over mixtures and eval documents (both redrawn, documents within each domain,
+every statistic recomputed: the two-way bootstrap of ``ablate.validation.decisions``), and a calibration map from proxy to real perplexity with leave-one-out error
 and prediction intervals. The batched correlations below exist for the bootstrap and are
 tested against scipy.
 """
@@ -88,8 +88,9 @@ def bootstrap_correlations(
     replicates: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    mixtures: bool = True,
 ) -> pd.DataFrame:
-    """Percentile bootstrap intervals of the correlations, resampling eval documents.
+    """Percentile bootstrap intervals of the correlations, resampling mixtures and documents.
 
     Args:
         proxy_nll: Summed NLL per mixture and document, float ``(M, n_docs)``.
@@ -100,6 +101,8 @@ def bootstrap_correlations(
         replicates: Bootstrap resamples (documents drawn with replacement within a domain).
         level: Two-sided interval coverage.
         seed: Seed of the resampling.
+        mixtures: Also redraw the mixtures (with replacement, the same draw for every
+            domain); False gives the interval conditional on these mixtures and models.
 
     Returns:
         One row per domain plus ``pooled``, columns ``<stat>_lo`` / ``<stat>_hi``.
@@ -118,6 +121,10 @@ def bootstrap_correlations(
         tok = np.where(tok > 0, tok, np.nan)  # a resample of only empty documents scores nothing
         proxy_ppl.append(np.exp(counts @ proxy_nll[:, idx].T / tok[:, None]))  # (R, M)
         real_ppl.append(np.exp(counts @ real_nll[:, idx].T / tok[:, None]))
+    if mixtures:
+        drawn = rng.integers(0, m, size=(replicates, m))  # (R, M), shared by the domains
+        proxy_ppl = [np.take_along_axis(x, drawn, axis=1) for x in proxy_ppl]
+        real_ppl = [np.take_along_axis(x, drawn, axis=1) for x in real_ppl]
     alpha = (1 - level) / 2
     rows = {}
     groups = [(name, [d]) for d, name in enumerate(domains)] + [(POOLED, list(range(len(domains))))]

@@ -10,6 +10,7 @@ so a validation can be extended later without retraining anything.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ import numpy as np
 from ablate.engine.merges import merge_method
 from ablate.engine.scoring import MACRO, DocScores
 from ablate.mixture import Mixture, MixtureError
-from ablate.validation.decisions import decision_table
+from ablate.validation.decisions import MARGIN, decision_table
 from ablate.validation.models import Budget
 from ablate.validation.report import ValidationReport, gap_table
 from ablate.validation.sampling import WeightSampler
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from ablate.validation.models import ValidationRecord
 
 log = logging.getLogger(__name__)
+
+SEARCH_HELDOUT = 0.5  # --check-search: the judge's documents matter as much as the search's
 
 
 def validate(
@@ -44,10 +47,12 @@ def validate(
     check_search: str | None = None,
     search_targets: Sequence[str] = (MACRO,),
     search_budget: int | None = None,
+    search_heldout: float = SEARCH_HELDOUT,
     extrapolate: float | str = 1.0,
     seed: int = 0,
     bootstrap: int = 1000,
     level: float = 0.95,
+    margin: float = MARGIN,
     progress: bool | None = None,
     device: str | None = None,
 ) -> ValidationReport:
@@ -65,16 +70,22 @@ def validate(
         repeats: Real models per mixture, each with another training seed; correlations and
             regret use their mean, and their agreement is the noise ceiling.
         check_search: A strategy to run on the proxies (continuous weights) for each of
-            ``search_targets``; its pick is really trained at the same budget and compared
-            with the best really trained mixture of the sample.
+            ``search_targets`` (fixed budget only); its pick and the sample's really best
+            mixture are trained again with fresh seeds and compared on held-out documents
+            (``_check_search``).
         search_targets: Targets of ``check_search`` (``"macro"``, a domain, ...).
         search_budget: Mixtures that search may score (default: the strategy's).
+        search_heldout: Share of eval documents (per domain) that ``check_search`` keeps
+            out of the search and of choosing the sample's best, to judge both on.
         extrapolate: lambda of the budget-aware merge ``theta_0 + lambda * sum_i w_i
             (theta_i - theta_0)``; 1 is the plain weighted average (the evaluator's proxy);
             ``"norm"`` gives the merged update the members' mean length (per mixture).
         seed: Seed of the sample (and of the bootstrap and the search).
-        bootstrap: Bootstrap resamples of eval documents for the intervals.
+        bootstrap: Two-way bootstrap replicates for the intervals (mixtures x documents;
+            x seed labels with repeats for the decisions).
         level: Coverage of the bootstrap intervals.
+        margin: Indifference margin (relative perplexity) of the decisions'
+            ``p_within_margin``: the share of replicates whose pick is within it of the best.
         progress: Progress bars (default: the evaluator's setting).
         device: Device for training the real models (default: the evaluator's).
 
@@ -91,6 +102,15 @@ def validate(
         Target.parse(t).tasks(tuple(ev.tasks)) for t in search_targets
     ):
         raise MixtureError("--check-search compares perplexity targets; drop the task: target")
+    if check_search is not None and budget != "fixed":
+        raise MixtureError(
+            "--check-search needs --budget fixed: at a proportional budget a continuous pick "
+            "trains on more tokens than the 2-4-unit subsets it is compared with"
+        )
+    if check_search is not None and not 0 < search_heldout < 1:
+        raise MixtureError(f"the search's held-out share must be in (0, 1), got {search_heldout}")
+    if not (math.isfinite(margin) and 0 <= margin < 1):
+        raise MixtureError(f"--margin is a relative perplexity in [0, 1), got {margin}")
     if (mixtures is None) == (sample is None):
         raise MixtureError("say what to validate: mixtures=[...] or sample=N (not both)")
     sampler = weights if isinstance(weights, WeightSampler) else WeightSampler.parse(weights)
@@ -165,6 +185,7 @@ def validate(
         repeats_nll=repeats_nll if repeats > 1 else None,
         replicates=bootstrap,
         level=level,
+        margin=margin,
         seed=seed,
     )
     tasks, task_notes = None, ()
@@ -182,12 +203,12 @@ def validate(
             check_search,
             search_targets,
             chosen,
-            real_nll,
+            repeats_nll,
             tokens,
-            budget=budget,
             budget_tokens=budget_tokens,
-            repeats=repeats,
             search_budget=search_budget,
+            heldout=search_heldout,
+            replicates=bootstrap,
             seed=seed,
             progress=show,
             device=device,
@@ -206,6 +227,8 @@ def validate(
         repeats=repeats,
         extrapolate=extrapolate,
         search_checks=checks,
+        margin=margin,
+        replicates=bootstrap,
         tasks=tasks,
         task_notes=task_notes,
     )
@@ -313,20 +336,29 @@ def _check_search(
     strategy: str,
     targets: Sequence[str],
     sample: Sequence[Mixture],
-    real_nll: np.ndarray,
+    repeats_nll: np.ndarray,
     tokens: np.ndarray,
     *,
-    budget: Budget,
     budget_tokens: int | None,
-    repeats: int,
     search_budget: int | None,
+    heldout: float,
+    replicates: int,
     seed: int,
     progress: bool,
     device: str | None,
 ):
-    """Run ``strategy`` on the proxies per target, really train each pick at the same budget
-    (as many training seeds as the sample, averaged alike), and compare it with the sample's
-    really best mixture for that target."""
+    """Does the strategy's pick, really trained, beat the sample's really best mixture?
+
+    Fair to both sides: the eval documents are split (per domain, ``heldout`` share held
+    out); the search optimises the proxies on the search documents only, and the sample's
+    best is chosen on the same documents from its R training runs. Both are then trained
+    again with R fresh seeds (repeats R..2R-1, never used to choose anything) and judged on
+    the held-out documents, so neither the sample's winner's curse nor the search's
+    overfitting to its documents enters the gain. The gain's standard error combines the
+    documents (a bootstrap of the held-out documents within each domain) and the seeds
+    (the pooled between-run variance of one run's log score, from the sample's runs and
+    the fresh ones, over R runs per side); it is NaN when no mixture has two runs.
+    """
     import pandas as pd
 
     from ablate.objective import Target
@@ -335,7 +367,21 @@ def _check_search(
     from ablate.validation.models import ensure_trained, plan_for
 
     es = ev.eval_set
-    sample_real = target_ppl(real_nll, tokens, es.doc_domain, len(es.domains))  # (M, T)
+    n_runs = repeats_nll.shape[0]
+    search_idx, held_idx = (np.asarray(i) for i in es.split_indices(heldout, seed))
+    short = [
+        name
+        for k, name in enumerate(es.domains)
+        if not (es.doc_domain[search_idx] == k).any() or not (es.doc_domain[held_idx] == k).any()
+    ]
+    if short:
+        raise MixtureError(
+            f"--check-search judges on held-out documents, but eval domain(s) {', '.join(short)} "
+            "have fewer than 2 documents; add eval documents to them"
+        )
+    scored = {t: Target.parse(t) for t in targets}
+    for score in scored.values():
+        score.domains(es.domains)  # checks the names before anything runs
     studies = {
         t: search(
             ev,
@@ -343,43 +389,72 @@ def _check_search(
             strategy=strategy,
             continuous=True,
             budget=search_budget,
-            heldout=0.0,
+            heldout=heldout,
             seed=seed,
             progress=False,
         )
         for t in targets
     }
-    picks = {t: study.best.mixture for t, study in studies.items()}
+
+    def values(nll: np.ndarray, idx: np.ndarray, score: Target) -> np.ndarray:
+        """Target value of each row of per-document NLL ``(K, n_docs)`` on documents ``idx``."""
+        ppl = target_ppl(nll[:, idx], tokens[idx], es.doc_domain[idx], len(es.domains))
+        return np.array([score.score(dict(zip(es.domains, row[:-1], strict=True))) for row in ppl])
+
+    bests = {
+        t: int(np.argmin(values(repeats_nll.mean(axis=0), search_idx, s)))
+        for t, s in scored.items()
+    }
+    judged = [(studies[t].best.mixture, sample[bests[t]]) for t in targets]
     plans = [
-        plan_for(ev, m, budget=budget, budget_tokens=budget_tokens, repeat=r)
-        for m in picks.values()
-        for r in range(repeats)
+        plan_for(ev, m, budget="fixed", budget_tokens=budget_tokens, repeat=r)
+        for pair in judged
+        for m in pair
+        for r in range(n_runs, 2 * n_runs)
     ]
-    if budget == "fixed":
-        _check_supply(ev, list(picks.values()), plans[0].tokens)
+    _check_supply(ev, [m for pair in judged for m in pair], plans[0].tokens)
     records, _ = ensure_trained(ev, plans, progress=progress, device=device)
+    fresh = np.stack([_real_documents(ev, rec).nll for rec in records])  # (2 R targets, n_docs)
+    fresh = fresh.reshape(len(targets), 2, n_runs, -1)  # (targets, pick/best, R, n_docs)
+    rng = np.random.default_rng(seed)
+    held_domain = es.doc_domain[held_idx]
+    weights = np.zeros((replicates, len(held_idx)))  # (B, held docs) drawn within each domain
+    for k in range(len(es.domains)):
+        at = np.flatnonzero(held_domain == k)
+        weights[:, at] = rng.multinomial(len(at), np.full(len(at), 1 / len(at)), replicates)
     rows = []
-    for i, (t, pick) in enumerate(picks.items()):
-        runs = [_real_documents(ev, rec) for rec in records[i * repeats : (i + 1) * repeats]]
-        real = target_ppl(_mean_nll(runs).nll[None], tokens, es.doc_domain, len(es.domains))[0]
-        score = Target.parse(t)
-        score.domains(es.domains)  # checks the names
-
-        def value(row: np.ndarray, score: Target = score) -> float:
-            return score.score(dict(zip(es.domains, row[:-1], strict=True)))  # not the macro column
-
-        best = int(np.argmin([value(row) for row in sample_real]))
-        pick_real, best_real = value(real), value(sample_real[best])
+    for i, (t, score) in enumerate(scored.items()):
+        pick_real, best_real = values(fresh[i].mean(axis=1), held_idx, score)
+        gain = best_real / pick_real - 1  # >= 0: the pick is at least as good
+        se_docs = math.nan
+        if replicates > 1:
+            boot = []
+            for w in weights:  # (held docs,): each replicate's document counts
+                keep = np.repeat(held_idx, w.astype(int))
+                pr, br = values(fresh[i].mean(axis=1), keep, score)
+                boot.append(br / pr - 1)
+            se_docs = float(np.std(boot, ddof=1))
+        # Seed noise: between-run variance of one run's log score on the held-out documents.
+        groups = [repeats_nll.transpose(1, 0, 2)[j] for j in range(len(sample))] + list(fresh[i])
+        logs = [np.log(values(g, held_idx, score)) for g in groups if len(g) > 1]
+        df = sum(len(v) - 1 for v in logs)
+        var = sum(float(((v - v.mean()) ** 2).sum()) for v in logs) / df if df else math.nan
+        se_seeds = (1 + gain) * math.sqrt(2 * var / n_runs)  # delta method, R runs per side
         rows.append(
             {
                 "target": t,
                 "strategy": strategy,
-                "pick": str(pick),
+                "pick": str(judged[i][0]),
                 "pick_proxy": studies[t].best.score,
-                "pick_real": pick_real,
-                "sample_best": str(sample[best]),
-                "sample_best_real": best_real,
-                "gain": best_real / pick_real - 1,  # >= 0: the pick is at least as good
+                "pick_real": float(pick_real),
+                "sample_best": str(judged[i][1]),
+                "sample_best_real": float(best_real),
+                "gain": float(gain),
+                "gain_se": math.sqrt(se_docs**2 + se_seeds**2),
+                "gain_se_docs": se_docs,
+                "gain_se_seeds": se_seeds,
+                "heldout_docs": len(held_idx),
+                "judge_seeds": n_runs,
             }
         )
     return pd.DataFrame(rows).set_index("target")

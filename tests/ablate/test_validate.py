@@ -180,7 +180,9 @@ def test_cli_validate_writes_files_and_reuses_models(full_pool, corpus, tmp_path
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     doc = json.loads(first.stdout)
-    assert doc["mixtures"] == 3
+    assert doc["mixtures"] == 3 and doc["ablate_version"]
+    assert doc["decision_intervals"]["resamples"].startswith("mixtures")
+    assert doc["correlation_intervals"]["resamples"].startswith("mixtures")
     rows = {r["domain"]: r for r in doc["correlations"]}
     assert set(rows) == {"code", "math", "wiki", "pooled"}
     assert all(r["n"] == 3 for d, r in rows.items() if d != "pooled") and rows["pooled"]["n"] == 9
@@ -317,7 +319,8 @@ def test_regret_and_recall_agree_with_a_hand_computed_example():
     assert t.loc["a", "regret"] == pytest.approx(0.02)
     assert t.loc["b", "regret"] == pytest.approx(20.2 / 20.0 - 1)  # reversed: picks mixture 4
     assert t.loc["a", "top3_recall"] == pytest.approx(2 / 3) and t.loc["a", "n"] == 5
-    assert math.isnan(t.loc["a", "noise_spearman"])  # no repeats, no ceiling
+    assert math.isnan(t.loc["a", "noise_ceiling"])  # no repeats, no ceiling
+    assert math.isnan(t.loc["a", "seed_spearman"])
 
 
 def test_dirichlet_sampler_is_seeded_extends_and_checks_alpha():
@@ -394,19 +397,46 @@ def test_fixed_budget_validation_with_repeats_and_a_search_check(full_pool, corp
     assert real0.nll == pytest.approx(proxy0.nll, rel=1e-6)
     d = report.decisions
     assert list(d.index) == [*ev.domains, "macro"]
-    assert {"spearman", "kendall", "regret", "top3_recall", "n", "noise_spearman"} <= set(d.columns)
+    wanted = {"spearman", "kendall", "regret", "top3_recall", "n", "seed_spearman"}
+    wanted |= {"spearman_single", "noise_ceiling", "p_within_1pct", "p_within_margin"}
+    assert wanted <= set(d.columns)
     assert (d["regret"] >= 0).all() and d["n"].eq(3).all()
-    assert np.isfinite(d["noise_spearman"]).any()
+    assert np.isfinite(d["seed_spearman"]).any() and np.isfinite(d["noise_ceiling"]).any()
+    assert d["p_within_1pct"].between(0, 1).all()
+    assert (d["p_within_margin"] <= d["p_within_1pct"]).all()  # 0.5% is stricter than 1%
     checks = report.search_checks
     assert list(checks.index) == ["macro"] and np.isfinite(checks.loc["macro", "pick_real"])
+    row = checks.loc["macro"]
+    # Both sides trained again with fresh seeds (repeats 2 and 3), judged on held-out docs.
+    assert row["judge_seeds"] == 2 and 0 < row["heldout_docs"] < len(ev.eval_set.docs)
+    assert np.isfinite(row["gain_se"]) and row["gain_se"] > 0
+    assert row["gain_se"] == pytest.approx(math.hypot(row["gain_se_docs"], row["gain_se_seeds"]))
+    keys = {r.key for r in _records(full_pool.path).values()}
+    best = next(m for m in mixes if str(m) == row["sample_best"])
+    assert {plan_for(ev, best, budget="fixed", repeat=r).key for r in (2, 3)} <= keys
     doc = report.json()
     assert doc["budget"] == "fixed" and doc["decisions"][0]["target"] == ev.domains[0]
     assert {"target", "spearman", "kendall", "regret", "top3_recall", "n"} <= set(
         doc["decisions"][0]
     )
-    assert "Decisions" in report._markdown("t") and "really trained" in report._markdown("t")
+    assert "seed labels" in doc["decision_intervals"]["resamples"]
+    assert doc["decision_intervals"]["margin"] == 0.005
+    md = report._markdown("t")
+    assert "Decisions" in md and "really trained" in md and "noise ceiling" in md
     again = validate(ev, mixtures=mixes, budget="fixed", repeats=2, bootstrap=0)
     assert again.trained == 0  # stored and reused like every real model
+
+
+def test_check_search_needs_a_fixed_budget_one_line_before_training(full_pool, corpus, tmp_path):
+    before = set(_records(full_pool.path))
+    args = eval_cli_args("validate", full_pool.path, corpus["eval"], "--out", tmp_path / "v")
+    r = run_cli(*args, "--mixture", "code,wiki", "--check-search", "random")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "ablate: error: --check-search needs --budget fixed"
+    )
+    assert set(_records(full_pool.path)) == before  # nothing trained
 
 
 def test_norm_extrapolation_on_a_lora_pool_is_refused_before_training(lora_pool_dir, corpus):
