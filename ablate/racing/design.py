@@ -8,12 +8,16 @@ Decided before any unit is scored, so that the tests' levels do not depend on th
   and of nearly equal length (a document's length no longer weights one draw).
 * **Schedule.** Stage 0 holds ``FIRST_UNITS`` units per stratum, then each stage doubles
   the units per stratum (``GROWTH``), the last takes the rest (``engine.RaceOrder``).
-* **Spending.** A test against an incumbent uses only units scored after the incumbent was
-  chosen (``bounds``): the incumbent chosen after stage 0 can first be tested against before
-  stage 2, so a race with ``S`` stages has ``S - 2`` looks with power (``S - 1`` when every
-  incumbent it starts with came from the store, chosen without reading the race). The error
-  budget ``1 - confidence`` is split equally over those looks only, and over the ``K`` best
-  that ``--top K`` keeps (Bonferroni: family-wise).
+* **Spending.** The error budget ``1 - confidence`` is split equally over the race's
+  ``S - 1`` looks (Bonferroni over a number of looks fixed before the race) and over the
+  ``K`` best that ``--top K`` keeps (family-wise). A test against an incumbent uses only
+  units scored after the incumbent was chosen (``bounds``), so it has no selection bias.
+  At the first look no such incumbent exists yet (unless the store seeded one): there the
+  leader is tested against on the very units that chose it, and the look's share is split
+  again over every mixture that could have become the incumbent (a union bound: whichever
+  was chosen, the test of the best against it holds). That share buys little power against
+  near-ties but drops the far-off majority after stage 0, where the old equal split was
+  spent on a test that was not valid.
 * **Shuffle.** Each race draws a fresh seed (``fresh_seed``) and reports it, so that two
   searches do not share one unit order and a race can be replayed with ``--race-seed``.
 """
@@ -46,14 +50,12 @@ def check_margin(margin: float) -> float:
     return float(margin)
 
 
-def powered_looks(n_stages: int, store_seeded: bool) -> int:
-    """Looks at which a test can run: before stages 2.. (1.. with store incumbents only)."""
-    return max(1, n_stages - (1 if store_seeded else 2))
-
-
-def look_level(confidence: float, n_stages: int, top: int, store_seeded: bool) -> float:
-    """One-sided level of each test: ``1 - (1 - confidence) / (top * looks)``."""
-    return 1 - (1 - confidence) / (top * powered_looks(n_stages, store_seeded))
+def look_level(confidence: float, n_stages: int, top: int, rivals: int = 1) -> float:
+    """One-sided level of a test: ``1 - (1 - confidence) / (top * looks * rivals)``, with
+    ``rivals`` the mixtures that could have been the incumbent (1: one chosen before the
+    units the test samples)."""
+    looks = max(1, n_stages - 1)
+    return 1 - (1 - confidence) / (top * looks * max(1, rivals))
 
 
 def fresh_seed() -> int:
@@ -70,5 +72,4 @@ __all__ = [
     "check_margin",
     "fresh_seed",
     "look_level",
-    "powered_looks",
 ]

@@ -161,9 +161,9 @@ class Racer:
         for s, units in enumerate(self.order.stages):
             self.stage_of[units] = s
 
-    def level(self, store_seeded: bool) -> float:
-        """The one-sided level of each test of a race (``design.look_level``)."""
-        return look_level(self.confidence, len(self.order.stages), self.top, store_seeded)
+    def level(self, rivals: int = 1) -> float:
+        """The one-sided level of a test (``design.look_level``)."""
+        return look_level(self.confidence, len(self.order.stages), self.top, rivals)
 
     def value(self, nll: np.ndarray, mask: np.ndarray) -> float:
         return target_value(nll, self.tokens, self.doc_domain, mask, self.weights, self.linear)
@@ -199,8 +199,8 @@ class Racer:
         nll = {k: np.full(n_units, np.nan) for k in keys}
         done = dict.fromkeys(keys, 0)  # stages scored
         out: dict[Hashable, Outcome] = {}
-        seeded = sum(x.born == 0 for x in self.incumbents) >= self.top
-        level = self.level(seeded)
+        # any of these could become an incumbent tested against on the units that chose it
+        rivals = len(keys) + len(self.incumbents)
 
         def advance(group: Sequence[Hashable], s: int) -> None:
             if group:
@@ -235,7 +235,9 @@ class Racer:
                 if self.value(nll[lead], scored) < self.value(kth.nll, scored):
                     running.remove(lead)
                     finish(lead, s)
-            thr = self.threshold(s)
+            thr, level = self.threshold(s), self.level()
+            if thr is None and s == 1:  # chosen on stage 0 itself: a union bound
+                thr, level = self.threshold(), self.level(rivals)
             if running and thr is not None:
                 gaps = self._gaps(running, nll, scored, thr)
                 worse = gaps.worse(level)
@@ -255,6 +257,10 @@ class Racer:
             out[k] = Outcome(nll[k], True, self.admit(k, nll[k], len(stages)), len(stages))
         return out
 
+    def order_look(self, scored: np.ndarray) -> int:
+        """The look a ``scored`` mask belongs to: how many stages it holds."""
+        return int(self.stage_of[scored].max()) + 1 if scored.any() else 0
+
     def _gaps(self, running, nll, scored: np.ndarray, thr: Incumbent) -> Gaps:
         """Each running candidate's bound against ``thr``, on the units scored so far; the
         units of the stages ``thr``'s choice read are known, the later ones sampled."""
@@ -265,7 +271,7 @@ class Racer:
             self.tokens,
             self.doc_domain,
             scored,
-            self.stage_of < thr.born,
+            (self.stage_of < thr.born) & (thr.born < self.order_look(scored)),
             self.weights,
             margin=self.margin,
             linear=self.linear,
