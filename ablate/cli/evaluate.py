@@ -15,6 +15,7 @@ from ablate.cli.common import (
     emit_table,
     evaluator,
     race_confidence,
+    race_margin,
     usage_error,
 )
 
@@ -86,7 +87,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.race:
             from ablate.racing.policy import PartialResult, Race
 
-            race = Race(ev, "macro", confidence=confidence, top=args.top or 1)
+            race = Race(
+                ev,
+                "macro",
+                confidence=confidence,
+                top=args.top or 1,
+                margin=race_margin(args),
+                seed=args.race_seed,
+            )
             raced = race.run(mixtures)  # survivors: full scores only in the table
             results = [r for r in raced if not isinstance(r, PartialResult)]
             note = race.stats.describe()
@@ -126,8 +134,8 @@ def add_eval_command(sub: Any) -> None:
         type=int,
         default=None,
         metavar="K",
-        help="print the K best mixtures by macro perplexity; with --race, race to prove "
-        "the K best (default: all; racing: the best)",
+        help="print the K best mixtures by macro perplexity; with --race, race to keep "
+        "the K best (family-wise at --confidence; default: all; racing: the best)",
     )
     add_output_args(
         p,

@@ -17,6 +17,7 @@ from ablate.cli.common import (
     emit_table,
     evaluator,
     race_confidence,
+    race_margin,
 )
 from ablate.cli.evaluate import DOMAIN_WIDTH, MIXTURE_WIDTH
 
@@ -77,6 +78,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             seed=args.seed,
             race=args.race,
             confidence=confidence,
+            margin=race_margin(args),
+            race_seed=args.race_seed,
         )
     if args.plot:
         study.plot(args.plot)

@@ -230,9 +230,10 @@ class Racer:
                 running.remove(best)
                 finish(best, s)
             kth = self.threshold()
-            if running and kth is not None:  # settle the apparent leader now
-                lead = order[0]
-                if self.value(nll[lead], scored) < self.value(kth.nll, scored):
+            if running and kth is not None:  # settle the apparent leader now ...
+                lead = order[0]  # ... if it looks better than the k-th by more than EPS
+                lead_est = (1 + self.margin) * self.value(nll[lead], scored)
+                if lead_est < self.value(kth.nll, scored):
                     running.remove(lead)
                     finish(lead, s)
             thr, level = self.threshold(s), self.level()
