@@ -53,12 +53,33 @@ SETTINGS = [
 ]
 
 
+def dump_replay(pool: Path, eval_data: str, eval_by: str, out: Path) -> None:
+    """Per-window NLL of every subset of ``pool`` on ``eval_data`` (``Race.unit_scores``),
+    saved as ``--replay`` input."""
+    from ablate import Evaluator, Race
+
+    ev = Evaluator(pool, eval_data, by=eval_by, store=False, progress=False)
+    race = Race(ev, "macro", seed=0)
+    subsets = ev.all_subsets()
+    values = race.unit_scores(subsets)
+    tmp = out.with_name(out.stem + ".tmp.npz")
+    np.savez(
+        tmp,
+        values=values,
+        tokens=race.racer.tokens,
+        strata=race.racer.doc_domain,
+        mixtures=np.array([str(m) for m in subsets]),
+    )
+    tmp.replace(out)
+
+
 def load_replay(path: Path):
     z = np.load(path)
     return z["values"].astype(np.float64), z["tokens"].astype(np.int64), z["strata"]
 
 
 def table(rows: list[dict], label: str) -> str:
+    """The rows as a markdown table (docs/racing.md)."""
     lines = [
         f"| setting ({label}) | cand | strata x units | K | eps | nominal | failures / races "
         "| rate [95% CI] | tokens saved |",
@@ -86,7 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=27)
     p.add_argument("--first", type=int, help="units per stratum in stage 0 (default: shipped)")
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
+    p.add_argument(
+        "--dump-replay",
+        nargs=3,
+        metavar=("POOL", "EVAL", "OUT"),
+        help="score every subset of POOL per eval window (EVAL by domain) into OUT.npz, exit",
+    )
     a = p.parse_args(argv)
+    if a.dump_replay:
+        pool, eval_data, out = a.dump_replay
+        dump_replay(Path(pool), eval_data, "domain", Path(out))
+        return 0
     chosen = [s for s in SETTINGS if not a.settings or s.name in a.settings]
     if a.margin is not None:
         chosen = [dataclasses.replace(s, margin=a.margin) for s in chosen]
@@ -110,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         rows.append(simulate(s, a.races, a.confidence, a.seed, rep, a.first))
         print(f"{s.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        if a.out:  # after each setting: a long run interrupted keeps what it measured
+            tmp = a.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"label": a.label, "rows": rows}, indent=1, sort_keys=True))
+            tmp.replace(a.out)
     print(table(rows, a.label))
-    if a.out:
-        tmp = a.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"label": a.label, "rows": rows}, indent=1, sort_keys=True))
-        tmp.replace(a.out)
     return 0
 
 

@@ -336,6 +336,17 @@ class Race:
             known.update({r.mixture.key: r for r in with_task_scores(ev, full)})
         return [known[m.key] for m in mixtures]
 
+    def unit_scores(self, mixtures: Sequence[Mixture]) -> np.ndarray:
+        """Every unit's value for each mixture, ``(len(mixtures), n_units)`` float64 (units:
+        ``self.racer``'s; with ``self.racer.tokens`` and ``.doc_domain``, what
+        ``benchmarks/bench_racing.py --replay`` races again). Scores in full; records nothing."""
+        from ablate.evaluator import as_mixture
+
+        mixtures = [as_mixture(m) for m in mixtures]
+        self._mixtures.update({m.key: m for m in mixtures})
+        units = np.arange(len(self.racer.tokens))
+        return self._score_stage([m.key for m in mixtures], units)
+
     def _seed(self, hits: list[EvalResult]) -> None:
         """Score the best store hits per document so they can be raced against."""
         rank = sorted(hits, key=lambda r: self.target.score(r.ppl, r.tasks))
