@@ -96,6 +96,36 @@ def table(rows: list[dict], label: str) -> str:
     return "\n".join(lines)
 
 
+def compare(before: dict, after: dict) -> str:
+    """One row per setting: nominal, then each racer's failures, interval and saving."""
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "not run | |"
+        lo, hi = r["ci95"]
+        flag = " **over**" if r["above_nominal"] else ""
+        return (
+            f"{r['failures']}/{r['races']} = {r['rate']:.3f} [{lo:.3f}, {hi:.3f}]{flag} "
+            f"| {r['saving_mean']:.1f}x |"
+        )
+
+    old = {r["name"]: r for r in before["rows"]}
+    lines = [
+        "| setting | cand | strata x units | lengths | K | nominal | "
+        f"{before['label']}: failures [95% CI] | saved | {after['label']}: EPS | "
+        "failures [95% CI] | saved |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in after["rows"]:
+        b = old.get(r["name"])
+        lines.append(
+            f"| {r['name']} | {r['candidates']} | {r['strata']} x {r['units'][0]}-"
+            f"{r['units'][1]} | {r['lengths']} | {r['top']} | {r['nominal']:.2f} | {cell(b)} "
+            f"{r['margin']} | {cell(r)}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--races", type=int, default=1000, help="races per setting")
@@ -113,7 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("POOL", "EVAL", "OUT"),
         help="score every subset of POOL per eval window (EVAL by domain) into OUT.npz, exit",
     )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("BEFORE", "AFTER"),
+        help="print one before/after table from two --out files, exit",
+    )
     a = p.parse_args(argv)
+    if a.compare:
+        print(compare(*(json.loads(f.read_text()) for f in a.compare)))
+        return 0
     if a.dump_replay:
         pool, eval_data, out = a.dump_replay
         dump_replay(Path(pool), eval_data, "domain", Path(out))
