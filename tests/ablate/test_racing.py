@@ -316,7 +316,10 @@ def test_race_with_task_terms_matches_full_scoring(target, full_pool_dir, corpus
         assert t.score == pytest.approx(
             plain.frame.set_index("mixture").loc[str(t.mixture)]["score"]
         )
-    assert raced.raced_out and raced.race.tokens_scored < raced.race.tokens_full
+    # 9 items of 0/1 outcomes prove nothing at 0.8 once the first incumbent's own units
+    # are not reused to test against it (issue 27); the perplexity term still drops
+    assert raced.race.tokens_scored <= raced.race.tokens_full
+    assert bool(raced.raced_out) == ("code" in target)
     assert all(t.result.estimate > raced.best.score for t in raced.raced_out)
 
 
