@@ -4,7 +4,7 @@ On CPU a mixture's score costs one forward pass over the eval set, and that forw
 the machine's peak already; what is left is to score fewer tokens. Most mixtures of a search
 are clearly worse than the best one after a small part of the eval set, so racing
 (Maron & Moore, NIPS 1994, "Hoeffding races"; Birattari et al., GECCO 2002, "F-Race")
-scores every candidate on growing prefixes of the eval documents and stops the ones that
+scores every candidate on growing prefixes of the eval set and stops the ones that
 are worse than the incumbent with the requested confidence. Survivors are scored in full,
 so every score a user sees is a full score; a dropped mixture leaves a ``PartialResult``
 (and a row in the store's ``partial_results`` table), never an ``EvalResult``.
@@ -42,7 +42,7 @@ freedom); its module docstring says why and what it assumes.
 
 **Task terms.** ``Racer`` sees only units in weighted strata, so the items of each task a
 ``task:`` term reads are units too: one stratum per task, shuffled and visited in stages like
-documents. An item's value is its loss under the task's terms (``100 * (1 - correct)`` for
+windows. An item's value is its loss under the task's terms (``100 * (1 - correct)`` for
 acc and acc_norm, the gold choice's NLL for gold_nll; their weighted mean when one task has
 several terms), and the stratum is *linear*: it enters ``T`` as the mean itself (``w_t mu_t``,
 no ``exp``; ``z_j`` = the paired difference), so a weighted task + perplexity target is one
@@ -112,7 +112,7 @@ def _task_loss(score: object, metric: str) -> np.ndarray:
 # ---------------------------------------------------------------------- the policy
 @dataclass(frozen=True)
 class PartialResult:
-    """A mixture dropped by a race: scores on the documents it was scored on only.
+    """A mixture dropped by a race: scores on the eval units (token windows) it was scored on only.
 
     Not an ``EvalResult`` on purpose (no ``ppl``, no ``scores``): nothing can read it as a
     full score. ``estimate`` is the incumbent's full target plus the paired estimate of the
@@ -120,7 +120,7 @@ class PartialResult:
     """
 
     mixture: Mixture
-    partial: Mapping[str, DomainScore]  # per domain, over the scored documents only
+    partial: Mapping[str, DomainScore]  # per domain, over the scored windows only
     total_tokens: Mapping[str, int]  # per domain, over the whole eval set
     estimate: float
     against: Mixture  # the incumbent it was proven worse than
@@ -348,7 +348,7 @@ class Race:
         return self._score_stage([m.key for m in mixtures], units)
 
     def _seed(self, hits: list[EvalResult]) -> None:
-        """Score the best store hits per document so they can be raced against."""
+        """Score the best store hits on every unit so they can be raced against."""
         rank = sorted(hits, key=lambda r: self.target.score(r.ppl, r.tasks))
         for r in rank[: self.racer.top - len(self.racer.incumbents)]:
             self._mixtures[r.mixture.key] = r.mixture
@@ -397,7 +397,7 @@ class Race:
         return self._sub_tasks[key]
 
     def _score_stage(self, keys: Sequence[Hashable], units: np.ndarray) -> np.ndarray:
-        """Per-unit values ``(len(keys), len(units))``: a document's summed NLL, a task
+        """Per-unit values ``(len(keys), len(units))``: a window's summed NLL, a task
         item's loss (its terms' weighted mean); uniform subsets merge by a Gray walk."""
         import torch
 
