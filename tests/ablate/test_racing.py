@@ -130,6 +130,12 @@ def test_race_on_a_pool_keeps_partial_scores_apart(full_pool, corpus, tmp_path):
     # the race's full score is the full score
     fresh = domain_evaluator(full_pool, corpus).evaluate("code")
     assert full[0].ppl == pytest.approx(fresh.ppl, rel=1e-5)
+    # the replay seam: every unit's value, adding up to the full score
+    values = race.unit_scores(["code"])[0]
+    strata, tokens = race.racer.doc_domain, race.racer.tokens
+    for i, d in enumerate(ev.domains):
+        mu = values[strata == i].sum() / tokens[strata == i].sum()
+        assert np.exp(mu) == pytest.approx(fresh.ppl[d], rel=1e-5)
 
 
 def test_cli_eval_race_top_and_bad_confidence(full_pool, corpus, capsys):
