@@ -162,7 +162,7 @@ class RaceStats:
         if self.top == 1:
             return (
                 f"with probability >= {self.confidence:.0%}, the returned mixture is {within} "
-                "the best of the raced candidates on the full eval set"
+                "the best of the raced candidates on the whole eval set raced (search: its search split)"
             )
         near = (
             f"{self.top} kept mixtures within {self.margin:.2%} of it"
@@ -171,7 +171,7 @@ class RaceStats:
         )
         return (
             f"with probability >= {self.confidence:.0%} (all {self.top} at once), each of the "
-            f"{self.top} best raced candidates on the full eval set is kept or has {near}"
+            f"{self.top} best raced candidates on the whole eval set raced is kept or has {near}"
         )
 
     def describe(self) -> str:
