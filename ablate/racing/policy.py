@@ -162,7 +162,8 @@ class RaceStats:
         if self.top == 1:
             return (
                 f"with probability >= {self.confidence:.0%}, the returned mixture is {within} "
-                "the best of the raced candidates on the whole eval set raced (search: its search split)"
+                "the best of the raced candidates on the whole eval set raced (search: its "
+                "search split)"
             )
         near = (
             f"{self.top} kept mixtures within {self.margin:.2%} of it"
