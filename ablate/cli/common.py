@@ -178,7 +178,9 @@ def add_max_size_arg(p: argparse.ArgumentParser, when: str = "") -> None:
     )
 
 
-def add_race_args(p: argparse.ArgumentParser, target: str = "target") -> None:
+def add_race_args(
+    p: argparse.ArgumentParser, target: str = "target", *, top_k: bool = False
+) -> None:
     """``--race``, ``--confidence``, ``--margin`` and ``--race-seed``: the racing scoring
     policy (``ablate.racing.policy``; what is bounded: docs/racing.md)."""
     p.add_argument(
@@ -194,8 +196,14 @@ def add_race_args(p: argparse.ArgumentParser, target: str = "target") -> None:
         default=None,
         metavar="P",
         help="with --race: probability that the returned mixture is within --margin of the "
-        "best raced mixture on the full eval set (with --top K: that each of the K best is "
-        "kept or K kept mixtures are within --margin of it, all at once) (default: 0.95)",
+        "best raced mixture on the whole eval set raced"
+        + (
+            " (with --top K: that each of the K best is kept or K kept mixtures are within "
+            "--margin of it, all at once)"
+            if top_k
+            else " (the search split)"
+        )
+        + " (default: 0.95)",
     )
     p.add_argument(
         "--margin",

@@ -128,7 +128,7 @@ def add_eval_command(sub: Any) -> None:
     )
     what.add_argument("--all-subsets", action="store_true", help="every subset of partitions")
     add_max_size_arg(p, ", with --all-subsets")
-    add_race_args(p, target="macro perplexity")
+    add_race_args(p, target="macro perplexity", top_k=True)
     p.add_argument(
         "--top",
         type=int,
