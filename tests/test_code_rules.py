@@ -28,9 +28,7 @@ def _ruff() -> list[str]:
 
 def test_no_module_touches_another_objects_private_members():
     rule = ["check", "--no-cache", "--select", "SLF001", "--output-format", "concise"]
-    out = run_captured(
-        [*_ruff(), *rule, "ablate", "benchmarks"], cwd=ROOT, timeout=120
-    )
+    out = run_captured([*_ruff(), *rule, "ablate", "benchmarks"], cwd=ROOT, timeout=120)
     assert out.returncode == 0, f"private members used outside their module:\n{out.stdout}"
 
 

@@ -181,28 +181,63 @@ def add_max_size_arg(p: argparse.ArgumentParser, when: str = "") -> None:
     )
 
 
-def add_race_args(p: argparse.ArgumentParser, target: str = "target") -> None:
-    """``--race`` and ``--confidence``: the racing scoring policy (``ablate.racing.policy``)."""
+def add_race_args(
+    p: argparse.ArgumentParser, target: str = "target", *, top_k: bool = False
+) -> None:
+    """``--race``, ``--confidence``, ``--margin`` and ``--race-seed``: the racing scoring
+    policy (``ablate.racing.policy``; what is bounded: docs/racing.md)."""
     p.add_argument(
         "--race",
         action="store_true",
         help=f"stop scoring a mixture once part of the eval set proves its {target} worse "
-        "than the best's; survivors are scored in full",
+        "than a kept mixture's; survivors are scored in full (every printed score is a "
+        "full score)",
     )
     p.add_argument(
         "--confidence",
         type=float,
         default=None,
         metavar="P",
-        help="with --race: probability that a dropped mixture is really worse (default: 0.95)",
+        help="with --race: probability that the returned mixture is within --margin of the "
+        "best raced mixture on the whole eval set raced"
+        + (
+            " (with --top K: that each of the K best is kept or K kept mixtures are within "
+            "--margin of it, all at once)"
+            if top_k
+            else " (the search split)"
+        )
+        + " (default: 0.95)",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="with --race: relative indifference on the target, e.g. 0.005 = 0.5%%; a "
+        "mixture may be dropped once a kept one is proven within EPS of it (default: 0)",
+    )
+    p.add_argument(
+        "--race-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --race: seed of the eval-unit order (default: a fresh one, printed)",
     )
 
 
 def race_confidence(args: argparse.Namespace) -> float:
     """``--confidence`` (default 0.95); refused without ``--race``, where it would do nothing."""
-    if args.confidence is not None and not args.race:
-        raise usage_error("--confidence applies to racing; add --race or drop --confidence")
+    for flag, value in (("--confidence", args.confidence), ("--margin", args.margin)):
+        if value is not None and not args.race:
+            raise usage_error(f"{flag} applies to racing; add --race or drop {flag}")
+    if args.race_seed is not None and not args.race:
+        raise usage_error("--race-seed applies to racing; add --race or drop --race-seed")
     return DEFAULT_CONFIDENCE if args.confidence is None else args.confidence
+
+
+def race_margin(args: argparse.Namespace) -> float:
+    """``--margin`` (default 0), checked with ``race_confidence``."""
+    return 0.0 if args.margin is None else args.margin
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:

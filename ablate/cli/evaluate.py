@@ -15,6 +15,7 @@ from ablate.cli.common import (
     emit_table,
     evaluator,
     race_confidence,
+    race_margin,
     usage_error,
 )
 from ablate.mixture import Mixture
@@ -83,7 +84,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with evaluator(args) as ev:
         mixtures = _mixtures_from_args(args, ev)
         if args.race:
-            race = Race(ev, "macro", confidence=confidence, top=args.top or 1)
+            race = Race(
+                ev,
+                "macro",
+                confidence=confidence,
+                top=args.top or 1,
+                margin=race_margin(args),
+                seed=args.race_seed,
+            )
             raced = race.run(mixtures)  # survivors: full scores only in the table
             results = [r for r in raced if not isinstance(r, PartialResult)]
             note = race.stats.describe()
@@ -116,14 +124,14 @@ def add_eval_command(sub: Any) -> None:
     )
     what.add_argument("--all-subsets", action="store_true", help="every subset of partitions")
     add_max_size_arg(p, ", with --all-subsets")
-    add_race_args(p, target="macro perplexity")
+    add_race_args(p, target="macro perplexity", top_k=True)
     p.add_argument(
         "--top",
         type=int,
         default=None,
         metavar="K",
-        help="print the K best mixtures by macro perplexity; with --race, race to prove "
-        "the K best (default: all; racing: the best)",
+        help="print the K best mixtures by macro perplexity; with --race, race to keep "
+        "the K best (family-wise at --confidence; default: all; racing: the best)",
     )
     add_output_args(
         p,

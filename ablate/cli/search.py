@@ -17,6 +17,7 @@ from ablate.cli.common import (
     emit_table,
     evaluator,
     race_confidence,
+    race_margin,
 )
 from ablate.cli.evaluate import DOMAIN_WIDTH, MIXTURE_WIDTH
 from ablate.present.tables import Column
@@ -78,6 +79,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             race=args.race,
             confidence=confidence,
             also=args.also,
+            margin=race_margin(args),
+            race_seed=args.race_seed,
         )
     if args.plot:
         study.plot(args.plot)

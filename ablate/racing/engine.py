@@ -1,8 +1,9 @@
-"""The race engine: document order, the paired stratified test, and the racer's bookkeeping.
+"""The race engine: unit order, incumbents and the racer's bookkeeping.
 
-``Racer`` knows nothing of models: it races keys through a scoring callback, so tests drive
-it with planted per-unit scores. ``ablate.racing.policy`` turns it into a scoring policy over an
-``Evaluator``; its module docstring gives the algorithm, the statistic and why.
+``Racer`` knows nothing of models: it races keys through a scoring callback, so tests and
+``benchmarks/bench_racing.py`` drive it with arrays of per-unit losses (``ArrayScores``).
+``ablate.racing.bounds`` holds the test, ``ablate.racing.design`` the schedule and the error
+budget; ``ablate.racing.policy`` turns the racer into a scoring policy over an ``Evaluator``.
 """
 
 from __future__ import annotations
@@ -14,25 +15,30 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ablate.pool.errors import AblateError
-
-DEFAULT_CONFIDENCE = 0.95
-FIRST_DOCS = 2  # documents per domain at the first look: a variance needs two
-GROWTH = 2  # each stage doubles the documents per domain (a geometric race schedule)
-RACE_SEED = 0  # the document order is fixed, so a resumed race visits the same prefixes
-
-
-def check_confidence(confidence: float) -> float:
-    """``confidence`` if it is in [0.5, 1), else a one-line ``AblateError``."""
-    if not (isinstance(confidence, int | float) and 0.5 <= confidence < 1):
-        raise AblateError(f"--confidence must be at least 0.5 and below 1, got {confidence}")
-    return float(confidence)
+from ablate.racing.bounds import (
+    Gap,
+    Gaps,
+    gap_bounds,
+    paired_gap,
+    target_value,
+    target_values,
+)
+from ablate.racing.design import (
+    DEFAULT_CONFIDENCE,
+    FIRST_UNITS,
+    GROWTH,
+    RACE_SEED,
+    check_confidence,
+    check_margin,
+    look_level,
+)
 
 
 # ---------------------------------------------------------------------- the order
 @dataclass(frozen=True)
 class RaceOrder:
-    """Eval documents in race order: ``stages[s]`` holds the document indices stage ``s``
-    adds (``(n,)`` int64); the last stage holds every document not visited before."""
+    """Units in race order: ``stages[s]`` holds the unit indices stage ``s`` adds
+    (``(n,)`` int64); the last stage holds every unit not visited before."""
 
     stages: tuple[np.ndarray, ...]
 
@@ -43,17 +49,17 @@ class RaceOrder:
         raced: Sequence[int],
         *,
         seed: int = RACE_SEED,
-        first: int = FIRST_DOCS,
+        first: int = FIRST_UNITS,
         growth: float = GROWTH,
     ) -> RaceOrder:
-        """Stages of ``first * growth**s`` documents per raced domain (stratified prefixes).
+        """Stages of ``first * growth**s`` units per raced stratum (stratified prefixes).
 
         Args:
-            doc_domain: Domain index of each eval document, ``(n_docs,)``.
-            raced: Domain indices the target reads; other domains wait for the last stage.
-            seed: Seeds the per-domain shuffle.
-            first: Documents per domain in the first stage.
-            growth: Factor by which each stage grows the documents per domain.
+            doc_domain: Stratum index of each unit, ``(n_units,)``.
+            raced: Strata the target reads; other strata wait for the last stage.
+            seed: Seeds the per-stratum shuffle.
+            first: Units per stratum in the first stage.
+            growth: Factor by which each stage grows the units per stratum.
         """
         rng = np.random.default_rng(seed)
         perms = {d: rng.permutation(np.flatnonzero(doc_domain == d)) for d in sorted(set(raced))}
@@ -69,115 +75,28 @@ class RaceOrder:
         return cls(tuple(s.astype(np.int64) for s in stages if len(s)))
 
 
-# ---------------------------------------------------------------------- the statistic
-@dataclass(frozen=True)
-class Gap:
-    """``delta``: target(candidate) - target(incumbent) on the scored documents; ``se``
-    its standard error (0: exact); ``df`` its Welch-Satterthwaite degrees of freedom."""
-
-    delta: float
-    se: float
-    df: float
-
-    def worse(self, level: float) -> bool:
-        """Whether the candidate is worse at one-sided ``level`` (e.g. 0.99)."""
-        if not math.isfinite(self.se):
-            return False
-        if self.se == 0:
-            return self.delta > 0
-        from scipy.stats import t
-
-        return self.delta - float(t.ppf(level, self.df)) * self.se > 0
-
-
-def paired_gap(
-    cand: np.ndarray,
-    inc: np.ndarray,
-    tokens: np.ndarray,
-    doc_domain: np.ndarray,
-    scored: np.ndarray,
-    weights: np.ndarray,
-    linear: np.ndarray | None = None,
-    bound: np.ndarray | None = None,
-) -> Gap:
-    """The paired, stratified delta-method gap between two mixtures (see the module doc).
-
-    Args:
-        cand: Summed NLL per document of the candidate, ``(n_docs,)`` float64 (a linear
-            stratum's units: the per-item loss).
-        inc: The same for the incumbent (scored on every document).
-        tokens: Scored tokens per document, ``(n_docs,)`` (1 for a linear stratum's units).
-        doc_domain: Domain (stratum) index per document, ``(n_docs,)``.
-        scored: Documents the candidate has been scored on, ``(n_docs,)`` bool.
-        weights: Target weight per domain, ``(n_domains,)`` (0: not read).
-        linear: Per stratum: its term is the mean itself (a task loss), not ``exp`` of it.
-        bound: Per stratum: the largest ``|z|`` a unit can show (0: unbounded); a bounded
-            stratum's variance gets Agresti-Min pseudo-items, because 0/1 outcomes often
-            agree on a few items and a zero variance there proves nothing.
-    """
-    delta, var, dof = 0.0, 0.0, 0.0
-    for d, w in enumerate(weights):
-        if w <= 0:
-            continue
-        in_d = doc_domain == d
-        idx = np.flatnonzero(in_d & scored)
-        n, big_n = len(idx), int(in_d.sum())
-        if n == 0:
-            return Gap(math.nan, math.inf, 0.0)
-        t = tokens[idx].astype(np.float64)
-        mu_c, mu_i = cand[idx].sum() / t.sum(), inc[idx].sum() / t.sum()
-        if linear is not None and linear[d]:
-            e_c = e_i = 1.0  # a mean of per-item losses enters the target as it is
-            delta += w * (mu_c - mu_i)
-        else:
-            e_c, e_i = math.exp(mu_c), math.exp(mu_i)
-            delta += w * (e_c - e_i)
-        if n == big_n:
-            continue  # the whole domain is scored: no sampling error
-        if n < 2:
-            return Gap(math.nan, math.inf, 0.0)
-        z = (e_c * (cand[idx] - mu_c * t) - e_i * (inc[idx] - mu_i * t)) / t.mean()  # (n,)
-        r = 0.0 if bound is None else float(bound[d])
-        if r > 0:  # Agresti & Min (2005): half an item at +r and at -r, one at 0
-            m = z.sum() / (n + 2)
-            s2 = (np.square(z).sum() + r * r - (n + 2) * m * m) / (n + 1)
-        else:
-            s2 = z.var(ddof=1)
-        v = w * w * (1 - n / big_n) * s2 / n
-        var += v
-        dof += v * v / (n - 1)  # Welch-Satterthwaite
-    return Gap(delta, math.sqrt(var), var * var / dof if dof > 0 else math.inf)
-
-
-def target_value(
-    nll: np.ndarray,
-    tokens: np.ndarray,
-    doc_domain: np.ndarray,
-    mask: np.ndarray,
-    weights,
-    linear: np.ndarray | None = None,
-) -> float:
-    """``sum_d w_d exp(mu_d)`` (``w_d mu_d`` for a linear stratum) over the documents in
-    ``mask`` (the target's estimate)."""
-    out = 0.0
-    for d, w in enumerate(weights):
-        if w > 0:
-            idx = np.flatnonzero((doc_domain == d) & mask)
-            if not len(idx):
-                return math.nan
-            mu = nll[idx].sum() / tokens[idx].sum()
-            out += w * (mu if linear is not None and linear[d] else math.exp(mu))
-    return out
-
-
 # ---------------------------------------------------------------------- the bookkeeping
 StageScore = Callable[[Sequence[Hashable], np.ndarray], np.ndarray]
-"""``score(keys, docs)``: summed NLL ``(len(keys), len(docs))`` of each candidate on ``docs``."""
+"""``score(keys, units)``: per-unit values ``(len(keys), len(units))`` of each candidate."""
+
+
+@dataclass(frozen=True)
+class ArrayScores:
+    """A ``StageScore`` over planted per-unit values ``(M, n_units)``: keys are row indices.
+
+    The seam that lets tests and ``benchmarks/bench_racing.py`` drive the shipped racer
+    with synthetic or replayed per-unit losses, without models.
+    """
+
+    values: np.ndarray
+
+    def __call__(self, keys: Sequence[Hashable], units: np.ndarray) -> np.ndarray:
+        return self.values[np.asarray(keys, dtype=np.int64)][:, units]
 
 
 @dataclass
 class Outcome:
-    """One candidate's race: its per-document NLL (NaN where not scored) and verdict."""
+    """One candidate's race: its per-unit values (NaN where not scored) and verdict."""
 
     nll: np.ndarray
     full: bool
@@ -186,19 +105,34 @@ class Outcome:
     against: Hashable | None = None  # the incumbent it lost to
 
 
+@dataclass(frozen=True)
+class Incumbent:
+    """A fully scored mixture that others race against. ``born``: how many stages of the
+    order its choice read (0: chosen without reading the race, e.g. a store hit); tests
+    against it treat those stages' units as known and sample only the later ones."""
+
+    score: float
+    key: Hashable
+    nll: np.ndarray
+    born: int
+
+
 @dataclass
 class Racer:
     """Stages, incumbents and tests of a race; knows nothing of models (tests drive it).
 
     Args:
         order: The race order.
-        tokens: Scored tokens per document, ``(n_docs,)``.
-        doc_domain: Domain index per document, ``(n_docs,)``.
-        weights: Target weight per domain, ``(n_domains,)``.
-        confidence: Probability that a dropped candidate is really worse than the incumbent.
-        top: Race against the k-th best full score (keeps the k best provably).
-        linear: Per stratum, whether it is a linear mean (task items; ``paired_gap``).
-        bound: Per stratum, the largest per-unit ``|z|`` (0: unbounded; ``paired_gap``).
+        tokens: Scored tokens per unit, ``(n_units,)``.
+        doc_domain: Stratum index per unit, ``(n_units,)``.
+        weights: Target weight per stratum, ``(n_strata,)``.
+        confidence: Probability that the returned mixture (each of the ``top`` returned)
+            is within ``margin`` of the best (of the ``top`` best) on the full eval set.
+        top: Race against the k-th best full score (keeps the k best, family-wise).
+        margin: Relative indifference ``eps``: a candidate is dropped only when a kept
+            mixture is proven better than ``(1 + eps)`` times the candidate.
+        linear: Per stratum, whether it is a linear mean (task items; ``bounds``).
+        bound: Per stratum, the largest per-unit ``|z|`` (0: unbounded; ``bounds``).
         cost: Tokens a forward pass over each unit costs (what ``tokens_scored`` counts;
             default ``tokens``).
     """
@@ -209,119 +143,151 @@ class Racer:
     weights: np.ndarray
     confidence: float = DEFAULT_CONFIDENCE
     top: int = 1
+    margin: float = 0.0
     linear: np.ndarray | None = None
     bound: np.ndarray | None = None
     cost: np.ndarray | None = None
-    incumbents: list[tuple[float, Hashable, np.ndarray]] = field(default_factory=list)
+    incumbents: list[Incumbent] = field(default_factory=list)
     tokens_scored: int = 0
 
     def __post_init__(self) -> None:
         check_confidence(self.confidence)
+        check_margin(self.margin)
         if self.cost is None:
             self.cost = self.tokens
         if self.top < 1:
             raise AblateError(f"--top must be at least 1, got {self.top}")
-        looks = max(1, len(self.order.stages) - 1)
-        self.level = 1 - (1 - self.confidence) / looks
+        self.stage_of = np.full(len(self.tokens), len(self.order.stages), dtype=np.int64)
+        for s, units in enumerate(self.order.stages):
+            self.stage_of[units] = s
 
-    @property
-    def threshold(self) -> tuple[float, Hashable, np.ndarray] | None:
-        """The k-th best full score so far (what candidates race against), or None."""
-        return self.incumbents[self.top - 1] if len(self.incumbents) >= self.top else None
+    def level(self, rivals: int = 1) -> float:
+        """The one-sided level of a test (``design.look_level``)."""
+        return look_level(self.confidence, len(self.order.stages), self.top, rivals)
 
     def value(self, nll: np.ndarray, mask: np.ndarray) -> float:
         return target_value(nll, self.tokens, self.doc_domain, mask, self.weights, self.linear)
 
-    def admit(self, key: Hashable, nll: np.ndarray) -> float:
-        """Record a fully scored mixture as a possible incumbent; returns its target."""
+    def values(self, nll: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarray:
+        """``value`` of several candidates, ``(M,)``."""
+        return target_values(
+            np.stack(nll), self.tokens, self.doc_domain, mask, self.weights, self.linear
+        )
+
+    def admit(self, key: Hashable, nll: np.ndarray, born: int = 0) -> float:
+        """Record a fully scored mixture as a possible incumbent; returns its target.
+
+        ``born``: stages of the race order its choice read (0 for a store hit)."""
         score = self.value(nll, np.ones(len(nll), dtype=bool))
         # A mixture raced again (no store to answer it) replaces its entry: the k best are
         # k distinct mixtures.
-        self.incumbents = [x for x in self.incumbents if x[1] != key]
-        self.incumbents.append((score, key, nll))
-        self.incumbents.sort(key=lambda x: x[0])
-        del self.incumbents[self.top :]
+        self.incumbents = [x for x in self.incumbents if x.key != key]
+        self.incumbents.append(Incumbent(score, key, nll, born))
+        self.incumbents.sort(key=lambda x: x.score)
         return score
+
+    def threshold(self, look: int | None = None) -> Incumbent | None:
+        """The k-th best incumbent that a test before stage ``look`` may use (chosen after
+        fewer than ``look`` stages; None: any), or None when there are fewer than k."""
+        ok = [x for x in self.incumbents if look is None or x.born < look]
+        return ok[self.top - 1] if len(ok) >= self.top else None
 
     def run(self, keys: Sequence[Hashable], score: StageScore) -> dict[Hashable, Outcome]:
         """Race ``keys`` (distinct) and return each one's outcome."""
         stages = self.order.stages
-        n_docs = len(self.tokens)
-        nll = {k: np.full(n_docs, np.nan) for k in keys}
+        n_units = len(self.tokens)
+        nll = {k: np.full(n_units, np.nan) for k in keys}
         done = dict.fromkeys(keys, 0)  # stages scored
         out: dict[Hashable, Outcome] = {}
-
-        def scored(k: Hashable) -> np.ndarray:
-            return ~np.isnan(nll[k])
+        # any of these could become an incumbent tested against on the units that chose it
+        rivals = len(keys) + len(self.incumbents)
 
         def advance(group: Sequence[Hashable], s: int) -> None:
             if group:
-                docs = stages[s]
-                nll_s = score(group, docs)  # (len(group), len(docs))
+                units = stages[s]
+                nll_s = score(group, units)  # (len(group), len(units))
                 for k, row in zip(group, nll_s, strict=True):
-                    nll[k][docs] = row
+                    nll[k][units] = row
                     done[k] = s + 1
-                self.tokens_scored += int(self.cost[docs].sum()) * len(group)
+                self.tokens_scored += int(self.cost[units].sum()) * len(group)
 
-        def finish(k: Hashable) -> None:
+        def finish(k: Hashable, born: int) -> None:
             for s in range(done[k], len(stages)):
                 advance([k], s)
-            out[k] = Outcome(nll[k], True, self.admit(k, nll[k]), len(stages))
+            out[k] = Outcome(nll[k], True, self.admit(k, nll[k], born), len(stages))
 
         running = list(keys)
         for s in range(len(stages)):
             if s == 0:
                 advance(running, 0)
                 continue
+            scored = self.stage_of < s  # every running candidate has scored stages < s
+            if running:  # the running candidates' estimates on the units scored so far
+                est = self.values([nll[k] for k in running], scored)
+                order = [running[j] for j in np.argsort(est, kind="stable")]
             while len(self.incumbents) < self.top and running:  # seed from the best estimates
-                best = min(running, key=lambda k: self.value(nll[k], scored(k)))
+                best = order.pop(0)
                 running.remove(best)
-                finish(best)
-            gaps = self._gaps(running, nll, scored)
-            if running and self.threshold is not None:
-                lead = min(running, key=lambda k: gaps[k].delta)
-                if gaps[lead].delta < 0:  # looks better than the incumbent: settle it now
+                finish(best, s)
+            kth = self.threshold()
+            if running and kth is not None:  # settle the apparent leader now ...
+                lead = order[0]  # ... if it looks better than the k-th by more than EPS
+                lead_est = (1 + self.margin) * self.value(nll[lead], scored)
+                if lead_est < self.value(kth.nll, scored):
                     running.remove(lead)
-                    finish(lead)
-                    gaps = self._gaps(running, nll, scored)
-            keep = []
-            for k in running:
-                if gaps[k].worse(self.level):
-                    thr = self.threshold
-                    out[k] = Outcome(nll[k], False, thr[0] + gaps[k].delta, done[k], thr[1])
-                else:
-                    keep.append(k)
-            running = keep
+                    finish(lead, s)
+            thr, level = self.threshold(s), self.level()
+            if thr is None and s == 1:  # chosen on stage 0 itself: a union bound
+                thr, level = self.threshold(), self.level(rivals)
+            if running and thr is not None:
+                gaps = self._gaps(running, nll, scored, thr)
+                worse = gaps.worse(level)
+                if worse.any():
+                    plain = self.values([nll[k] for k in running], scored) - self.value(
+                        thr.nll, scored
+                    )
+                keep = []
+                for j, k in enumerate(running):
+                    if worse[j]:  # the estimate: the incumbent's target + the plain gap
+                        out[k] = Outcome(nll[k], False, thr.score + plain[j], done[k], thr.key)
+                    else:
+                        keep.append(k)
+                running = keep
             advance(running, s)
         for k in running:
-            out[k] = Outcome(nll[k], True, self.admit(k, nll[k]), len(stages))
+            out[k] = Outcome(nll[k], True, self.admit(k, nll[k], len(stages)), len(stages))
         return out
 
-    def _gaps(self, running, nll, scored) -> dict[Hashable, Gap]:
-        thr = self.threshold
-        if thr is None:
-            return {k: Gap(math.nan, math.inf, 0.0) for k in running}
-        return {
-            k: paired_gap(
-                nll[k],
-                thr[2],
-                self.tokens,
-                self.doc_domain,
-                scored(k),
-                self.weights,
-                self.linear,
-                self.bound,
-            )
-            for k in running
-        }
+    def order_look(self, scored: np.ndarray) -> int:
+        """The look a ``scored`` mask belongs to: how many stages it holds."""
+        return int(self.stage_of[scored].max()) + 1 if scored.any() else 0
+
+    def _gaps(self, running, nll, scored: np.ndarray, thr: Incumbent) -> Gaps:
+        """Each running candidate's bound against ``thr``, on the units scored so far; the
+        units of the stages ``thr``'s choice read are known, the later ones sampled."""
+        cand = np.stack([nll[k] for k in running])  # (M, n_units)
+        return gap_bounds(
+            cand,
+            thr.nll,
+            self.tokens,
+            self.doc_domain,
+            scored,
+            (self.stage_of < thr.born) & (thr.born < self.order_look(scored)),
+            self.weights,
+            margin=self.margin,
+            linear=self.linear,
+            bound=self.bound,
+        )
 
 
 __all__ = [
     "DEFAULT_CONFIDENCE",
-    "FIRST_DOCS",
+    "FIRST_UNITS",
     "GROWTH",
     "RACE_SEED",
+    "ArrayScores",
     "Gap",
+    "Incumbent",
     "Outcome",
     "RaceOrder",
     "Racer",

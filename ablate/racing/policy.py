@@ -4,49 +4,45 @@ On CPU a mixture's score costs one forward pass over the eval set, and that forw
 the machine's peak already; what is left is to score fewer tokens. Most mixtures of a search
 are clearly worse than the best one after a small part of the eval set, so racing
 (Maron & Moore, NIPS 1994, "Hoeffding races"; Birattari et al., GECCO 2002, "F-Race")
-scores every candidate on growing prefixes of the eval documents and stops the ones that
+scores every candidate on growing prefixes of the eval set and stops the ones that
 are worse than the incumbent with the requested confidence. Survivors are scored in full,
 so every score a user sees is a full score; a dropped mixture leaves a ``PartialResult``
 (and a row in the store's ``partial_results`` table), never an ``EvalResult``.
 
+What is promised (``--confidence P``, ``--margin EPS``, ``--top K``): with probability at
+least ``P`` over the race's shuffle, the returned mixture is within ``EPS`` (relative, on the
+target) of the best of the candidates on the *full* eval set; with ``--top K``, each of the
+true K best is kept unless K kept mixtures are within ``EPS`` of it (family-wise: all K at
+once). ``benchmarks/bench_racing.py`` checks it by simulation (docs/racing.md).
+
 The algorithm, per batch of candidates (a strategy's proposal; the whole space for
 ``exhaustive``):
 
-1. **Order.** Documents of the target's domains are shuffled once per domain (fixed seed)
-   and cut into stages holding 2, 4, 8, ... documents per domain (``RaceOrder``): every
-   prefix is stratified by domain. Documents of domains the target ignores wait for the
-   last stage, which only survivors reach.
-2. **Stage by stage.** All candidates are scored on stage 0 (per document). Before each
-   later stage every candidate still running is tested against the k-th best fully scored
-   mixture (the incumbent; ``top`` = k, default 1) on the same documents; the ones proven
-   worse stop. The candidate that looks best is scored in full at once, so the incumbent
-   tightens early (the first incumbent is the best stage-0 estimate, or the best store hit).
-3. **Full scores.** A candidate that reaches the end has been scored on every document
-   exactly once: its per-document sums add up to its full score, which is recorded (the
-   same windows batched per stage: on the demo pool, within 4e-9 relative of the plain
-   scorer's NLL, token counts identical).
+1. **Units and order.** The units are the eval set's token windows (each scored on its own;
+   40-60 per demo domain instead of 8-9 documents), then each raced task's items. They are
+   shuffled per stratum (domain or task) with a fresh seed per race (reported; ``seed=``
+   replays it) and cut into stages of 4, 8, 16, ... units per stratum (``RaceOrder``,
+   ``ablate.racing.design``): every prefix is stratified. Units of strata the target
+   ignores wait for the last stage, which only survivors reach.
+2. **Stage by stage.** All candidates are scored on stage 0. Before each later stage the
+   best-looking candidate is scored in full if it looks better than the k-th best full
+   score (``top`` = k); it becomes an incumbent that remembers how many stages its choice
+   read. Every candidate still running is then tested against the k-th best incumbent
+   chosen before the previous stage (``ablate.racing.bounds``): the units its choice read
+   are known, the later ones sampled, so the incumbent's luck on the units that chose it
+   cannot bias the test. A candidate is dropped when ``(1 + EPS) T(candidate) > T(incumbent)``
+   at the look's level (``1 - (1 - P) / (K * looks)``, looks with power only).
+3. **Full scores.** A candidate that reaches the end has been scored on every unit exactly
+   once: its per-window sums add up to its full score, which is recorded (within float
+   rounding of the plain scorer's NLL, token counts identical).
 
-**The statistic.** Targets are weighted means of per-domain perplexities,
-``T = sum_d w_d exp(mu_d)`` with ``mu_d`` a domain's token-weighted mean NLL (macro: equal
-weights; one domain: a single term). ``T`` is not linear in documents, so the test runs on
-each domain's ratio estimate ``mu_d = sum_j nll_j / sum_j t_j`` and carries the difference
-``Delta = T(candidate) - T(incumbent)`` through the delta method: document j of domain d
-contributes ``z_j = (e^mu_c (nll_cj - mu_c t_j) - e^mu_i (nll_ij - mu_i t_j)) / t_bar``,
-paired (same documents, so the between-document variance cancels). Domains are strata:
-``Var(Delta) = sum_d w_d^2 (1 - n_d/N_d) s_d^2 / n_d`` with the finite-population factor
-(a domain scored in full contributes no variance; when every target domain is complete the
-test is exact). The bound uses Student's t with Welch-Satterthwaite degrees of freedom:
-at the first look a domain holds two documents, and when one domain carries most of the
-variance its two documents are all the evidence there is. (The design's ``n - H`` degrees
-of freedom drop more mixtures early, 2.3x vs 2.0x fewer tokens for macro on the demo pool,
-but dropped the true best in a 3-document-per-domain test: two documents can hide the
-third's spread.) The level is one-sided ``1 - (1 - confidence) / L`` over the race's L
-looks (Bonferroni: a candidate is tested up to L times). A candidate is
-dropped when ``Delta - t * se > 0``.
+**The statistic** is ``ablate.racing.bounds``'s (a paired, stratified delta-method ratio
+estimate with a finite-population factor; Student's t with Welch-Satterthwaite degrees of
+freedom); its module docstring says why and what it assumes.
 
 **Task terms.** ``Racer`` sees only units in weighted strata, so the items of each task a
 ``task:`` term reads are units too: one stratum per task, shuffled and visited in stages like
-documents. An item's value is its loss under the task's terms (``100 * (1 - correct)`` for
+windows. An item's value is its loss under the task's terms (``100 * (1 - correct)`` for
 acc and acc_norm, the gold choice's NLL for gold_nll; their weighted mean when one task has
 several terms), and the stratum is *linear*: it enters ``T`` as the mean itself (``w_t mu_t``,
 no ``exp``; ``z_j`` = the paired difference), so a weighted task + perplexity target is one
@@ -61,21 +57,23 @@ evaluator are scored in full for survivors as before.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from ablate.data.evalset import IGNORE, Windows
 from ablate.engine.executor import LocalExecutor
 from ablate.engine.scores import DocScores, DomainScore, EvalResult, TaskScore
+from ablate.engine.scoring import ScoringBatch, cut_batches, target_nll
 from ablate.evaluator import as_mixture
 from ablate.mixture import Mixture
 from ablate.objective import TASK_LOSS_SCALE, Target, as_task_loss, task_term
 from ablate.pool.errors import AblateError
+from ablate.racing.design import check_margin, fresh_seed
 from ablate.racing.engine import (
     DEFAULT_CONFIDENCE,
-    RACE_SEED,
     Gap,
     Outcome,
     RaceOrder,
@@ -86,7 +84,6 @@ from ablate.racing.engine import (
 )
 
 if TYPE_CHECKING:
-    from ablate.data.evalset import EvalSet
     from ablate.data.tasks import Task
     from ablate.evaluator import Evaluator
 
@@ -119,7 +116,7 @@ def _task_loss(score: object, metric: str) -> np.ndarray:
 # ---------------------------------------------------------------------- the policy
 @dataclass(frozen=True)
 class PartialResult:
-    """A mixture dropped by a race: scores on the documents it was scored on only.
+    """A mixture dropped by a race: scores on the eval units (token windows) it was scored on only.
 
     Not an ``EvalResult`` on purpose (no ``ppl``, no ``scores``): nothing can read it as a
     full score. ``estimate`` is the incumbent's full target plus the paired estimate of the
@@ -127,7 +124,7 @@ class PartialResult:
     """
 
     mixture: Mixture
-    partial: Mapping[str, DomainScore]  # per domain, over the scored documents only
+    partial: Mapping[str, DomainScore]  # per domain, over the scored windows only
     total_tokens: Mapping[str, int]  # per domain, over the whole eval set
     estimate: float
     against: Mixture  # the incumbent it was proven worse than
@@ -153,17 +150,41 @@ class RaceStats:
     cached: int
     tokens_scored: int
     tokens_full: int
+    seed: int | None = None  # the unit order's seed (replay it with --race-seed)
+    confidence: float = DEFAULT_CONFIDENCE
+    margin: float = 0.0
+    top: int = 1
 
     @property
     def saving(self) -> float:
         """How many times fewer tokens than full scoring (1.0 when nothing was scored)."""
         return self.tokens_full / self.tokens_scored if self.tokens_scored else 1.0
 
+    def promise(self) -> str:
+        """What the race bounds, in words (``docs/racing.md``)."""
+        within = f"within {self.margin:.2%} of" if self.margin else "the same as"
+        if self.top == 1:
+            return (
+                f"with probability >= {self.confidence:.0%}, the returned mixture is {within} "
+                "the best of the raced candidates on the whole eval set raced (search: its "
+                "search split)"
+            )
+        near = (
+            f"{self.top} kept mixtures within {self.margin:.2%} of it"
+            if self.margin
+            else (f"{self.top} kept mixtures at least as good")
+        )
+        return (
+            f"with probability >= {self.confidence:.0%} (all {self.top} at once), each of the "
+            f"{self.top} best raced candidates on the whole eval set raced is kept or has {near}"
+        )
+
     def describe(self) -> str:
+        seed = "" if self.seed is None else f"; unit order seed {self.seed}"
         return (
             f"racing: {self.full} mixture(s) scored in full, {self.dropped} dropped early, "
             f"{self.cached} from the store; {self.tokens_scored:,} of {self.tokens_full:,} "
-            f"eval tokens scored ({self.saving:.1f}x fewer)"
+            f"eval tokens scored ({self.saving:.1f}x fewer){seed}; {self.promise()}"
         )
 
 
@@ -176,9 +197,13 @@ class Race:
     Args:
         ev: The evaluator (local executor: racing scores in this process).
         target: What is minimised (``ablate.strategies.Target``; ``"macro"`` by name).
-        confidence: Probability that a dropped mixture is really worse than the incumbent.
-        top: Keep the ``top`` best provably (race against the k-th best).
-        seed: Seeds the document order.
+        confidence: Probability that the returned mixture is within ``margin`` of the best
+            on the full eval set (``top`` > 1: that each of the ``top`` best is kept or has
+            ``top`` kept mixtures within ``margin`` of it, all at once).
+        top: Keep the ``top`` best (race against the k-th best).
+        margin: Relative indifference ``EPS`` on the target (e.g. 0.005): a mixture within
+            ``EPS`` of a kept one may be dropped.
+        seed: Seeds the unit order (None: a fresh one, reported in ``stats``).
     """
 
     def __init__(
@@ -188,7 +213,8 @@ class Race:
         *,
         confidence: float = DEFAULT_CONFIDENCE,
         top: int = 1,
-        seed: int = RACE_SEED,
+        margin: float = 0.0,
+        seed: int | None = None,
     ):
         if not isinstance(ev.executor, LocalExecutor):
             raise AblateError("--race scores in this process; drop --backend ray or --race")
@@ -210,19 +236,24 @@ class Race:
                     dom_w[name] = w
                 else:
                     task_w.setdefault(term[0], []).append((term[1], w))
-        # Units: the eval documents, then each raced task's items (a stratum per task).
+        # Units: the eval windows (each is scored on its own), then each raced task's items
+        # (a stratum per task).
         self.tasks = [ev.tasks[n] for n in sorted(task_w)]
         self.task_terms = {n: tuple(task_w[n]) for n in sorted(task_w)}
-        self.n_docs = len(es.docs)
-        starts = np.cumsum([self.n_docs, *(t.n for t in self.tasks)])
+        tok = ev.pool.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.windows = es.windows(ev.pool.manifest.context, pad)
+        self.n_docs, self.n_win = len(es.docs), len(self.windows.lengths)
+        win_tokens = (self.windows.targets != IGNORE).sum(1).astype(np.int64)  # (W,)
+        self.doc_tokens = np.bincount(self.windows.doc, win_tokens, self.n_docs).astype(np.int64)
+        starts = np.cumsum([self.n_win, *(t.n for t in self.tasks)])
         self.task_start = {t.name: int(a) for t, a in zip(self.tasks, starts, strict=False)}
         n_dom = len(es.domains)
         strata = np.concatenate(
-            [es.doc_domain, *(np.full(t.n, n_dom + k) for k, t in enumerate(self.tasks))]
+            [self.windows.domain, *(np.full(t.n, n_dom + k) for k, t in enumerate(self.tasks))]
         ).astype(np.int64)
-        doc_tokens = ev.scorer().doc_tokens
-        tokens = np.concatenate([doc_tokens, np.ones(int(starts[-1]) - self.n_docs, np.int64)])
-        cost = np.concatenate([doc_tokens, *(self._item_cost(t) for t in self.tasks)])
+        tokens = np.concatenate([win_tokens, np.ones(int(starts[-1]) - self.n_win, np.int64)])
+        cost = np.concatenate([win_tokens, *(self._item_cost(t) for t in self.tasks)])
         task_total = [sum(w for _, w in self.task_terms[t.name]) for t in self.tasks]
         weights = np.asarray([dom_w.get(d, 0.0) for d in es.domains] + task_total)
         linear = np.arange(len(weights)) >= n_dom
@@ -231,18 +262,20 @@ class Race:
             acc_w = sum(w for m, w in self.task_terms[t.name] if m != "gold_nll")
             bound[n_dom + k] = TASK_BOUND * acc_w / task_total[k]
         raced = [i for i, w in enumerate(weights) if w > 0]
+        self.seed = fresh_seed() if seed is None else int(seed)
         self.racer = Racer(
-            RaceOrder.build(strata, raced, seed=seed),
+            RaceOrder.build(strata, raced, seed=self.seed),
             tokens,
             strata,
             weights,
             confidence=check_confidence(confidence),
             top=top,
+            margin=check_margin(margin),
             linear=linear,
             bound=bound,
             cost=cost.astype(np.int64),
         )
-        self._stage_sets: dict[bytes, EvalSet] = {}
+        self._window_batches: dict[bytes, list[ScoringBatch]] = {}
         self._sub_tasks: dict[tuple[str, bytes], Task] = {}
         self._choice: dict[Hashable, dict[str, np.ndarray]] = {}  # raced tasks' choice NLL
         self._mixtures: dict[str, Mixture] = {}
@@ -257,8 +290,17 @@ class Race:
 
     @property
     def stats(self) -> RaceStats:
+        r = self.racer
         return RaceStats(
-            self.full, self.dropped, self.cached, self.racer.tokens_scored, self.tokens_full
+            self.full,
+            self.dropped,
+            self.cached,
+            r.tokens_scored,
+            self.tokens_full,
+            seed=self.seed,
+            confidence=r.confidence,
+            margin=r.margin,
+            top=r.top,
         )
 
     def run(self, mixtures: Sequence[Mixture]) -> list[EvalResult | PartialResult]:
@@ -290,8 +332,19 @@ class Race:
             known.update({r.mixture.key: r for r in ev.with_tasks(full)})
         return [known[m.key] for m in mixtures]
 
+    def unit_scores(self, mixtures: Sequence[Mixture]) -> np.ndarray:
+        """Every unit's value for each mixture, ``(len(mixtures), n_units)`` float64 (units:
+        ``self.racer``'s; with ``self.racer.tokens`` and ``.doc_domain``, what
+        ``benchmarks/bench_racing.py --replay`` races again). Scores in full; records nothing."""
+        from ablate.evaluator import as_mixture
+
+        mixtures = [as_mixture(m) for m in mixtures]
+        self._mixtures.update({m.key: m for m in mixtures})
+        units = np.arange(len(self.racer.tokens))
+        return self._score_stage([m.key for m in mixtures], units)
+
     def _seed(self, hits: list[EvalResult]) -> None:
-        """Score the best store hits per document so they can be raced against."""
+        """Score the best store hits on every unit so they can be raced against."""
         rank = sorted(hits, key=lambda r: self.target.score(r.ppl, r.tasks))
         for r in rank[: self.racer.top - len(self.racer.incumbents)]:
             self._mixtures[r.mixture.key] = r.mixture
@@ -301,13 +354,35 @@ class Race:
             self.racer.admit(r.mixture.key, nll)
             self._choice.pop(r.mixture.key, None)  # a hit's task scores came from the store
 
-    def _stage_set(self, docs: np.ndarray) -> EvalSet:
-        if len(docs) == self.n_docs and (docs == np.arange(self.n_docs)).all():
-            return self.ev.eval_set  # every document (a seeded hit): its scorer is built already
-        key = docs.tobytes()
-        if key not in self._stage_sets:
-            self._stage_sets[key] = self.ev.eval_set.subset(docs.tolist(), "race stage")
-        return self._stage_sets[key]
+    def _window_scores(self, rows: np.ndarray) -> Callable[[], np.ndarray]:
+        """A scorer of the current weights on eval windows ``rows`` (sorted): their summed
+        NLL ``(len(rows),)``. Each window is scored on its own, so its NLL does not depend
+        on which windows share its batch."""
+        import torch
+
+        key = rows.tobytes()
+        if key not in self._window_batches:
+            w = self.windows
+            sub = Windows(  # a subset of longest-first rows stays longest first
+                w.inputs[rows],
+                w.targets[rows],
+                w.domain[rows],
+                w.lengths[rows],
+                np.arange(len(rows)),
+            )
+            model = self.ev.merged
+            self._window_batches[key] = cut_batches(sub, model.device, self.ev.batch_tokens)
+        batches = self._window_batches[key]
+
+        def score() -> np.ndarray:
+            model = self.ev.merged
+            nll = torch.zeros(len(rows), dtype=torch.float64, device=model.device)
+            with torch.inference_mode():
+                for b in batches:  # ``doc`` holds the window's row in ``rows``
+                    nll.index_add_(0, b.doc, target_nll(model.model, b).double())
+            return nll.cpu().numpy()
+
+        return score
 
     def _sub_task(self, task: Task, items: np.ndarray) -> Task:
         key = (task.name, items.tobytes())
@@ -316,12 +391,13 @@ class Race:
         return self._sub_tasks[key]
 
     def _score_stage(self, keys: Sequence[Hashable], units: np.ndarray) -> np.ndarray:
-        """Per-unit values ``(len(keys), len(units))``: a document's summed NLL, a task
+        """Per-unit values ``(len(keys), len(units))``: a window's summed NLL, a task
         item's loss (its terms' weighted mean); uniform subsets merge by a Gray walk."""
         ev = self.ev
-        is_doc = units < self.n_docs
-        docs = units[is_doc]
-        scorer = ev.scorer(self._stage_set(docs)) if len(docs) else None
+        is_win = units < self.n_win
+        rows = np.sort(units[is_win])
+        at = np.searchsorted(rows, units[is_win])  # units' windows, in ``rows`` order
+        windows = self._window_scores(rows) if len(rows) else None
         parts = []  # (task, units of it in this stage, its sub-task, their flat choices)
         for t in self.tasks:
             a = self.task_start[t.name]
@@ -334,8 +410,8 @@ class Race:
 
         def score_current(key: Hashable) -> np.ndarray:
             row = np.empty(len(units))
-            if scorer is not None:
-                row[is_doc] = scorer.score_documents().nll
+            if windows is not None:
+                row[is_win] = windows()[at]
             for t, sel, sub, flat in parts:
                 s = ev.task_scorer(sub).score()  # the sub-task's choices, in its item order
                 choice = self._choice.setdefault(key, {}).setdefault(
@@ -356,11 +432,13 @@ class Race:
 
     def _result(self, m: Mixture, o: Outcome) -> EvalResult | PartialResult:
         ev, es = self.ev, self.ev.eval_set
-        nll, tokens = o.nll[: self.n_docs], self.racer.tokens[: self.n_docs]
+        w = self.windows
+        nll, tokens = o.nll[: self.n_win], self.racer.tokens[: self.n_win]
         choice = self._choice.pop(m.key, {})
         if o.full:
             self.full += 1
-            scores = DocScores(nll, tokens.copy()).domain_totals(es)
+            doc_nll = np.bincount(w.doc, nll, self.n_docs)  # a document's windows add up
+            scores = DocScores(doc_nll, self.doc_tokens.copy()).domain_totals(es)
             r = ev.cache.record(m, scores, ev.pool_key(m))
             if not self.tasks:
                 return r
@@ -373,16 +451,18 @@ class Race:
             return dataclasses.replace(r, tasks=tasks)
         self.dropped += 1
         mask = ~np.isnan(nll)
-        part = DocScores(np.where(mask, nll, 0.0), np.where(mask, tokens, 0))
-        totals = part.domain_totals(es)
-        nbytes = np.bincount(
-            es.doc_domain, weights=np.where(mask, es.doc_bytes, 0), minlength=len(es.domains)
-        )
+        n_dom = len(es.domains)
+        part_tok = np.bincount(w.domain, np.where(mask, tokens, 0), n_dom).astype(np.int64)
+        part_nll = np.bincount(w.domain, np.where(mask, nll, 0.0), n_dom)
+        # bytes of the scored windows: their documents' bytes, shared out by tokens
+        share = es.doc_bytes[w.doc] * tokens / np.maximum(1, self.doc_tokens[w.doc])
+        nbytes = np.bincount(w.domain, np.where(mask, share, 0.0), n_dom)
         partial = {
-            d: DomainScore(s.tokens, s.nll, int(nbytes[i]))
-            for i, (d, s) in enumerate(totals.items())
+            d: DomainScore(int(part_tok[i]), float(part_nll[i]), int(round(nbytes[i])))
+            for i, d in enumerate(es.domains)
         }
-        total_tokens = dict(zip(es.domains, ev.scorer().domain_tokens, strict=True))
+        all_tok = np.bincount(w.domain, tokens, n_dom).astype(np.int64)
+        total_tokens = {d: int(all_tok[i]) for i, d in enumerate(es.domains)}
         result = PartialResult(
             m,
             partial,

@@ -82,6 +82,8 @@ def search(
     race: bool = False,
     confidence: float = DEFAULT_CONFIDENCE,
     also: object = None,
+    margin: float = 0.0,
+    race_seed: int | None = None,
 ) -> Study:
     """Search the mixtures of ``ev``'s pool for the one that minimises ``target``.
 
@@ -104,7 +106,10 @@ def search(
         race: Score each proposal by racing (``ablate.racing.policy``): mixtures proven worse than
             the best so far on part of the eval set stop early; the best is always scored
             in full. Dropped mixtures are in ``Study.raced_out``, never in ``trials``.
-        confidence: With ``race``: probability that a dropped mixture is really worse.
+        confidence: With ``race``: probability that the best is within ``margin`` of the
+            best of the raced mixtures on the full search split (docs/racing.md).
+        margin: With ``race``: relative indifference on the target (e.g. 0.005).
+        race_seed: With ``race``: seed of the unit order (None: a fresh one, in the notes).
         also: Real runs (a runs table: path, paths or DataFrame; ``ablate.laws.fidelity.
             target_runs``) the regression strategy's surrogate learns from beside the proxies.
 
@@ -154,7 +159,11 @@ def search(
         also_runs = target_runs(also, target, space.allowed, search_ev.domains)
     ctx = SearchContext(search_ev, space, target, budget, seed, storage, study_name, also_runs)
     plan = info.factory(ctx)
-    racer = Race(search_ev, target, confidence=confidence) if race else None
+    racer = (
+        Race(search_ev, target, confidence=confidence, margin=margin, seed=race_seed)
+        if race
+        else None
+    )
     trials = _loop(plan, ctx, ev.progress if progress is None else progress, racer)
     raced_out = [t for t in trials if isinstance(t.result, PartialResult)]
     trials = [t for t in trials if not isinstance(t.result, PartialResult)]

@@ -8,6 +8,7 @@ from support import WORDS, domain_evaluator, eval_cli_args, write_jsonl
 
 from ablate import EvalResult, PartialResult, Race, search
 from ablate.pool.errors import AblateError
+from ablate.racing.engine import ArrayScores
 from ablate.racing.policy import RaceOrder, Racer, paired_gap
 from ablate.strategies import STRATEGIES
 
@@ -59,7 +60,7 @@ def test_clearly_worse_candidate_is_dropped_at_the_first_look(docs):
     lost = out["worse"]
     assert not lost.full and lost.stages == 1 and lost.against == "best"
     first = len(racer.order.stages[0])
-    assert scored["worse"] == first < len(domain) / 4  # a small part of the eval set
+    assert scored["worse"] == first <= len(domain) / 4  # a small part (4 units per domain)
     assert np.isnan(lost.nll).sum() == len(domain) - first
     assert lost.score > out["best"].score  # the estimate stays above the incumbent
 
@@ -79,7 +80,7 @@ def test_top_k_keeps_the_k_best_and_drops_the_clearly_worse(docs):
     out, _, racer = _race(tokens, domain, cands, top=2)
     assert {k for k, o in out.items() if o.full} >= {"m0", "m1"}
     assert not out["m4"].full  # 60% worse than the second best
-    assert [k for _, k, _ in racer.incumbents] == ["m0", "m1"]
+    assert [x.key for x in racer.incumbents][:2] == ["m0", "m1"]
 
 
 def test_a_mixture_raced_twice_holds_one_incumbent_slot(docs):
@@ -87,7 +88,8 @@ def test_a_mixture_raced_twice_holds_one_incumbent_slot(docs):
     cands = {f"m{i}": base + tokens * 0.15 * i for i in range(3)}
     _, _, racer = _race(tokens, domain, cands, top=2)
     assert racer.run(["m0"], lambda keys, idx: np.stack([cands[k][idx] for k in keys]))
-    assert [k for _, k, _ in racer.incumbents] == ["m0", "m1"]  # not m0 twice
+    keys = [x.key for x in racer.incumbents]
+    assert keys[:2] == ["m0", "m1"] and len(keys) == len(set(keys))  # not m0 twice
 
 
 def test_paired_gap_is_exact_when_every_document_is_scored(docs):
@@ -119,14 +121,21 @@ def test_race_on_a_pool_keeps_partial_scores_apart(full_pool, corpus, tmp_path):
         assert ev.cache.lookup(r.mixture, key) is None  # never served as a full score
         rows = ev.store.get_partial(key, ev.eval_set.fingerprint, r.mixture.key)
         assert all(t < total for t, _, total in rows.values() if total)
-    # a store hit seeded as incumbent is scored on every document: the eval set and its
-    # scorer, not a copy of them
-    assert race._stage_set(np.arange(len(ev.eval_set.docs))) is ev.eval_set
+    # the units are token windows: partial token counts add up to the domain's
+    for r in dropped:
+        assert sum(r.total_tokens.values()) == sum(full[0].scores[d].tokens for d in ev.domains)
+    assert race.stats.seed is not None and str(race.stats.seed) in race.stats.describe()
     again = ev.evaluate(dropped[0].mixture)  # asking for it scores it in full
     assert not again.cached and set(again.scores) == set(ev.domains)
     # the race's full score is the full score
     fresh = domain_evaluator(full_pool, corpus).evaluate("code")
     assert full[0].ppl == pytest.approx(fresh.ppl, rel=1e-5)
+    # the replay seam: every unit's value, adding up to the full score
+    values = race.unit_scores(["code"])[0]
+    strata, tokens = race.racer.doc_domain, race.racer.tokens
+    for i, d in enumerate(ev.domains):
+        mu = values[strata == i].sum() / tokens[strata == i].sum()
+        assert np.exp(mu) == pytest.approx(fresh.ppl[d], rel=1e-5)
 
 
 def test_cli_eval_race_top_and_bad_confidence(full_pool, corpus, capsys):
@@ -313,5 +322,93 @@ def test_race_with_task_terms_matches_full_scoring(target, full_pool_dir, corpus
         assert t.score == pytest.approx(
             plain.frame.set_index("mixture").loc[str(t.mixture)]["score"]
         )
-    assert raced.raced_out and raced.race.tokens_scored < raced.race.tokens_full
+    # 9 items of 0/1 outcomes prove nothing at 0.8 once the first incumbent's own units
+    # are not reused to test against it (issue 27); the perplexity term still drops
+    assert raced.race.tokens_scored <= raced.race.tokens_full
+    assert bool(raced.raced_out) == ("code" in target)
     assert all(t.result.estimate > raced.best.score for t in raced.raced_out)
+
+
+# ---------------------------------------------------------------------- the promise
+def test_cli_margin_and_race_seed(full_pool, corpus, capsys):
+    from ablate.cli import main
+
+    args = ["-q", *eval_cli_args("eval", full_pool.path, corpus["eval"]), "--all-subsets"]
+    seeded = [*args, "--race", "--margin", "0.005", "--race-seed", "7", "--top", "2"]
+    assert main(seeded) == 0
+    out = capsys.readouterr().out
+    assert "unit order seed 7" in out and "within 0.50% of" in out and "all 2 at once" in out
+    assert main([*args, "--race", "--margin", "0.7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--margin" in err[0]
+    for flag in (["--margin", "0.01"], ["--race-seed", "3"]):  # nothing to do without --race
+        assert main([*args, *flag]) == 2
+        assert "add --race" in capsys.readouterr().err
+
+
+def test_margin_lets_a_slightly_better_mixture_go_and_says_so():
+    """A candidate 0.2% better than a kept incumbent: without a margin it must be scored in
+    full (it is better); with --margin 0.005 the incumbent is within 0.5% of it, so it may
+    be dropped, and the promise still holds."""
+    rng = np.random.default_rng(0)
+    domain = np.repeat(np.arange(N_DOMAINS), 200)  # window-like units: many per domain
+    tokens = np.full(len(domain), 128)
+    base = tokens * rng.normal(3.0, 0.1, len(domain))
+    # 0.2% lower perplexity: 0.002 nats a token lower (plus noise)
+    better = base - tokens * (np.log(1.002) + rng.normal(0, 1e-3, len(base)))
+    w = np.full(N_DOMAINS, 1 / N_DOMAINS)
+    for margin, kept in ((0.0, True), (0.005, False)):
+        racer = Racer(RaceOrder.build(domain, range(N_DOMAINS)), tokens, domain, w, margin=margin)
+        racer.admit("inc", base)  # a store hit: chosen without reading the race
+        out = racer.run([0], ArrayScores(better[None]))  # the seam: rows are the keys
+        out = {"better": out[0]}
+        assert out["better"].full is kept
+        if not kept:
+            assert out["better"].against == "inc"
+            assert np.isnan(out["better"].nll).any()  # dropped before the end
+            true_better = racer.value(better, np.ones(len(base), bool))
+            assert racer.incumbents[0].score <= (1 + margin) * true_better  # within EPS
+    with pytest.raises(AblateError, match="--margin"):
+        Racer(RaceOrder.build(domain, [0]), tokens, domain, w, margin=0.5)
+
+
+def _rows(cands: dict[str, np.ndarray]):
+    return lambda keys, idx: np.stack([cands[k][idx] for k in keys])
+
+
+def test_top_k_level_is_family_wise_and_first_look_pays_for_its_choice():
+    from ablate.racing.design import look_level
+
+    assert look_level(0.95, 5, 1) == pytest.approx(1 - 0.05 / 4)  # 4 looks
+    assert look_level(0.95, 5, 3) == pytest.approx(1 - 0.05 / 12)  # x 3 best, all at once
+    assert look_level(0.95, 5, 1, rivals=63) == pytest.approx(1 - 0.05 / (4 * 63))
+
+
+def test_failure_counts_what_is_promised():
+    from ablate.racing.simulate import failed
+
+    true = np.array([1.0, 1.004, 1.02, 1.5])
+    keep = lambda *i: np.isin(np.arange(4), i)  # noqa: E731
+    assert not failed(true, keep(0, 3), 1, 0.0)
+    assert failed(true, keep(1, 2), 1, 0.0)  # the best dropped
+    assert not failed(true, keep(1, 2), 1, 0.005)  # ... but a kept one is within 0.5% of it
+    assert failed(true, keep(2), 1, 0.005)
+    assert not failed(true, keep(0, 1), 2, 0.0)
+    assert failed(true, keep(0, 2, 3), 2, 0.0)  # the 2nd best dropped
+    assert not failed(true, keep(0, 2), 2, 0.03)  # two kept within 3% of it
+
+
+@pytest.mark.parametrize("top", [1, 3])
+def test_simulated_races_keep_the_promise_a_careless_racer_breaks(top, monkeypatch):
+    """The harness in small (bench_racing at full size): near-ties within 1-3%, heavy-tailed
+    unit lengths. The shipped racer stays at or under nominal; the same racer made to drop
+    on the sign of the estimate (ignoring its confidence) does not."""
+    from ablate.racing.bounds import Gaps
+    from ablate.racing.simulate import Setting, simulate
+
+    s = Setting("small", 15, 3, (8, 16), "lognormal", "near_ties", top=top)
+    ok = simulate(s, 300, 0.9, seed=1)
+    assert ok["ci95"][0] <= 0.1 and ok["saving_mean"] > 1
+    monkeypatch.setattr(Gaps, "worse", lambda self, level: self.delta > 0)
+    careless = simulate(s, 300, 0.9, seed=1)
+    assert careless["ci95"][0] > 0.1, careless
