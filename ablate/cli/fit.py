@@ -6,6 +6,8 @@ import argparse
 from typing import Any
 
 from ablate.cli.common import add_command, add_seed_arg, emit_json, emit_table, usage_error
+from ablate.laws import Constraints, MixtureLaw, read_runs
+from ablate.present.tables import Column
 
 _SHOWN_WEIGHTS = 4  # heaviest partitions a table row shows of a mixture
 _SHOWN_PREDICTIONS = 10  # rows of the --predict table for people (--json has every row)
@@ -37,7 +39,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         ablate fit runs.parquet --target acc --higher-is-better --features trees --propose 3 \\
             --max-weight web=0.5,code=0.1 --json
     """
-    from ablate.laws import Constraints, MixtureLaw, read_runs
 
     constraints = Constraints.parse(args.max_weight)
     if args.propose is not None and args.propose < 1:
@@ -114,7 +115,6 @@ def _proposal_rows(frame: Any) -> list[dict]:
 
 
 def _print_law(args: argparse.Namespace, law: Any, doc: dict, candidates: Any) -> None:
-    from ablate.present.tables import Column
 
     scale = "log scale" if law.transform == "log" else "raw scale"
     goal = "higher is better" if law.higher_is_better else "lower is better"

@@ -21,6 +21,7 @@ from ablate.cli.common import (
 from ablate.mixture import Mixture
 from ablate.present.tables import Column
 from ablate.validation import validate
+from ablate.validation.decisions import MARGIN
 
 _STATS = ("pearson", "spearman", "kendall")
 
@@ -112,7 +113,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def add_validate_command(sub: Any) -> None:
-    from ablate.validation.decisions import MARGIN
 
     p = add_command(sub, "validate", cmd_validate)
     add_eval_args(p)

@@ -25,7 +25,9 @@ import numpy as np
 
 from ablate.extras import require_extra
 from ablate.laws import surrogate as sg
+from ablate.laws.table import Runs, RunsTableError, load_frame, read_runs
 from ablate.mixture import Mixture
+from ablate.objective import Target, task_term
 from ablate.pool.errors import AblateError
 
 if TYPE_CHECKING:
@@ -135,7 +137,7 @@ def fit_from(
     """
     import pandas as pd
 
-    from ablate.objective import Target, task_term
+    # Lazy: ablate.strategies' face imports the regression strategy, which imports this package.
     from ablate.strategies.space import SearchSpace
 
     require_extra("sklearn", "fitting a mixture law")
@@ -239,7 +241,6 @@ def target_runs(source: Any, target: Any, allowed: tuple[str, ...], domains: Ite
     ``ablate validate``'s ``validation.csv`` (``mixture, domain, proxy, real``) is read as
     its ``real`` column per domain.
     """
-    from ablate.laws.table import RunsTableError, load_frame, read_runs
 
     frame = load_frame(source)
     if hasattr(source, "columns"):
@@ -279,6 +280,5 @@ def target_runs(source: Any, target: Any, allowed: tuple[str, ...], domains: Ite
         y = np.array(
             [target.score({d: float(runs.targets[d][i]) for d in need}) for i in range(len(runs))]
         )
-    from ablate.laws.table import Runs
 
     return Runs(tuple(allowed), x, {target.spec: y}, where)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ablate.extras import require_extra
 from ablate.laws import surrogate as sg
+from ablate.laws.fidelity import fit_from
 from ablate.laws.propose import Constraints
 from ablate.laws.propose import propose as _propose
 from ablate.laws.table import Runs, check_runs, key_of, parse_mixture, read_runs
@@ -138,7 +139,6 @@ class MixtureLaw:
         leave-one-out error on the real runs (``method="auto"``); ``law.fidelity.comparison``
         holds real alone vs proxies alone vs both.
         """
-        from ablate.laws.fidelity import fit_from
 
         return fit_from(
             cls,

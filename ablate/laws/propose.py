@@ -143,7 +143,7 @@ def propose(
     caps = (constraints or Constraints()).caps(partitions)
     if list(partitions) != sorted(partitions):
         raise ValueError("propose needs the partitions sorted (SearchSpace.allowed order)")
-    from ablate.strategies.space import SearchSpace
+    from ablate.strategies.space import SearchSpace  # lazy: a cycle through strategies' face
 
     space = SearchSpace(tuple(partitions), continuous=True)
     rng = np.random.default_rng(seed)

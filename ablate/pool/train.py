@@ -20,6 +20,8 @@ import numpy as np
 from ablate.pool.atomic import staged_dir, write_json
 from ablate.pool.method import method_of
 from ablate.pool.recipe import Recipe
+from ablate.pool.storage import utc_now
+from ablate.pool.weights import save_tensors
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -185,8 +187,6 @@ def write_trained(
     it is written as ``record_file``, last, into the same staged folder, so ``folder`` appears
     complete or not at all. Returns the record.
     """
-    from ablate.pool.storage import utc_now
-    from ablate.pool.weights import save_tensors
 
     method = method_of(recipe)
     tensors = method.trained_tensors(model)

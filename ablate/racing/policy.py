@@ -336,7 +336,6 @@ class Race:
         """Every unit's value for each mixture, ``(len(mixtures), n_units)`` float64 (units:
         ``self.racer``'s; with ``self.racer.tokens`` and ``.doc_domain``, what
         ``benchmarks/bench_racing.py --replay`` races again). Scores in full; records nothing."""
-        from ablate.evaluator import as_mixture
 
         mixtures = [as_mixture(m) for m in mixtures]
         self._mixtures.update({m.key: m for m in mixtures})

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ablate.engine.layout import MAX_ALL_SUBSETS
 from ablate.evaluator import EvalResult, Evaluator
+from ablate.laws.fidelity import target_runs
 from ablate.pool.errors import AblateError
 from ablate.racing.policy import DEFAULT_CONFIDENCE, PartialResult, Race
 from ablate.strategies.base import STRATEGIES, SearchContext, Strategy, Trial
@@ -154,7 +155,6 @@ def search(
                 "--also feeds real runs to the regression strategy's surrogate; "
                 "add --strategy regression"
             )
-        from ablate.laws.fidelity import target_runs
 
         also_runs = target_runs(also, target, space.allowed, search_ev.domains)
     ctx = SearchContext(search_ev, space, target, budget, seed, storage, study_name, also_runs)

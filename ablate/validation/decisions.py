@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ablate.engine.scoring import MACRO
+from ablate.validation.stats import batched_spearman
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -271,7 +272,6 @@ def _replicate_stats(
     Args:
         proxy: NLL per token ``(B, M, D)``; runs: ``(B, R, M, D)`` (``_domain_nll``).
     """
-    from ablate.validation.stats import batched_spearman
 
     b, n_runs, m, _ = runs.shape
     p = _with_macro(np.take_along_axis(proxy, mix[:, :, None], axis=1))  # (B, M, T)

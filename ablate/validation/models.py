@@ -21,8 +21,14 @@ from pydantic import Field
 
 from ablate.mixture import Mixture
 from ablate.pool.atomic import sha256_json
+from ablate.pool.ensure import SeedModel, Target
+from ablate.pool.ensure import ensure_trained as ensure_one
 from ablate.pool.errors import CorruptMemberError, PoolError
+from ablate.pool.method import method_of
+from ablate.pool.pool import member_seed
 from ablate.pool.storage import TrainedRecord, member_id, read_record
+from ablate.pool.tokens import TokenizedPartition
+from ablate.pool.weights import load_tensors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -138,9 +144,6 @@ def ensure_trained(
     """
     from tqdm.auto import tqdm
 
-    from ablate.pool.ensure import SeedModel
-    from ablate.pool.ensure import ensure_trained as ensure_one
-
     pool = ev.pool
     records: dict[str, ValidationRecord] = {}
     todo = []
@@ -186,9 +189,6 @@ def ensure_trained(
 
 def _target(pool: Pool, plan: TrainingPlan) -> Target[ValidationRecord]:
     """The plan's model: k units of tokens over the plan's units (weighted), stored by key."""
-    from ablate.pool.ensure import Target
-    from ablate.pool.pool import member_seed
-    from ablate.pool.tokens import TokenizedPartition
 
     recipe = pool.manifest.recipe
     # One unit: the member's own seed, so the real model *is* the member (a built-in check).
@@ -223,8 +223,6 @@ def _target(pool: Pool, plan: TrainingPlan) -> Target[ValidationRecord]:
 def load_into(ev: Evaluator, rec: ValidationRecord) -> None:
     """Put a real model's weights into the evaluator's model skeleton, so that its
     ``Scorer`` scores the real model exactly as it scores a merge."""
-    from ablate.pool.method import method_of
-    from ablate.pool.weights import load_tensors
 
     pool = ev.pool
     folder = folder_of(pool, rec.key)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ablate.mixture import Mixture
 from ablate.pool.atomic import write_bytes
 from ablate.present.heatmap import save_figure
 from ablate.validation.decisions import MARGIN, WITHIN, interval_resamples
@@ -385,8 +386,6 @@ class ValidationReport:
             "|---|---:|---:|---:|---:|",
         ]
         for r in self.records:
-            from ablate.mixture import Mixture
-
             lines.append(
                 f"| {Mixture(r.mixture).brief()} | {len(r.units)} | {r.tokens_seen} | {r.final_loss:.4f} | {r.wall_time_s:.1f} |"
             )

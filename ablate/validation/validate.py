@@ -18,12 +18,16 @@ import numpy as np
 
 from ablate.engine.merges import merge_method
 from ablate.engine.scoring import MACRO, DocScores
+from ablate.evaluator import as_mixture
 from ablate.mixture import Mixture, MixtureError
-from ablate.validation.decisions import MARGIN, decision_table
-from ablate.validation.models import Budget
+from ablate.objective import Target
+from ablate.strategies import search
+from ablate.validation.decisions import MARGIN, decision_table, target_ppl
+from ablate.validation.models import Budget, ensure_trained, load_into, plan_for
 from ablate.validation.report import ValidationReport, gap_table
 from ablate.validation.sampling import WeightSampler
 from ablate.validation.stats import POOLED, bootstrap_correlations, correlations
+from ablate.validation.tasks import task_table
 
 if TYPE_CHECKING:
     from ablate.evaluator import Evaluator, MixtureLike
@@ -93,10 +97,6 @@ def validate(
         A ``ValidationReport`` (``.decisions``, ``.correlations``, ``.calibrate()``, ``.write(out)``).
     """
     import pandas as pd
-
-    from ablate.evaluator import as_mixture
-    from ablate.objective import Target
-    from ablate.validation.models import ensure_trained, plan_for
 
     if check_search is not None and any(
         Target.parse(t).tasks(tuple(ev.tasks)) for t in search_targets
@@ -190,8 +190,6 @@ def validate(
     )
     tasks, task_notes = None, ()
     if ev.tasks:
-        from ablate.validation.tasks import task_table
-
         tasks, notes = task_table(proxy_tasks, real_tasks)
         task_notes = tuple(notes)
         for note in notes:
@@ -319,7 +317,6 @@ def _task_scores(ev: Evaluator) -> dict:
 
 
 def _real_documents(ev: Evaluator, rec: ValidationRecord) -> DocScores:
-    from ablate.validation.models import load_into
 
     load_into(ev, rec)
     return ev.scorer().score_documents()
@@ -360,11 +357,6 @@ def _check_search(
     the fresh ones, over R runs per side); it is NaN when no mixture has two runs.
     """
     import pandas as pd
-
-    from ablate.objective import Target
-    from ablate.strategies import search
-    from ablate.validation.decisions import target_ppl
-    from ablate.validation.models import ensure_trained, plan_for
 
     es = ev.eval_set
     n_runs = repeats_nll.shape[0]
