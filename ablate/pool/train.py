@@ -292,7 +292,9 @@ def train_model(
     constant = recipe.member_schedule == "constant"
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: 1.0 if constant else lr_factor(s, steps, recipe.warmup_ratio, recipe.min_lr_ratio),
+        lambda s: (
+            1.0 if constant else lr_factor(s, steps, recipe.warmup_ratio, recipe.min_lr_ratio)
+        ),
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     losses = np.zeros(steps)
