@@ -274,6 +274,38 @@ def _split(folder: Path, tok, unit_tokens: int, eval_docs: int) -> None:
 
 
 # ---------------------------------------------------------------------------- measuring
+_REAL_SCORER = "_real_documents"  # validate's scorer of one real model (patched by the memo)
+
+
+def _memo_real_scores(folder: Path) -> None:
+    """Score each real model once for all variants: its per-document NLL on the shared eval
+    set does not depend on the variant, so it is kept in ``folder`` by the model's key."""
+    import importlib
+
+    import numpy as np
+
+    from ablate.engine.scoring import DocScores
+
+    module = importlib.import_module("ablate.validation.validate")  # the module, not the function
+
+    current = getattr(module, _REAL_SCORER)
+    plain = getattr(current, "__wrapped__", current)
+
+    def real_documents(ev, rec):
+        f = folder / f"{rec.key}.npz"
+        if f.is_file():
+            z = np.load(f)
+            return DocScores(nll=z["nll"], tokens=z["tokens"])
+        got = plain(ev, rec)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(f.with_suffix(".tmp.npz"), nll=got.nll, tokens=got.tokens)
+        f.with_suffix(".tmp.npz").replace(f)
+        return got
+
+    real_documents.__wrapped__ = plain
+    setattr(module, _REAL_SCORER, real_documents)
+
+
 def measure(pool, eval_file: Path, args) -> dict:
     """Fixed-budget validation of one pool: the table's numbers."""
     import numpy as np
@@ -281,6 +313,8 @@ def measure(pool, eval_file: Path, args) -> dict:
 
     from ablate import Evaluator
     from ablate.validation import validate
+
+    _memo_real_scores(eval_file.parent / "real_scores")
 
     ev = Evaluator(pool, eval_file, by="domain", progress=False)
     v = validate(
