@@ -1,96 +1,437 @@
-"""What makes proxies good: decision fidelity against seed strength and unit size.
+"""Fidelity suite: does the merged proxy rank mixtures as real training does, on corpora
+nobody tuned on?
 
-Builds the ``ablate demo`` pool (Python's standard library, 6 partitions) once per setting
-of seed tokens x base-unit tokens, validates a fixed-budget Dirichlet sample of mixtures on
-each, and prints one row per setting: median per-domain Spearman, macro Spearman, the
-largest regret over targets and the macro regret (``ablate.validation.decisions``), for the
-plain average and for each ``--extrapolate`` setting. Pools and real models are kept under
-``--out`` and reused, so a rerun only scores.
+Builds several corpora from text every machine with this venv has (no hub): Python code by
+package, C/C++ headers, Markdown/reStructuredText docs, METADATA long descriptions, licence
+texts, JSON/YAML data, and the demo's standard-library corpus. Each corpus has 6-8
+partitions of mixed genres (code and prose) and its own seed data drawn from other
+sources, all deterministic given ``--seed``. For each corpus and setting (seed tokens x
+unit tokens) it grows one pool per member-lever *variant* (plain, seed-data mix, low
+constant member rate, both), runs fixed-budget validation
+(``ablate validate --budget fixed --weights dirichlet --sample 16 --repeats 2``) and prints
+one table.
 
-    python benchmarks/bench_fidelity.py --out runs/fidelity            # 3 x 2 settings
-    python benchmarks/bench_fidelity.py --seed-tokens 150000 --unit-tokens 60000
+Fair comparison: every variant of a (corpus, setting) shares one seed model and one set of
+real models. Real models train by ``Recipe.real()``: the pool's recipe without the
+member-only levers, i.e. what a user's plain training run on the mixture would be. Their
+validation keys ignore the levers, so the variants' ``validation/`` folders are one folder.
 
-Costly: each setting trains a seed, 6 members and ``--sample`` real models. On a busy
-machine set ``OMP_NUM_THREADS=1``.
+    python benchmarks/bench_fidelity.py --work runs/fidelity                    # everything
+    python benchmarks/bench_fidelity.py --corpora mlcode --settings 300000:30000 \
+        --variants plain both                                                   # one cell
+
+Everything built (corpus files, pools, members, real models, rows) is cached under
+``--work``: a rerun reuses it and only prints. Costly on CPU: set ``OMP_NUM_THREADS=1`` and
+run corpora in separate processes.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import itertools
+import json
+import math
+import os
+import random
+import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+SITE = Path(sysconfig.get_paths()["purelib"])  # this venv's site-packages
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+CHUNK = 3000  # characters per document (the demo's)
+EVAL_DOCS = 8  # held-out documents per domain
+MODEL = {"vocab_size": 4096, "hidden_size": 128, "layers": 4, "heads": 4}  # the demo's size
+SEQ_LEN, BATCH, LR = 128, 16, 2e-3  # the demo's recipe
+# Member-only levers (ablate.pool.recipe.MEMBER_ONLY); real models never use them.
+VARIANTS: dict[str, dict] = {
+    "plain": {},
+    "mix": {"member_seed_share": 0.5},
+    "lowlr": {"member_schedule": "constant", "member_lr": LR / 10},  # the seed's final rate
+    "both": {"member_seed_share": 0.5, "member_schedule": "constant", "member_lr": LR / 10},
+}
+
+
+# ---------------------------------------------------------------------------- text sources
+def _chunks(text: str) -> list[str]:
+    from ablate.demo import _chunks as cut
+
+    return [c for c in cut(text, CHUNK) if len(c.strip()) > 200]
+
+
+def _read(f: Path) -> str:
+    try:
+        return f.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def files(root: Path, *globs: str) -> list[Path]:
+    """Files under ``root`` matching ``globs``, sorted, tests left out."""
+    out = {f for g in globs for f in root.rglob(g) if f.is_file()}
+    return sorted(f for f in out if not {"test", "tests", "testing"} & set(f.parts))
+
+
+def from_files(fs: list[Path]) -> list[str]:
+    return [c for f in fs for c in _chunks(_read(f))]
+
+
+def metadata_prose() -> list[str]:
+    """Long descriptions of installed distributions (the text after METADATA's headers)."""
+    out = []
+    for f in sorted(SITE.glob("*.dist-info/METADATA")):
+        body = _read(f).split("\n\n", 1)
+        if len(body) == 2:
+            out += _chunks(body[1])
+    return out
+
+
+def licences() -> list[str]:
+    """Licence texts of installed distributions, each distinct text once."""
+    seen, out = set(), []
+    for f in sorted(SITE.glob("*.dist-info/**/*")):
+        if f.is_file() and ("LICEN" in f.name.upper() or "COPYING" in f.name.upper()):
+            text = _read(f)
+            if text.strip() and text not in seen:
+                seen.add(text)
+                out += _chunks(text)
+    return out
+
+
+def py(*pkgs: str, root: Path = SITE) -> Callable[[], list[str]]:
+    return lambda: from_files([f for p in pkgs for f in files(root / p, "*.py")])
+
+
+def glob(root: Path, *globs: str) -> Callable[[], list[str]]:
+    return lambda: from_files(files(root, *globs))
+
+
+# name -> (partitions {name: source}, seed sources): code and prose mixed in each corpus.
+CORPORA: dict[str, tuple[dict[str, Callable[[], list[str]]], list[Callable[[], list[str]]]]] = {
+    "mlcode": (
+        {
+            "torch_py": py("torch/nn", "torch/optim", "torch/utils"),
+            "hf_py": py("transformers/generation", "transformers/models/llama", "peft"),
+            "numpy_py": py("numpy"),
+            "cpp_headers": glob(SITE / "torch/include/c10", "*.h"),
+            "docs": lambda: from_files(files(SITE, "*.md", "*.rst")) + metadata_prose()[::3],
+            "licences": licences,
+            "data": glob(SITE, "*.json", "*.yaml", "*.yml", "*.toml"),
+        },
+        [py("sklearn", "jinja2"), glob(SITE / "torch/include/ATen", "*.h"), metadata_prose],
+    ),
+    "scistack": (
+        {
+            "sympy_py": py("sympy/core", "sympy/solvers", "sympy/printing"),
+            "scipy_py": py("scipy/stats", "scipy/optimize"),
+            "pandas_py": py("pandas/core"),
+            "c_headers": glob(SITE / "numpy/_core/include", "*.h"),
+            "prose": metadata_prose,
+            "stubs": glob(SITE / "torch", "*.pyi"),
+            "licences": licences,
+        },
+        [py("matplotlib", "networkx"), glob(SITE / "scipy", "*.h"), licences],
+    ),
+    "system": (
+        {
+            "tkinter_idle": py("tkinter", "idlelib", root=STDLIB),
+            "libc_headers": glob(Path("/usr/include"), "*.h"),
+            "pydoc_topics": lambda: _topics(),
+            "web_py": py("requests", "urllib3", "httpx2", "h11"),
+            "markdown": lambda: from_files(files(SITE, "*.md", "*.rst", "*.txt")),
+            "ipython_py": py("IPython", "prompt_toolkit"),
+        },
+        [py("pygments", "rich"), glob(SITE / "pyarrow/include", "*.h"), metadata_prose],
+    ),
+    "demo": ({}, []),  # ablate.demo.stdlib_corpus, at the demo's own settings (--demo-setting)
+}
+
+
+def _topics() -> list[str]:
+    from pydoc_data.topics import topics
+
+    return [c for k in sorted(topics) for c in _chunks(topics[k])]
+
+
+def build_corpus(name: str, need_chars: int, seed_chars: int, seed: int) -> tuple[dict, list]:
+    """(partitions {name: docs}, seed docs): each partition's chunks shuffled by ``seed`` and
+    cut to ``need_chars``; the seed data interleaves its sources up to ``seed_chars``."""
+    if name == "demo":
+        from ablate.demo import FULL, stdlib_corpus
+
+        parts, seed_docs = stdlib_corpus(FULL.packages)
+        return parts, seed_docs[: seed_chars // CHUNK + 1]
+    part_src, seed_src = CORPORA[name]
+    rng = random.Random(seed)
+    parts = {}
+    for pname, src in part_src.items():
+        docs = src()
+        rng.shuffle(docs)
+        parts[pname] = _take(docs, need_chars)
+    pools = [src() for src in seed_src]
+    for p in pools:
+        rng.shuffle(p)
+    mixed = [d for group in itertools.zip_longest(*pools) for d in group if d is not None]
+    seed_docs = _take(mixed, seed_chars)
+    return parts, seed_docs
+
+
+def _take(docs: list[str], chars: int) -> list[str]:
+    out, n = [], 0
+    for d in docs:
+        if n >= chars:
+            break
+        out.append(d)
+        n += len(d)
+    return out
+
+
+# ---------------------------------------------------------------------------- pools
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    from ablate.pool.atomic import write_bytes
+
+    write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
+
+
+def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, args) -> dict:
+    """Plain pool (its own tiny seed) and one pool per variant sharing its seed and real
+    models; returns {variant: (pool, eval file)}."""
+    from ablate.pool import Pool, Recipe, TinyModelSpec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    eval_docs = 12 if corpus == "demo" else EVAL_DOCS
+    if not (folder / "parts.jsonl").is_file():
+        parts, seed_docs = build_corpus(
+            corpus,
+            need_chars=unit_tokens * 6 + eval_docs * CHUNK * 8,
+            seed_chars=seed_tokens * 6,
+            seed=args.seed,
+        )
+        _write_jsonl(folder / "seed.jsonl", [{"text": d} for d in seed_docs])
+        _write_jsonl(
+            folder / "parts.jsonl",
+            [{"text": d, "domain": p} for p, ds in parts.items() for d in ds],
+        )
+    recipe = Recipe(
+        unit_tokens=unit_tokens, seq_len=SEQ_LEN, batch_size=BATCH, lr=LR, seed=args.seed
+    )
+    plain = folder / "plain"
+    if (plain / "pool.json").is_file():
+        pool = Pool.open(plain)
+    else:
+        tiny = TinyModelSpec(
+            **MODEL, intermediate_size=3 * MODEL["hidden_size"], seed_tokens=seed_tokens
+        )
+        pool = Pool.create(
+            plain, seed_data=folder / "seed.jsonl", recipe=recipe, tiny=tiny, progress=False
+        )
+    if not (folder / "train.jsonl").is_file():
+        _split(folder, pool.tokenizer, unit_tokens, eval_docs)
+    out = {}
+    for variant in args.variants:
+        path = plain if variant == "plain" else folder / variant
+        if variant != "plain" and not (path / "pool.json").is_file():
+            Pool.create(
+                path,
+                base=str(pool.base_folder.resolve()),
+                seed_data=folder / "seed.jsonl",
+                recipe=recipe.model_copy(update=VARIANTS[variant]),
+                progress=False,
+            )
+            # One ground truth for every variant: real models' keys ignore member levers.
+            (plain / "validation").mkdir(exist_ok=True)
+            os.symlink((plain / "validation").resolve(), path / "validation")
+        p = Pool.open(path)
+        p.add([folder / "train.jsonl"], by="domain", progress=False)
+        p.grow(progress=False)
+        out[variant] = (p, folder / "eval.jsonl")
+    return out
+
+
+def _split(folder: Path, tok, unit_tokens: int, eval_docs: int) -> None:
+    """Hold out every 8th document (up to ``eval_docs``) and keep one unit per partition."""
+    by: dict[str, list[str]] = {}
+    for line in (folder / "parts.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        by.setdefault(r["domain"], []).append(r["text"])
+    train, evals = [], []
+    for name, docs in by.items():
+        held = docs[::8][:eval_docs]
+        rest = [d for i, d in enumerate(docs) if not (i % 8 == 0 and i // 8 < eval_docs)]
+        n, kept = 0, []
+        for d in rest:
+            kept.append(d)
+            n += len(tok(d, add_special_tokens=False)["input_ids"]) + 2
+            if n >= unit_tokens:
+                break
+        if n < unit_tokens:
+            print(f"  note: partition {name} holds only {n} of {unit_tokens} tokens")
+        train += [{"text": d, "domain": name} for d in kept]
+        evals += [{"text": d, "domain": name} for d in held]
+    _write_jsonl(folder / "eval.jsonl", evals)
+    _write_jsonl(folder / "train.jsonl", train)
+
+
+# ---------------------------------------------------------------------------- measuring
+_REAL_SCORER = "_real_documents"  # validate's scorer of one real model (patched by the memo)
+
+
+def _memo_real_scores(folder: Path) -> None:
+    """Score each real model once for all variants: its per-document NLL on the shared eval
+    set does not depend on the variant, so it is kept in ``folder`` by the model's key."""
+    import importlib
+
+    import numpy as np
+
+    from ablate.engine.scoring import DocScores
+
+    module = importlib.import_module("ablate.validation.validate")  # the module, not the function
+
+    current = getattr(module, _REAL_SCORER)
+    plain = getattr(current, "__wrapped__", current)
+
+    def real_documents(ev, rec):
+        f = folder / f"{rec.key}.npz"
+        if f.is_file():
+            z = np.load(f)
+            return DocScores(nll=z["nll"], tokens=z["tokens"])
+        got = plain(ev, rec)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(f.with_suffix(".tmp.npz"), nll=got.nll, tokens=got.tokens)
+        f.with_suffix(".tmp.npz").replace(f)
+        return got
+
+    real_documents.__wrapped__ = plain
+    setattr(module, _REAL_SCORER, real_documents)
+
+
+def measure(pool, eval_file: Path, args) -> dict:
+    """Fixed-budget validation of one pool: the table's numbers."""
+    import numpy as np
+    from scipy import stats
+
+    from ablate import Evaluator
+    from ablate.validation import validate
+
+    _memo_real_scores(eval_file.parent / "real_scores")
+
+    ev = Evaluator(pool, eval_file, by="domain", progress=False)
+    v = validate(
+        ev,
+        sample=args.sample,
+        weights="dirichlet",
+        budget="fixed",
+        repeats=args.repeats,
+        seed=args.seed,
+        bootstrap=0,
+        progress=False,
+    )
+    d = v.decisions
+    domains = d.drop(index="macro")
+    # Pairs and the first repeat's records are both in sample order.
+    order = list(dict.fromkeys(v.pairs["mixture"]))
+    macro = v.pairs.groupby("mixture", sort=False)[["proxy", "real"]].mean().loc[order]
+    proxy_macro, real_macro = macro["proxy"].to_numpy(), macro["real"].to_numpy()
+    weights = [dict((n, w) for n, w in r.mixture) for r in v.records[: v.mixtures]]
+    entropy = np.array([-sum(w * math.log(w) for w in ws.values() if w > 0) for ws in weights])
+    spread = float(real_macro.max() / real_macro.min() - 1)
+    regret = float(d.loc["macro", "regret"])
+    return {
+        "median_domain": float(np.median(domains["spearman"])),
+        "macro": float(d.loc["macro", "spearman"]),
+        "macro_regret": regret,
+        "worst_regret": float(d["regret"].max()),
+        "regret_share": regret / spread if spread > 0 else math.nan,
+        "spread": spread,
+        "ceiling": float(d.loc["macro", "seed_spearman"]),
+        "ceiling_median_domain": float(np.nanmedian(domains["seed_spearman"])),
+        "proxy_entropy": float(stats.spearmanr(proxy_macro, entropy).statistic),
+        "real_entropy": float(stats.spearmanr(real_macro, entropy).statistic),
+    }
+
+
+COLUMNS = [
+    ("median_domain", "median dom. rho"),
+    ("macro", "macro rho"),
+    ("ceiling", "seed vs seed (macro)"),
+    ("macro_regret", "macro regret"),
+    ("worst_regret", "worst regret"),
+    ("regret_share", "regret / spread"),
+    ("spread", "real spread"),
+    ("proxy_entropy", "proxy~entropy"),
+    ("real_entropy", "real~entropy"),
+]
+
+
+def print_table(rows: list[dict]) -> None:
+    head = ["corpus", "seed/unit", "variant", *(c[1] for c in COLUMNS)]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * 3 + "---:|" * len(COLUMNS))
+    for r in rows:
+        cells = [r["corpus"], r["setting"], r["variant"]]
+        for k, _ in COLUMNS:
+            x = r[k]
+            pct = k in ("macro_regret", "worst_regret", "spread", "regret_share")
+            cells.append(f"{100 * x:.1f}%" if pct else f"{x:.2f}")
+        print("| " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/fidelity", help="where pools are built and kept")
-    ap.add_argument("--seed-tokens", type=int, nargs="+", default=[50_000, 150_000, 450_000])
-    ap.add_argument("--unit-tokens", type=int, nargs="+", default=[30_000, 60_000])
-    ap.add_argument("--sample", type=int, default=16, help="Dirichlet mixtures per setting")
-    ap.add_argument("--alpha", type=float, default=1.0, help="Dirichlet alpha")
-    ap.add_argument("--repeats", type=int, default=1, help="real models per mixture")
+    ap.add_argument("--work", default="runs/fidelity", help="where everything is built and kept")
+    ap.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
     ap.add_argument(
-        "--extrapolate", nargs="+", default=["1"], help="merge settings: 1 (average), norm, LAMBDA"
+        "--settings",
+        nargs="+",
+        default=["300000:30000", "900000:30000", "300000:60000"],
+        metavar="SEED:UNIT",
+        help="seed tokens : unit tokens (the demo corpus uses --demo-setting)",
     )
-    ap.add_argument("--device", default=None)
+    ap.add_argument("--demo-setting", default="450000:60000", metavar="SEED:UNIT")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--sample", type=int, default=16, help="Dirichlet mixtures")
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="real models per mixture (noise ceiling)"
+    )
+    ap.add_argument("--seed", type=int, default=1, help="corpus shuffle, recipe and sample seed")
+    ap.add_argument("--print-only", action="store_true", help="print the rows already measured")
     args = ap.parse_args()
-
-    import numpy as np
-
-    from ablate import Evaluator
-    from ablate.demo import FULL, build_pool
-    from ablate.validation import validate
-
+    work = Path(args.work)
     rows = []
-    for seed_tokens in args.seed_tokens:
-        for unit_tokens in args.unit_tokens:
-            settings = dataclasses.replace(FULL, seed_tokens=seed_tokens, unit_tokens=unit_tokens)
-            folder = Path(args.out) / f"seed{seed_tokens}-unit{unit_tokens}"
-            start = time.perf_counter()
-            pool, eval_file = build_pool(folder, settings, progress=False, device=args.device)
-            ev = Evaluator(pool, eval_file, by="domain", device=args.device, progress=False)
-            for lam in args.extrapolate:
-                report = validate(
-                    ev,
-                    sample=args.sample,
-                    weights=f"dirichlet:{args.alpha}",
-                    budget="fixed",
-                    repeats=args.repeats,
-                    extrapolate=lam if lam == "norm" else float(lam),
-                    bootstrap=0,
-                    progress=False,
+    for corpus in args.corpora:
+        for setting in [args.demo_setting] if corpus == "demo" else args.settings:
+            seed_tokens, unit_tokens = (int(x) for x in setting.split(":"))
+            folder = work / corpus / f"seed{seed_tokens}-unit{unit_tokens}"
+            for variant in args.variants:
+                cache = (
+                    folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
                 )
-                d = report.decisions
-                domains = d.drop(index="macro")
-                rows.append(
-                    {
-                        "seed tokens": seed_tokens,
-                        "unit tokens": unit_tokens,
-                        "merge": "average" if lam == "1" else f"extrapolate {lam}",
-                        "median domain Spearman": float(np.median(domains["spearman"])),
-                        "macro Spearman": float(d.loc["macro", "spearman"]),
-                        "max regret": float(d["regret"].max()),
-                        "macro regret": float(d.loc["macro", "regret"]),
-                        "noise ceiling (macro)": float(d.loc["macro", "noise_ceiling"]),
-                        "minutes": (time.perf_counter() - start) / 60,
-                    }
+                if cache.is_file():
+                    rows.append(json.loads(cache.read_text()))
+                    continue
+                if args.print_only:
+                    continue
+                start = time.perf_counter()
+                pools = build_pools(
+                    folder,
+                    corpus,
+                    seed_tokens,
+                    unit_tokens,
+                    argparse.Namespace(**{**vars(args), "variants": [variant]}),
                 )
-                print(rows[-1], flush=True)
+                row = {
+                    "corpus": corpus,
+                    "setting": f"{seed_tokens // 1000}K/{unit_tokens // 1000}K",
+                    "variant": variant,
+                    **measure(*pools[variant], args),
+                    "minutes": (time.perf_counter() - start) / 60,
+                }
+                cache.write_text(json.dumps(row))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print()
-    header = list(rows[0])
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        cells = [
-            f"{v:.3f}"
-            if isinstance(v, float) and k != "minutes"
-            else f"{v:.1f}"
-            if k == "minutes"
-            else str(v)
-            for k, v in r.items()
-        ]
-        print("| " + " | ".join(cells) + " |")
+    print_table(rows)
 
 
 if __name__ == "__main__":

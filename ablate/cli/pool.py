@@ -33,6 +33,7 @@ def _flags(model: type, *fields: str, prefix: str = "") -> dict[str, tuple[type,
 # Help text and choices come from the field, defined once.
 RECIPE_FLAGS = {
     **_flags(Recipe, "method", "unit_tokens", "seq_len", "batch_size", "lr", "seed"),
+    **_flags(Recipe, "member_seed_share", "member_schedule", "member_lr"),
     **_flags(LoraSpec, "rank", "alpha", prefix="lora-"),
 }
 TINY_FLAGS = _flags(TinyModelSpec, "vocab_size", "seed_tokens", "hidden_size", "layers", "heads")
@@ -55,8 +56,11 @@ def _cluster_count(text: str) -> int:
 def _add_model_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[type, str]]) -> None:
     for flag, (model, name) in flags.items():
         info = model.model_fields[name]
-        choices = get_args(info.annotation) or None
-        kind = None if choices else info.annotation
+        annotation = info.annotation
+        if type(None) in get_args(annotation):  # an optional field: its flag takes the type
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        choices = get_args(annotation) or None
+        kind = None if choices else annotation
         p.add_argument(
             f"--{flag}",
             dest=flag.replace("-", "_"),
@@ -105,6 +109,7 @@ def cmd_pool_init(args: argparse.Namespace) -> int:
         ablate pool init runs/pool --base path/to/hf-model --method lora --lora-rank 16
         ablate pool init runs/pool --base path/to/hf-model --method lora --lora-targets all-linear
         ablate pool init runs/pool --base path/to/pythia --method lora --lora-targets query_key_value,dense
+        ablate pool init runs/pool --base tiny --seed-data s.jsonl --member-seed-share 0.5 --member-schedule constant --member-lr 1e-4
     """
     tiny_fields = _model_from_flags(args, TINY_FLAGS, TinyModelSpec)
     tiny = TinyModelSpec(**tiny_fields) if args.base == "tiny" else None
@@ -346,7 +351,8 @@ def add_pool_commands(sub: Any) -> None:
         "--seed-data",
         nargs="+",
         metavar="FILE",
-        help="corpus for the tiny tokenizer and seed model (--base tiny)",
+        help="corpus for the tiny tokenizer and seed model (--base tiny), and the general "
+        "data members mix in (--member-seed-share)",
     )
     add_text_field_arg(p)
     add_device_arg(p, "train the seed model")

@@ -108,6 +108,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     emit_table(args, rows, cols)
     print()
     print(report.decisions_text())
+    print(report.verdict())
     print(f"report: {files.markdown}\nscatter: {files.scatter}\npairs: {files.csv}")
     return 0
 

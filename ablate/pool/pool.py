@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "pool.json"
+SEED_DATA = "seed_data"  # tokenized seed data that members mix in (Recipe.member_seed_share)
 ADD_LOCK = ".add.lock"  # in data/: the file every writer of data/ locks (see Pool.add_lock)
 
 
@@ -143,6 +144,10 @@ class Pool:
             not p.name.startswith(".") and p.name != "base" for p in path.iterdir()
         ):
             raise PoolError(f"{path} is not empty and not a pool; choose an empty or new folder")
+        if recipe.member_seed_share > 0 and seed_data is None:
+            raise DataError(
+                "--member-seed-share mixes seed data into every member and needs --seed-data FILE"
+            )
         if base == "tiny":
             if seed_data is None:
                 raise DataError("--base tiny trains a seed model and needs --seed-data FILE")
@@ -174,6 +179,23 @@ class Pool:
             del model
             path.mkdir(parents=True, exist_ok=True)
         model_config = _read_config(base_folder)
+        if recipe.member_seed_share > 0:
+            # The members' general data: the seed data, tokenized once with the pool's tokenizer.
+            general = read_documents(
+                [seed_data] if isinstance(seed_data, (str, os.PathLike)) else list(seed_data),
+                text_field=text_field,
+            )
+            from transformers import AutoTokenizer
+
+            write_partition(
+                path / SEED_DATA,
+                name=SEED_DATA,
+                texts=[d.text for d in general],
+                sources=[d.source for d in general],
+                tokenizer=AutoTokenizer.from_pretrained(base_folder, local_files_only=True),
+                token_dtype=token_dtype_for(int(model_config["vocab_size"])),
+                unit_tokens=recipe.unit_tokens,
+            )
         manifest = PoolManifest(
             base=base,
             base_path=base_path,
@@ -202,8 +224,9 @@ class Pool:
         model = seedlib.build_tiny_model(spec, len(tokenizer), recipe.seq_len, recipe.seed)
 
         stream = np.concatenate(encode_documents(tokenizer, texts))
-        # The seed is plain pre-training: full weights, whatever the members' method.
-        seed_recipe = recipe.model_copy(update={"method": FULL.name})
+        # The seed is plain pre-training: full weights, whatever the members' method, and
+        # none of the member-only levers.
+        seed_recipe = recipe.real().model_copy(update={"method": FULL.name})
         with _bar(seed_recipe.steps_for(spec.seed_tokens), "seed model", progress) as bar:
             model, _ = continue_pretraining(
                 model,
@@ -447,9 +470,13 @@ class Pool:
             rec = self.member(ref.partition, ref.unit)
             return rec if rec is not None and rec.data_hash == ref.data_hash else None
 
+        share = recipe.member_seed_share
+
         def sources() -> list[np.ndarray]:
             part = TokenizedPartition.open(self.data_folder / ref.partition)
-            return [part.unit_stream(ref.unit)]
+            if share == 0:
+                return [part.unit_stream(ref.unit)]
+            return [part.unit_stream(ref.unit), self.seed_tokens()]
 
         return Target(
             folder=self.member_folder(ref.partition, ref.unit),
@@ -460,10 +487,23 @@ class Pool:
             ),
             record_file="member.json",
             sources=sources,
-            source_weights=(1.0,),
+            source_weights=(1.0,) if share == 0 else (1.0 - share, share),
             tokens=recipe.unit_tokens,
             seed=member_seed(recipe.seed, ref.member_id),
+            # Each member trains on exactly its share of seed data, not a random draw of it.
+            exact_mix=share > 0,
         )
+
+    def seed_tokens(self) -> np.ndarray:
+        """The seed data's tokens that members mix in (``Recipe.member_seed_share``)."""
+        folder = self.path / SEED_DATA
+        if not (folder / "index.json").is_file():
+            raise PoolError(
+                f"{folder} is missing: this pool mixes seed data into its members "
+                "(member_seed_share) but lost the tokenized seed data; restore it from a backup "
+                "or start a new pool"
+            )
+        return TokenizedPartition.open(folder).tokens
 
     # ----------------------------------------------------------------- checks
     def verify(self) -> VerifyReport:

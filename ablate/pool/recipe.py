@@ -8,13 +8,27 @@ therefore fixed once, in ``pool.json``, and recorded again in every member.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from ablate.pool.architectures import ALL_LINEAR
 
 MethodName = Literal["full", "lora"]  # the training methods in pool.method.METHODS
+MemberSchedule = Literal["cosine", "constant"]
+# Levers that change how members train and nothing else: the seed and the real validation
+# models train by ``Recipe.real()``, which resets them. Each is left out of the recipe's
+# serialised form while it holds its default, so pools made before they existed keep
+# their pool.json, their keys and their hashes.
+MEMBER_ONLY = ("member_seed_share", "member_schedule", "member_lr")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a module's leaf name, or all-linear
 
 
@@ -69,6 +83,56 @@ class Recipe(_Frozen):
     grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
     seed: int = Field(0, ge=0, description="Seed for data order and initialisation.")
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    member_seed_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "Share of every member's training tokens drawn from the seed data, which the pool "
+            "keeps (members stay closer to the seed; real validation models never mix it in)."
+        ),
+    )
+    member_schedule: MemberSchedule = Field(
+        "cosine",
+        description=(
+            "Members' learning-rate schedule: cosine (warmup, then cosine decay, as real "
+            "training) or constant (a flat rate from the first step, no warmup or decay)."
+        ),
+    )
+    member_lr: float | None = Field(
+        None,
+        gt=0,
+        lt=10,
+        description="Members' learning rate (default: lr); real validation models train at lr.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_levers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in MEMBER_ONLY:
+            if name in data and getattr(self, name) == Recipe.model_fields[name].default:
+                del data[name]
+        return data
+
+    @property
+    def has_member_levers(self) -> bool:
+        """True when members train differently from a plain run of this recipe."""
+        return any(getattr(self, n) != Recipe.model_fields[n].default for n in MEMBER_ONLY)
+
+    def real(self) -> Recipe:
+        """The recipe of a real training run (seed, validation models): no member-only levers.
+
+        A user who trains a model on a mixture trains it plainly; the levers exist to make
+        merged members predict that run, so the ground truth must never use them.
+        """
+        if not self.has_member_levers:
+            return self
+        return self.model_copy(update={n: Recipe.model_fields[n].default for n in MEMBER_ONLY})
+
+    @property
+    def train_lr(self) -> float:
+        """The peak learning rate this recipe trains at (``member_lr`` when set)."""
+        return self.member_lr if self.member_lr is not None else self.lr
 
     @property
     def tokens_per_step(self) -> int:

@@ -2,7 +2,9 @@
 
 Same recipe and token budget for every member: AdamW, linear warmup then cosine decay to
 ``min_lr_ratio * lr``, global gradient-norm clipping, bf16 autocast on CUDA and fp32 on
-CPU. Data order depends only on the seed, so a member trains identically wherever and
+CPU. A recipe's member-only levers (``member_lr``, ``member_schedule``) apply to whatever
+trains with that recipe: members get the pool's recipe, the seed and the real validation
+models get ``Recipe.real()``, which has none. Data order depends only on the seed, so a member trains identically wherever and
 whenever it is trained.
 """
 
@@ -284,11 +286,15 @@ def train_model(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     opt = torch.optim.AdamW(
-        params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95)
+        params, lr=recipe.train_lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95)
     )
     steps = recipe.steps_for(tokens)
+    constant = recipe.member_schedule == "constant"
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, steps, recipe.warmup_ratio, recipe.min_lr_ratio)
+        opt,
+        lambda s: (
+            1.0 if constant else lr_factor(s, steps, recipe.warmup_ratio, recipe.min_lr_ratio)
+        ),
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     losses = np.zeros(steps)

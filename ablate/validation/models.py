@@ -104,7 +104,9 @@ def plan_for(
         "mixture": mixture.key,
         "units": [(p, u, h, x) for p, u, h, x in units],
         "base": manifest.base_sha256,
-        "recipe": manifest.recipe.model_dump(mode="json"),
+        # Real models train plainly (no member-only levers): a pool whose members use them
+        # is checked against the same ground truth as one whose members do not.
+        "recipe": manifest.recipe.real().model_dump(mode="json"),
     }
     if budget == "fixed":
         tokens = budget_tokens or manifest.recipe.unit_tokens
@@ -165,7 +167,7 @@ def ensure_trained(
             done = ensure_one(
                 _target(pool, plan),
                 seed,
-                pool.manifest.recipe,
+                pool.manifest.recipe.real(),
                 base_sha256=pool.manifest.base_sha256,
                 # Another run is training this model: wait for it, then reuse its result.
                 if_locked="wait",

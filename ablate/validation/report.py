@@ -122,6 +122,7 @@ class ValidationReport:
             "repeats": self.repeats,
             "extrapolate": self.extrapolate,
             "mixtures": self.mixtures,
+            "verdict": self.verdict(),
             "correlations": self.json_rows(),
             "correlation_intervals": {"resamples": interval_resamples(1)},
             "decisions": [],
@@ -229,6 +230,15 @@ class ValidationReport:
                     f"{int(r['heldout_docs'])} held-out documents)"
                 )
         return "\n".join(lines)
+
+    def verdict(self) -> str:
+        """One line: is the proxy's macro ranking trustworthy on this pool (``macro_verdict``)."""
+        if self.decisions is None or "macro" not in self.decisions.index:
+            return "no macro target was measured: nothing to judge"
+        r = self.decisions.loc["macro"]
+        return macro_verdict(
+            float(r["spearman"]), float(r["noise_ceiling"]), float(r["regret"]), self.repeats
+        )
 
     def tasks_text(self) -> str:
         """Proxy-vs-real task scores as a short text table, then the too-few-items notes."""
@@ -440,6 +450,42 @@ def plot_scatter(
     ax.legend(fontsize=8, title="eval domain", title_fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
+
+
+TRUST_SPEARMAN = 0.8  # a macro ranking this close to real training is one to decide on
+TRUST_SLACK = 0.05  # ... or this close to the noise ceiling, where real training agrees less
+
+
+def macro_verdict(spearman: float, ceiling: float, regret: float, repeats: int) -> str:
+    """Whether the proxy's macro ranking can be trusted, judged against the noise ceiling.
+
+    The bar is the fidelity suite's (docs/accuracy.md): Spearman >= 0.8, or within 0.05 of
+    the noise ceiling where that is lower (what a perfect proxy would score against the mean
+    of the real seeds: no proxy can rank better). Without repeats there is no ceiling.
+    """
+    got = f"proxy-vs-real macro Spearman {_fmt(spearman)}, regret of its pick {_pct(regret)}"
+    if math.isnan(spearman):
+        return f"verdict: {got}; the sample is too small to rank (validate --sample 16 or more)"
+    if repeats < 2 or math.isnan(ceiling):
+        return (
+            f"verdict: {got}; no noise ceiling to judge it against: rerun with --repeats 2 "
+            "(the real models trained now are reused)"
+        )
+    bar = min(TRUST_SPEARMAN, ceiling - TRUST_SLACK)
+    against = f"{got}, noise ceiling {_fmt(ceiling)} (a perfect proxy, from the seeds' agreement)"
+    if spearman >= bar:
+        return f"verdict: macro ranking TRUSTWORTHY on this pool: {against}"
+    if ceiling < 0.5:
+        return (
+            f"verdict: macro ranking NOT decidable here: {against}: real training disagrees "
+            "with itself, so these mixtures differ less than training noise; validate "
+            "mixtures further apart (--weights dirichlet:0.3) or at a larger --budget-tokens"
+        )
+    return (
+        f"verdict: macro ranking NOT trustworthy on this pool: {against}; decide from really "
+        "trained mixtures, or grow a pool whose members stay near the seed (pool init "
+        "--member-seed-share 0.5 --member-schedule constant --member-lr LR/10) and validate again"
+    )
 
 
 def _interval(row, stat: str, sep: str, fmt=None) -> str:

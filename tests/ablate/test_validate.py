@@ -218,6 +218,8 @@ def test_cli_validate_writes_files_and_reuses_models(full_pool, corpus, tmp_path
     second = run_cli(*args[:-1])  # people's table this time
     assert second.returncode == 0, second.stderr
     assert "0 trained now" in second.stdout and "pooled" in second.stdout
+    # One repeat: no noise ceiling, and the verdict line says how to get one.
+    assert "verdict:" in second.stdout and "--repeats 2" in second.stdout
     assert _records(full_pool.path) == records  # same sha256, loss, timestamps: nothing retrained
     for k, r in records.items():
         assert (full_pool.path / VALIDATION_DIR / k / r.weights_file).stat().st_mtime_ns == stamp[k]
@@ -423,6 +425,7 @@ def test_fixed_budget_validation_with_repeats_and_a_search_check(full_pool, corp
     assert doc["decision_intervals"]["margin"] == 0.005
     md = report._markdown("t")
     assert "Decisions" in md and "really trained" in md and "noise ceiling" in md
+    assert doc["verdict"] == report.verdict() and "noise ceiling" in doc["verdict"]
     again = validate(ev, mixtures=mixes, budget="fixed", repeats=2, bootstrap=0)
     assert again.trained == 0  # stored and reused like every real model
 
@@ -444,3 +447,20 @@ def test_norm_extrapolation_on_a_lora_pool_is_refused_before_training(lora_pool_
     with pytest.raises(MixtureError, match="--extrapolate norm .* LoRA"):
         validate(ev, mixtures=["code,wiki"], budget="fixed", extrapolate="norm")
     assert not (ev.pool.path / VALIDATION_DIR).exists() or not _records(ev.pool.path)
+
+
+def test_macro_verdict_judges_against_the_noise_ceiling():
+    from ablate.validation.report import macro_verdict
+
+    assert "TRUSTWORTHY" in macro_verdict(0.85, 0.95, 0.002, 2)
+    # Below 0.8 but within 0.05 of a low ceiling: as good as real training agrees with itself.
+    assert "TRUSTWORTHY" in macro_verdict(0.62, 0.65, 0.01, 2)
+    low = macro_verdict(0.4, 0.9, 0.05, 2)
+    assert "NOT trustworthy" in low and "--member-seed-share" in low and "5.00%" in low
+    assert "NOT decidable" in macro_verdict(0.1, 0.3, 0.01, 2)
+    assert "--repeats 2" in macro_verdict(0.9, math.nan, 0.0, 1)
+    assert "--sample" in macro_verdict(math.nan, math.nan, 0.0, 1)
+    assert all(
+        "\n" not in macro_verdict(*a)
+        for a in [(0.9, 0.9, 0, 2), (0.1, 0.9, 0.2, 2), (0.5, 0.2, 0, 2)]
+    )
