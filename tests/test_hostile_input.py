@@ -241,6 +241,8 @@ def test_empty_eval_documents_are_skipped_not_scored(
 def test_garbage_results_store_is_refused(pool_dir: Path, corpus, tmp_path: Path, capsys) -> None:
     copy = tmp_path / "pool"
     shutil.copytree(pool_dir, copy)
+    for journal in ("results.sqlite-wal", "results.sqlite-shm"):  # the store is all three
+        (copy / journal).unlink(missing_ok=True)
     (copy / "results.sqlite").write_bytes(b"this is not a database" * 100)
     line = refused(capsys, *_eval(copy, corpus["eval"], "--mixture", "code"))
     assert "results store" in line and "move it aside" in line

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -262,8 +263,11 @@ def test_cli_refuses_missing_and_foreign_files(tmp_path, capsys):
 # ---------------------------------------------------------------------- pools: both fidelities
 @pytest.fixture(scope="module")
 def ev(full_pool_dir, corpus, tmp_path_factory):
-    store = tmp_path_factory.mktemp("laws") / "store.sqlite"
-    return Evaluator(full_pool_dir, corpus["eval"], by="domain", store=store, progress=False)
+    # A private copy: validate() trains real models into the pool, which the session's shared
+    # pool must not hold (other modules count the models they train there).
+    pool = tmp_path_factory.mktemp("laws") / "pool"
+    shutil.copytree(full_pool_dir, pool)
+    return Evaluator(pool, corpus["eval"], by="domain", progress=False)
 
 
 def test_fit_from_proxies_and_real_models(ev):
