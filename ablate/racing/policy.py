@@ -181,9 +181,14 @@ class RaceStats:
 
     def describe(self) -> str:
         seed = "" if self.seed is None else f"; unit order seed {self.seed}"
-        return (
+        counts = (
             f"racing: {self.full} mixture(s) scored in full, {self.dropped} dropped early, "
-            f"{self.cached} from the store; {self.tokens_scored:,} of {self.tokens_full:,} "
+            f"{self.cached} from the store"
+        )
+        if self.tokens_full == 0:  # every mixture came from the store: nothing was raced
+            return f"{counts}; no eval tokens scored"
+        return (
+            f"{counts}; {self.tokens_scored:,} of {self.tokens_full:,} "
             f"eval tokens scored ({self.saving:.1f}x fewer){seed}; {self.promise()}"
         )
 

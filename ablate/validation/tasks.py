@@ -99,7 +99,14 @@ def task_table(
                 }
             )
         acc = next(x for x in rows if x["task"] == name and x["metric"] == "acc")
-        if not acc["items_needed"] <= acc["items"]:
+        if not acc["real_sd"] > 0:  # NaN too: fewer than two real models
+            notes.append(
+                f"task {name}: the real accuracies of the sampled mixtures do not differ "
+                f"(sd {acc['real_sd']:.3f}), so no correlation can be read from them; validate "
+                "mixtures further apart (--weights dirichlet:0.3) or use a task the models "
+                "do not all answer alike"
+            )
+        elif not acc["items_needed"] <= acc["items"]:
             need = acc["items_needed"]
             want = "more items than any task has" if math.isinf(need) else f"about {need} items"
             notes.append(

@@ -248,3 +248,25 @@ def test_demo_task_picks_the_true_next_word_among_four():
         doc = next(d["text"] for d in docs if it["context"] in d["text"])
         assert it["context"] + " " + it["choices"][it["gold"]] in doc  # the true text
         assert sum(f" {c} " in doc for c in it["choices"]) == 1  # the others: other docs
+
+
+def test_a_task_on_which_real_models_do_not_differ_says_so():
+    """Every real model answers alike (sd 0): the note says the task cannot rank these
+    mixtures instead of quoting a noise level and an item count that mean nothing."""
+    from ablate.engine.scores import TaskScore
+    from ablate.validation.tasks import task_table
+
+    def score(nll):  # 4 items of 2 choices; gold is choice 0
+        return TaskScore(
+            "qa",
+            np.array(nll, dtype=np.float64),
+            np.arange(0, 9, 2),
+            np.zeros(4, dtype=np.int64),
+            np.ones(8, dtype=np.int64),
+        )
+
+    same = [1.0, 2.0] * 4  # every item right, by the same margin, for every model
+    proxy = [{"qa": score(same)} for _ in range(3)]
+    real = [[{"qa": score(same)}] for _ in range(3)]
+    _, notes = task_table(proxy, real)
+    assert len(notes) == 1 and "do not differ" in notes[0] and "nan" not in notes[0]

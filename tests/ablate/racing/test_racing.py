@@ -412,3 +412,13 @@ def test_simulated_races_keep_the_promise_a_careless_racer_breaks(top, monkeypat
     monkeypatch.setattr(Gaps, "worse", lambda self, level: self.delta > 0)
     careless = simulate(s, 300, 0.9, seed=1)
     assert careless["ci95"][0] > 0.1, careless
+
+
+def test_stats_of_a_race_answered_by_the_store_claim_no_saving():
+    from ablate.racing.policy import RaceStats
+
+    all_cached = RaceStats(full=0, dropped=0, cached=7, tokens_scored=0, tokens_full=0)
+    line = all_cached.describe()
+    assert "7 from the store" in line and "no eval tokens scored" in line and "x fewer" not in line
+    raced = RaceStats(full=2, dropped=5, cached=0, tokens_scored=100, tokens_full=400, seed=3)
+    assert "100 of 400 eval tokens scored (4.0x fewer)" in raced.describe()
