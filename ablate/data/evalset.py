@@ -61,6 +61,17 @@ class Windows:
     lengths: np.ndarray  # (W,) real input tokens per window, non-increasing
     doc: np.ndarray  # (W,) index of the window's document in the eval set
 
+    def units(self, rows: np.ndarray) -> Windows:
+        """Windows ``rows`` (ascending, so still longest first), each its own unit: ``doc``
+        is the window's position in ``rows`` (racing sums NLL per window, not per document)."""
+        return Windows(
+            self.inputs[rows],
+            self.targets[rows],
+            self.domain[rows],
+            self.lengths[rows],
+            np.arange(len(rows)),
+        )
+
     def batches(self, batch_tokens: int) -> list[tuple[int, int, int]]:
         """``(start, stop, length)`` row ranges holding at most ``batch_tokens`` real-width tokens."""
         out, start, n = [], 0, len(self.lengths)

@@ -148,12 +148,15 @@ class Pool:
             raise DataError(
                 "--member-seed-share mixes seed data into every member and needs --seed-data FILE"
             )
+        seed_docs = None  # read once: the tiny seed trains on it, members may mix it in
+        if seed_data is not None and (base == "tiny" or recipe.member_seed_share > 0):
+            paths = [seed_data] if isinstance(seed_data, (str, os.PathLike)) else list(seed_data)
+            seed_docs = read_documents(paths, text_field=text_field)
         if base == "tiny":
-            if seed_data is None:
+            if seed_docs is None:
                 raise DataError("--base tiny trains a seed model and needs --seed-data FILE")
             tiny = tiny or TinyModelSpec()
-            paths = [seed_data] if isinstance(seed_data, (str, os.PathLike)) else list(seed_data)
-            texts = [d.text for d in read_documents(paths, text_field=text_field)]
+            texts = [d.text for d in seed_docs]
             # LoRA targets are checked (on the seed's structure) before anything is written.
             recipe = method_of(recipe).fit_recipe(recipe, seedlib.tiny_skeleton(tiny, context=8))
             path.mkdir(parents=True, exist_ok=True)
@@ -181,18 +184,12 @@ class Pool:
         model_config = _read_config(base_folder)
         if recipe.member_seed_share > 0:
             # The members' general data: the seed data, tokenized once with the pool's tokenizer.
-            general = read_documents(
-                [seed_data] if isinstance(seed_data, (str, os.PathLike)) else list(seed_data),
-                text_field=text_field,
-            )
-            from transformers import AutoTokenizer
-
             write_partition(
                 path / SEED_DATA,
                 name=SEED_DATA,
-                texts=[d.text for d in general],
-                sources=[d.source for d in general],
-                tokenizer=AutoTokenizer.from_pretrained(base_folder, local_files_only=True),
+                texts=[d.text for d in seed_docs],
+                sources=[d.source for d in seed_docs],
+                tokenizer=seedlib.load_tokenizer(base_folder),
                 token_dtype=token_dtype_for(int(model_config["vocab_size"])),
                 unit_tokens=recipe.unit_tokens,
             )
@@ -254,9 +251,7 @@ class Pool:
 
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(self.base_folder, local_files_only=True)
+        return seedlib.load_tokenizer(self.base_folder)
 
     def load_base_model(self, *, check: bool = False) -> PreTrainedModel:
         """A fresh copy of the seed model (fp32 on CPU so training and merging are exact)."""

@@ -161,19 +161,26 @@ def check_base_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_base(
-    folder: str | os.PathLike, *, dtype: object = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the seed model and tokenizer from a local folder, checking they fit together."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer saved beside a seed model (local files only, never a hub)."""
+    from transformers import AutoTokenizer
 
-    folder = check_base_folder(folder)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as e:
         raise PoolError(
             f"cannot load the tokenizer in {folder}: {e}; save one next to the model"
         ) from None
+
+
+def load_base(
+    folder: str | os.PathLike, *, dtype: object = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the seed model and tokenizer from a local folder, checking they fit together."""
+    from transformers import AutoModelForCausalLM
+
+    folder = check_base_folder(folder)
+    tokenizer = load_tokenizer(folder)
     with _quiet_hf():
         model = AutoModelForCausalLM.from_pretrained(
             folder, local_files_only=True, use_safetensors=True, dtype=dtype or "auto"

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ablate.data.evalset import IGNORE, Windows
+from ablate.data.evalset import IGNORE
 from ablate.engine.executor import LocalExecutor
 from ablate.engine.scores import DocScores, DomainScore, EvalResult, TaskScore
 from ablate.engine.scoring import ScoringBatch, cut_batches, target_nll
@@ -366,16 +366,9 @@ class Race:
 
         key = rows.tobytes()
         if key not in self._window_batches:
-            w = self.windows
-            sub = Windows(  # a subset of longest-first rows stays longest first
-                w.inputs[rows],
-                w.targets[rows],
-                w.domain[rows],
-                w.lengths[rows],
-                np.arange(len(rows)),
+            self._window_batches[key] = cut_batches(
+                self.windows.units(rows), self.ev.merged.device, self.ev.batch_tokens
             )
-            model = self.ev.merged
-            self._window_batches[key] = cut_batches(sub, model.device, self.ev.batch_tokens)
         batches = self._window_batches[key]
 
         def score() -> np.ndarray:
