@@ -54,11 +54,14 @@ SETTINGS = [
 
 
 def dump_replay(pool: Path, eval_data: str, eval_by: str, out: Path) -> None:
-    """Per-window NLL of every subset of ``pool`` on ``eval_data`` (``Race.unit_scores``),
-    saved as ``--replay`` input."""
+    """Per-window NLL of every subset of ``pool`` on the search split of ``eval_data`` (what
+    ``search`` races with its default held-out split and seed; ``Race.unit_scores``), saved
+    as ``--replay`` input."""
     from ablate import Evaluator, Race
+    from ablate.strategies.driver import split_evaluators
 
     ev = Evaluator(pool, eval_data, by=eval_by, store=False, progress=False)
+    ev = split_evaluators(ev, None, 0)[0]
     race = Race(ev, "macro", seed=0)
     subsets = ev.all_subsets()
     values = race.unit_scores(subsets)

@@ -30,6 +30,7 @@ from ablate.racing.design import (
     RACE_SEED,
     check_confidence,
     check_margin,
+    late_step,
     look_level,
 )
 
@@ -52,7 +53,8 @@ class RaceOrder:
         first: int = FIRST_UNITS,
         growth: float = GROWTH,
     ) -> RaceOrder:
-        """Stages of ``first * growth**s`` units per raced stratum (stratified prefixes).
+        """Stages of ``first * growth**s`` units per raced stratum (stratified prefixes), then
+        steps of ``design.late_step`` units.
 
         Args:
             doc_domain: Stratum index of each unit, ``(n_units,)``.
@@ -64,10 +66,11 @@ class RaceOrder:
         rng = np.random.default_rng(seed)
         perms = {d: rng.permutation(np.flatnonzero(doc_domain == d)) for d in sorted(set(raced))}
         most = max((len(p) for p in perms.values()), default=0)
+        step = late_step(most, first)
         stages, done, count = [], 0, first
         while count < most:
             stages.append(np.concatenate([p[done:count] for p in perms.values()]))
-            done, count = count, max(count + 1, math.ceil(count * growth))
+            done, count = count, min(count + step, max(count + 1, math.ceil(count * growth)))
         seen = np.zeros(len(doc_domain), dtype=bool)
         for s in stages:
             seen[s] = True

@@ -52,6 +52,20 @@ def test_order_is_stratified_and_covers_every_document_once(docs):
     assert set(domain[np.concatenate(one.stages[:-1])].tolist()) == {1}
 
 
+@pytest.mark.parametrize(
+    ("units", "prefixes"),
+    [
+        (9, [4, 8, 9]),  # nine documents: doubling, the step never drops below FIRST_UNITS
+        (45, [4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 45]),
+        (72, [4, 8, 13, 18, 23, 28, 33, 38, 43, 48, 53, 58, 63, 68, 72]),  # step ceil(72/16)
+        (1000, [4, 8, 16, 32, 64, *range(127, 1000, 63), 1000]),  # doubling while <= 63 a step
+    ],
+)
+def test_order_doubles_then_steps_by_a_sixteenth(units, prefixes):
+    order = RaceOrder.build(np.zeros(units, dtype=np.int64), [0])
+    assert np.cumsum([len(s) for s in order.stages]).tolist() == prefixes
+
+
 def test_clearly_worse_candidate_is_dropped_at_the_first_look(docs):
     tokens, domain, base, rng = docs
     worse = base + tokens * rng.normal(0.5, 0.05, len(base))  # ~0.5 nats a token worse everywhere
