@@ -306,8 +306,45 @@ def _memo_real_scores(folder: Path) -> None:
     setattr(module, _REAL_SCORER, real_documents)
 
 
-def measure(pool, eval_file: Path, args) -> dict:
-    """Fixed-budget validation of one pool: the table's numbers."""
+def merge_pool(folder: Path, merge: str, args):
+    """The plain pool for proxies merged by ``merge``: the plain pool itself for the plain
+    average; otherwise a copy of it in ``folder/plain+MERGE`` (same members, same seed, its
+    ``validation/`` a link to the plain pool's real models) that holds what the merge needs
+    (``fisher``: each member's diagonal Fisher, ``ablate.pool.fisher``), so measuring a merge
+    never writes into the plain pool."""
+    import shutil
+
+    from ablate.pool import Pool
+    from ablate.pool.fisher import ensure_fisher
+
+    plain = folder / "plain"
+    if merge == "average":
+        return Pool.open(plain)
+    copy = folder / f"plain+{merge}"
+    if not (copy / "pool.json").is_file():
+        tmp = folder / f".plain+{merge}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(
+            plain,
+            tmp,
+            ignore=lambda d, names: [
+                n for n in names if n == "validation" or n.startswith("results.sqlite")
+            ],
+        )
+        os.symlink((plain / "validation").resolve(), tmp / "validation")
+        os.replace(tmp, copy)
+    pool = Pool.open(copy)
+    if merge in MERGE_NEEDS_FISHER:
+        ensure_fisher(pool, batches=args.fisher_batches, progress=False)
+    return pool
+
+
+# Merges (``--merge``) whose pool copy needs each member's Fisher.
+MERGE_NEEDS_FISHER = {"fisher"}
+
+
+def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
+    """Fixed-budget validation of one pool (proxies merged by ``merge``): the table's numbers."""
     import numpy as np
     from scipy import stats
 
@@ -325,6 +362,7 @@ def measure(pool, eval_file: Path, args) -> dict:
         repeats=args.repeats,
         seed=args.seed,
         bootstrap=0,
+        extrapolate=1.0 if merge == "average" else merge,
         progress=False,
     )
     d = v.decisions
@@ -377,6 +415,31 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def _merge_row(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, merge, args):
+    """The row of the plain pool's members merged by ``merge`` (cached like the others;
+    the plain pool, its real models and their cached scores must exist)."""
+    name = f"plain+{merge}" + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
+    cache = folder / f"row-{name}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    if args.print_only:
+        return None
+    if not (folder / "plain" / "pool.json").is_file():
+        raise SystemExit(f"{folder}/plain is missing: measure the plain variant first")
+    start = time.perf_counter()
+    pool = merge_pool(folder, merge, args)
+    row = {
+        "corpus": corpus,
+        "setting": f"{seed_tokens // 1000}K/{unit_tokens // 1000}K",
+        "variant": f"plain+{merge}",
+        **measure(pool, folder / "eval.jsonl", args, merge=merge),
+        "minutes": (time.perf_counter() - start) / 60,
+    }
+    cache.write_text(json.dumps(row))
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/fidelity", help="where everything is built and kept")
@@ -395,6 +458,20 @@ def main() -> None:
         "--repeats", type=int, default=2, help="real models per mixture (noise ceiling)"
     )
     ap.add_argument("--seed", type=int, default=1, help="corpus shuffle, recipe and sample seed")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=["average"],
+        choices=["average", "fisher"],
+        help="how proxies merge the plain pool's members (rows 'plain+MERGE' for others than "
+        "average; variants other than plain are measured with the average only)",
+    )
+    ap.add_argument(
+        "--fisher-batches",
+        type=int,
+        default=16,
+        help="batches per member of the Fisher estimate (--merge fisher)",
+    )
     ap.add_argument("--print-only", action="store_true", help="print the rows already measured")
     args = ap.parse_args()
     work = Path(args.work)
@@ -404,6 +481,8 @@ def main() -> None:
             seed_tokens, unit_tokens = (int(x) for x in setting.split(":"))
             folder = work / corpus / f"seed{seed_tokens}-unit{unit_tokens}"
             for variant in args.variants:
+                if "average" not in args.merge and variant == "plain":
+                    continue
                 cache = (
                     folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
                 )
@@ -430,6 +509,11 @@ def main() -> None:
                 cache.write_text(json.dumps(row))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+            if "plain" in args.variants:
+                for merge in (m for m in args.merge if m != "average"):
+                    row = _merge_row(folder, corpus, seed_tokens, unit_tokens, merge, args)
+                    if row is not None:
+                        rows.append(row)
     print()
     print_table(rows)
 

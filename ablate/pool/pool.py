@@ -467,12 +467,6 @@ class Pool:
 
         share = recipe.member_seed_share
 
-        def sources() -> list[np.ndarray]:
-            part = TokenizedPartition.open(self.data_folder / ref.partition)
-            if share == 0:
-                return [part.unit_stream(ref.unit)]
-            return [part.unit_stream(ref.unit), self.seed_tokens()]
-
         return Target(
             folder=self.member_folder(ref.partition, ref.unit),
             label=ref.member_id,
@@ -481,13 +475,26 @@ class Pool:
                 MemberRecord, partition=ref.partition, unit=ref.unit, data_hash=ref.data_hash
             ),
             record_file="member.json",
-            sources=sources,
-            source_weights=(1.0,) if share == 0 else (1.0 - share, share),
+            sources=lambda: self.member_sources(ref.partition, ref.unit),
+            source_weights=self.member_source_weights(),
             tokens=recipe.unit_tokens,
             seed=member_seed(recipe.seed, ref.member_id),
             # Each member trains on exactly its share of seed data, not a random draw of it.
             exact_mix=share > 0,
         )
+
+    def member_sources(self, partition: str, unit: int) -> list[np.ndarray]:
+        """The token streams a unit's member trains on: its unit, then the seed data when
+        the recipe mixes it in (weights: ``member_source_weights``)."""
+        part = TokenizedPartition.open(self.data_folder / partition)
+        if self.manifest.recipe.member_seed_share == 0:
+            return [part.unit_stream(unit)]
+        return [part.unit_stream(unit), self.seed_tokens()]
+
+    def member_source_weights(self) -> tuple[float, ...]:
+        """Sampling weights of ``member_sources`` (the recipe's seed-data share)."""
+        share = self.manifest.recipe.member_seed_share
+        return (1.0,) if share == 0 else (1.0 - share, share)
 
     def seed_tokens(self) -> np.ndarray:
         """The seed data's tokens that members mix in (``Recipe.member_seed_share``)."""

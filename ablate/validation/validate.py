@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.engine.merges import merge_method
+from ablate.engine.merges import MERGES, merge_method
 from ablate.engine.scoring import MACRO, DocScores
 from ablate.evaluator import as_mixture
 from ablate.mixture import Mixture, MixtureError
@@ -259,7 +259,7 @@ def _check_settings(
         raise MixtureError(f"--repeats must be at least 1, got {repeats}")
     if bootstrap < 0 or not 0 < level < 1:
         raise MixtureError(f"need bootstrap >= 0 and 0 < level < 1, got {bootstrap} and {level}")
-    if extrapolate != "norm" and not (
+    if not (isinstance(extrapolate, str) and extrapolate in MERGES) and not (
         isinstance(extrapolate, int | float) and np.isfinite(extrapolate) and extrapolate > 0
     ):
         raise MixtureError(

@@ -3,11 +3,13 @@
 from ablate.engine.merges.average import Average
 from ablate.engine.merges.base import MERGES, Mergeable, MergeMethod, merge_method, register
 from ablate.engine.merges.extrapolate import Extrapolate, NormExtrapolate, norm_lambda
+from ablate.engine.merges.fisher import Fisher
 
 __all__ = [
     "MERGES",
     "Average",
     "Extrapolate",
+    "Fisher",
     "MergeMethod",
     "Mergeable",
     "NormExtrapolate",

@@ -41,6 +41,11 @@ class Mergeable(Protocol):
         """``(N, N)`` float64 inner products of the members' updates from the seed."""
         ...
 
+    def precision_weighted_sum_(self, weights: torch.Tensor, precision: str) -> None:
+        """``sum_i w_i F_i theta_i / sum_i w_i F_i`` per parameter, ``F_i`` the members'
+        stored diagonal ``precision`` (``"fisher"``; full-weight pools)."""
+        ...
+
 
 @runtime_checkable
 class MergeMethod(Protocol):
