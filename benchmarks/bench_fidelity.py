@@ -320,9 +320,10 @@ def merge_pool(folder: Path, merge: str, args):
     plain = folder / "plain"
     if merge == "average":
         return Pool.open(plain)
-    copy = folder / f"plain+{merge}"
+    held = "fisher" if merge in MERGE_NEEDS_FISHER else merge  # the Fisher merges share one copy
+    copy = folder / f"plain+{held}"
     if not (copy / "pool.json").is_file():
-        tmp = folder / f".plain+{merge}.tmp"
+        tmp = folder / f".plain+{held}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(
             plain,
@@ -340,7 +341,7 @@ def merge_pool(folder: Path, merge: str, args):
 
 
 # Merges (``--merge``) whose pool copy needs each member's Fisher.
-MERGE_NEEDS_FISHER = {"fisher"}
+MERGE_NEEDS_FISHER = {"fisher", "fisher_tensor"}
 
 
 def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
@@ -462,7 +463,7 @@ def main() -> None:
         "--merge",
         nargs="+",
         default=["average"],
-        choices=["average", "fisher"],
+        choices=["average", "fisher", "fisher_tensor"],
         help="how proxies merge the plain pool's members (rows 'plain+MERGE' for others than "
         "average; variants other than plain are measured with the average only)",
     )

@@ -45,6 +45,9 @@ STREAM_MIN_COLS = 1024
 # Guard of the Fisher merge's division: where the summed weighted Fisher is 0 the parameter
 # keeps the plain average; clamping only keeps 0/0 out of the unused branch of torch.where.
 _TINY = 1e-38
+# Diagonal precisions of precision_weighted_sum_: each member's Fisher as stored, or scaled
+# per tensor to mean 1 (only where, within a tensor, a member's curvature is high counts).
+PRECISIONS = ("fisher", "fisher_tensor")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class MergedModel:
         self._seed: torch.Tensor | None = None  # (P,) seed parameters (add_seed_, update_gram)
         self._gram = None  # (N, N) inner products of the members' updates (update_gram)
         self._fisher = None  # members' Fisher (_fisher_rows; precision_weighted_sum_)
+        self._fisher_kind = ""  # which precision _fisher holds
         self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
         # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
         # so mixtures without it still merge; a merge that needs it raises that reason.
@@ -314,8 +318,8 @@ class MergedModel:
         weighted average: the same quantity, but exactly the member for a one-member mixture
         and exactly ``avg`` where every weighted ``F_i`` is 0 (the fallback). Full-weight pools.
         """
-        if precision != "fisher":
-            raise ValueError(f"unknown precision {precision!r}; known: fisher")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
         if self.merges_deltas:
             raise PoolError(
                 "Fisher merging is for full-weight pools: the Fisher of a LoRA member's product "
@@ -326,15 +330,15 @@ class MergedModel:
         if len(rows) < 2:
             return  # one member (or none): the average already is the answer, exactly
         w = weights[rows].to(self.device, torch.float32)  # (n,)
-        for a, b, theta, fisher in self._precision_blocks(rows):
+        for a, b, theta, fisher in self._precision_blocks(rows, precision):
             wf = fisher * w[:, None]  # (n, cols) w_i F_i
             den = wf.sum(0)  # (cols,)
             num = (wf * (theta - self.flat[a:b])).sum(0)  # (cols,)
             self.flat[a:b].add_(torch.where(den > 0, num / den.clamp_min(_TINY), 0.0))
 
-    def _precision_blocks(self, rows: Sequence[int]):
+    def _precision_blocks(self, rows: Sequence[int], precision: str):
         """Yield (a, b, members, fisher): rows' parameters and Fisher at columns [a, b)."""
-        fisher = self._fisher_rows()
+        fisher = self._fisher_rows(precision)
         if self.chunked:
             # Two passes over the same columns: the staging buffer holds one block at a time.
             for (a, b, block), (_, _, f) in zip(
@@ -347,11 +351,11 @@ class MergedModel:
             b = min(self.flat.numel(), a + cols)
             yield a, b, self.stack[rows, a:b], fisher[rows, a:b]
 
-    def _fisher_rows(self):
+    def _fisher_rows(self, precision: str):
         """Members' diagonal Fisher in the stack's layout, read on first use: an ``(N, P)``
         device tensor beside an in-memory stack, else memory-mapped flat views per member
         (like ``_mapped``) streamed through a second staging buffer."""
-        if self._fisher is None:
+        if self._fisher is None or self._fisher_kind != precision:
             from ablate.pool.fisher import load_fisher
 
             per_member = []
@@ -366,7 +370,10 @@ class MergedModel:
                         f"the Fisher of member {rec.member_id} does not match its weights; "
                         f"rerun `ablate pool fisher {self.pool.path} --force`"
                     )
-                per_member.append([f[name].reshape(-1) for name in self._offsets])
+                flat = [f[name].reshape(-1) for name in self._offsets]
+                if precision == "fisher_tensor":  # each tensor's Fisher to mean 1 per member
+                    flat = [t / t.mean() if t.mean() > 0 else t for t in flat]
+                per_member.append(flat)
             if self.chunked:
                 self._fisher = per_member
                 stage = torch.empty_like(self._stage)
@@ -380,6 +387,7 @@ class MergedModel:
                 self._fisher = torch.stack(
                     [torch.cat(m) for m in per_member]
                 ).to(self.device, torch.float32)  # (N, P)
+            self._fisher_kind = precision
         return self._fisher
 
     def add_seed_(self, alpha: float) -> None:

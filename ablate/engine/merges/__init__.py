@@ -3,13 +3,14 @@
 from ablate.engine.merges.average import Average
 from ablate.engine.merges.base import MERGES, Mergeable, MergeMethod, merge_method, register
 from ablate.engine.merges.extrapolate import Extrapolate, NormExtrapolate, norm_lambda
-from ablate.engine.merges.fisher import Fisher
+from ablate.engine.merges.fisher import Fisher, FisherPerTensor
 
 __all__ = [
     "MERGES",
     "Average",
     "Extrapolate",
     "Fisher",
+    "FisherPerTensor",
     "MergeMethod",
     "Mergeable",
     "NormExtrapolate",

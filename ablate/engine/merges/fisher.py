@@ -25,3 +25,12 @@ class Fisher:
 
     def apply(self, model: Mergeable, weights: torch.Tensor) -> None:
         model.precision_weighted_sum_(weights, "fisher")
+
+
+@register("fisher_tensor")
+class FisherPerTensor:
+    """``Fisher`` with each member's Fisher scaled to mean 1 in every tensor: a member whose
+    loss (so whose gradients) is larger overall does not outweigh the others everywhere."""
+
+    def apply(self, model: Mergeable, weights: torch.Tensor) -> None:
+        model.precision_weighted_sum_(weights, "fisher_tensor")
