@@ -38,6 +38,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ablate.engine.merges import MERGES, POOL_MERGES
+
 SITE = Path(sysconfig.get_paths()["purelib"])  # this venv's site-packages
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 CHUNK = 3000  # characters per document (the demo's)
@@ -341,7 +343,7 @@ def merge_pool(folder: Path, merge: str, args):
 
 
 # Merges (``--merge``) whose pool copy needs each member's Fisher.
-MERGE_NEEDS_FISHER = {"fisher", "fisher_tensor"}
+MERGE_NEEDS_FISHER = {m for m in POOL_MERGES if MERGES[m].uses_fisher}
 
 
 def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
@@ -354,7 +356,7 @@ def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
 
     _memo_real_scores(eval_file.parent / "real_scores")
 
-    ev = Evaluator(pool, eval_file, by="domain", progress=False)
+    ev = Evaluator(pool, eval_file, by="domain", progress=False, merge=merge)
     v = validate(
         ev,
         sample=args.sample,
@@ -363,7 +365,6 @@ def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
         repeats=args.repeats,
         seed=args.seed,
         bootstrap=0,
-        extrapolate=1.0 if merge == "average" else merge,
         progress=False,
     )
     d = v.decisions
@@ -463,7 +464,7 @@ def main() -> None:
         "--merge",
         nargs="+",
         default=["average"],
-        choices=["average", "fisher", "fisher_tensor"],
+        choices=list(POOL_MERGES),
         help="how proxies merge the plain pool's members (rows 'plain+MERGE' for others than "
         "average; variants other than plain are measured with the average only)",
     )

@@ -274,13 +274,16 @@ class MergedModel:
     ) -> None:
         """Write the merge of the members under ``weights`` (fp32 ``(N,)``) into the skeleton.
 
-        ``method`` is a merge method (``ablate.engine.merges``; default: the weighted average
-        ``sum_i weights[i] * member_i``); ``extrapolate`` names one by its ``--extrapolate``
-        value instead (a lambda, or a registered name such as ``"norm"``).
+        ``method`` is a merge method (``ablate.engine.merges``; default: the layout's merge,
+        the weighted average ``sum_i weights[i] * member_i`` unless ``--merge`` says
+        otherwise); ``extrapolate`` names one by its ``--extrapolate`` value instead (a
+        lambda, or a registered name such as ``"norm"``).
         """
         if self.unusable:
             self._check_usable([r for r in self.unusable if float(weights[r]) != 0.0])
-        (method or merge_method(extrapolate)).apply(self, weights)
+        if method is None:  # the layout's merge (``--merge``) unless an extrapolation is asked
+            method = self.layout.method if extrapolate == 1.0 else merge_method(extrapolate)
+        method.apply(self, weights)
 
     @property
     def merges_deltas(self) -> bool:
@@ -321,10 +324,9 @@ class MergedModel:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
         if self.merges_deltas:
-            raise PoolError(
-                "Fisher merging is for full-weight pools: the Fisher of a LoRA member's product "
-                "B A is not a per-factor quantity; use the plain average (--merge average)"
-            )
+            from ablate.pool.fisher import LORA_REFUSAL
+
+            raise PoolError(LORA_REFUSAL)
         self.weighted_sum_(weights)  # avg, in place; also checks and handles streamed stacks
         rows = torch.nonzero(weights).flatten().tolist()
         if len(rows) < 2:
@@ -342,7 +344,9 @@ class MergedModel:
         if self.chunked:
             # Two passes over the same columns: the staging buffer holds one block at a time.
             for (a, b, block), (_, _, f) in zip(
-                self._chunks(rows), self._chunks(rows, fisher, stage=self._fisher_stage), strict=True
+                self._chunks(rows),
+                self._chunks(rows, fisher, stage=self._fisher_stage),
+                strict=True,
             ):
                 yield a, b, block, f
             return
@@ -384,9 +388,9 @@ class MergedModel:
                 )
                 self._fisher_stage = (stage, host)
             else:
-                self._fisher = torch.stack(
-                    [torch.cat(m) for m in per_member]
-                ).to(self.device, torch.float32)  # (N, P)
+                self._fisher = torch.stack([torch.cat(m) for m in per_member]).to(
+                    self.device, torch.float32
+                )  # (N, P)
             self._fisher_kind = precision
         return self._fisher
 

@@ -27,6 +27,7 @@ pools without Fisher keep their behaviour and their keys.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,14 @@ FISHER_RECORD = "fisher.json"
 # Batches of the pool's batch size: 16 x 16 sequences is one epoch of a 30K-token unit at
 # sequence length 128, enough that the diagonal's ranking across parameters is stable.
 DEFAULT_BATCHES = 16
+# LoRA members merge exactly through their factors (sum_i w_i B_i A_i); a Fisher-weighted
+# average of the products is not a sum of factor products (it would need every product's
+# full matrix), and a Fisher of the factors weighs A and B separately, which is not the
+# product's curvature: refused, not approximated.
+LORA_REFUSAL = (
+    "the Fisher merge is for full-weight pools; this pool is LoRA: use --merge average, "
+    "or grow a full-weight pool (--method full) to merge by Fisher"
+)
 
 
 def fisher_paths(pool: Pool, rec: MemberRecord) -> tuple[Path, Path]:
@@ -64,6 +73,33 @@ def fisher_record(pool: Pool, rec: MemberRecord) -> FisherRecord | None:
         return None
     got = read_record(record, FisherRecord)
     return got if got.weights_sha256 == rec.weights_sha256 else None
+
+
+def require_fisher(pool: Pool, members: Sequence[MemberRecord]) -> list[FisherRecord]:
+    """Every member's finished Fisher record, in order.
+
+    Raises:
+        PoolError: a member has none (or one of older weights), naming the command to run.
+    """
+    if pool.method.merges_by_factors:
+        raise PoolError(LORA_REFUSAL)
+    out = []
+    missing = []
+    for rec in members:
+        got = fisher_record(pool, rec)
+        if got is None:
+            missing.append(rec.member_id)
+        else:
+            out.append(got)
+    if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise PoolError(
+            f"the Fisher merge needs each member's Fisher information, which {shown} lack(s); "
+            f"run `ablate pool fisher {pool.path}` first"
+        )
+    return out
 
 
 def load_fisher(pool: Pool, rec: MemberRecord) -> dict[str, torch.Tensor]:
@@ -100,10 +136,7 @@ def member_fisher(
     from ablate.pool.train import SequenceSampler, pick_device
 
     if pool.method.merges_by_factors:
-        raise PoolError(
-            "Fisher merging is for full-weight pools: the Fisher of a LoRA member's product "
-            "B A is not a per-factor quantity; use the plain average (--merge average)"
-        )
+        raise PoolError(LORA_REFUSAL)
     recipe = pool.manifest.recipe
     dev = pick_device(device)
     model = pool.load_base_model()
@@ -157,10 +190,7 @@ def ensure_fisher(
     if not members:
         raise PoolError("the pool has no trained members; run `ablate pool grow` first")
     if pool.method.merges_by_factors:
-        raise PoolError(
-            "Fisher merging is for full-weight pools: the Fisher of a LoRA member's product "
-            "B A is not a per-factor quantity; use the plain average (--merge average)"
-        )
+        raise PoolError(LORA_REFUSAL)
     todo = [
         r
         for r in members

@@ -56,7 +56,8 @@ class ValidationReport:
         budget: ``proportional`` (k units for k units) or ``fixed``.
         budget_tokens: The fixed budget (None when proportional).
         repeats: Real models per mixture (other training seeds).
-        extrapolate: lambda of the proxies' merge (1: the plain weighted average).
+        extrapolate: lambda of the proxies' merge (1: the evaluator's merge).
+        merge: The evaluator's merge (``average``, ``fisher``, ... ``--merge``).
         tasks: With tasks: per (task, metric), proxy-vs-real correlations over mixtures and
             whether the task has items enough (``ablate.validation.tasks.task_table``).
         task_notes: Tasks with too few items, and how many they would need.
@@ -80,6 +81,7 @@ class ValidationReport:
     budget_tokens: int | None = None
     repeats: int = 1
     extrapolate: float | str = 1.0
+    merge: str = "average"
     search_checks: pd.DataFrame | None = None
     tasks: pd.DataFrame | None = None
     task_notes: tuple[str, ...] = ()
@@ -121,6 +123,7 @@ class ValidationReport:
             "budget_tokens": self.budget_tokens,
             "repeats": self.repeats,
             "extrapolate": self.extrapolate,
+            "merge": self.merge,
             "mixtures": self.mixtures,
             "verdict": self.verdict(),
             "correlations": self.json_rows(),
@@ -322,10 +325,11 @@ class ValidationReport:
             f"({self.trained} now, {len(self.records) - self.trained} reused) and compared with their "
             f"merged proxies on {len(self.domains)} eval domain(s); budget: {self._budget_words()}"
             + (
-                f"; proxies extrapolated with lambda {self.extrapolate:g}"
+                f"; proxies extrapolated with lambda {self.extrapolate}"
                 if self.extrapolate != 1
                 else ""
             )
+            + (f"; proxies merged by {self.merge}" if self.merge != "average" else "")
             + f". Brackets: {pct} two-way bootstrap intervals over {interval_resamples(1)}. "
             "Gap: proxy minus real perplexity.",
             "",

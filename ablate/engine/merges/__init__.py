@@ -1,12 +1,21 @@
 """Merge methods as plug-ins: one file each, registered by name in ``MERGES`` when imported here."""
 
 from ablate.engine.merges.average import Average
-from ablate.engine.merges.base import MERGES, Mergeable, MergeMethod, merge_method, register
+from ablate.engine.merges.base import (
+    MERGES,
+    POOL_MERGES,
+    Mergeable,
+    MergeMethod,
+    PoolMerge,
+    merge_method,
+    register,
+)
 from ablate.engine.merges.extrapolate import Extrapolate, NormExtrapolate, norm_lambda
 from ablate.engine.merges.fisher import Fisher, FisherPerTensor
 
 __all__ = [
     "MERGES",
+    "POOL_MERGES",
     "Average",
     "Extrapolate",
     "Fisher",
@@ -14,6 +23,7 @@ __all__ = [
     "MergeMethod",
     "Mergeable",
     "NormExtrapolate",
+    "PoolMerge",
     "merge_method",
     "norm_lambda",
     "register",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, get_args, runtime_checkable
 
 from ablate.pool.errors import AblateError
 
@@ -53,6 +53,13 @@ class MergeMethod(Protocol):
     must give a one-member mixture exactly that member's weights)."""
 
     name: ClassVar[str]
+    # Whether it reads each member's diagonal Fisher (``ablate pool fisher``); ``register``
+    # sets False where a class does not say.
+    uses_fisher: ClassVar[bool]
+    # Whether it is the plain weighted sum ``sum_i w_i theta_i`` (linear in the weights): then
+    # running sums walk uniform subsets and the gradient in ``w_i`` is ``<grad, theta_i>``;
+    # ``register`` sets False where a class does not say.
+    linear: ClassVar[bool]
 
     def apply(self, model: Mergeable, weights: torch.Tensor) -> None:
         """Write the merge of ``model``'s members under ``weights`` (fp32 ``(N,)``) into
@@ -62,6 +69,11 @@ class MergeMethod(Protocol):
 
 MERGES: dict[str, Callable[[], MergeMethod]] = {}
 
+# Merges an evaluator can use for every mixture it scores (``--merge``; parameter-free, and
+# recorded in the results' keys unless it is the plain average).
+PoolMerge = Literal["average", "fisher", "fisher_tensor"]
+POOL_MERGES: tuple[str, ...] = get_args(PoolMerge)
+
 
 def register(name: str) -> Callable[[type], type]:
     """Class decorator: add a merge method to ``MERGES`` under ``name``."""
@@ -70,6 +82,8 @@ def register(name: str) -> Callable[[type], type]:
         if name in MERGES:
             raise ValueError(f"merge method {name!r} is registered twice")
         cls.name = name
+        cls.uses_fisher = getattr(cls, "uses_fisher", False)
+        cls.linear = getattr(cls, "linear", False)
         MERGES[name] = cls
         return cls
 
@@ -93,4 +107,12 @@ def merge_method(spec: MergeMethod | str | float) -> MergeMethod:
     return MERGES["extrapolate"](lam)  # type: ignore[call-arg]
 
 
-__all__ = ["MERGES", "MergeMethod", "Mergeable", "merge_method", "register"]
+__all__ = [
+    "MERGES",
+    "POOL_MERGES",
+    "MergeMethod",
+    "Mergeable",
+    "PoolMerge",
+    "merge_method",
+    "register",
+]

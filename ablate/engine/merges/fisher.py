@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 class Fisher:
     """``sum_i w_i F_i theta_i / sum_i w_i F_i`` (the plain average where all ``F_i`` are 0)."""
 
+    uses_fisher = True
+
     def apply(self, model: Mergeable, weights: torch.Tensor) -> None:
         model.precision_weighted_sum_(weights, "fisher")
 
@@ -31,6 +33,8 @@ class Fisher:
 class FisherPerTensor:
     """``Fisher`` with each member's Fisher scaled to mean 1 in every tensor: a member whose
     loss (so whose gradients) is larger overall does not outweigh the others everywhere."""
+
+    uses_fisher = True
 
     def apply(self, model: Mergeable, weights: torch.Tensor) -> None:
         model.precision_weighted_sum_(weights, "fisher_tensor")
