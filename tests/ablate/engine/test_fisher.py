@@ -147,9 +147,7 @@ def test_evaluator_merge_keys_walks_and_results(full_pool, corpus):
     } == before
     assert not (fisher["ppl"].to_numpy() == plain["ppl"].to_numpy()).all()
     again = Evaluator(full_pool, corpus["eval"], by="domain", progress=False).evaluate_many(mixes)
-    assert (
-        again["ppl"].to_numpy() == plain["ppl"].to_numpy()
-    ).all()  # stored, untouched
+    assert (again["ppl"].to_numpy() == plain["ppl"].to_numpy()).all()  # stored, untouched
     ev.merged.load(mixes[0])
     direct = ev.score_current()
     assert direct["code"].nll == pytest.approx(ev.evaluate(mixes[0]).scores["code"].nll, rel=1e-6)
@@ -176,3 +174,34 @@ def test_cli_merge_option_and_its_one_line_errors(full_pool, lora_pool_dir, corp
         assert r.returncode == 0, r.stderr
         out[merge] = r.stdout
     assert out["average"] != out["fisher"]
+
+
+def test_validate_scores_the_evaluators_merge_and_records_it(full_pool, corpus, tmp_path):
+    """Validation's proxies are the evaluator's merge: a one-unit mixture's Fisher proxy is
+    its member, which is its real model; --extrapolate does not combine with it (refused
+    before training)."""
+    from ablate.mixture import MixtureError
+    from ablate.validation import validate
+
+    ensure_fisher(full_pool, batches=1, progress=False)
+    ev = Evaluator(
+        full_pool, corpus["eval"], by="domain", store=False, progress=False, merge="fisher"
+    )
+    with pytest.raises(MixtureError, match="--merge fisher"):
+        validate(ev, mixtures=["code,wiki"], extrapolate=1.5)
+    assert not (full_pool.path / "validation").exists()
+    single = next(n for n, p in full_pool.partitions.items() if len(p.index.units) == 1)
+    mixes = [Mixture.uniform([single]), Mixture.parse("code=1,math=3")]
+    report = validate(ev, mixtures=mixes, bootstrap=0)
+    assert report.merge == "fisher" and report.json()["merge"] == "fisher"
+    rows = report.pairs[report.pairs["mixture"] == single]
+    assert rows["real"].to_numpy() == pytest.approx(rows["proxy"].to_numpy(), rel=1e-5)
+    plain = validate(
+        Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False),
+        mixtures=mixes,
+        bootstrap=0,
+    )
+    assert plain.trained == 0 and plain.merge == "average"  # the same real models
+    assert (plain.pairs["real"] == report.pairs["real"]).all()
+    assert not (plain.pairs["proxy"] == report.pairs["proxy"]).all()
+    assert "merged by fisher" in report.write(tmp_path / "v").markdown.read_text()
