@@ -20,6 +20,15 @@ validation keys ignore the levers, so the variants' ``validation/`` folders are 
     python benchmarks/bench_fidelity.py --corpora mlcode --settings 300000:30000 \
         --variants plain both                                                   # one cell
 
+``--merge fisher fisher_tensor`` also merges each variant's members by Fisher-weighted
+averaging (``ablate.engine.merges.fisher``; rows ``VARIANT+MERGE``) on a copy of the
+variant's pool that holds each member's Fisher (``VARIANT+fisher/``); the real models and
+their cached scores are reused, so a merge row costs only the Fisher and the proxies (a
+minute or two per cell on one core):
+
+    python benchmarks/bench_fidelity.py --work runs/fidelity --corpora system \
+        --settings 300000:60000 --variants plain --merge average fisher fisher_tensor
+
 Everything built (corpus files, pools, members, real models, rows) is cached under
 ``--work``: a rerun reuses it and only prints. Costly on CPU: set ``OMP_NUM_THREADS=1`` and
 run corpora in separate processes.
@@ -308,33 +317,34 @@ def _memo_real_scores(folder: Path) -> None:
     setattr(module, _REAL_SCORER, real_documents)
 
 
-def merge_pool(folder: Path, merge: str, args):
-    """The plain pool for proxies merged by ``merge``: the plain pool itself for the plain
-    average; otherwise a copy of it in ``folder/plain+MERGE`` (same members, same seed, its
-    ``validation/`` a link to the plain pool's real models) that holds what the merge needs
-    (``fisher``: each member's diagonal Fisher, ``ablate.pool.fisher``), so measuring a merge
-    never writes into the plain pool."""
+def merge_pool(folder: Path, variant: str, merge: str, args):
+    """The ``variant`` pool for proxies merged by ``merge``: the pool itself for the plain
+    average; otherwise a copy of it in ``folder/VARIANT+fisher`` (same members, same seed,
+    its ``validation/`` a link to the plain pool's real models) that holds what the merge
+    needs (each member's diagonal Fisher, ``ablate.pool.fisher``), so measuring a merge
+    never writes into the pools it reuses."""
     import shutil
 
     from ablate.pool import Pool
     from ablate.pool.fisher import ensure_fisher
 
-    plain = folder / "plain"
+    source = folder / variant
     if merge == "average":
-        return Pool.open(plain)
+        return Pool.open(source)
     held = "fisher" if merge in MERGE_NEEDS_FISHER else merge  # the Fisher merges share one copy
-    copy = folder / f"plain+{held}"
+    copy = folder / f"{variant}+{held}"
     if not (copy / "pool.json").is_file():
-        tmp = folder / f".plain+{held}.tmp"
+        tmp = folder / f".{variant}+{held}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(
-            plain,
+            source,
             tmp,
+            symlinks=True,
             ignore=lambda d, names: [
                 n for n in names if n == "validation" or n.startswith("results.sqlite")
             ],
         )
-        os.symlink((plain / "validation").resolve(), tmp / "validation")
+        os.symlink((folder / "plain" / "validation").resolve(), tmp / "validation")
         os.replace(tmp, copy)
     pool = Pool.open(copy)
     if merge in MERGE_NEEDS_FISHER:
@@ -417,23 +427,26 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
-def _merge_row(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, merge, args):
-    """The row of the plain pool's members merged by ``merge`` (cached like the others;
-    the plain pool, its real models and their cached scores must exist)."""
-    name = f"plain+{merge}" + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
-    cache = folder / f"row-{name}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
+def _merge_row(
+    folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, variant: str, merge: str, args
+):
+    """The row of ``variant``'s members merged by ``merge`` (cached like the others; the
+    variant's pool, the real models and their cached scores must exist)."""
+    name = f"{variant}+{merge}"
+    tag = name + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
+    cache = folder / f"row-{tag}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     if args.print_only:
         return None
-    if not (folder / "plain" / "pool.json").is_file():
-        raise SystemExit(f"{folder}/plain is missing: measure the plain variant first")
+    if not (folder / variant / "pool.json").is_file():
+        raise SystemExit(f"{folder}/{variant} is missing: measure that variant first")
     start = time.perf_counter()
-    pool = merge_pool(folder, merge, args)
+    pool = merge_pool(folder, variant, merge, args)
     row = {
         "corpus": corpus,
         "setting": f"{seed_tokens // 1000}K/{unit_tokens // 1000}K",
-        "variant": f"plain+{merge}",
+        "variant": name,
         **measure(pool, folder / "eval.jsonl", args, merge=merge),
         "minutes": (time.perf_counter() - start) / 60,
     }
@@ -465,8 +478,8 @@ def main() -> None:
         nargs="+",
         default=["average"],
         choices=list(POOL_MERGES),
-        help="how proxies merge the plain pool's members (rows 'plain+MERGE' for others than "
-        "average; variants other than plain are measured with the average only)",
+        help="how proxies merge each variant's members: rows VARIANT for the average, "
+        "VARIANT+MERGE for the others (on a copy of the variant's pool, which must exist)",
     )
     ap.add_argument(
         "--fisher-batches",
@@ -483,7 +496,7 @@ def main() -> None:
             seed_tokens, unit_tokens = (int(x) for x in setting.split(":"))
             folder = work / corpus / f"seed{seed_tokens}-unit{unit_tokens}"
             for variant in args.variants:
-                if "average" not in args.merge and variant == "plain":
+                if "average" not in args.merge:
                     continue
                 cache = (
                     folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
@@ -511,9 +524,9 @@ def main() -> None:
                 cache.write_text(json.dumps(row))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-            if "plain" in args.variants:
+            for variant in args.variants:
                 for merge in (m for m in args.merge if m != "average"):
-                    row = _merge_row(folder, corpus, seed_tokens, unit_tokens, merge, args)
+                    row = _merge_row(folder, corpus, seed_tokens, unit_tokens, variant, merge, args)
                     if row is not None:
                         rows.append(row)
     print()
