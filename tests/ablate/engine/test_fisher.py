@@ -205,3 +205,26 @@ def test_validate_scores_the_evaluators_merge_and_records_it(full_pool, corpus, 
     assert (plain.pairs["real"] == report.pairs["real"]).all()
     assert not (plain.pairs["proxy"] == report.pairs["proxy"]).all()
     assert "merged by fisher" in report.write(tmp_path / "v").markdown.read_text()
+
+
+def test_export_writes_the_evaluators_merge_and_says_so(full_pool, corpus, tmp_path):
+    import json
+
+    from ablate.export import MERGE_RECORD
+
+    ensure_fisher(full_pool, batches=1, progress=False)
+    mix = Mixture.of({"code": 0.3, "wiki": 0.7})
+    ev = Evaluator(
+        full_pool, corpus["eval"], by="domain", store=False, progress=False, merge="fisher"
+    )
+    out = ev.export(mix, tmp_path / "fisher")
+    assert json.loads((out / MERGE_RECORD).read_text())["merge"] == "fisher"
+    plain = Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False)
+    assert "merge" not in json.loads(
+        (plain.export(mix, tmp_path / "avg") / MERGE_RECORD).read_text()
+    )
+    got = load_tensors(out / "model.safetensors")
+    ev.merged.load(mix)
+    for name, p in ev.merged.model.named_parameters():
+        if name in got:
+            torch.testing.assert_close(got[name], p.detach(), atol=0, rtol=0)
