@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 import ablate.kernels as kernels
 from ablate.engine.layout import MemberLayout
-from ablate.engine.merges import merge_method
+from ablate.engine.merges import PRECISIONS, Precision, merge_method
 from ablate.pool import Pool
 from ablate.pool.architectures import stores_transposed
 from ablate.pool.errors import CorruptMemberError, PoolError
@@ -45,9 +45,6 @@ STREAM_MIN_COLS = 1024
 # Guard of the Fisher merge's division: where the summed weighted Fisher is 0 the parameter
 # keeps the plain average; clamping only keeps 0/0 out of the unused branch of torch.where.
 _TINY = 1e-38
-# Diagonal precisions of precision_weighted_sum_: each member's Fisher as stored, or scaled
-# per tensor to mean 1 (only where, within a tensor, a member's curvature is high counts).
-PRECISIONS = ("fisher", "fisher_tensor")
 
 
 @dataclass(frozen=True)
@@ -115,8 +112,7 @@ class MergedModel:
         self.chunked = False
         self._seed: torch.Tensor | None = None  # (P,) seed parameters (add_seed_, update_gram)
         self._gram = None  # (N, N) inner products of the members' updates (update_gram)
-        self._fisher = None  # members' Fisher (_fisher_rows; precision_weighted_sum_)
-        self._fisher_kind = ""  # which precision _fisher holds
+        self._fisher = None  # members' Fisher and per-tensor factors (_fisher_rows)
         self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
         # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
         # so mixtures without it still merge; a merge that needs it raises that reason.
@@ -313,9 +309,12 @@ class MergedModel:
         for a, b, block in self._chunks(rows):
             kernels.weighted_average(block, w, out=self.flat[a:b])
 
-    def precision_weighted_sum_(self, weights: torch.Tensor, precision: str = "fisher") -> None:
+    def precision_weighted_sum_(
+        self, weights: torch.Tensor, precision: Precision = "fisher"
+    ) -> None:
         """``sum_i w_i F_i theta_i / sum_i w_i F_i`` per parameter into the skeleton, where
-        ``F_i`` is member i's diagonal ``precision`` (its Fisher, ``ablate.pool.fisher``).
+        ``F_i`` is member i's diagonal ``precision``: its Fisher (``ablate.pool.fisher``), or
+        for ``"fisher_tensor"`` its Fisher scaled to mean 1 within each tensor.
 
         Computed as ``avg + sum_i w_i F_i (theta_i - avg) / sum_i w_i F_i`` with ``avg`` the
         weighted average: the same quantity, but exactly the member for a one-member mixture
@@ -338,28 +337,48 @@ class MergedModel:
             num = (wf * (theta - self.flat[a:b])).sum(0)  # (cols,)
             self.flat[a:b].add_(torch.where(den > 0, num / den.clamp_min(_TINY), 0.0))
 
-    def _precision_blocks(self, rows: Sequence[int], precision: str):
-        """Yield (a, b, members, fisher): rows' parameters and Fisher at columns [a, b)."""
-        fisher = self._fisher_rows(precision)
+    def _precision_blocks(self, rows: Sequence[int], precision: Precision):
+        """Yield (a, b, members, precision): rows' parameters and diagonal precision at
+        columns [a, b), each ``(len(rows), b - a)`` on the device."""
+        fisher, scale = self._fisher_rows()
+        # (n, T) per-member, per-tensor factors: 1, or 1 / the tensor's mean Fisher.
+        factor = (scale if precision == "fisher_tensor" else torch.ones_like(scale))[rows]
+        factor = factor.to(self.device)
+        lengths = torch.tensor([b - a for a, b in self._offsets.values()], device=self.device)
+        starts = [a for a, _ in self._offsets.values()]
+
+        def columns(a: int, b: int) -> torch.Tensor:
+            """``factor`` spread over columns [a, b): (n, b - a)."""
+            k0 = bisect.bisect_right(starts, a) - 1
+            k1 = bisect.bisect_left(starts, b)  # tensors k0 .. k1-1 overlap [a, b)
+            seg = lengths[k0:k1].clone()
+            seg[0] -= a - starts[k0]
+            seg[-1] -= starts[k1 - 1] + int(lengths[k1 - 1]) - b
+            return factor[:, k0:k1].repeat_interleave(seg, dim=1)
+
         if self.chunked:
-            # Two passes over the same columns: the staging buffer holds one block at a time.
+            # Two streams over the same columns, each through its own staging buffer.
             for (a, b, block), (_, _, f) in zip(
                 self._chunks(rows),
                 self._chunks(rows, fisher, stage=self._fisher_stage),
                 strict=True,
             ):
-                yield a, b, block, f
+                yield a, b, block, f * columns(a, b)
             return
         cols = 1 << 20  # bounds the (n, cols) temporaries
         for a in range(0, self.flat.numel(), cols):
             b = min(self.flat.numel(), a + cols)
-            yield a, b, self.stack[rows, a:b], fisher[rows, a:b]
+            yield a, b, self.stack[rows, a:b], fisher[rows, a:b] * columns(a, b)
 
-    def _fisher_rows(self, precision: str):
-        """Members' diagonal Fisher in the stack's layout, read on first use: an ``(N, P)``
-        device tensor beside an in-memory stack, else memory-mapped flat views per member
-        (like ``_mapped``) streamed through a second staging buffer."""
-        if self._fisher is None or self._fisher_kind != precision:
+    def _fisher_rows(self):
+        """Members' diagonal Fisher in the stack's layout, read once, and ``(N, T)`` factors
+        that scale each member's tensors to mean 1 (1 where a tensor's Fisher is all 0).
+
+        The Fisher is an ``(N, P)`` device tensor beside an in-memory stack, else
+        memory-mapped flat views per member (like ``_mapped``) that stream through a
+        second staging buffer.
+        """
+        if self._fisher is None:
             from ablate.pool.fisher import load_fisher
 
             per_member = []
@@ -374,12 +393,13 @@ class MergedModel:
                         f"the Fisher of member {rec.member_id} does not match its weights; "
                         f"rerun `ablate pool fisher {self.pool.path} --force`"
                     )
-                flat = [f[name].reshape(-1) for name in self._offsets]
-                if precision == "fisher_tensor":  # each tensor's Fisher to mean 1 per member
-                    flat = [t / t.mean() if t.mean() > 0 else t for t in flat]
-                per_member.append(flat)
+                per_member.append([f[name].reshape(-1) for name in self._offsets])
+            means = torch.tensor(
+                [[float(t.double().mean()) for t in m] for m in per_member]
+            )  # (N, T)
+            scale = torch.where(means > 0, 1.0 / means.clamp_min(_TINY), 1.0).float()
             if self.chunked:
-                self._fisher = per_member
+                fisher = per_member
                 stage = torch.empty_like(self._stage)
                 host = (
                     stage
@@ -388,10 +408,10 @@ class MergedModel:
                 )
                 self._fisher_stage = (stage, host)
             else:
-                self._fisher = torch.stack([torch.cat(m) for m in per_member]).to(
+                fisher = torch.stack([torch.cat(m) for m in per_member]).to(
                     self.device, torch.float32
                 )  # (N, P)
-            self._fisher_kind = precision
+            self._fisher = (fisher, scale)
         return self._fisher
 
     def add_seed_(self, alpha: float) -> None:

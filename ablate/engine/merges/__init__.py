@@ -4,9 +4,11 @@ from ablate.engine.merges.average import Average
 from ablate.engine.merges.base import (
     MERGES,
     POOL_MERGES,
+    PRECISIONS,
     Mergeable,
     MergeMethod,
     PoolMerge,
+    Precision,
     merge_method,
     register,
 )
@@ -16,6 +18,7 @@ from ablate.engine.merges.fisher import Fisher, FisherPerTensor
 __all__ = [
     "MERGES",
     "POOL_MERGES",
+    "PRECISIONS",
     "Average",
     "Extrapolate",
     "Fisher",
@@ -24,6 +27,7 @@ __all__ = [
     "Mergeable",
     "NormExtrapolate",
     "PoolMerge",
+    "Precision",
     "merge_method",
     "norm_lambda",
     "register",

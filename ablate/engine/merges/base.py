@@ -41,9 +41,9 @@ class Mergeable(Protocol):
         """``(N, N)`` float64 inner products of the members' updates from the seed."""
         ...
 
-    def precision_weighted_sum_(self, weights: torch.Tensor, precision: str) -> None:
+    def precision_weighted_sum_(self, weights: torch.Tensor, precision: Precision) -> None:
         """``sum_i w_i F_i theta_i / sum_i w_i F_i`` per parameter, ``F_i`` the members'
-        stored diagonal ``precision`` (``"fisher"``; full-weight pools)."""
+        diagonal ``precision`` (``PRECISIONS``; full-weight pools)."""
         ...
 
 
@@ -73,6 +73,11 @@ MERGES: dict[str, Callable[[], MergeMethod]] = {}
 # recorded in the results' keys unless it is the plain average).
 PoolMerge = Literal["average", "fisher", "fisher_tensor"]
 POOL_MERGES: tuple[str, ...] = get_args(PoolMerge)
+# Diagonal precisions of ``Mergeable.precision_weighted_sum_``: each member's Fisher as
+# stored, or scaled to mean 1 within each tensor (only where inside a tensor a member's
+# curvature is high counts, not its overall gradient scale).
+Precision = Literal["fisher", "fisher_tensor"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -110,9 +115,11 @@ def merge_method(spec: MergeMethod | str | float) -> MergeMethod:
 __all__ = [
     "MERGES",
     "POOL_MERGES",
+    "PRECISIONS",
     "MergeMethod",
     "Mergeable",
     "PoolMerge",
+    "Precision",
     "merge_method",
     "register",
 ]
