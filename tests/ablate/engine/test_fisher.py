@@ -228,3 +228,12 @@ def test_export_writes_the_evaluators_merge_and_says_so(full_pool, corpus, tmp_p
     for name, p in ev.merged.model.named_parameters():
         if name in got:
             torch.testing.assert_close(got[name], p.detach(), atol=0, rtol=0)
+
+
+def test_the_verdict_suggests_the_fisher_merge_after_the_average_only():
+    from ablate.validation.report import FIX_AVERAGE, macro_verdict
+
+    low = macro_verdict(0.4, 0.9, 0.05, 2, fix=FIX_AVERAGE)
+    assert "NOT trustworthy" in low and "ablate pool fisher" in low and "\n" not in low
+    assert "--merge fisher_tensor" in low and "--member-seed-share" not in low
+    assert "ablate pool fisher" not in macro_verdict(0.4, 0.9, 0.05, 2)  # after a Fisher merge
