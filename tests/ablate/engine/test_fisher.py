@@ -237,3 +237,14 @@ def test_the_verdict_suggests_the_fisher_merge_after_the_average_only():
     assert "NOT trustworthy" in low and "ablate pool fisher" in low and "\n" not in low
     assert "--merge fisher_tensor" in low and "--member-seed-share" not in low
     assert "ablate pool fisher" not in macro_verdict(0.4, 0.9, 0.05, 2)  # after a Fisher merge
+
+
+@pytest.mark.ray
+def test_ray_actors_merge_by_the_evaluators_merge(ray_session, full_pool, corpus):
+    ensure_fisher(full_pool, batches=1, progress=False)
+    mixes = [Mixture.uniform(["code", "wiki"]), Mixture.of({"code": 0.2, "math": 0.8})]
+    kw = {"by": "domain", "store": False, "progress": False, "merge": "fisher"}
+    local = Evaluator(full_pool, corpus["eval"], **kw).evaluate_many(mixes)
+    with Evaluator(full_pool, corpus["eval"], executor="ray", workers=1, **kw) as ev:
+        remote = ev.evaluate_many(mixes)
+    assert remote["ppl"].to_numpy() == pytest.approx(local["ppl"].to_numpy(), rel=1e-5)
