@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 FISHER_FILE = "fisher.safetensors"
 FISHER_RECORD = "fisher.json"
 # Batches of the pool's batch size: 16 x 16 sequences is one epoch of a 30K-token unit at
-# sequence length 128, enough that the diagonal's ranking across parameters is stable.
+# sequence length 128; 32 gave the same fidelity-suite table within 0.03 (docs/accuracy.md).
 DEFAULT_BATCHES = 16
 # LoRA members merge exactly through their factors (sum_i w_i B_i A_i); a Fisher-weighted
 # average of the products is not a sum of factor products (it would need every product's
@@ -200,6 +200,9 @@ def ensure_fisher(
     for rec in tqdm(todo, desc="fisher", unit="member", disable=not progress):
         tensors, n = member_fisher(pool, rec, batches=batches, device=device)
         path, record = fisher_paths(pool, rec)
+        # The old record goes first: until the new one lands the member has no Fisher (an
+        # interrupted recompute is redone), never a record of other tensors.
+        record.unlink(missing_ok=True)
         write_bytes(path, save(tensors, metadata={"format": "pt"}))
         mean = float(sum(t.double().sum() for t in tensors.values()))
         mean /= sum(t.numel() for t in tensors.values())
