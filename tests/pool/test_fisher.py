@@ -127,3 +127,28 @@ def test_lora_pools_and_bad_batches_are_refused_in_one_line(lora_pool_dir, full_
     assert not list(Pool.open(lora_pool_dir).path.rglob(FISHER_FILE))
     with pytest.raises(PoolError, match="at least 1"):
         ensure_fisher(full_pool, batches=0, progress=False)
+
+
+def test_an_interrupted_run_keeps_what_it_finished_and_resumes(full_pool, monkeypatch):
+    import ablate.pool.fisher as fisher
+
+    real = fisher.member_fisher
+    calls = []
+
+    def dies_on_the_second(pool, rec, **kw):
+        calls.append(rec.member_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if killed while computing the second member
+        return real(pool, rec, **kw)
+
+    monkeypatch.setattr(fisher, "member_fisher", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_fisher(full_pool, batches=1, progress=False)
+    members = full_pool.members
+    assert fisher_record(full_pool, members[0]) is not None
+    assert all(fisher_record(full_pool, m) is None for m in members[1:])
+    leftovers = [p.name for p in full_pool.path.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers
+    monkeypatch.setattr(fisher, "member_fisher", real)
+    again = ensure_fisher(full_pool, batches=1, progress=False)
+    assert [r.member for r in again] == [m.member_id for m in members[1:]]
