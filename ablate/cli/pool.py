@@ -296,8 +296,8 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
 def cmd_pool_verify(args: argparse.Namespace) -> int:
     """re-hash every member and name any that is corrupt or missing
 
-    Re-hash the seed, the token files and every member; name anything corrupt or
-    missing (exit status 1).
+    Re-hash the seed, the token files and every member (and each member's Fisher
+    where `pool fisher` wrote one); name anything corrupt or missing (exit status 1).
 
     Examples:
         ablate pool verify runs/pool

@@ -35,7 +35,14 @@ from tqdm.auto import tqdm
 
 from ablate.pool.atomic import sha256_file, write_bytes, write_json
 from ablate.pool.errors import CorruptMemberError, PoolError
-from ablate.pool.storage import FisherRecord, MemberRecord, read_record, utc_now
+from ablate.pool.storage import (
+    FISHER_FILE,
+    FISHER_RECORD,
+    FisherRecord,
+    MemberRecord,
+    read_record,
+    utc_now,
+)
 from ablate.pool.weights import load_tensors
 
 if TYPE_CHECKING:
@@ -45,8 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FISHER_FILE = "fisher.safetensors"
-FISHER_RECORD = "fisher.json"
 # Batches of the pool's batch size: 16 x 16 sequences is one epoch of a 30K-token unit at
 # sequence length 128; 32 gave the same fidelity-suite table within 0.03 (docs/accuracy.md).
 DEFAULT_BATCHES = 16

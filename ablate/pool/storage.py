@@ -30,6 +30,8 @@ from ablate.pool.errors import PoolError
 from ablate.pool.recipe import Recipe, TinyModelSpec
 
 FORMAT_VERSION = 1
+FISHER_FILE = "fisher.safetensors"  # a member's diagonal Fisher, beside its weights
+FISHER_RECORD = "fisher.json"  # its FisherRecord, written last
 
 TokenDtype = Literal["uint16", "uint32"]
 

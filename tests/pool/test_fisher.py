@@ -152,3 +152,17 @@ def test_an_interrupted_run_keeps_what_it_finished_and_resumes(full_pool, monkey
     monkeypatch.setattr(fisher, "member_fisher", real)
     again = ensure_fisher(full_pool, batches=1, progress=False)
     assert [r.member for r in again] == [m.member_id for m in members[1:]]
+
+
+def test_pool_verify_checks_each_fisher_it_finds(full_pool):
+    before = full_pool.verify()
+    assert before.ok
+    ensure_fisher(full_pool, batches=1, progress=False)
+    after = full_pool.verify()
+    assert after.ok and after.checked == before.checked + len(full_pool.members)
+    rec = full_pool.members[0]
+    tensors = full_pool.member_folder(rec.partition, rec.unit) / FISHER_FILE
+    tensors.write_bytes(tensors.read_bytes()[:-1] + b"\0")
+    bad = full_pool.verify()
+    assert not bad.ok and len(bad.corrupt) == 1
+    assert rec.member_id in bad.corrupt[0] and "--force" in bad.corrupt[0]
