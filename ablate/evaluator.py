@@ -24,6 +24,7 @@ from ablate.data.evalset import EvalSet
 from ablate.data.tasks import Task, load_tasks
 from ablate.engine.executor import Executor, ExecutorName, LocalExecutor, Scored, Scorers
 from ablate.engine.layout import MemberLayout, gray_subsets
+from ablate.engine.merges import POOL_MERGES, PoolMerge
 from ablate.engine.ray import RayExecutor, check_ray_settings
 from ablate.engine.results import ResultsCache, ResultsStore
 from ablate.engine.scoring import (
@@ -125,6 +126,10 @@ class EvaluatorConfig:
         tasks: Multiple-choice task files (``FILE`` or ``NAME=FILE``, ``ablate.data.tasks``)
             scored with every mixture: ``evaluate(m).tasks[NAME]``, on the same merge as
             its perplexity (by the executor: here, or on the Ray actors).
+        merge: How a mixture's members become one model: ``"average"`` (the weighted
+            average, Na et al.) or ``"fisher"`` / ``"fisher_tensor"`` (Fisher-weighted,
+            Matena & Raffel; needs ``ablate pool fisher`` first; full-weight pools).
+            Results of other merges than the average are stored under their own keys.
     """
 
     by: str | None = None
@@ -139,11 +144,16 @@ class EvaluatorConfig:
     gpus_per_worker: float = 0.0
     stack_budget_bytes: int | None = None
     tasks: Sequence[str | os.PathLike | Task] = ()
+    merge: PoolMerge = "average"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))  # frozen: a list would not be
         if self.executor not in get_args(ExecutorName):
             raise AblateError(f"executor must be 'local' or 'ray', got {self.executor!r}")
+        if self.merge not in POOL_MERGES:
+            raise AblateError(
+                f"--merge must be one of {', '.join(POOL_MERGES)}, got {self.merge!r}"
+            )
 
 
 class Evaluator:
@@ -176,7 +186,7 @@ class Evaluator:
         path = pool.path / "results.sqlite" if cfg.store is True else cfg.store
         scorers = Scorers(
             pool,
-            MemberLayout(pool),
+            MemberLayout(pool, merge=cfg.merge),
             device_name=cfg.device,
             batch_tokens=cfg.batch_tokens,
             progress=cfg.progress,

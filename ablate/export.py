@@ -131,6 +131,8 @@ def export(
             if weights[i] > 0
         ],
     }
+    if layout.merge != "average":  # an average's record stays as it was
+        record["merge"] = layout.merge
     with staged_dir(out) as tmp:
         if adapter:
             _write_adapter(pool, layout, weights, tmp, out, torch_dtype)

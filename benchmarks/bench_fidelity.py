@@ -20,6 +20,15 @@ validation keys ignore the levers, so the variants' ``validation/`` folders are 
     python benchmarks/bench_fidelity.py --corpora mlcode --settings 300000:30000 \
         --variants plain both                                                   # one cell
 
+``--merge fisher fisher_tensor`` also merges each variant's members by Fisher-weighted
+averaging (``ablate.engine.merges.fisher``; rows ``VARIANT+MERGE``) on a copy of the
+variant's pool that holds each member's Fisher (``VARIANT+fisher/``); the real models and
+their cached scores are reused, so a merge row costs only the Fisher and the proxies (a
+minute or two per cell on one core):
+
+    python benchmarks/bench_fidelity.py --work runs/fidelity --corpora system \
+        --settings 300000:60000 --variants plain --merge average fisher fisher_tensor
+
 Everything built (corpus files, pools, members, real models, rows) is cached under
 ``--work``: a rerun reuses it and only prints. Costly on CPU: set ``OMP_NUM_THREADS=1`` and
 run corpora in separate processes.
@@ -37,6 +46,8 @@ import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from ablate.engine.merges import MERGES, POOL_MERGES
 
 SITE = Path(sysconfig.get_paths()["purelib"])  # this venv's site-packages
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -306,8 +317,47 @@ def _memo_real_scores(folder: Path) -> None:
     setattr(module, _REAL_SCORER, real_documents)
 
 
-def measure(pool, eval_file: Path, args) -> dict:
-    """Fixed-budget validation of one pool: the table's numbers."""
+def merge_pool(folder: Path, variant: str, merge: str, args):
+    """The ``variant`` pool for proxies merged by ``merge``: the pool itself for the plain
+    average; otherwise a copy of it in ``folder/VARIANT+fisher`` (same members, same seed,
+    its ``validation/`` a link to the plain pool's real models) that holds what the merge
+    needs (each member's diagonal Fisher, ``ablate.pool.fisher``), so measuring a merge
+    never writes into the pools it reuses."""
+    import shutil
+
+    from ablate.pool import Pool
+    from ablate.pool.fisher import ensure_fisher
+
+    source = folder / variant
+    if merge == "average":
+        return Pool.open(source)
+    held = "fisher" if merge in MERGE_NEEDS_FISHER else merge  # the Fisher merges share one copy
+    copy = folder / f"{variant}+{held}"
+    if not (copy / "pool.json").is_file():
+        tmp = folder / f".{variant}+{held}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(
+            source,
+            tmp,
+            symlinks=True,
+            ignore=lambda d, names: [
+                n for n in names if n == "validation" or n.startswith("results.sqlite")
+            ],
+        )
+        os.symlink((folder / "plain" / "validation").resolve(), tmp / "validation")
+        os.replace(tmp, copy)
+    pool = Pool.open(copy)
+    if merge in MERGE_NEEDS_FISHER:
+        ensure_fisher(pool, batches=args.fisher_batches, progress=False)
+    return pool
+
+
+# Merges (``--merge``) whose pool copy needs each member's Fisher.
+MERGE_NEEDS_FISHER = {m for m in POOL_MERGES if MERGES[m].uses_fisher}
+
+
+def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
+    """Fixed-budget validation of one pool (proxies merged by ``merge``): the table's numbers."""
     import numpy as np
     from scipy import stats
 
@@ -316,7 +366,7 @@ def measure(pool, eval_file: Path, args) -> dict:
 
     _memo_real_scores(eval_file.parent / "real_scores")
 
-    ev = Evaluator(pool, eval_file, by="domain", progress=False)
+    ev = Evaluator(pool, eval_file, by="domain", progress=False, merge=merge)
     v = validate(
         ev,
         sample=args.sample,
@@ -377,6 +427,34 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def _merge_row(
+    folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, variant: str, merge: str, args
+):
+    """The row of ``variant``'s members merged by ``merge`` (cached like the others; the
+    variant's pool, the real models and their cached scores must exist)."""
+    name = f"{variant}+{merge}"
+    tag = name + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
+    cache = folder / f"row-{tag}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    if args.print_only:
+        return None
+    if not (folder / variant / "pool.json").is_file():
+        raise SystemExit(f"{folder}/{variant} is missing: measure that variant first")
+    start = time.perf_counter()
+    pool = merge_pool(folder, variant, merge, args)
+    row = {
+        "corpus": corpus,
+        "setting": f"{seed_tokens // 1000}K/{unit_tokens // 1000}K",
+        "variant": name,
+        **measure(pool, folder / "eval.jsonl", args, merge=merge),
+        "minutes": (time.perf_counter() - start) / 60,
+    }
+    cache.write_text(json.dumps(row))
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/fidelity", help="where everything is built and kept")
@@ -395,6 +473,20 @@ def main() -> None:
         "--repeats", type=int, default=2, help="real models per mixture (noise ceiling)"
     )
     ap.add_argument("--seed", type=int, default=1, help="corpus shuffle, recipe and sample seed")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=["average"],
+        choices=list(POOL_MERGES),
+        help="how proxies merge each variant's members: rows VARIANT for the average, "
+        "VARIANT+MERGE for the others (on a copy of the variant's pool, which must exist)",
+    )
+    ap.add_argument(
+        "--fisher-batches",
+        type=int,
+        default=16,
+        help="batches per member of the Fisher estimate (--merge fisher)",
+    )
     ap.add_argument("--print-only", action="store_true", help="print the rows already measured")
     args = ap.parse_args()
     work = Path(args.work)
@@ -404,6 +496,8 @@ def main() -> None:
             seed_tokens, unit_tokens = (int(x) for x in setting.split(":"))
             folder = work / corpus / f"seed{seed_tokens}-unit{unit_tokens}"
             for variant in args.variants:
+                if "average" not in args.merge:
+                    continue
                 cache = (
                     folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
                 )
@@ -430,6 +524,11 @@ def main() -> None:
                 cache.write_text(json.dumps(row))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+            for variant in args.variants:
+                for merge in (m for m in args.merge if m != "average"):
+                    row = _merge_row(folder, corpus, seed_tokens, unit_tokens, variant, merge, args)
+                    if row is not None:
+                        rows.append(row)
     print()
     print_table(rows)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ablate.engine.merges import POOL_MERGES
 from ablate.evaluator import Evaluator
 from ablate.pool.errors import AblateError
 from ablate.present.heatmap import figure_formats
@@ -265,6 +266,15 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         help="multiple-choice task (JSONL: context, choices, gold) scored with every mixture; "
         "NAME=FILE names it (default name: the file's stem) (repeatable)",
     )
+    p.add_argument(
+        "--merge",
+        choices=POOL_MERGES,
+        default="average",
+        help="how a mixture's members become one model: average (weighted average), fisher "
+        "(Fisher-weighted, Matena & Raffel; run `ablate pool fisher` first; full-weight pools) "
+        "or fisher_tensor (the same with each member's Fisher scaled to mean 1 per tensor) "
+        "(default: average)",
+    )
     add_device_arg(p, "score")
     add_ray_args(p)
 
@@ -283,6 +293,7 @@ def evaluator(args: argparse.Namespace):
         address=args.address,
         gpus_per_worker=args.gpus_per_worker,
         tasks=args.task or (),
+        merge=args.merge,
     )
 
 

@@ -1,4 +1,4 @@
-"""``ablate pool init|add|grow|ls|verify``: build, grow, list and check a pool of members."""
+"""``ablate pool init|add|grow|fisher|ls|verify``: build, grow, list and check a pool of members."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ablate.cli.common import (
 )
 from ablate.pool import Pool, grow_with_ray, torchrun_group
 from ablate.pool.cluster import ClusterOn, add_clustered, summary
+from ablate.pool.fisher import DEFAULT_BATCHES
 from ablate.pool.recipe import LoraSpec, Recipe, TinyModelSpec
 from ablate.present.tables import Column
 
@@ -295,8 +296,8 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
 def cmd_pool_verify(args: argparse.Namespace) -> int:
     """re-hash every member and name any that is corrupt or missing
 
-    Re-hash the seed, the token files and every member; name anything corrupt or
-    missing (exit status 1).
+    Re-hash the seed, the token files and every member (and each member's Fisher
+    where `pool fisher` wrote one); name anything corrupt or missing (exit status 1).
 
     Examples:
         ablate pool verify runs/pool
@@ -315,6 +316,32 @@ def cmd_pool_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_pool_fisher(args: argparse.Namespace) -> int:
+    """compute each member's diagonal Fisher, for --merge fisher (resumes)
+
+    Compute every member's diagonal Fisher information (mean squared gradient of
+    its own loss, one gradient per sequence, over --batches batches of the data it
+    trained on) and store it beside its weights (fisher.safetensors, fisher.json),
+    for `--merge fisher` in eval, search and validate. Members that have one for
+    their current weights are skipped, so an interrupted run resumes; nothing
+    else in the pool changes. Full-weight pools only.
+
+    Examples:
+        ablate pool fisher runs/pool
+        ablate pool fisher runs/pool --batches 32 --force
+    """
+    from ablate.pool.fisher import ensure_fisher
+
+    pool = Pool.open(args.pool)
+    done = ensure_fisher(
+        pool, batches=args.batches, force=args.force, progress=not args.quiet, device=args.device
+    )
+    for rec in done:
+        print(f"fisher {rec.member}: {rec.sequences} sequences, mean {rec.mean:.3g}")
+    print(f"{len(done)} member(s) computed now; {len(pool.members) - len(done)} had it already")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 POOL_GROUP = """build, grow, list and check the model pool
 
@@ -330,7 +357,7 @@ Examples:
 
 
 def add_pool_commands(sub: Any) -> None:
-    """``ablate pool ...``: the five pool subcommands."""
+    """``ablate pool ...``: the six pool subcommands."""
     group = add_command(sub, "pool", POOL_GROUP)
     pool = group.add_subparsers(
         dest="pool_command",
@@ -417,6 +444,21 @@ def add_pool_commands(sub: Any) -> None:
     add_device_arg(p, "train (--backend local)")
     add_backend_args(p, local="train", ray="one member per Ray task")
     add_gpus_arg(p, "member", "Ray task")
+
+    p = add_command(pool, "fisher", cmd_pool_fisher)
+    add_pool_arg(p)
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=DEFAULT_BATCHES,
+        metavar="N",
+        help="batches of the pool's batch size per member (default: "
+        f"{DEFAULT_BATCHES}; one epoch of a 30K-token unit at sequence length 128)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="recompute members that have a Fisher already"
+    )
+    add_device_arg(p, "compute the gradients")
 
     p = add_command(pool, "ls", cmd_pool_ls)
     add_pool_arg(p)

@@ -15,10 +15,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ablate.engine.merges import POOL_MERGES, PoolMerge, merge_method
 from ablate.mixture import Mixture, MixtureError
 from ablate.pool import Pool
 from ablate.pool.atomic import sha256_json
-from ablate.pool.errors import PoolError
+from ablate.pool.errors import AblateError, PoolError
 from ablate.pool.storage import MemberRecord
 
 # Most mixtures one `eval --all-subsets` (or an exhaustive search) lists at once: each is a
@@ -83,7 +84,10 @@ class MemberLayout:
     units: a mixture of a half-grown pool would silently mean something else.
     """
 
-    def __init__(self, pool: Pool):
+    def __init__(self, pool: Pool, merge: PoolMerge = "average"):
+        """``merge``: how every mixture's members become one model (``ablate.engine.merges``);
+        one that reads the members' Fisher is refused here, before anything loads, when a
+        member has none."""
         members = pool.members
         if not members:
             raise PoolError(
@@ -102,6 +106,16 @@ class MemberLayout:
             p: tuple(i for i, m in enumerate(members) if m.partition == p) for p in self.partitions
         }
         self._bit = {p: 1 << i for i, p in enumerate(self.partitions)}
+        if merge not in POOL_MERGES:
+            raise AblateError(f"unknown merge {merge!r}; known: {', '.join(POOL_MERGES)}")
+        self.merge: PoolMerge = merge
+        self.method = merge_method(merge)
+        # The Fisher each member is merged with, as recorded when it was computed (keys).
+        self._fisher_sha: list[str] = []
+        if self.method.uses_fisher:
+            from ablate.pool.fisher import require_fisher
+
+            self._fisher_sha = [r.fisher_sha256 for r in require_fisher(pool, members)]
 
     def member_weights(self, mixture: Mixture) -> np.ndarray:
         """Weights over members ``(N,)``: a partition's weight spread evenly over its units."""
@@ -120,18 +134,22 @@ class MemberLayout:
             for i, m in enumerate(self.members)
             if w[i] > 0
         ]
-        return sha256_json(
-            {
-                "seed": self.pool.manifest.base_sha256,
-                "method": self.pool.manifest.recipe.method,
-                "members": used,
-            }
-        )
+        key: dict[str, object] = {
+            "seed": self.pool.manifest.base_sha256,
+            "method": self.pool.manifest.recipe.method,
+            "members": used,
+        }
+        if self.merge != "average":  # the plain average's keys are those of older pools
+            key["merge"] = self.merge
+            if self._fisher_sha:
+                key["fisher"] = [self._fisher_sha[i] for i in range(len(self.members)) if w[i] > 0]
+        return sha256_json(key)
 
     def walk_order(self, mixtures: Sequence[Mixture]) -> tuple[list[Mixture], list[Mixture]]:
         """``(walk, rest)``: uniform subsets in Gray-code order, for a pool whose method
-        supports running-sum walks, and every other mixture in its given order."""
-        if not self.pool.method.running_sum_walks:
+        supports running-sum walks under a merge they compute (the plain average), and every
+        other mixture in its given order."""
+        if not (self.pool.method.running_sum_walks and self.method.linear):
             return [], list(mixtures)
         walk = sorted(
             (m for m in mixtures if m.is_uniform),

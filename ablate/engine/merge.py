@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 
 import ablate.kernels as kernels
 from ablate.engine.layout import MemberLayout
-from ablate.engine.merges import merge_method
+from ablate.engine.merges import PRECISIONS, Precision, merge_method
 from ablate.pool import Pool
 from ablate.pool.architectures import stores_transposed
-from ablate.pool.errors import CorruptMemberError
+from ablate.pool.errors import CorruptMemberError, PoolError
 from ablate.pool.storage import MemberRecord
 from ablate.pool.weights import load_tensors
 
@@ -42,6 +42,9 @@ STACK_FRACTION = 0.7
 # Fewest stack columns per streamed chunk of a stack too large for memory: below this,
 # per-chunk Python overhead dominates.
 STREAM_MIN_COLS = 1024
+# Guard of the Fisher merge's division: where the summed weighted Fisher is 0 the parameter
+# keeps the plain average; clamping only keeps 0/0 out of the unused branch of torch.where.
+_TINY = 1e-38
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class MergedModel:
         self.chunked = False
         self._seed: torch.Tensor | None = None  # (P,) seed parameters (add_seed_, update_gram)
         self._gram = None  # (N, N) inner products of the members' updates (update_gram)
+        self._fisher = None  # members' Fisher and per-tensor factors (_fisher_rows)
         self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
         # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
         # so mixtures without it still merge; a merge that needs it raises that reason.
@@ -266,13 +270,16 @@ class MergedModel:
     ) -> None:
         """Write the merge of the members under ``weights`` (fp32 ``(N,)``) into the skeleton.
 
-        ``method`` is a merge method (``ablate.engine.merges``; default: the weighted average
-        ``sum_i weights[i] * member_i``); ``extrapolate`` names one by its ``--extrapolate``
-        value instead (a lambda, or a registered name such as ``"norm"``).
+        ``method`` is a merge method (``ablate.engine.merges``; default: the layout's merge,
+        the weighted average ``sum_i weights[i] * member_i`` unless ``--merge`` says
+        otherwise); ``extrapolate`` names one by its ``--extrapolate`` value instead (a
+        lambda, or a registered name such as ``"norm"``).
         """
         if self.unusable:
             self._check_usable([r for r in self.unusable if float(weights[r]) != 0.0])
-        (method or merge_method(extrapolate)).apply(self, weights)
+        if method is None:  # the layout's merge (``--merge``) unless an extrapolation is asked
+            method = self.layout.method if extrapolate == 1.0 else merge_method(extrapolate)
+        method.apply(self, weights)
 
     @property
     def merges_deltas(self) -> bool:
@@ -301,6 +308,111 @@ class MergedModel:
         w = weights[rows].to(self.device)
         for a, b, block in self._chunks(rows):
             kernels.weighted_average(block, w, out=self.flat[a:b])
+
+    def precision_weighted_sum_(
+        self, weights: torch.Tensor, precision: Precision = "fisher"
+    ) -> None:
+        """``sum_i w_i F_i theta_i / sum_i w_i F_i`` per parameter into the skeleton, where
+        ``F_i`` is member i's diagonal ``precision``: its Fisher (``ablate.pool.fisher``), or
+        for ``"fisher_tensor"`` its Fisher scaled to mean 1 within each tensor.
+
+        Computed as ``avg + sum_i w_i F_i (theta_i - avg) / sum_i w_i F_i`` with ``avg`` the
+        weighted average: the same quantity, but exactly the member for a one-member mixture
+        and exactly ``avg`` where every weighted ``F_i`` is 0 (the fallback). Full-weight pools.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.merges_deltas:
+            from ablate.pool.fisher import LORA_REFUSAL
+
+            raise PoolError(LORA_REFUSAL)
+        self.weighted_sum_(weights)  # avg, in place; also checks and handles streamed stacks
+        rows = torch.nonzero(weights).flatten().tolist()
+        if len(rows) < 2:
+            return  # one member (or none): the average already is the answer, exactly
+        w = weights[rows].to(self.device, torch.float32)  # (n,)
+        for a, b, theta, fisher in self._precision_blocks(rows, precision):
+            wf = fisher * w[:, None]  # (n, cols) w_i F_i
+            den = wf.sum(0)  # (cols,)
+            num = (wf * (theta - self.flat[a:b])).sum(0)  # (cols,)
+            self.flat[a:b].add_(torch.where(den > 0, num / den.clamp_min(_TINY), 0.0))
+
+    def _precision_blocks(self, rows: Sequence[int], precision: Precision):
+        """Yield (a, b, members, precision): rows' parameters and diagonal precision at
+        columns [a, b), each ``(len(rows), b - a)`` on the device."""
+        fisher, scale = self._fisher_rows()
+        # (n, T) per-member, per-tensor factors: 1, or 1 / the tensor's mean Fisher.
+        factor = (scale if precision == "fisher_tensor" else torch.ones_like(scale))[rows]
+        factor = factor.to(self.device)
+        lengths = torch.tensor([b - a for a, b in self._offsets.values()], device=self.device)
+        starts = [a for a, _ in self._offsets.values()]
+
+        def columns(a: int, b: int) -> torch.Tensor:
+            """``factor`` spread over columns [a, b): (n, b - a)."""
+            k0 = bisect.bisect_right(starts, a) - 1
+            k1 = bisect.bisect_left(starts, b)  # tensors k0 .. k1-1 overlap [a, b)
+            seg = lengths[k0:k1].clone()
+            seg[0] -= a - starts[k0]
+            seg[-1] -= starts[k1 - 1] + int(lengths[k1 - 1]) - b
+            return factor[:, k0:k1].repeat_interleave(seg, dim=1)
+
+        if self.chunked:
+            # Two streams over the same columns, each through its own staging buffer.
+            for (a, b, block), (_, _, f) in zip(
+                self._chunks(rows),
+                self._chunks(rows, fisher, stage=self._fisher_stage),
+                strict=True,
+            ):
+                yield a, b, block, f * columns(a, b)
+            return
+        cols = 1 << 20  # bounds the (n, cols) temporaries
+        for a in range(0, self.flat.numel(), cols):
+            b = min(self.flat.numel(), a + cols)
+            yield a, b, self.stack[rows, a:b], fisher[rows, a:b] * columns(a, b)
+
+    def _fisher_rows(self):
+        """Members' diagonal Fisher in the stack's layout, read once, and ``(N, T)`` factors
+        that scale each member's tensors to mean 1 (1 where a tensor's Fisher is all 0).
+
+        The Fisher is an ``(N, P)`` device tensor beside an in-memory stack, else
+        memory-mapped flat views per member (like ``_mapped``) that stream through a
+        second staging buffer.
+        """
+        if self._fisher is None:
+            from ablate.pool.fisher import load_fisher
+
+            per_member = []
+            for i, rec in enumerate(self.members):
+                if i in self.unusable:
+                    zero = torch.zeros(1)
+                    per_member.append([zero.expand(b - a) for a, b in self._offsets.values()])
+                    continue
+                f = load_fisher(self.pool, rec)
+                if set(f) != set(self._offsets):
+                    raise PoolError(
+                        f"the Fisher of member {rec.member_id} does not match its weights; "
+                        f"rerun `ablate pool fisher {self.pool.path} --force`"
+                    )
+                per_member.append([f[name].reshape(-1) for name in self._offsets])
+            means = torch.tensor(
+                [[float(t.double().mean()) for t in m] for m in per_member]
+            )  # (N, T)
+            scale = torch.where(means > 0, 1.0 / means.clamp_min(_TINY), 1.0).float()
+            if self.chunked:
+                fisher = per_member
+                stage = torch.empty_like(self._stage)
+                host = (
+                    stage
+                    if self._host is self._stage
+                    else torch.empty(self._host.shape, dtype=self._host.dtype, pin_memory=True)
+                )
+                self._fisher_stage = (stage, host)
+            else:
+                fisher = torch.stack([torch.cat(m) for m in per_member]).to(
+                    self.device, torch.float32
+                )  # (N, P)
+            self._fisher = (fisher, scale)
+        return self._fisher
 
     def add_seed_(self, alpha: float) -> None:
         """``skeleton += alpha * theta_0`` (full-weight pools; the seed loads on first use)."""
@@ -445,21 +557,25 @@ class MergedModel:
         self.add_member_(out, row)
         return out
 
-    def _chunks(self, rows: Sequence[int]):
-        """Yield (a, b, block): members ``rows`` at columns [a, b) as a device block [len(rows), b - a]."""
-        cols = self._stage.shape[1]
+    def _chunks(self, rows: Sequence[int], mapped=None, stage=None):
+        """Yield (a, b, block): members ``rows`` at columns [a, b) as a device block
+        [len(rows), b - a]; ``mapped``/``stage`` stream other per-member tensors of the same
+        layout (the Fisher) through their own (device, host) buffers."""
+        mapped = self._mapped if mapped is None else mapped
+        stage_buf, host_buf = (self._stage, self._host) if stage is None else stage
+        cols = stage_buf.shape[1]
         names = list(self._offsets.values())
         for a in range(0, self.flat.numel(), cols):
             b = min(self.flat.numel(), a + cols)
-            host = self._host[: len(rows), : b - a]  # (len(rows), b - a)
+            host = host_buf[: len(rows), : b - a]  # (len(rows), b - a)
             k = bisect.bisect_right(self._starts, a) - 1  # first tensor that overlaps [a, b)
             while k < len(names) and names[k][0] < b:
                 s, e = names[k]
                 lo, hi = max(a, s), min(b, e)
                 for j, r in enumerate(rows):
-                    host[j, lo - a : hi - a].copy_(self._mapped[r][k][lo - s : hi - s])
+                    host[j, lo - a : hi - a].copy_(mapped[r][k][lo - s : hi - s])
                 k += 1
-            block = self._stage[: len(rows), : b - a]
+            block = stage_buf[: len(rows), : b - a]
             if block.data_ptr() != host.data_ptr():
                 block.copy_(host)  # blocking: the next chunk refills `host`
             yield a, b, block

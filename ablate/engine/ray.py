@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ablate.engine.executor import Scored, Scorers
 from ablate.engine.layout import MemberLayout
+from ablate.engine.merges import PoolMerge
 from ablate.pool.distributed import RAY_EXTRA, TASK_RETRIES, connect, ray_available
 from ablate.pool.errors import AblateError, PoolError
 from ablate.pool.pool import Pool
@@ -48,9 +49,16 @@ class _EvalWorker:
     """Ray actor: the pool stacked once (``Scorers``), scoring batches of mixtures on any
     eval set and tasks the driver sends."""
 
-    def __init__(self, pool_path: str, expected: list[str], device: str | None, batch_tokens: int):
+    def __init__(
+        self,
+        pool_path: str,
+        expected: list[str],
+        device: str | None,
+        batch_tokens: int,
+        merge: PoolMerge = "average",
+    ):
         pool = Pool.open(pool_path)
-        layout = MemberLayout(pool)
+        layout = MemberLayout(pool, merge=merge)
         if [m.weights_sha256 for m in layout.members] != expected:
             raise PoolError(
                 f"pool {pool_path} changed while it was being evaluated; run the evaluation again"
@@ -137,7 +145,8 @@ class RayExecutor:
         expected = [m.weights_sha256 for m in self.layout.members]
         path = str(self.pool.path.resolve())
         self._actors = [
-            actor.remote(path, expected, self.device, self.batch_tokens) for _ in range(n)
+            actor.remote(path, expected, self.device, self.batch_tokens, self.layout.merge)
+            for _ in range(n)
         ]
         return self._actors
 

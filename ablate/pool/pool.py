@@ -33,7 +33,16 @@ from ablate.pool.errors import CorruptMemberError, DataError, PoolError
 from ablate.pool.method import FULL, Method, method_of
 from ablate.pool.partition import partition_documents
 from ablate.pool.recipe import Recipe, TinyModelSpec
-from ablate.pool.storage import MemberRecord, PoolManifest, member_id, read_record, utc_now
+from ablate.pool.storage import (
+    FISHER_FILE,
+    FISHER_RECORD,
+    FisherRecord,
+    MemberRecord,
+    PoolManifest,
+    member_id,
+    read_record,
+    utc_now,
+)
 from ablate.pool.tokens import (
     TokenizedPartition,
     content_hash,
@@ -467,12 +476,6 @@ class Pool:
 
         share = recipe.member_seed_share
 
-        def sources() -> list[np.ndarray]:
-            part = TokenizedPartition.open(self.data_folder / ref.partition)
-            if share == 0:
-                return [part.unit_stream(ref.unit)]
-            return [part.unit_stream(ref.unit), self.seed_tokens()]
-
         return Target(
             folder=self.member_folder(ref.partition, ref.unit),
             label=ref.member_id,
@@ -481,13 +484,26 @@ class Pool:
                 MemberRecord, partition=ref.partition, unit=ref.unit, data_hash=ref.data_hash
             ),
             record_file="member.json",
-            sources=sources,
-            source_weights=(1.0,) if share == 0 else (1.0 - share, share),
+            sources=lambda: self.member_sources(ref.partition, ref.unit),
+            source_weights=self.member_source_weights(),
             tokens=recipe.unit_tokens,
             seed=member_seed(recipe.seed, ref.member_id),
             # Each member trains on exactly its share of seed data, not a random draw of it.
             exact_mix=share > 0,
         )
+
+    def member_sources(self, partition: str, unit: int) -> list[np.ndarray]:
+        """The token streams a unit's member trains on: its unit, then the seed data when
+        the recipe mixes it in (weights: ``member_source_weights``)."""
+        part = TokenizedPartition.open(self.data_folder / partition)
+        if self.manifest.recipe.member_seed_share == 0:
+            return [part.unit_stream(unit)]
+        return [part.unit_stream(unit), self.seed_tokens()]
+
+    def member_source_weights(self) -> tuple[float, ...]:
+        """Sampling weights of ``member_sources`` (the recipe's seed-data share)."""
+        share = self.manifest.recipe.member_seed_share
+        return (1.0,) if share == 0 else (1.0 - share, share)
 
     def seed_tokens(self) -> np.ndarray:
         """The seed data's tokens that members mix in (``Recipe.member_seed_share``)."""
@@ -502,7 +518,8 @@ class Pool:
 
     # ----------------------------------------------------------------- checks
     def verify(self) -> VerifyReport:
-        """Re-hash the seed, every partition's tokens and every member's weights."""
+        """Re-hash the seed, every partition's tokens and every member's weights (and its
+        Fisher, where ``ablate pool fisher`` wrote one)."""
         report = VerifyReport()
         try:
             if seedlib.weights_fingerprint(self.base_folder) != self.manifest.base_sha256:
@@ -537,6 +554,11 @@ class Pool:
                 report.corrupt.append(f"{ref.member_id} ({rec.weights_file} missing)")
             elif sha256_file(folder / rec.weights_file) != rec.weights_sha256:
                 report.corrupt.append(f"{ref.member_id} ({rec.weights_file} sha256 mismatch)")
+            elif (problem := _fisher_problem(self, rec)) is not None:
+                report.checked += 1
+                report.corrupt.append(f"{ref.member_id} ({problem})")
+            elif (folder / FISHER_RECORD).is_file():
+                report.checked += 1
         return report
 
     def check_member(self, rec: MemberRecord) -> None:
@@ -580,6 +602,24 @@ class Pool:
                     }
                 )
         return rows
+
+
+def _fisher_problem(pool: Pool, rec: MemberRecord) -> str | None:
+    """What is wrong with a member's Fisher (``ablate pool fisher``), if it has one."""
+    folder = pool.member_folder(rec.partition, rec.unit)
+    tensors, record = folder / FISHER_FILE, folder / FISHER_RECORD
+    if not record.is_file():
+        return None  # no Fisher is not a fault: only the Fisher merges need it
+    fix = f"run `ablate pool fisher {pool.path} --force`"
+    try:
+        got = read_record(record, FisherRecord)
+    except PoolError:
+        return f"{FISHER_RECORD} unreadable; {fix}"
+    if got.weights_sha256 != rec.weights_sha256:
+        return f"its Fisher belongs to other weights; {fix}"
+    if not tensors.is_file() or sha256_file(tensors) != got.fisher_sha256:
+        return f"{tensors.name} missing or sha256 mismatch; {fix}"
+    return None
 
 
 def _unit_refs(parts: dict[str, TokenizedPartition]) -> list[UnitRef]:

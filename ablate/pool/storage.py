@@ -8,6 +8,8 @@ Layout::
     POOL/data/<partition>/offsets.npy       document boundaries, int64 [n_docs + 1]
     POOL/data/<partition>/index.json        PartitionIndex
     POOL/members/<partition>/<unit>/        model.safetensors | adapter.safetensors, member.json
+    POOL/members/<partition>/<unit>/        fisher.safetensors, fisher.json (FisherRecord; optional,
+                                            written by ``ablate pool fisher``)
     POOL/results.sqlite                     results store (written by ``ablate``)
 
 Every record carries ``format_version``; a pool written by a newer ablate is refused with a
@@ -28,6 +30,8 @@ from ablate.pool.errors import PoolError
 from ablate.pool.recipe import Recipe, TinyModelSpec
 
 FORMAT_VERSION = 1
+FISHER_FILE = "fisher.safetensors"  # a member's diagonal Fisher, beside its weights
+FISHER_RECORD = "fisher.json"  # its FisherRecord, written last
 
 TokenDtype = Literal["uint16", "uint32"]
 
@@ -104,6 +108,23 @@ class MemberRecord(TrainedRecord):
     @property
     def member_id(self) -> str:
         return member_id(self.partition, self.unit)
+
+
+class FisherRecord(_Record):
+    """How a member's diagonal Fisher was estimated, and for which weights."""
+
+    estimator: Literal["empirical"] = Field(
+        default="empirical",
+        description="Squared per-sequence gradients of the member's loss on its own tokens.",
+    )
+    member: str = Field(description="partition/unit of the member.")
+    weights_sha256: str = Field(description="sha256 of the member weights it was computed at.")
+    batches: int = Field(gt=0, description="Batches of the pool's batch size that were averaged.")
+    sequences: int = Field(gt=0)
+    seq_len: int = Field(gt=0)
+    fisher_sha256: str
+    mean: float = Field(description="Mean over all parameters (a diagnostic).")
+    created_at: str
 
 
 def utc_now() -> str:

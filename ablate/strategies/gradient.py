@@ -59,6 +59,11 @@ def mixture_gradient(
         raise AblateError(
             "the gradient strategy needs a full-weight pool; this pool is LoRA - use tpe, gp or regression"
         )
+    if not ev.layout.method.linear:
+        raise AblateError(
+            f"the gradient strategy differentiates the plain average; with --merge {ev.layout.merge} "
+            "use tpe, gp or regression"
+        )
     result = result if result is not None else ev.evaluate(mixture)
     merged = ev.merged
     merged.load(mixture)

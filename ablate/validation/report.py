@@ -56,7 +56,8 @@ class ValidationReport:
         budget: ``proportional`` (k units for k units) or ``fixed``.
         budget_tokens: The fixed budget (None when proportional).
         repeats: Real models per mixture (other training seeds).
-        extrapolate: lambda of the proxies' merge (1: the plain weighted average).
+        extrapolate: lambda of the proxies' merge (1: the evaluator's merge).
+        merge: The evaluator's merge (``average``, ``fisher``, ... ``--merge``).
         tasks: With tasks: per (task, metric), proxy-vs-real correlations over mixtures and
             whether the task has items enough (``ablate.validation.tasks.task_table``).
         task_notes: Tasks with too few items, and how many they would need.
@@ -80,6 +81,7 @@ class ValidationReport:
     budget_tokens: int | None = None
     repeats: int = 1
     extrapolate: float | str = 1.0
+    merge: str = "average"
     search_checks: pd.DataFrame | None = None
     tasks: pd.DataFrame | None = None
     task_notes: tuple[str, ...] = ()
@@ -121,6 +123,7 @@ class ValidationReport:
             "budget_tokens": self.budget_tokens,
             "repeats": self.repeats,
             "extrapolate": self.extrapolate,
+            "merge": self.merge,
             "mixtures": self.mixtures,
             "verdict": self.verdict(),
             "correlations": self.json_rows(),
@@ -237,7 +240,11 @@ class ValidationReport:
             return "no macro target was measured: nothing to judge"
         r = self.decisions.loc["macro"]
         return macro_verdict(
-            float(r["spearman"]), float(r["noise_ceiling"]), float(r["regret"]), self.repeats
+            float(r["spearman"]),
+            float(r["noise_ceiling"]),
+            float(r["regret"]),
+            self.repeats,
+            fix=FIX_AVERAGE if self.merge == "average" and self.extrapolate == 1 else FIX_OTHER,
         )
 
     def tasks_text(self) -> str:
@@ -322,10 +329,11 @@ class ValidationReport:
             f"({self.trained} now, {len(self.records) - self.trained} reused) and compared with their "
             f"merged proxies on {len(self.domains)} eval domain(s); budget: {self._budget_words()}"
             + (
-                f"; proxies extrapolated with lambda {self.extrapolate:g}"
+                f"; proxies extrapolated with lambda {self.extrapolate}"
                 if self.extrapolate != 1
                 else ""
             )
+            + (f"; proxies merged by {self.merge}" if self.merge != "average" else "")
             + f". Brackets: {pct} two-way bootstrap intervals over {interval_resamples(1)}. "
             "Gap: proxy minus real perplexity.",
             "",
@@ -456,8 +464,23 @@ TRUST_SPEARMAN = 0.8  # a macro ranking this close to real training is one to de
 TRUST_SLACK = 0.05  # ... or this close to the noise ceiling, where real training agrees less
 
 
-def macro_verdict(spearman: float, ceiling: float, regret: float, repeats: int) -> str:
-    """Whether the proxy's macro ranking can be trusted, judged against the noise ceiling.
+# What to try when the macro ranking is not trustworthy: with the plain average, the Fisher
+# merge first (it ranked better in every cell of the fidelity suite, docs/accuracy.md).
+FIX_AVERAGE = (
+    "or compute the members' Fisher (`ablate pool fisher POOL`, full-weight pools) and "
+    "validate again with --merge fisher_tensor"
+)
+FIX_OTHER = (
+    "or grow a pool whose members stay near the seed (pool init --member-seed-share 0.5 "
+    "--member-schedule constant --member-lr LR/10) and validate again"
+)
+
+
+def macro_verdict(
+    spearman: float, ceiling: float, regret: float, repeats: int, fix: str = FIX_OTHER
+) -> str:
+    """Whether the proxy's macro ranking can be trusted, judged against the noise ceiling;
+    ``fix`` says what to try when it cannot (after "decide from really trained mixtures").
 
     The bar is the fidelity suite's (docs/accuracy.md): Spearman >= 0.8, or within 0.05 of
     the noise ceiling where that is lower (what a perfect proxy would score against the mean
@@ -483,8 +506,7 @@ def macro_verdict(spearman: float, ceiling: float, regret: float, repeats: int) 
         )
     return (
         f"verdict: macro ranking NOT trustworthy on this pool: {against}; decide from really "
-        "trained mixtures, or grow a pool whose members stay near the seed (pool init "
-        "--member-seed-share 0.5 --member-schedule constant --member-lr LR/10) and validate again"
+        f"trained mixtures, {fix}"
     )
 
 

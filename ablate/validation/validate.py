@@ -82,8 +82,9 @@ def validate(
         search_heldout: Share of eval documents (per domain) that ``check_search`` keeps
             out of the search and of choosing the sample's best, to judge both on.
         extrapolate: lambda of the budget-aware merge ``theta_0 + lambda * sum_i w_i
-            (theta_i - theta_0)``; 1 is the plain weighted average (the evaluator's proxy);
-            ``"norm"`` gives the merged update the members' mean length (per mixture).
+            (theta_i - theta_0)``; 1 is the evaluator's proxy (its ``merge``: the plain
+            weighted average unless ``--merge`` says otherwise); ``"norm"`` gives the merged
+            update the members' mean length (per mixture).
         seed: Seed of the sample (and of the bootstrap and the search).
         bootstrap: Two-way bootstrap replicates for the intervals (mixtures x documents;
             x seed labels with repeats for the decisions).
@@ -224,6 +225,7 @@ def validate(
         budget_tokens=plans[0][0].tokens if budget == "fixed" else None,
         repeats=repeats,
         extrapolate=extrapolate,
+        merge=ev.layout.merge,
         search_checks=checks,
         margin=margin,
         replicates=bootstrap,
@@ -265,6 +267,11 @@ def _check_settings(
         raise MixtureError(
             f"the extrapolation lambda must be 'norm' or a number > 0, got {extrapolate!r}"
         )
+    if extrapolate != 1.0 and ev.layout.merge != "average":
+        raise MixtureError(
+            f"--extrapolate scales the plain average; it does not combine with --merge "
+            f"{ev.layout.merge}: drop one of them"
+        )
     if extrapolate == "norm" and ev.pool.method.merges_by_factors:
         raise MixtureError(
             "--extrapolate norm compares full-weight updates; this pool is LoRA: pass a number"
@@ -300,9 +307,10 @@ def _check_supply(ev: Evaluator, mixtures: Sequence[Mixture], tokens: int) -> No
 
 
 def _proxy_documents(ev: Evaluator, mixture: Mixture, extrapolate: float | str) -> DocScores:
-    """The proxy's per-document scores; the plain average is also stored as the mixture's
-    score (its domain totals are exactly what ``evaluate`` computes)."""
-    ev.merged.load(mixture, method=merge_method(extrapolate))
+    """The proxy's per-document scores; without extrapolation (the evaluator's merge: the
+    plain average or ``--merge``) they are also stored as the mixture's score (their domain
+    totals are exactly what ``evaluate`` computes)."""
+    ev.merged.load(mixture, method=None if extrapolate == 1.0 else merge_method(extrapolate))
     docs = ev.scorer().score_documents()
     if extrapolate == 1.0:
         key = ev.pool_key(mixture)

@@ -1,16 +1,33 @@
 """Merge methods as plug-ins: one file each, registered by name in ``MERGES`` when imported here."""
 
 from ablate.engine.merges.average import Average
-from ablate.engine.merges.base import MERGES, Mergeable, MergeMethod, merge_method, register
+from ablate.engine.merges.base import (
+    MERGES,
+    POOL_MERGES,
+    PRECISIONS,
+    Mergeable,
+    MergeMethod,
+    PoolMerge,
+    Precision,
+    merge_method,
+    register,
+)
 from ablate.engine.merges.extrapolate import Extrapolate, NormExtrapolate, norm_lambda
+from ablate.engine.merges.fisher import Fisher, FisherPerTensor
 
 __all__ = [
     "MERGES",
+    "POOL_MERGES",
+    "PRECISIONS",
     "Average",
     "Extrapolate",
+    "Fisher",
+    "FisherPerTensor",
     "MergeMethod",
     "Mergeable",
     "NormExtrapolate",
+    "PoolMerge",
+    "Precision",
     "merge_method",
     "norm_lambda",
     "register",

@@ -15,5 +15,7 @@ if TYPE_CHECKING:
 class Average:
     """``sum_i w_i theta_i`` (LoRA pools: ``W0 + scaling * sum_i w_i B_i A_i``)."""
 
+    linear = True
+
     def apply(self, model: Mergeable, weights: torch.Tensor) -> None:
         model.weighted_sum_(weights)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, get_args, runtime_checkable
 
 from ablate.pool.errors import AblateError
 
@@ -41,6 +41,11 @@ class Mergeable(Protocol):
         """``(N, N)`` float64 inner products of the members' updates from the seed."""
         ...
 
+    def precision_weighted_sum_(self, weights: torch.Tensor, precision: Precision) -> None:
+        """``sum_i w_i F_i theta_i / sum_i w_i F_i`` per parameter, ``F_i`` the members'
+        diagonal ``precision`` (``PRECISIONS``; full-weight pools)."""
+        ...
+
 
 @runtime_checkable
 class MergeMethod(Protocol):
@@ -48,6 +53,13 @@ class MergeMethod(Protocol):
     must give a one-member mixture exactly that member's weights)."""
 
     name: ClassVar[str]
+    # Whether it reads each member's diagonal Fisher (``ablate pool fisher``); ``register``
+    # sets False where a class does not say.
+    uses_fisher: ClassVar[bool]
+    # Whether it is the plain weighted sum ``sum_i w_i theta_i`` (linear in the weights): then
+    # running sums walk uniform subsets and the gradient in ``w_i`` is ``<grad, theta_i>``;
+    # ``register`` sets False where a class does not say.
+    linear: ClassVar[bool]
 
     def apply(self, model: Mergeable, weights: torch.Tensor) -> None:
         """Write the merge of ``model``'s members under ``weights`` (fp32 ``(N,)``) into
@@ -57,6 +69,16 @@ class MergeMethod(Protocol):
 
 MERGES: dict[str, Callable[[], MergeMethod]] = {}
 
+# Merges an evaluator can use for every mixture it scores (``--merge``; parameter-free, and
+# recorded in the results' keys unless it is the plain average).
+PoolMerge = Literal["average", "fisher", "fisher_tensor"]
+POOL_MERGES: tuple[str, ...] = get_args(PoolMerge)
+# Diagonal precisions of ``Mergeable.precision_weighted_sum_``: each member's Fisher as
+# stored, or scaled to mean 1 within each tensor (only where inside a tensor a member's
+# curvature is high counts, not its overall gradient scale).
+Precision = Literal["fisher", "fisher_tensor"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
 
 def register(name: str) -> Callable[[type], type]:
     """Class decorator: add a merge method to ``MERGES`` under ``name``."""
@@ -65,6 +87,8 @@ def register(name: str) -> Callable[[type], type]:
         if name in MERGES:
             raise ValueError(f"merge method {name!r} is registered twice")
         cls.name = name
+        cls.uses_fisher = getattr(cls, "uses_fisher", False)
+        cls.linear = getattr(cls, "linear", False)
         MERGES[name] = cls
         return cls
 
@@ -88,4 +112,14 @@ def merge_method(spec: MergeMethod | str | float) -> MergeMethod:
     return MERGES["extrapolate"](lam)  # type: ignore[call-arg]
 
 
-__all__ = ["MERGES", "MergeMethod", "Mergeable", "merge_method", "register"]
+__all__ = [
+    "MERGES",
+    "POOL_MERGES",
+    "PRECISIONS",
+    "MergeMethod",
+    "Mergeable",
+    "PoolMerge",
+    "Precision",
+    "merge_method",
+    "register",
+]

@@ -1,0 +1,250 @@
+"""The Fisher merges (``--merge fisher|fisher_tensor``): exact in the cases that can be
+worked out by hand, in memory and streamed, and wired through the evaluator, validation and
+the CLI without touching the plain average's behaviour or keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from support import run_cli
+
+from ablate import Evaluator, Mixture
+from ablate.engine.merge import MergedModel
+from ablate.engine.merges import MERGES, POOL_MERGES
+from ablate.objective import Target
+from ablate.pool import Pool
+from ablate.pool.atomic import sha256_file, write_json
+from ablate.pool.errors import AblateError, PoolError
+from ablate.pool.fisher import ensure_fisher, fisher_paths
+from ablate.pool.storage import FisherRecord, utc_now
+from ablate.pool.weights import load_tensors
+from ablate.strategies.gradient import mixture_gradient
+
+CPU = torch.device("cpu")
+BUDGETS = (None, 1)  # the stack in memory, then streamed chunk by chunk
+
+
+def _write_fisher(pool: Pool, fisher_of) -> None:
+    """Give every member a hand-made Fisher: ``fisher_of(row, name, tensor) -> tensor``."""
+    for i, rec in enumerate(pool.members):
+        tensors = load_tensors(pool.weights_path(rec))
+        f = {k: fisher_of(i, k, v).float().contiguous() for k, v in tensors.items()}
+        path, record = fisher_paths(pool, rec)
+        save_file(f, str(path))
+        write_json(
+            record,
+            FisherRecord(
+                member=rec.member_id,
+                weights_sha256=rec.weights_sha256,
+                batches=1,
+                sequences=1,
+                seq_len=pool.manifest.recipe.seq_len,
+                fisher_sha256=sha256_file(path),
+                mean=1.0,
+                created_at=utc_now(),
+            ).model_dump(mode="json"),
+        )
+
+
+def _models(pool: Pool, merge: str):
+    from ablate.engine.layout import MemberLayout
+
+    layout = MemberLayout(pool, merge=merge)
+    for budget in BUDGETS:
+        yield MergedModel(
+            pool,
+            layout.members,
+            device=CPU,
+            progress=False,
+            stack_budget_bytes=budget,
+            layout=layout,
+        )
+
+
+def test_pool_merges_are_registered():
+    assert set(POOL_MERGES) <= set(MERGES) and POOL_MERGES[0] == "average"
+    assert MERGES["average"].linear and not MERGES["fisher"].linear
+    assert MERGES["fisher"].uses_fisher and not MERGES["average"].uses_fisher
+
+
+def test_two_members_by_hand_and_the_fallback_where_no_member_has_curvature(full_pool):
+    """F_a = 1, F_b = 3 everywhere: theta = (w_a theta_a + 3 w_b theta_b) / (w_a + 3 w_b);
+    in model.norm.weight both are 0, so there it is the plain average."""
+    a, b = 0, len(full_pool.members) - 1
+    fisher = {a: 1.0, b: 3.0}
+
+    def fisher_of(i, name, t):
+        if name == "model.norm.weight" or i not in fisher:
+            return torch.zeros_like(t)
+        return torch.full_like(t, fisher[i])
+
+    _write_fisher(full_pool, fisher_of)
+    ta, tb = (load_tensors(full_pool.weights_path(full_pool.members[i])) for i in (a, b))
+    w = torch.zeros(len(full_pool.members))
+    w[a], w[b] = 0.25, 0.75
+    for m in _models(full_pool, "fisher"):
+        m.merge(w)
+        got = dict(m.model.named_parameters())
+        for name in ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight"):
+            want = (0.25 * ta[name] + 3 * 0.75 * tb[name]) / (0.25 + 3 * 0.75)
+            torch.testing.assert_close(got[name], want, atol=1e-6, rtol=1e-5)
+        avg = 0.25 * ta["model.norm.weight"] + 0.75 * tb["model.norm.weight"]
+        torch.testing.assert_close(got["model.norm.weight"], avg, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(
+            got["lm_head.weight"], 0.25 * ta["lm_head.weight"] + 0.75 * tb["lm_head.weight"]
+        )
+
+
+def test_equal_fisher_is_the_average_and_one_member_is_that_member(full_pool):
+    """Equal (random, per parameter) Fisher for every member gives the plain average; for
+    fisher_tensor, a different constant per member and tensor does too (scaled to mean 1)."""
+    g = torch.Generator().manual_seed(0)
+    shared = {}
+
+    def equal(i, name, t):
+        if name not in shared:
+            shared[name] = torch.rand(t.shape, generator=g)
+        return shared[name]
+
+    n = len(full_pool.members)
+    w = torch.tensor([0.1 + i for i in range(n)])
+    w /= w.sum()
+    for merge, fisher_of in (
+        ("fisher", equal),
+        ("fisher_tensor", lambda i, name, t: torch.full_like(t, float(1 + i + len(name)))),
+    ):
+        _write_fisher(full_pool, fisher_of)
+        for m in _models(full_pool, merge):
+            m.merge(w, method=MERGES["average"]())
+            avg = m.flat.clone()
+            m.merge(w)
+            torch.testing.assert_close(m.flat, avg, atol=1e-6, rtol=1e-5)
+            for row in range(n):
+                one = torch.zeros(n)
+                one[row] = 1.0
+                m.merge(one)
+                assert torch.equal(m.flat, m.member_row(row))  # exactly, not within rounding
+
+
+def test_evaluator_merge_keys_walks_and_results(full_pool, corpus):
+    """--merge fisher scores other models than the average under other keys; the average's
+    results and keys are those of a pool without Fisher; uniform subsets are merged one by
+    one (the running-sum walk computes averages only); the gradient search refuses."""
+    ev_avg = Evaluator(full_pool, corpus["eval"], by="domain", progress=False)
+    mixes = [Mixture.uniform(["code", "wiki"]), Mixture.of({"code": 0.2, "math": 0.8})]
+    before = {m.key: ev_avg.pool_key(m) for m in mixes}
+    plain = ev_avg.evaluate_many(mixes)
+    with pytest.raises(PoolError, match="ablate pool fisher"):
+        Evaluator(full_pool, corpus["eval"], by="domain", progress=False, merge="fisher")
+    ensure_fisher(full_pool, batches=1, progress=False)
+    ev = Evaluator(full_pool, corpus["eval"], by="domain", progress=False, merge="fisher")
+    assert ev.layout.walk_order(mixes) == ([], mixes)
+    fisher = ev.evaluate_many(mixes)
+    assert all(ev.pool_key(m) != before[m.key] for m in mixes)
+    assert {
+        m.key: Evaluator(full_pool, corpus["eval"], by="domain").pool_key(m) for m in mixes
+    } == before
+    assert not (fisher["ppl"].to_numpy() == plain["ppl"].to_numpy()).all()
+    again = Evaluator(full_pool, corpus["eval"], by="domain", progress=False).evaluate_many(mixes)
+    assert (again["ppl"].to_numpy() == plain["ppl"].to_numpy()).all()  # stored, untouched
+    ev.merged.load(mixes[0])
+    direct = ev.score_current()
+    assert direct["code"].nll == pytest.approx(ev.evaluate(mixes[0]).scores["code"].nll, rel=1e-6)
+    with pytest.raises(AblateError, match="plain average"):
+        mixture_gradient(ev, mixes[0], Target.parse("macro"))
+    with pytest.raises(AblateError, match="--merge"):
+        Evaluator(full_pool, corpus["eval"], merge="median")
+
+
+def test_cli_merge_option_and_its_one_line_errors(full_pool, lora_pool_dir, corpus):
+    path = full_pool.path
+    args = ("--eval-data", corpus["eval"], "--eval-by", "domain", "--mixture", "code,wiki")
+    r = run_cli("eval", path, *args, "--merge", "fisher")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("ablate: error:")
+    assert f"ablate pool fisher {path}" in lines[0]
+    r = run_cli("eval", lora_pool_dir, *args, "--merge", "fisher")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--merge average" in lines[0]
+    assert run_cli("pool", "fisher", path, "--batches", "1").returncode == 0
+    out = {}
+    for merge in ("average", "fisher"):
+        r = run_cli("eval", path, *args, "--merge", merge, "--json")
+        assert r.returncode == 0, r.stderr
+        out[merge] = r.stdout
+    assert out["average"] != out["fisher"]
+
+
+def test_validate_scores_the_evaluators_merge_and_records_it(full_pool, corpus, tmp_path):
+    """Validation's proxies are the evaluator's merge: a one-unit mixture's Fisher proxy is
+    its member, which is its real model; --extrapolate does not combine with it (refused
+    before training)."""
+    from ablate.mixture import MixtureError
+    from ablate.validation import validate
+
+    ensure_fisher(full_pool, batches=1, progress=False)
+    ev = Evaluator(
+        full_pool, corpus["eval"], by="domain", store=False, progress=False, merge="fisher"
+    )
+    with pytest.raises(MixtureError, match="--merge fisher"):
+        validate(ev, mixtures=["code,wiki"], extrapolate=1.5)
+    assert not (full_pool.path / "validation").exists()
+    single = next(n for n, p in full_pool.partitions.items() if len(p.index.units) == 1)
+    mixes = [Mixture.uniform([single]), Mixture.parse("code=1,math=3")]
+    report = validate(ev, mixtures=mixes, bootstrap=0)
+    assert report.merge == "fisher" and report.json()["merge"] == "fisher"
+    rows = report.pairs[report.pairs["mixture"] == single]
+    assert rows["real"].to_numpy() == pytest.approx(rows["proxy"].to_numpy(), rel=1e-5)
+    plain = validate(
+        Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False),
+        mixtures=mixes,
+        bootstrap=0,
+    )
+    assert plain.trained == 0 and plain.merge == "average"  # the same real models
+    assert (plain.pairs["real"] == report.pairs["real"]).all()
+    assert not (plain.pairs["proxy"] == report.pairs["proxy"]).all()
+    assert "merged by fisher" in report.write(tmp_path / "v").markdown.read_text()
+
+
+def test_export_writes_the_evaluators_merge_and_says_so(full_pool, corpus, tmp_path):
+    import json
+
+    from ablate.export import MERGE_RECORD
+
+    ensure_fisher(full_pool, batches=1, progress=False)
+    mix = Mixture.of({"code": 0.3, "wiki": 0.7})
+    ev = Evaluator(
+        full_pool, corpus["eval"], by="domain", store=False, progress=False, merge="fisher"
+    )
+    out = ev.export(mix, tmp_path / "fisher")
+    assert json.loads((out / MERGE_RECORD).read_text())["merge"] == "fisher"
+    plain = Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False)
+    assert "merge" not in json.loads(
+        (plain.export(mix, tmp_path / "avg") / MERGE_RECORD).read_text()
+    )
+    got = load_tensors(out / "model.safetensors")
+    ev.merged.load(mix)
+    for name, p in ev.merged.model.named_parameters():
+        if name in got:
+            torch.testing.assert_close(got[name], p.detach(), atol=0, rtol=0)
+
+
+def test_the_verdict_suggests_the_fisher_merge_after_the_average_only():
+    from ablate.validation.report import FIX_AVERAGE, macro_verdict
+
+    low = macro_verdict(0.4, 0.9, 0.05, 2, fix=FIX_AVERAGE)
+    assert "NOT trustworthy" in low and "ablate pool fisher" in low and "\n" not in low
+    assert "--merge fisher_tensor" in low and "--member-seed-share" not in low
+    assert "ablate pool fisher" not in macro_verdict(0.4, 0.9, 0.05, 2)  # after a Fisher merge
+
+
+@pytest.mark.ray
+def test_ray_actors_merge_by_the_evaluators_merge(ray_session, full_pool, corpus):
+    ensure_fisher(full_pool, batches=1, progress=False)
+    mixes = [Mixture.uniform(["code", "wiki"]), Mixture.of({"code": 0.2, "math": 0.8})]
+    kw = {"by": "domain", "store": False, "progress": False, "merge": "fisher"}
+    local = Evaluator(full_pool, corpus["eval"], **kw).evaluate_many(mixes)
+    with Evaluator(full_pool, corpus["eval"], executor="ray", workers=1, **kw) as ev:
+        remote = ev.evaluate_many(mixes)
+    assert remote["ppl"].to_numpy() == pytest.approx(local["ppl"].to_numpy(), rel=1e-5)
