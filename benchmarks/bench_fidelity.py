@@ -155,6 +155,18 @@ CORPORA: dict[str, tuple[dict[str, Callable[[], list[str]]], list[Callable[[], l
         },
         [py("pygments", "rich"), glob(SITE / "pyarrow/include", "*.h"), metadata_prose],
     ),
+    # Added after the levers and merges were chosen on the three above: an out-of-sample check.
+    "infra": (
+        {
+            "ray_py": py("ray/tune", "ray/data"),
+            "optuna_py": py("optuna"),
+            "triton_py": py("triton/language", "triton/runtime", "triton/compiler"),
+            "stdlib_net": py("email", "http", "urllib", root=STDLIB),
+            "deb_copyright": glob(Path("/usr/share/doc"), "copyright"),
+            "etc_configs": glob(Path("/etc"), "*.conf", "*.cfg"),
+        },
+        [py("pandas/io", "networkx"), glob(Path("/usr/include/linux"), "*.h"), metadata_prose],
+    ),
     "demo": ({}, []),  # ablate.demo.stdlib_corpus, at the demo's own settings (--demo-setting)
 }
 
