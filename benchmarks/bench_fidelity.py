@@ -368,11 +368,9 @@ def merge_pool(folder: Path, variant: str, merge: str, args):
 MERGE_NEEDS_FISHER = {m for m in POOL_MERGES if MERGES[m].uses_fisher}
 
 
-def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
-    """Fixed-budget validation of one pool (proxies merged by ``merge``): the table's numbers."""
-    import numpy as np
-    from scipy import stats
-
+def _validate(pool, eval_file: Path, args, merge: str = "average"):
+    """``(evaluator, report)``: fixed-budget validation of one pool, proxies merged by
+    ``merge`` (real models and their scores come from the cell's caches)."""
     from ablate import Evaluator
     from ablate.validation import validate
 
@@ -389,6 +387,15 @@ def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
         bootstrap=0,
         progress=False,
     )
+    return ev, v
+
+
+def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
+    """Fixed-budget validation of one pool (proxies merged by ``merge``): the table's numbers."""
+    import numpy as np
+    from scipy import stats
+
+    _, v = _validate(pool, eval_file, args, merge)
     d = v.decisions
     domains = d.drop(index="macro")
     # Pairs and the first repeat's records are both in sample order.
@@ -467,6 +474,51 @@ def _merge_row(
     return row
 
 
+LAW_VARIANTS = ("real alone", "proxies alone", "both: indicator", "both: offset")
+
+
+def law_row(folder: Path, corpus: str, setting: str, variant: str, merge: str, args):
+    """The multi-fidelity comparison of one cell (``MixtureLaw.fit_from``, target macro): a
+    law on the 16 real mixtures alone vs the proxies of every subset alone vs both, each by
+    leave-one-out on the real mixtures (cached like the rows)."""
+    from ablate import MixtureLaw
+
+    name = variant if merge == "average" else f"{variant}+{merge}"
+    tag = name + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
+    cache = folder / f"laws-{tag}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    if args.print_only or not (folder / variant / "pool.json").is_file():
+        return None
+    ev, v = _validate(merge_pool(folder, variant, merge, args), folder / "eval.jsonl", args, merge)
+    law = MixtureLaw.fit_from(ev, v, target="macro", seed=args.seed)
+    c = law.fidelity.comparison
+    row = {
+        "corpus": corpus,
+        "setting": setting,
+        "variant": name,
+        "kept": law.fidelity.method,
+        "proxies": int(law.fidelity.proxies),
+        **{f"rho {k}": float(c.loc[k, "loo_spearman"]) for k in LAW_VARIANTS},
+        **{f"rmse {k}": float(c.loc[k, "loo_rmse"]) for k in LAW_VARIANTS},
+    }
+    cache.write_text(json.dumps(row))
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def print_laws(rows: list[dict]) -> None:
+    head = ["corpus", "seed/unit", "proxies of", "join kept"]
+    head += [f"LOO rho: {k}" for k in LAW_VARIANTS] + [f"LOO RMSE: {k}" for k in LAW_VARIANTS]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * 4 + "---:|" * 2 * len(LAW_VARIANTS))
+    for r in rows:
+        cells = [r["corpus"], r["setting"], r["variant"], r["kept"]]
+        cells += [f"{r[f'rho {k}']:.2f}" for k in LAW_VARIANTS]
+        cells += [f"{r[f'rmse {k}']:.3f}" for k in LAW_VARIANTS]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/fidelity", help="where everything is built and kept")
@@ -498,6 +550,12 @@ def main() -> None:
         type=int,
         default=16,
         help="batches per member of the Fisher estimate (--merge fisher)",
+    )
+    ap.add_argument(
+        "--laws",
+        action="store_true",
+        help="also fit the multi-fidelity law of each cell (proxies of every subset + the 16 "
+        "real mixtures, MixtureLaw.fit_from) against a law on the real mixtures alone",
     )
     ap.add_argument("--print-only", action="store_true", help="print the rows already measured")
     args = ap.parse_args()
@@ -543,6 +601,20 @@ def main() -> None:
                         rows.append(row)
     print()
     print_table(rows)
+    if args.laws:
+        laws = []
+        for corpus in args.corpora:
+            for setting in [args.demo_setting] if corpus == "demo" else args.settings:
+                seed_tokens, unit_tokens = (int(x) for x in setting.split(":"))
+                folder = work / corpus / f"seed{seed_tokens}-unit{unit_tokens}"
+                label = f"{seed_tokens // 1000}K/{unit_tokens // 1000}K"
+                for variant in args.variants:
+                    for merge in args.merge:
+                        row = law_row(folder, corpus, label, variant, merge, args)
+                        if row is not None:
+                            laws.append(row)
+        print()
+        print_laws(laws)
 
 
 if __name__ == "__main__":
