@@ -462,11 +462,17 @@ def _merge_row(
         raise SystemExit(f"{folder}/{variant} is missing: measure that variant first")
     start = time.perf_counter()
     pool = merge_pool(folder, variant, merge, args)
+    measured = measure(pool, folder / "eval.jsonl", args, merge=merge)
+    return _keep_row(cache, corpus, seed_tokens, unit_tokens, name, measured, start)
+
+
+def _keep_row(cache: Path, corpus, seed_tokens, unit_tokens, name, measured, start) -> dict:
+    """One table row, written to ``cache`` and printed as JSON (a long run keeps each)."""
     row = {
         "corpus": corpus,
         "setting": f"{seed_tokens // 1000}K/{unit_tokens // 1000}K",
         "variant": name,
-        **measure(pool, folder / "eval.jsonl", args, merge=merge),
+        **measured,
         "minutes": (time.perf_counter() - start) / 60,
     }
     cache.write_text(json.dumps(row))
@@ -584,16 +590,10 @@ def main() -> None:
                     unit_tokens,
                     argparse.Namespace(**{**vars(args), "variants": [variant]}),
                 )
-                row = {
-                    "corpus": corpus,
-                    "setting": f"{seed_tokens // 1000}K/{unit_tokens // 1000}K",
-                    "variant": variant,
-                    **measure(*pools[variant], args),
-                    "minutes": (time.perf_counter() - start) / 60,
-                }
-                cache.write_text(json.dumps(row))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                measured = measure(*pools[variant], args)
+                rows.append(
+                    _keep_row(cache, corpus, seed_tokens, unit_tokens, variant, measured, start)
+                )
             for variant in args.variants:
                 for merge in (m for m in args.merge if m != "average"):
                     row = _merge_row(folder, corpus, seed_tokens, unit_tokens, variant, merge, args)
