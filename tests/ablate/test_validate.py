@@ -455,6 +455,9 @@ def test_macro_verdict_judges_against_the_noise_ceiling():
     assert "TRUSTWORTHY" in macro_verdict(0.85, 0.95, 0.002, 2)
     # Below 0.8 but within 0.05 of a low ceiling: as good as real training agrees with itself.
     assert "TRUSTWORTHY" in macro_verdict(0.62, 0.65, 0.01, 2)
+    # A ranking that holds with a pick that does not (the suite's out-of-sample Fisher cell).
+    pick = macro_verdict(0.91, 0.85, 0.027, 2)
+    assert "TRUSTWORTHY but its PICK is not" in pick and "2.70%" in pick and "1%" in pick
     low = macro_verdict(0.4, 0.9, 0.05, 2)
     assert "NOT trustworthy" in low and "--member-seed-share" in low and "5.00%" in low
     assert "NOT decidable" in macro_verdict(0.1, 0.3, 0.01, 2)
@@ -462,5 +465,5 @@ def test_macro_verdict_judges_against_the_noise_ceiling():
     assert "--sample" in macro_verdict(math.nan, math.nan, 0.0, 1)
     assert all(
         "\n" not in macro_verdict(*a)
-        for a in [(0.9, 0.9, 0, 2), (0.1, 0.9, 0.2, 2), (0.5, 0.2, 0, 2)]
+        for a in [(0.9, 0.9, 0, 2), (0.9, 0.9, 0.2, 2), (0.1, 0.9, 0.2, 2), (0.5, 0.2, 0, 2)]
     )
