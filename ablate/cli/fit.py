@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ablate.cli.common import add_command, add_seed_arg, emit_json, emit_table, usage_error
+from ablate.cli.common import (
+    add_command,
+    add_seed_arg,
+    emit_json,
+    emit_table,
+    usage_error,
+    version,
+)
 from ablate.laws import Constraints, MixtureLaw, read_runs
 from ablate.present.tables import Column
 
@@ -84,6 +91,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         emit_json(
             {
                 "format_version": 1,
+                "ablate_version": version(),
                 "runs": len(runs),
                 "source": runs.source,
                 "caps": dict(constraints.max_weight),

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("sklearn")
 
-from ablate import Evaluator, Mixture, MixtureLaw, validate  # noqa: E402
+from ablate import Evaluator, Mixture, MixtureLaw, __version__, validate  # noqa: E402
 from ablate.cli import main  # noqa: E402
 from ablate.laws import Constraints, read_runs  # noqa: E402
 from ablate.laws.propose import cap_rows  # noqa: E402
@@ -203,6 +203,7 @@ def test_cli_fit_predict_propose(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     (t,) = doc["targets"]
     assert t["law"]["surrogate"] == "exp" and doc["runs"] == 60
+    assert doc["ablate_version"] == __version__  # which release fitted it
     assert t["check"]["n"] == 20 and t["check"]["spearman"] > 0.99 and t["check"]["pick_rank"] == 1
     assert len(t["predictions"]) == 20
     assert [p["rank"] for p in t["proposals"]] == [1, 2]
