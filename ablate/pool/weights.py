@@ -9,6 +9,7 @@ at write time.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,13 @@ def wrap_lora(model: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
         # GPT-2's Conv1D stores W as [in, out]; peft must know to transpose B @ A.
         fan_in_fan_out=targets_transposed(model, targets),
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated ``is_gradient_checkpointing`` on every wrap: a
+        # warning about two other libraries that the user can do nothing about.
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        return get_peft_model(model, config)
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
