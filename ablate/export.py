@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from ablate.engine.layout import MemberLayout
 from ablate.pool.atomic import sha256_file, staged_dir, write_json
 from ablate.pool.errors import AblateError
-from ablate.pool.weights import load_tensors
+from ablate.pool.weights import load_tensors, peft_quietly
 from ablate.version import __version__
 
 if TYPE_CHECKING:
@@ -215,7 +215,8 @@ def _write_adapter(
     )
     base = pool.load_base_model().to(dtype)  # one load: saved as base/, then wrapped by peft
     _save_model(pool, base, folder / "base")
-    peft_model = get_peft_model(base, config)
+    with peft_quietly():
+        peft_model = get_peft_model(base, config)
     set_peft_model_state_dict(peft_model, state)
     peft_model.to(dtype)
     peft_model.save_pretrained(folder, safe_serialization=True)

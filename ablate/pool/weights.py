@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,13 +46,19 @@ def wrap_lora(model: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
         # GPT-2's Conv1D stores W as [in, out]; peft must know to transpose B @ A.
         fan_in_fan_out=targets_transposed(model, targets),
     )
+    with peft_quietly():
+        return get_peft_model(model, config)
+
+
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps or
+    loads a model: a warning about two other libraries that a user can do nothing about."""
     with warnings.catch_warnings():
-        # peft reads transformers' deprecated ``is_gradient_checkpointing`` on every wrap: a
-        # warning about two other libraries that the user can do nothing about.
         warnings.filterwarnings(
             "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
         )
-        return get_peft_model(model, config)
+        yield
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
