@@ -16,7 +16,8 @@ from ablate.evaluator import DomainScore, EvalResult, Evaluator, EvaluatorConfig
 from ablate.laws import MixtureLaw
 from ablate.mixture import Mixture, MixtureError
 from ablate.pool import AblateError, LoraSpec, Pool, Recipe, TinyModelSpec
-from ablate.pool.cluster import ClusterModel, add_clustered, fit_clusters
+from ablate.pool.cluster import add_clustered
+from ablate.pool.clusterer import ClusterModel, fit_clusters
 from ablate.present.tables import task_frame
 from ablate.racing.policy import PartialResult, Race, RaceStats
 from ablate.strategies import Study, search

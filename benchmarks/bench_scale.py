@@ -94,7 +94,7 @@ def cluster_file(path: Path, k: int) -> None:
     """Cluster ``path`` as ``pool add --clusters`` does, without keeping its documents."""
     import numpy as np
 
-    from ablate.pool.cluster import fit_clusters
+    from ablate.pool.clusterer import fit_clusters
     from ablate.pool.corpus import iter_documents
 
     t = time.perf_counter()
@@ -136,7 +136,7 @@ def main() -> None:
     # ---- clustering the unlabeled corpus into n clusters
     from sklearn.metrics import adjusted_rand_score
 
-    from ablate.pool.cluster import fit_clusters
+    from ablate.pool.clusterer import fit_clusters
     from ablate.pool.corpus import read_documents
 
     docs = read_documents([train_file])

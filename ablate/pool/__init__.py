@@ -1,6 +1,7 @@
 """The model pool: partitions, the seed, and one trained member per base unit."""
 
-from ablate.pool.cluster import ClusterModel, add_clustered, fit_clusters
+from ablate.pool.cluster import add_clustered
+from ablate.pool.clusterer import ClusterModel, fit_clusters
 from ablate.pool.distributed import grow_with_ray, torchrun_group
 from ablate.pool.errors import AblateError, CorruptMemberError, DataError, PoolError
 from ablate.pool.method import METHODS, Method, method_of

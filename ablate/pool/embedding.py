@@ -1,9 +1,9 @@
 """Embed documents for clustering: hashed TF-IDF, or the seed model's hidden states.
 
-``ablate.pool.cluster`` fits k-means on these rows. Hashed TF-IDF (scikit-learn's
+``ablate.pool.clusterer`` fits k-means on these rows. Hashed TF-IDF (scikit-learn's
 ``HashingVectorizer``: no vocabulary to fit or store) uses raw counts here, with sublinear
 term frequency, IDF and L2 normalisation applied by ``tfidf``, so the fitted state is a
-plain IDF vector that ``ablate.pool.cluster`` stores as JSON. Seed embeddings are the mean-pooled
+plain IDF vector that ``ablate.pool.clusterer`` stores as JSON. Seed embeddings are the mean-pooled
 final hidden states of the pool's seed model, batched on the training device.
 """
 

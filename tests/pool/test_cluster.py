@@ -11,8 +11,9 @@ import pytest
 from support import WORDS, fake_grow, make_docs, tree_digest, write_jsonl
 
 from ablate.cli import main
-from ablate.pool import Pool, cluster
-from ablate.pool.cluster import ClusterModel, fit_clusters, load_cluster_model, lsa_components
+from ablate.pool import Pool, cluster, clusterer
+from ablate.pool.cluster import load_cluster_model
+from ablate.pool.clusterer import ClusterModel, fit_clusters, lsa_components
 from ablate.pool.corpus import Document, read_documents
 
 pytest.importorskip("sklearn")
@@ -84,7 +85,7 @@ def test_lsa_finds_topics_that_share_most_of_their_words(seed):
 
 
 def test_large_samples_fall_back_to_minibatch_kmeans(monkeypatch):
-    monkeypatch.setattr(cluster, "FULL_KMEANS_WORK", 0)  # as if the sample were too big
+    monkeypatch.setattr(clusterer, "FULL_KMEANS_WORK", 0)  # as if the sample were too big
     docs = _shared_words(2)
     a, b = (fit_clusters(iter(docs), 3, seed=2) for _ in range(2))
     np.testing.assert_array_equal(a.centroids, b.centroids)  # still deterministic
@@ -203,7 +204,7 @@ def test_cluster_bad_inputs_are_one_line_and_change_nothing(
     blank = write_jsonl(tmp_path / "blank.jsonl", [{"text": "  "}, {"text": ""}])
     _refused(capsys, pool, blank, "--clusters", 2, match="no documents found")
     with monkeypatch.context() as m:
-        m.setattr(cluster, "_has_sklearn", lambda: False)
+        m.setattr(clusterer, "_has_sklearn", lambda: False)
         _refused(capsys, pool, few, "--clusters", 2, match="pip install 'ablate-sim[cluster]'")
 
     assert _cli(capsys, "pool", "add", pool.path, few, "--clusters", 3)[0] == 0

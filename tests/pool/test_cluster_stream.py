@@ -14,7 +14,7 @@ import pytest
 from support import WORDS, make_docs, tree_digest, write_jsonl
 
 from ablate.cli import main
-from ablate.pool import cluster
+from ablate.pool import cluster, clusterer
 from ablate.pool import tokens as pool_tokens
 from ablate.pool.cluster import load_cluster_model
 from ablate.pool.corpus import read_documents
@@ -45,7 +45,7 @@ def test_streamed_partitions_equal_tokenizing_each_cluster_in_one_go(
 ):
     p = empty_pool
     # Tiny batches and buffers: many assignment batches, spool flushes and tokenizer batches.
-    monkeypatch.setattr(cluster, "ASSIGN_BATCH", 4)
+    monkeypatch.setattr(clusterer, "ASSIGN_BATCH", 4)
     monkeypatch.setattr(cluster, "SPOOL_BUFFER", 200)
     monkeypatch.setattr(pool_tokens, "_BATCH_DOCS", 3)
     first = _corpus(tmp_path / "first.jsonl", 7, 1)
