@@ -112,7 +112,7 @@ class MergedModel:
         self.chunked = False
         self._seed: torch.Tensor | None = None  # (P,) seed parameters (add_seed_, update_gram)
         self._gram = None  # (N, N) inner products of the members' updates (update_gram)
-        self._fisher = None  # members' Fisher and per-tensor factors (_fisher_rows)
+        self._fisher = None  # the members' Fisher as merged (_precision_stack, _fisher_streams)
         self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
         # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
         # so mixtures without it still merge; a merge that needs it raises that reason.
@@ -340,79 +340,82 @@ class MergedModel:
     def _precision_blocks(self, rows: Sequence[int], precision: Precision):
         """Yield (a, b, members, precision): rows' parameters and diagonal precision at
         columns [a, b), each ``(len(rows), b - a)`` on the device."""
-        fisher, scale = self._fisher_rows()
-        # (n, T) per-member, per-tensor factors: 1, or 1 / the tensor's mean Fisher.
-        factor = (scale if precision == "fisher_tensor" else torch.ones_like(scale))[rows]
-        factor = factor.to(self.device)
+        if not self.chunked:
+            full = self._precision_stack(precision)  # (N, P), derived once per precision
+            cols = 1 << 20  # bounds the (n, cols) temporaries
+            for a in range(0, self.flat.numel(), cols):
+                b = min(self.flat.numel(), a + cols)
+                yield a, b, self.stack[rows, a:b], full[rows, a:b]
+            return
+        fisher, scale, stage = self._fisher_streams()
+        factor = scale[rows].to(self.device) if precision == "fisher_tensor" else None
         lengths = torch.tensor([b - a for a, b in self._offsets.values()], device=self.device)
-        starts = [a for a, _ in self._offsets.values()]
 
         def columns(a: int, b: int) -> torch.Tensor:
             """``factor`` spread over columns [a, b): (n, b - a)."""
-            k0 = bisect.bisect_right(starts, a) - 1
-            k1 = bisect.bisect_left(starts, b)  # tensors k0 .. k1-1 overlap [a, b)
+            k0 = bisect.bisect_right(self._starts, a) - 1
+            k1 = bisect.bisect_left(self._starts, b)  # tensors k0 .. k1-1 overlap [a, b)
             seg = lengths[k0:k1].clone()
-            seg[0] -= a - starts[k0]
-            seg[-1] -= starts[k1 - 1] + int(lengths[k1 - 1]) - b
+            seg[0] -= a - self._starts[k0]
+            seg[-1] -= self._starts[k1 - 1] + int(lengths[k1 - 1]) - b
             return factor[:, k0:k1].repeat_interleave(seg, dim=1)
 
-        if self.chunked:
-            # Two streams over the same columns, each through its own staging buffer.
-            for (a, b, block), (_, _, f) in zip(
-                self._chunks(rows),
-                self._chunks(rows, fisher, stage=self._fisher_stage),
-                strict=True,
-            ):
-                yield a, b, block, f * columns(a, b)
-            return
-        cols = 1 << 20  # bounds the (n, cols) temporaries
-        for a in range(0, self.flat.numel(), cols):
-            b = min(self.flat.numel(), a + cols)
-            yield a, b, self.stack[rows, a:b], fisher[rows, a:b] * columns(a, b)
+        # Two streams over the same columns, each through its own staging buffer.
+        for (a, b, block), (_, _, f) in zip(
+            self._chunks(rows), self._chunks(rows, fisher, stage=stage), strict=True
+        ):
+            yield a, b, block, f if factor is None else f * columns(a, b)
 
-    def _fisher_rows(self):
-        """Members' diagonal Fisher in the stack's layout, read once, and ``(N, T)`` factors
-        that scale each member's tensors to mean 1 (1 where a tensor's Fisher is all 0).
+    def _precision_stack(self, precision: Precision) -> torch.Tensor:
+        """The members' precision as one ``(N, P)`` device tensor beside an in-memory stack,
+        the per-tensor scaling applied once; kept for the precision last asked for (an
+        evaluator merges by one), rebuilt from disk if another is asked."""
+        if self._fisher is None or self._fisher[0] != precision:
+            self._fisher = None  # free the other precision's tensor before building this one
+            per_member, scale = self._read_fisher()
+            full = torch.stack([torch.cat(m) for m in per_member]).float()  # (N, P)
+            if precision == "fisher_tensor":
+                lengths = torch.tensor([b - a for a, b in self._offsets.values()])
+                full.mul_(scale.repeat_interleave(lengths, dim=1))
+            self._fisher = (precision, full.to(self.device))
+        return self._fisher[1]
 
-        The Fisher is an ``(N, P)`` device tensor beside an in-memory stack, else
-        memory-mapped flat views per member (like ``_mapped``) that stream through a
-        second staging buffer.
-        """
+    def _fisher_streams(self):
+        """``(per-member flat views, (N, T) factors, (device, host) staging buffers)`` for a
+        streamed stack: the Fisher streams through its own buffers like the members do."""
         if self._fisher is None:
-            from ablate.pool.fisher import load_fisher
-
-            per_member = []
-            for i, rec in enumerate(self.members):
-                if i in self.unusable:
-                    zero = torch.zeros(1)
-                    per_member.append([zero.expand(b - a) for a, b in self._offsets.values()])
-                    continue
-                f = load_fisher(self.pool, rec)
-                if set(f) != set(self._offsets):
-                    raise PoolError(
-                        f"the Fisher of member {rec.member_id} does not match its weights; "
-                        f"rerun `ablate pool fisher {self.pool.path} --force`"
-                    )
-                per_member.append([f[name].reshape(-1) for name in self._offsets])
-            means = torch.tensor(
-                [[float(t.double().mean()) for t in m] for m in per_member]
-            )  # (N, T)
-            scale = torch.where(means > 0, 1.0 / means.clamp_min(_TINY), 1.0).float()
-            if self.chunked:
-                fisher = per_member
-                stage = torch.empty_like(self._stage)
-                host = (
-                    stage
-                    if self._host is self._stage
-                    else torch.empty(self._host.shape, dtype=self._host.dtype, pin_memory=True)
-                )
-                self._fisher_stage = (stage, host)
-            else:
-                fisher = torch.stack([torch.cat(m) for m in per_member]).to(
-                    self.device, torch.float32
-                )  # (N, P)
-            self._fisher = (fisher, scale)
+            per_member, scale = self._read_fisher()
+            stage = torch.empty_like(self._stage)
+            host = (
+                stage
+                if self._host is self._stage
+                else torch.empty(self._host.shape, dtype=self._host.dtype, pin_memory=True)
+            )
+            self._fisher = (per_member, scale, (stage, host))
         return self._fisher
+
+    def _read_fisher(self):
+        """Members' diagonal Fisher as flat views in the stack's tensor order, and ``(N, T)``
+        factors that scale each member's tensors to mean 1 (1 where a tensor's Fisher is all
+        0). An unusable member's rows are zeros (its weight is 0 in any merge that runs)."""
+        from ablate.pool.fisher import load_fisher
+
+        per_member = []
+        for i, rec in enumerate(self.members):
+            if i in self.unusable:
+                zero = torch.zeros(1)
+                per_member.append([zero.expand(b - a) for a, b in self._offsets.values()])
+                continue
+            f = load_fisher(self.pool, rec)
+            if set(f) != set(self._offsets):
+                raise PoolError(
+                    f"the Fisher of member {rec.member_id} does not match its weights; "
+                    f"rerun `ablate pool fisher {self.pool.path} --force`"
+                )
+            per_member.append([f[name].reshape(-1) for name in self._offsets])
+        means = torch.tensor([[float(t.double().mean()) for t in m] for m in per_member])
+        scale = torch.where(means > 0, 1.0 / means.clamp_min(_TINY), 1.0).float()  # (N, T)
+        return per_member, scale
 
     def add_seed_(self, alpha: float) -> None:
         """``skeleton += alpha * theta_0`` (full-weight pools; the seed loads on first use)."""
