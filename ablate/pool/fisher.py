@@ -26,14 +26,14 @@ pools without Fisher keep their behaviour and their keys.
 
 from __future__ import annotations
 
-import logging
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from ablate.pool.atomic import sha256_file, write_bytes, write_json
+from ablate.pool.atomic import write_bytes, write_json
 from ablate.pool.errors import CorruptMemberError, PoolError
 from ablate.pool.storage import (
     FISHER_FILE,
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
     import torch
 
     from ablate.pool.pool import Pool
-
-log = logging.getLogger(__name__)
 
 # Batches of the pool's batch size: 16 x 16 sequences is one epoch of a 30K-token unit at
 # sequence length 128; 32 gave the same fidelity-suite table within 0.03 (docs/accuracy.md).
@@ -208,7 +206,8 @@ def ensure_fisher(
         # The old record goes first: until the new one lands the member has no Fisher (an
         # interrupted recompute is redone), never a record of other tensors.
         record.unlink(missing_ok=True)
-        write_bytes(path, save(tensors, metadata={"format": "pt"}))
+        data = save(tensors, metadata={"format": "pt"})
+        write_bytes(path, data)
         mean = float(sum(t.double().sum() for t in tensors.values()))
         mean /= sum(t.numel() for t in tensors.values())
         got = FisherRecord(
@@ -217,7 +216,7 @@ def ensure_fisher(
             batches=batches,
             sequences=n,
             seq_len=pool.manifest.recipe.seq_len,
-            fisher_sha256=sha256_file(path),
+            fisher_sha256=hashlib.sha256(data).hexdigest(),  # the bytes just written
             mean=mean,
             created_at=utc_now(),
         )
