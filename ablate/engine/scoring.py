@@ -42,6 +42,12 @@ class ScoringBatch:
     doc: torch.Tensor
 
 
+def pad_id(tokenizer) -> int:
+    """The id padded windows carry (0 for a tokenizer without a pad token: padded positions
+    are never scored, so any id does)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def cut_batches(w: Windows, device: torch.device, batch_tokens: int) -> list[ScoringBatch]:
     """``w`` cut into ``ScoringBatch`` es on ``device``, each cut to its longest window.
 
@@ -120,8 +126,7 @@ class Scorer:
         window changes no score and skips the padding's compute; the real targets' positions
         are found once here, not per mixture.
         """
-        tokenizer = self.model.pool.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad = pad_id(self.model.pool.tokenizer)
         w = self.eval_set.windows(self.model.pool.manifest.context, pad)
         return cut_batches(w, self.model.device, self.batch_tokens)
 
@@ -184,8 +189,7 @@ class TaskScorer:
     def batches(self) -> list[ScoringBatch]:
         """The task's windows cut into batches once (``doc`` holds the flat choice index)."""
         tok = self.model.pool.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        w = self.task.windows(tok, self.model.pool.manifest.context, pad)
+        w = self.task.windows(tok, self.model.pool.manifest.context, pad_id(tok))
         return cut_batches(w, self.model.device, self.batch_tokens)
 
     def score(self) -> TaskScore:
@@ -210,5 +214,6 @@ __all__ = [
     "TaskScore",
     "TaskScorer",
     "cut_batches",
+    "pad_id",
     "target_nll",
 ]

@@ -66,7 +66,7 @@ import numpy as np
 from ablate.data.evalset import IGNORE
 from ablate.engine.executor import LocalExecutor
 from ablate.engine.scores import DocScores, DomainScore, EvalResult, TaskScore
-from ablate.engine.scoring import ScoringBatch, cut_batches, target_nll
+from ablate.engine.scoring import ScoringBatch, cut_batches, pad_id, target_nll
 from ablate.evaluator import as_mixture
 from ablate.mixture import Mixture
 from ablate.objective import TASK_LOSS_SCALE, Target, as_task_loss, task_term
@@ -245,9 +245,7 @@ class Race:
         # (a stratum per task).
         self.tasks = [ev.tasks[n] for n in sorted(task_w)]
         self.task_terms = {n: tuple(task_w[n]) for n in sorted(task_w)}
-        tok = ev.pool.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        self.windows = es.windows(ev.pool.manifest.context, pad)
+        self.windows = es.windows(ev.pool.manifest.context, pad_id(ev.pool.tokenizer))
         self.n_docs, self.n_win = len(es.docs), len(self.windows.lengths)
         win_tokens = (self.windows.targets != IGNORE).sum(1).astype(np.int64)  # (W,)
         self.doc_tokens = np.bincount(self.windows.doc, win_tokens, self.n_docs).astype(np.int64)
