@@ -128,7 +128,8 @@ class EvaluatorConfig:
             its perplexity (by the executor: here, or on the Ray actors).
         merge: How a mixture's members become one model: ``"average"`` (the weighted
             average, Na et al.) or ``"fisher"`` / ``"fisher_tensor"`` (Fisher-weighted,
-            Matena & Raffel; needs ``ablate pool fisher`` first; full-weight pools).
+            Matena & Raffel; needs ``ablate pool fisher`` first; full-weight pools) or
+            ``"regmean"`` (Jin et al.; needs ``ablate pool gram`` first).
             Results of other merges than the average are stored under their own keys.
     """
 

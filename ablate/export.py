@@ -104,6 +104,11 @@ def export(
     layout = layout or MemberLayout(pool)
     weights = layout.member_weights(mixture)  # unknown partitions fail here, before any write
     out = check_export_target(out, overwrite=overwrite)
+    if adapter and layout.merge != "average":
+        raise AblateError(
+            f"--adapter writes the plain average's concatenated factors; a {layout.merge} merge "
+            "is not low-rank: drop --adapter to export its full weights"
+        )
     if adapter and not pool.method.merges_by_factors:
         raise AblateError(
             f"--adapter exports a merged LoRA adapter; pool {pool.path} trains {pool.method.name} "

@@ -223,7 +223,7 @@ def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, a
     from ablate.pool import Pool, Recipe, TinyModelSpec
 
     folder.mkdir(parents=True, exist_ok=True)
-    eval_docs = 12 if corpus == "demo" else EVAL_DOCS
+    eval_docs = 12 if corpus == "demo" else args.eval_docs
     if not (folder / "parts.jsonl").is_file():
         parts, seed_docs = build_corpus(
             corpus,
@@ -237,11 +237,17 @@ def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, a
             [{"text": d, "domain": p} for p, ds in parts.items() for d in ds],
         )
     recipe = Recipe(
-        unit_tokens=unit_tokens, seq_len=SEQ_LEN, batch_size=BATCH, lr=LR, seed=args.seed
+        unit_tokens=unit_tokens,
+        seq_len=args.seq_len,
+        batch_size=args.batch,
+        lr=args.lr,
+        seed=args.seed,
     )
     plain = folder / "plain"
     if (plain / "pool.json").is_file():
         pool = Pool.open(plain)
+    elif args.base:  # a pretrained checkpoint is the seed: nothing is trained before members
+        pool = Pool.create(plain, base=args.base, recipe=recipe, progress=False)
     else:
         tiny = TinyModelSpec(
             **MODEL, intermediate_size=3 * MODEL["hidden_size"], seed_tokens=seed_tokens
@@ -332,21 +338,22 @@ def _memo_real_scores(folder: Path) -> None:
 def merge_pool(folder: Path, variant: str, merge: str, args):
     """The ``variant`` pool for proxies merged by ``merge``: the pool itself for the plain
     average; otherwise a copy of it in ``folder/VARIANT+fisher`` (same members, same seed,
-    its ``validation/`` a link to the plain pool's real models) that holds what the merge
-    needs (each member's diagonal Fisher, ``ablate.pool.fisher``), so measuring a merge
+    its ``validation/`` a link to the plain pool's real models; named after the first merge
+    measured there) that holds what every other merge needs (each member's diagonal Fisher,
+    ``ablate.pool.fisher``, or input Grams, ``ablate.pool.gram``), so measuring a merge
     never writes into the pools it reuses."""
     import shutil
 
     from ablate.pool import Pool
     from ablate.pool.fisher import ensure_fisher
+    from ablate.pool.gram import ensure_gram
 
     source = folder / variant
     if merge == "average":
         return Pool.open(source)
-    held = "fisher" if merge in MERGE_NEEDS_FISHER else merge  # the Fisher merges share one copy
-    copy = folder / f"{variant}+{held}"
+    copy = folder / f"{variant}+fisher"  # one copy holds every merge's statistics
     if not (copy / "pool.json").is_file():
-        tmp = folder / f".{variant}+{held}.tmp"
+        tmp = folder / f".{variant}+fisher.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(
             source,
@@ -361,11 +368,13 @@ def merge_pool(folder: Path, variant: str, merge: str, args):
     pool = Pool.open(copy)
     if merge in MERGE_NEEDS_FISHER:
         ensure_fisher(pool, batches=args.fisher_batches, progress=False)
+    elif MERGES[merge].statistic == "gram":
+        ensure_gram(pool, progress=False)
     return pool
 
 
 # Merges (``--merge``) whose pool copy needs each member's Fisher.
-MERGE_NEEDS_FISHER = {m for m in POOL_MERGES if MERGES[m].uses_fisher}
+MERGE_NEEDS_FISHER = {m for m in POOL_MERGES if MERGES[m].statistic == "fisher"}
 
 
 def _validate(pool, eval_file: Path, args, merge: str = "average"):
@@ -463,14 +472,32 @@ def _merge_row(
     start = time.perf_counter()
     pool = merge_pool(folder, variant, merge, args)
     measured = measure(pool, folder / "eval.jsonl", args, merge=merge)
-    return _keep_row(cache, corpus, seed_tokens, unit_tokens, name, measured, start)
+    return _keep_row(cache, corpus, seed_tokens, unit_tokens, name, measured, start, args)
 
 
-def _keep_row(cache: Path, corpus, seed_tokens, unit_tokens, name, measured, start) -> dict:
+def cell_folder(work: Path, corpus: str, seed_tokens: int, unit_tokens: int, args) -> Path:
+    """Where one (corpus, setting) is built: by seed and unit tokens for a tiny seed; by the
+    checkpoint's folder name and the recipe for a pretrained ``--base`` (seed tokens unused)."""
+    if args.base:
+        name = f"base-{Path(args.base).name}-seq{args.seq_len}-b{args.batch}-lr{args.lr:g}"
+        return work / corpus / f"{name}-unit{unit_tokens}"
+    recipe = (args.seq_len, args.batch, args.lr)
+    extra = (
+        "" if recipe == (SEQ_LEN, BATCH, LR) else f"-seq{recipe[0]}-b{recipe[1]}-lr{recipe[2]:g}"
+    )
+    return work / corpus / f"seed{seed_tokens}-unit{unit_tokens}{extra}"
+
+
+def setting_label(seed_tokens: int, unit_tokens: int, args) -> str:
+    seed = Path(args.base).name if args.base else f"{seed_tokens // 1000}K"
+    return f"{seed}/{unit_tokens // 1000}K"
+
+
+def _keep_row(cache: Path, corpus, seed_tokens, unit_tokens, name, measured, start, args) -> dict:
     """One table row, written to ``cache`` and printed as JSON (a long run keeps each)."""
     row = {
         "corpus": corpus,
-        "setting": f"{seed_tokens // 1000}K/{unit_tokens // 1000}K",
+        "setting": setting_label(seed_tokens, unit_tokens, args),
         "variant": name,
         **measured,
         "minutes": (time.perf_counter() - start) / 60,
@@ -563,6 +590,20 @@ def main() -> None:
         help="also fit the multi-fidelity law of each cell (proxies of every subset + the 16 "
         "real mixtures, MixtureLaw.fit_from) against a law on the real mixtures alone",
     )
+    ap.add_argument(
+        "--base",
+        metavar="DIR",
+        help="a local Hugging Face checkpoint as every cell's seed instead of a tiny seed trained "
+        "on the cell's seed data (its tokenizer too; SEED in --settings is then unused)",
+    )
+    ap.add_argument(
+        "--seq-len", type=int, default=SEQ_LEN, help="members' and real models' sequence length"
+    )
+    ap.add_argument("--batch", type=int, default=BATCH, help="sequences per step")
+    ap.add_argument("--lr", type=float, default=LR, help="peak learning rate")
+    ap.add_argument(
+        "--eval-docs", type=int, default=EVAL_DOCS, help="held-out documents per domain"
+    )
     ap.add_argument("--print-only", action="store_true", help="print the rows already measured")
     args = ap.parse_args()
     work = Path(args.work)
@@ -570,7 +611,7 @@ def main() -> None:
     for corpus in args.corpora:
         for setting in [args.demo_setting] if corpus == "demo" else args.settings:
             seed_tokens, unit_tokens = (int(x) for x in setting.split(":"))
-            folder = work / corpus / f"seed{seed_tokens}-unit{unit_tokens}"
+            folder = cell_folder(work, corpus, seed_tokens, unit_tokens, args)
             for variant in args.variants:
                 if "average" not in args.merge:
                     continue
@@ -592,7 +633,9 @@ def main() -> None:
                 )
                 measured = measure(*pools[variant], args)
                 rows.append(
-                    _keep_row(cache, corpus, seed_tokens, unit_tokens, variant, measured, start)
+                    _keep_row(
+                        cache, corpus, seed_tokens, unit_tokens, variant, measured, start, args
+                    )
                 )
             for variant in args.variants:
                 for merge in (m for m in args.merge if m != "average"):
@@ -606,8 +649,8 @@ def main() -> None:
         for corpus in args.corpora:
             for setting in [args.demo_setting] if corpus == "demo" else args.settings:
                 seed_tokens, unit_tokens = (int(x) for x in setting.split(":"))
-                folder = work / corpus / f"seed{seed_tokens}-unit{unit_tokens}"
-                label = f"{seed_tokens // 1000}K/{unit_tokens // 1000}K"
+                folder = cell_folder(work, corpus, seed_tokens, unit_tokens, args)
+                label = setting_label(seed_tokens, unit_tokens, args)
                 for variant in args.variants:
                     for merge in args.merge:
                         row = law_row(folder, corpus, label, variant, merge, args)

@@ -169,3 +169,35 @@ def fake_grow(pool: Any, *, scale: float = 0.02) -> int:
             record_file="member.json",
         )
     return len(missing)
+
+
+def write_member_stat(pool: Any, stat: Any, tensors_of: Any, **fields: Any) -> None:
+    """Give every member of ``pool`` a hand-made statistic (``stat``: ``storage.FISHER`` or
+    ``GRAM``): ``tensors_of(row, name, weight)`` returns its tensor for a weight, or None;
+    ``fields`` are the record's own (``sequences``, ``mean``; ``tokens``)."""
+    from safetensors.torch import save_file
+
+    from ablate.pool.atomic import sha256_file, write_json
+    from ablate.pool.statistics import stat_paths
+    from ablate.pool.storage import utc_now
+    from ablate.pool.weights import load_tensors
+
+    for i, rec in enumerate(pool.members):
+        weights = load_tensors(pool.weights_path(rec))
+        tensors = {
+            k: t.float().contiguous()
+            for k, v in weights.items()
+            if (t := tensors_of(i, k, v)) is not None
+        }
+        path, record = stat_paths(pool, rec, stat)
+        save_file(tensors, str(path))
+        got = stat.record_cls(
+            member=rec.member_id,
+            weights_sha256=rec.weights_sha256,
+            batches=1,
+            seq_len=pool.manifest.recipe.seq_len,
+            created_at=utc_now(),
+            **{f"{stat.name}_sha256": sha256_file(path)},
+            **fields,
+        )
+        write_json(record, got.model_dump(mode="json"))

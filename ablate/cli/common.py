@@ -272,7 +272,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         default="average",
         help="how a mixture's members become one model: average (weighted average), fisher "
         "(Fisher-weighted, Matena & Raffel; run `ablate pool fisher` first; full-weight pools) "
-        "or fisher_tensor (the same with each member's Fisher scaled to mean 1 per tensor) "
+        "fisher_tensor (the same with each member's Fisher scaled to mean 1 per tensor) "
+        "or regmean (each linear layer fitted to every member's outputs on its own inputs, "
+        "Jin et al.; run `ablate pool gram` first; full-weight and LoRA pools) "
         "(default: average)",
     )
     add_device_arg(p, "score")

@@ -1,4 +1,4 @@
-"""``ablate pool init|add|grow|fisher|ls|verify``: build, grow, list and check a pool of members."""
+"""``ablate pool init|add|grow|fisher|gram|ls|verify``: build, grow, list and check a pool of members."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ablate.cli.common import (
 from ablate.pool import Pool, grow_with_ray, torchrun_group
 from ablate.pool.cluster import ClusterOn, add_clustered, summary
 from ablate.pool.fisher import DEFAULT_BATCHES
+from ablate.pool.gram import DEFAULT_BATCHES as GRAM_BATCHES
 from ablate.pool.recipe import LoraSpec, Recipe, TinyModelSpec
 from ablate.present.tables import Column
 
@@ -332,12 +333,41 @@ def cmd_pool_fisher(args: argparse.Namespace) -> int:
     """
     from ablate.pool.fisher import ensure_fisher
 
+    return _compute_statistic(
+        args,
+        ensure_fisher,
+        lambda r: f"fisher {r.member}: {r.sequences} sequences, mean {r.mean:.3g}",
+    )
+
+
+def cmd_pool_gram(args: argparse.Namespace) -> int:
+    """compute each member's input Grams, for --merge regmean (resumes)
+
+    Compute, for every member, the Gram matrix of each linear layer's inputs (the
+    mean of x x^T over --batches batches of the data it trained on, forward passes
+    only) and its input-embedding token frequencies, and store them beside its
+    weights (gram.safetensors, gram.json), for `--merge regmean` in eval, search
+    and validate. Members that have them for their current weights are skipped, so
+    an interrupted run resumes; nothing else in the pool changes. Full-weight and
+    LoRA pools (LoRA: the adapted layers).
+
+    Examples:
+        ablate pool gram runs/pool
+        ablate pool gram runs/pool --batches 32 --force
+    """
+    from ablate.pool.gram import ensure_gram
+
+    return _compute_statistic(args, ensure_gram, lambda r: f"gram {r.member}: {r.tokens} tokens")
+
+
+def _compute_statistic(args: argparse.Namespace, ensure, describe) -> int:
+    """``pool fisher`` / ``pool gram``: compute what members lack, one line each, then a count."""
     pool = Pool.open(args.pool)
-    done = ensure_fisher(
+    done = ensure(
         pool, batches=args.batches, force=args.force, progress=not args.quiet, device=args.device
     )
     for rec in done:
-        print(f"fisher {rec.member}: {rec.sequences} sequences, mean {rec.mean:.3g}")
+        print(describe(rec))
     print(f"{len(done)} member(s) computed now; {len(pool.members) - len(done)} had it already")
     return 0
 
@@ -445,20 +475,24 @@ def add_pool_commands(sub: Any) -> None:
     add_backend_args(p, local="train", ray="one member per Ray task")
     add_gpus_arg(p, "member", "Ray task")
 
-    p = add_command(pool, "fisher", cmd_pool_fisher)
-    add_pool_arg(p)
-    p.add_argument(
-        "--batches",
-        type=int,
-        default=DEFAULT_BATCHES,
-        metavar="N",
-        help="batches of the pool's batch size per member (default: "
-        f"{DEFAULT_BATCHES}; one epoch of a 30K-token unit at sequence length 128)",
-    )
-    p.add_argument(
-        "--force", action="store_true", help="recompute members that have a Fisher already"
-    )
-    add_device_arg(p, "compute the gradients")
+    for name, cmd, default, what, device in (
+        ("fisher", cmd_pool_fisher, DEFAULT_BATCHES, "a Fisher", "compute the gradients"),
+        ("gram", cmd_pool_gram, GRAM_BATCHES, "Grams", "run the forward passes"),
+    ):
+        p = add_command(pool, name, cmd)
+        add_pool_arg(p)
+        p.add_argument(
+            "--batches",
+            type=int,
+            default=default,
+            metavar="N",
+            help=f"batches of the pool's batch size per member (default: {default}; one epoch "
+            "of a 30K-token unit at sequence length 128)",
+        )
+        p.add_argument(
+            "--force", action="store_true", help=f"recompute members that have {what} already"
+        )
+        add_device_arg(p, device)
 
     p = add_command(pool, "ls", cmd_pool_ls)
     add_pool_arg(p)

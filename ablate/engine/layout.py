@@ -86,8 +86,8 @@ class MemberLayout:
 
     def __init__(self, pool: Pool, merge: PoolMerge = "average"):
         """``merge``: how every mixture's members become one model (``ablate.engine.merges``);
-        one that reads the members' Fisher is refused here, before anything loads, when a
-        member has none."""
+        one that reads a per-member statistic (Fisher, Grams) is refused here, before
+        anything loads, when a member has none."""
         members = pool.members
         if not members:
             raise PoolError(
@@ -110,12 +110,15 @@ class MemberLayout:
             raise AblateError(f"unknown merge {merge!r}; known: {', '.join(POOL_MERGES)}")
         self.merge: PoolMerge = merge
         self.method = merge_method(merge)
-        # The Fisher each member is merged with, as recorded when it was computed (keys).
-        self._fisher_sha: list[str] = []
-        if self.method.uses_fisher:
-            from ablate.pool.fisher import require_fisher
+        # The statistic each member is merged with (its Fisher or Grams), as recorded when
+        # it was computed: part of the keys.
+        self._stat_sha: list[str] = []
+        if self.method.statistic is not None:
+            from ablate.pool.statistics import require_stats
+            from ablate.pool.storage import MEMBER_STATISTICS
 
-            self._fisher_sha = [r.fisher_sha256 for r in require_fisher(pool, members)]
+            stat = next(s for s in MEMBER_STATISTICS if s.name == self.method.statistic)
+            self._stat_sha = [stat.sha(r) for r in require_stats(pool, members, stat)]
 
     def member_weights(self, mixture: Mixture) -> np.ndarray:
         """Weights over members ``(N,)``: a partition's weight spread evenly over its units."""
@@ -141,8 +144,10 @@ class MemberLayout:
         }
         if self.merge != "average":  # the plain average's keys are those of older pools
             key["merge"] = self.merge
-            if self._fisher_sha:
-                key["fisher"] = [self._fisher_sha[i] for i in range(len(self.members)) if w[i] > 0]
+            if self._stat_sha:  # "fisher" or "gram"
+                key[self.method.statistic] = [
+                    self._stat_sha[i] for i in range(len(self.members)) if w[i] > 0
+                ]
         return sha256_json(key)
 
     def walk_order(self, mixtures: Sequence[Mixture]) -> tuple[list[Mixture], list[Mixture]]:

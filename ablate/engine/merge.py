@@ -45,6 +45,9 @@ STREAM_MIN_COLS = 1024
 # Guard of the Fisher merge's division: where the summed weighted Fisher is 0 the parameter
 # keeps the plain average; clamping only keeps 0/0 out of the unused branch of torch.where.
 _TINY = 1e-38
+# RegMean's ridge toward the plain average, relative to the summed Gram's mean diagonal: only
+# input directions that no member's data excites (a singular Gram) feel it.
+RIDGE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,15 @@ class _LoraSite:
     right: torch.Tensor
     rank: int
     scaling: float
+    name: str  # the adapted weight's name (the key of its Gram, ``ablate pool gram``)
+    transposed: bool  # Conv1D: param is [in, out]
+
+    def delta(self, row: int) -> torch.Tensor:
+        """Member ``row``'s update of this weight, in the param's orientation."""
+        r = self.rank
+        return (self.left[:, row * r : (row + 1) * r] @ self.right[row * r : (row + 1) * r]) * (
+            self.scaling
+        )
 
 
 class MergedModel:
@@ -113,6 +125,7 @@ class MergedModel:
         self._seed: torch.Tensor | None = None  # (P,) seed parameters (add_seed_, update_gram)
         self._gram = None  # (N, N) inner products of the members' updates (update_gram)
         self._fisher = None  # the members' Fisher as merged (_precision_stack, _fisher_streams)
+        self._grams: list[dict[str, torch.Tensor]] | None = None  # per member (regression_merge_)
         self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
         # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
         # so mixtures without it still merge; a merge that needs it raises that reason.
@@ -254,6 +267,8 @@ class MergedModel:
                     right=right.to(self.device, p.dtype).contiguous(),
                     rank=spec.rank,
                     scaling=spec.alpha / spec.rank,
+                    name=name,
+                    transposed=stores_transposed(modules[module]),
                 )
             )
         if not sites:
@@ -416,6 +431,76 @@ class MergedModel:
         means = torch.tensor([[float(t.double().mean()) for t in m] for m in per_member])
         scale = torch.where(means > 0, 1.0 / means.clamp_min(_TINY), 1.0).float()  # (N, T)
         return per_member, scale
+
+    def regression_merge_(self, weights: torch.Tensor, shrink: float = 0.9) -> None:
+        """RegMean (``ablate.engine.merges.regmean``) into the skeleton: each linear weight
+        ``(sum_i w_i G_i)^-1 sum_i w_i G_i W_i^T`` from the members' input Grams ``G_i``
+        (``ablate.pool.gram``; off-diagonal scaled by ``shrink``), input-embedding rows
+        weighted by the members' token counts, everything else the weighted average (LoRA
+        pools: the adapted weights from the members' updates, the rest is the seed).
+
+        A one-member mixture is exactly that member. Input directions no member's data
+        excites (a zero Gram there) keep the weighted average instead of an arbitrary value.
+        """
+        self.weighted_sum_(weights)  # the average: the answer for everything not solved below
+        rows = torch.nonzero(weights).flatten().tolist()
+        if len(rows) < 2:
+            return
+        w = weights[rows].to(self.device, torch.float64)  # (n,)
+        grams = self._member_grams()
+        if self.merges_deltas:
+            for site in self._sites:
+                g = [grams[r].get(site.name) for r in rows]
+                if any(x is None for x in g):
+                    continue
+                deltas = torch.stack([site.delta(r) for r in rows])  # (n, *param shape)
+                avg = site.param.data - site.base  # the averaged update
+                merged = _regmean(torch.stack(g), deltas, w, shrink, site.transposed, avg)
+                site.param.data.copy_(site.base + merged.to(site.param.dtype))
+            return
+        modules = dict(self.model.named_modules())
+        shapes = {name: p.shape for name, p in self._params}
+        for k, (name, (a, b)) in enumerate(self._offsets.items()):
+            g = [grams[r].get(name) for r in rows]
+            if any(x is None for x in g):
+                continue
+            theta = self._member_tensor(rows, k, a, b).view(len(rows), *shapes[name])
+            out = self.flat[a:b].view(shapes[name])
+            if g[0].dim() == 1:  # token frequencies (vocab,): the input embedding's rows
+                c = torch.stack(g).to(self.device, torch.float64) * w[:, None]  # (n, V)
+                den = c.sum(0)  # (V,)
+                rows_ = (c[:, :, None] * theta.double()).sum(0) / den.clamp_min(_TINY)[:, None]
+                out.copy_(torch.where(den[:, None] > 0, rows_, out.double()).to(out.dtype))
+                continue
+            transposed = stores_transposed(modules[name.rsplit(".", 1)[0]])
+            merged = _regmean(torch.stack(g), theta, w, shrink, transposed, out)
+            out.copy_(merged.to(out.dtype))
+
+    def _member_tensor(self, rows: Sequence[int], k: int, a: int, b: int) -> torch.Tensor:
+        """Members ``rows``' parameter ``k`` (flat columns [a, b)) as ``(n, b - a)`` on the
+        device, from the stack or, when streamed, from the memory-mapped files."""
+        if not self.chunked:
+            return self.stack[rows, a:b]
+        return torch.stack([self._mapped[r][k] for r in rows]).to(self.device)
+
+    def _member_grams(self) -> list[dict[str, torch.Tensor]]:
+        """Each member's Grams by weight name on the device, read once (an unusable member:
+        none; its weight is 0 in any merge that runs)."""
+        if self._grams is None:
+            from ablate.pool.gram import load_gram
+
+            grams = []
+            for i, rec in enumerate(self.members):
+                got = {} if i in self.unusable else load_gram(self.pool, rec)
+                unknown = set(got) - set(self._offsets)
+                if unknown:
+                    raise PoolError(
+                        f"the Grams of member {rec.member_id} do not match its weights "
+                        f"({sorted(unknown)[:2]}); rerun `ablate pool gram {self.pool.path} --force`"
+                    )
+                grams.append({k: v.to(self.device) for k, v in got.items()})
+            self._grams = grams
+        return self._grams
 
     def add_seed_(self, alpha: float) -> None:
         """``skeleton += alpha * theta_0`` (full-weight pools; the seed loads on first use)."""
@@ -582,6 +667,36 @@ class MergedModel:
             if block.data_ptr() != host.data_ptr():
                 block.copy_(host)  # blocking: the next chunk refills `host`
             yield a, b, block
+
+
+def _regmean(
+    grams: torch.Tensor,
+    members: torch.Tensor,
+    w: torch.Tensor,
+    shrink: float,
+    transposed: bool,
+    fallback: torch.Tensor,
+) -> torch.Tensor:
+    """``(sum_i w_i G_i)^-1 sum_i w_i G_i W_i^T`` for one linear weight, in float64.
+
+    ``grams`` (n, in, in); ``members`` (n, out, in), or (n, in, out) when ``transposed``
+    (Conv1D); ``w`` (n,); ``fallback`` (the weight's shape): the value along input
+    directions no member excites, through a ridge toward it that is negligible elsewhere
+    (``RIDGE`` of the mean diagonal). Returns the merged weight in ``members``' orientation.
+    """
+    g = grams.to(members.device, torch.float64)
+    if shrink != 1.0:
+        diag = torch.diagonal(g, dim1=1, dim2=2)  # (n, in)
+        g = shrink * g + (1.0 - shrink) * torch.diag_embed(diag)
+    wt = members.double() if transposed else members.double().transpose(1, 2)  # (n, in, out)
+    fb = fallback.double() if transposed else fallback.double().T  # (in, out)
+    wg = g * w[:, None, None]  # (n, in, in): w_i G_i
+    lhs = wg.sum(0)  # (in, in)
+    rhs = torch.bmm(wg, wt).sum(0)  # (in, out)
+    ridge = RIDGE * float(lhs.diagonal().mean().clamp_min(_TINY))
+    eye = torch.eye(lhs.shape[0], dtype=lhs.dtype, device=lhs.device)
+    solved = torch.linalg.solve(lhs + ridge * eye, rhs + ridge * fb)  # (in, out)
+    return solved if transposed else solved.T
 
 
 def _stack_budget(device: torch.device) -> int:

@@ -20,29 +20,25 @@ batch size and mix sequences' signs.
 
 Layout: ``POOL/members/<partition>/<unit>/fisher.safetensors`` (one fp32 tensor per member
 tensor, same names) and ``fisher.json`` (``FisherRecord``, written last: its presence marks
-the Fisher finished, and it names the member weights it belongs to). Nothing else changes, so
-pools without Fisher keep their behaviour and their keys.
+the Fisher finished, and it names the member weights it belongs to); files, resume and checks
+are ``ablate.pool.statistics``'. Nothing else changes, so pools without Fisher keep their
+behaviour and their keys.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-from pathlib import Path
+from functools import partial
 from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
-
-from ablate.pool.atomic import write_bytes, write_json
 from ablate.pool.errors import CorruptMemberError, PoolError
-from ablate.pool.storage import (
-    FISHER_FILE,
-    FISHER_RECORD,
-    FisherRecord,
-    MemberRecord,
-    read_record,
-    utc_now,
+from ablate.pool.statistics import (
+    ensure_stats,
+    load_stats,
+    require_stats,
+    stat_paths,
+    stat_record,
 )
+from ablate.pool.storage import FISHER, FISHER_FILE, FISHER_RECORD, MemberRecord
 from ablate.pool.weights import load_tensors
 
 if TYPE_CHECKING:
@@ -53,75 +49,24 @@ if TYPE_CHECKING:
 # Batches of the pool's batch size: 16 x 16 sequences is one epoch of a 30K-token unit at
 # sequence length 128; 32 gave the same fidelity-suite table within 0.03 (docs/accuracy.md).
 DEFAULT_BATCHES = 16
-# LoRA members merge exactly through their factors (sum_i w_i B_i A_i); a Fisher-weighted
-# average of the products is not a sum of factor products (it would need every product's
-# full matrix), and a Fisher of the factors weighs A and B separately, which is not the
-# product's curvature: refused, not approximated.
-LORA_REFUSAL = (
-    "the Fisher merge is for full-weight pools; this pool is LoRA: use --merge average, "
-    "or grow a full-weight pool (--method full) to merge by Fisher"
-)
+# Why LoRA pools are refused (``storage.FISHER``: a Fisher of the factors is not the curvature
+# of their product).
+LORA_REFUSAL: str = FISHER.lora_refusal or ""
 
 
-def fisher_paths(pool: Pool, rec: MemberRecord) -> tuple[Path, Path]:
-    """(tensors, record) of a member's Fisher."""
-    folder = pool.member_folder(rec.partition, rec.unit)
-    return folder / FISHER_FILE, folder / FISHER_RECORD
+def _compute(pool: Pool, rec: MemberRecord, *, batches: int, device: str | None):
+    tensors, n = member_fisher(pool, rec, batches=batches, device=device)
+    mean = float(sum(t.double().sum() for t in tensors.values()))
+    mean /= sum(t.numel() for t in tensors.values())
+    return tensors, {"sequences": n, "mean": mean}
 
 
-def fisher_record(pool: Pool, rec: MemberRecord) -> FisherRecord | None:
-    """The member's finished Fisher record, or None if it has none for its current weights."""
-    _, record = fisher_paths(pool, rec)
-    if not record.is_file():
-        return None
-    got = read_record(record, FisherRecord)
-    return got if got.weights_sha256 == rec.weights_sha256 else None
-
-
-def require_fisher(pool: Pool, members: Sequence[MemberRecord]) -> list[FisherRecord]:
-    """Every member's finished Fisher record, in order.
-
-    Raises:
-        PoolError: a member has none (or one of older weights), naming the command to run.
-    """
-    if pool.method.merges_by_factors:
-        raise PoolError(LORA_REFUSAL)
-    out = []
-    missing = []
-    for rec in members:
-        got = fisher_record(pool, rec)
-        if got is None:
-            missing.append(rec.member_id)
-        else:
-            out.append(got)
-    if missing:
-        shown = ", ".join(missing[:3]) + (
-            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        )
-        raise PoolError(
-            f"the Fisher merge needs each member's Fisher information, which {shown} lack(s); "
-            f"run `ablate pool fisher {pool.path}` first"
-        )
-    return out
-
-
-def load_fisher(pool: Pool, rec: MemberRecord) -> dict[str, torch.Tensor]:
-    """A member's diagonal Fisher by parameter name (fp32, checked against its record).
-
-    Raises:
-        PoolError: it has not been computed (or belongs to older weights of the member).
-    """
-    got = fisher_record(pool, rec)
-    if got is None:
-        raise PoolError(
-            f"member {rec.member_id} has no Fisher information for the Fisher merge; "
-            f"run `ablate pool fisher {pool.path}` first"
-        )
-    tensors, _ = fisher_paths(pool, rec)
-    try:
-        return load_tensors(tensors, sha256=got.fisher_sha256)
-    except CorruptMemberError as e:
-        raise PoolError(f"{e}; or rerun `ablate pool fisher {pool.path} --force`") from None
+# Where a member's Fisher statistic lives, its record, all of them, its tensors
+# (``ablate.pool.statistics`` for this kind).
+fisher_paths = partial(stat_paths, stat=FISHER)
+fisher_record = partial(stat_record, stat=FISHER)
+require_fisher = partial(require_stats, stat=FISHER)
+load_fisher = partial(load_stats, stat=FISHER)
 
 
 def member_fisher(
@@ -175,51 +120,26 @@ def member_fisher(
     return {k: (v / n).cpu().contiguous() for k, v in acc.items()}, n
 
 
-def ensure_fisher(
-    pool: Pool,
-    *,
-    batches: int = DEFAULT_BATCHES,
-    force: bool = False,
-    progress: bool = True,
-    device: str | None = None,
-) -> list[FisherRecord]:
-    """Compute the Fisher of every member that lacks one (resumable: each member's files are
-    written atomically, its record last); returns the records computed now."""
-    from safetensors.torch import save
+# Compute what members lack (resumable); returns the records computed now. ``compute`` is
+# looked up when called, so that tests can interrupt ``member_fisher``.
+ensure_fisher = partial(
+    ensure_stats,
+    stat=FISHER,
+    compute=lambda pool, rec, **kw: _compute(pool, rec, **kw),
+    batches=DEFAULT_BATCHES,
+)
 
-    if batches < 1:
-        raise PoolError(f"--batches must be at least 1, got {batches}")
-    members = pool.members
-    if not members:
-        raise PoolError("the pool has no trained members; run `ablate pool grow` first")
-    if pool.method.merges_by_factors:
-        raise PoolError(LORA_REFUSAL)
-    todo = [
-        r
-        for r in members
-        if force or (got := fisher_record(pool, r)) is None or got.batches != batches
-    ]
-    done = []
-    for rec in tqdm(todo, desc="fisher", unit="member", disable=not progress):
-        tensors, n = member_fisher(pool, rec, batches=batches, device=device)
-        path, record = fisher_paths(pool, rec)
-        # The old record goes first: until the new one lands the member has no Fisher (an
-        # interrupted recompute is redone), never a record of other tensors.
-        record.unlink(missing_ok=True)
-        data = save(tensors, metadata={"format": "pt"})
-        write_bytes(path, data)
-        mean = float(sum(t.double().sum() for t in tensors.values()))
-        mean /= sum(t.numel() for t in tensors.values())
-        got = FisherRecord(
-            member=rec.member_id,
-            weights_sha256=rec.weights_sha256,
-            batches=batches,
-            sequences=n,
-            seq_len=pool.manifest.recipe.seq_len,
-            fisher_sha256=hashlib.sha256(data).hexdigest(),  # the bytes just written
-            mean=mean,
-            created_at=utc_now(),
-        )
-        write_json(record, got.model_dump(mode="json"))
-        done.append(got)
-    return done
+
+__all__ = [
+    "DEFAULT_BATCHES",
+    "FISHER",
+    "FISHER_FILE",
+    "FISHER_RECORD",
+    "LORA_REFUSAL",
+    "ensure_fisher",
+    "fisher_paths",
+    "fisher_record",
+    "load_fisher",
+    "member_fisher",
+    "require_fisher",
+]

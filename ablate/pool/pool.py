@@ -34,10 +34,9 @@ from ablate.pool.method import FULL, Method, method_of
 from ablate.pool.partition import partition_documents
 from ablate.pool.recipe import Recipe, TinyModelSpec
 from ablate.pool.storage import (
-    FISHER_FILE,
-    FISHER_RECORD,
-    FisherRecord,
+    MEMBER_STATISTICS,
     MemberRecord,
+    MemberStatistic,
     PoolManifest,
     member_id,
     read_record,
@@ -519,7 +518,7 @@ class Pool:
     # ----------------------------------------------------------------- checks
     def verify(self) -> VerifyReport:
         """Re-hash the seed, every partition's tokens and every member's weights (and its
-        Fisher, where ``ablate pool fisher`` wrote one)."""
+        Fisher and Grams, where ``ablate pool fisher`` / ``gram`` wrote them)."""
         report = VerifyReport()
         try:
             if seedlib.weights_fingerprint(self.base_folder) != self.manifest.base_sha256:
@@ -554,11 +553,12 @@ class Pool:
                 report.corrupt.append(f"{ref.member_id} ({rec.weights_file} missing)")
             elif sha256_file(folder / rec.weights_file) != rec.weights_sha256:
                 report.corrupt.append(f"{ref.member_id} ({rec.weights_file} sha256 mismatch)")
-            elif (problem := _fisher_problem(self, rec)) is not None:
-                report.checked += 1
-                report.corrupt.append(f"{ref.member_id} ({problem})")
-            elif (folder / FISHER_RECORD).is_file():
-                report.checked += 1
+            else:
+                for stat in MEMBER_STATISTICS:  # each one `pool fisher` / `pool gram` wrote
+                    if (folder / stat.record_file).is_file():
+                        report.checked += 1
+                        if (problem := _stat_problem(self, rec, stat)) is not None:
+                            report.corrupt.append(f"{ref.member_id} ({problem})")
         return report
 
     def check_member(self, rec: MemberRecord) -> None:
@@ -604,20 +604,21 @@ class Pool:
         return rows
 
 
-def _fisher_problem(pool: Pool, rec: MemberRecord) -> str | None:
-    """What is wrong with a member's Fisher (``ablate pool fisher``), if it has one."""
+def _stat_problem(pool: Pool, rec: MemberRecord, stat: MemberStatistic) -> str | None:
+    """What is wrong with a member's Fisher or Grams (``ablate.pool.statistics``), if it has
+    them (none is not a fault: only the merges that read them need them)."""
     folder = pool.member_folder(rec.partition, rec.unit)
-    tensors, record = folder / FISHER_FILE, folder / FISHER_RECORD
+    tensors, record = folder / stat.file, folder / stat.record_file
     if not record.is_file():
-        return None  # no Fisher is not a fault: only the Fisher merges need it
-    fix = f"run `ablate pool fisher {pool.path} --force`"
+        return None
+    fix = f"run {stat.command(pool.path, force=True)}"
     try:
-        got = read_record(record, FisherRecord)
+        got = read_record(record, stat.record_cls)
     except PoolError:
-        return f"{FISHER_RECORD} unreadable; {fix}"
+        return f"{record.name} unreadable; {fix}"
     if got.weights_sha256 != rec.weights_sha256:
-        return f"its Fisher belongs to other weights; {fix}"
-    if not tensors.is_file() or sha256_file(tensors) != got.fisher_sha256:
+        return f"its {stat.what} belongs to other weights; {fix}"
+    if not tensors.is_file() or sha256_file(tensors) != stat.sha(got):
         return f"{tensors.name} missing or sha256 mismatch; {fix}"
     return None
 

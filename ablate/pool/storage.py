@@ -10,6 +10,8 @@ Layout::
     POOL/members/<partition>/<unit>/        model.safetensors | adapter.safetensors, member.json
     POOL/members/<partition>/<unit>/        fisher.safetensors, fisher.json (FisherRecord; optional,
                                             written by ``ablate pool fisher``)
+    POOL/members/<partition>/<unit>/        gram.safetensors, gram.json (GramRecord; optional,
+                                            written by ``ablate pool gram``)
     POOL/results.sqlite                     results store (written by ``ablate``)
 
 Every record carries ``format_version``; a pool written by a newer ablate is refused with a
@@ -21,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -125,6 +128,68 @@ class FisherRecord(_Record):
     fisher_sha256: str
     mean: float = Field(description="Mean over all parameters (a diagnostic).")
     created_at: str
+
+
+class GramRecord(_Record):
+    """How a member's input Gram matrices were computed, and for which weights."""
+
+    member: str = Field(description="partition/unit of the member.")
+    weights_sha256: str = Field(description="sha256 of the member weights it was computed at.")
+    batches: int = Field(gt=0, description="Batches of the pool's batch size that were averaged.")
+    tokens: int = Field(gt=0, description="Input tokens the Grams average over.")
+    seq_len: int = Field(gt=0)
+    gram_sha256: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class MemberStatistic:
+    """One kind of per-member statistic a merge reads (``ablate.pool.statistics``): its name
+    (the ``ablate pool NAME`` command, the file stem and the results-key field), what it is
+    called in messages, its record class (with a ``<name>_sha256`` field), and the line that
+    refuses LoRA pools where it has no meaning for them (None: LoRA pools are supported)."""
+
+    name: str
+    what: str  # in "the <merge> merge needs each member's <what>"
+    merge: str
+    record_cls: type[_Record]
+    lora_refusal: str | None = None
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.safetensors"
+
+    @property
+    def record_file(self) -> str:
+        return f"{self.name}.json"
+
+    def sha(self, record: _Record) -> str:
+        """The recorded sha256 of the tensors file."""
+        return getattr(record, f"{self.name}_sha256")
+
+    def command(self, pool_path: Path, force: bool = False) -> str:
+        return f"`ablate pool {self.name} {pool_path}{' --force' if force else ''}`"
+
+
+# LoRA members merge exactly through their factors (sum_i w_i B_i A_i); a Fisher-weighted
+# average of the products is not a sum of factor products (it would need every product's
+# full matrix), and a Fisher of the factors weighs A and B separately, which is not the
+# product's curvature: refused, not approximated.
+FISHER = MemberStatistic(
+    name="fisher",
+    what="Fisher information",
+    merge="Fisher",
+    record_cls=FisherRecord,
+    lora_refusal=(
+        "the Fisher merge is for full-weight pools; this pool is LoRA: use --merge average "
+        "or --merge regmean, or grow a full-weight pool (--method full) to merge by Fisher"
+    ),
+)
+GRAM = MemberStatistic(
+    name="gram", what="input Gram matrices", merge="RegMean", record_cls=GramRecord
+)
+# Every statistic a member may have beside its weights (``pool verify`` checks each it finds).
+MEMBER_STATISTICS = (FISHER, GRAM)
 
 
 def utc_now() -> str:

@@ -467,12 +467,14 @@ TRUST_SLACK = 0.05  # ... or this close to the noise ceiling, where real trainin
 TRUST_REGRET = 0.01
 
 
-# What to try when the macro ranking is not trustworthy: with the plain average, the Fisher
-# merge first (it ranked better in every cell of the fidelity suite, docs/accuracy.md; its
-# pick was worse on one, so the advice is to validate it, not to switch blindly).
+# What to try when the macro ranking is not trustworthy: with the plain average, a
+# curvature-aware merge (each passed the suite's bar on cells where the average did not,
+# none on all of them, docs/accuracy.md: so the advice is to validate them, not to switch
+# blindly). RegMean first: it works for LoRA pools too and needs forward passes only.
 FIX_AVERAGE = (
-    "or compute the members' Fisher (`ablate pool fisher POOL`, full-weight pools) and "
-    "validate again with --merge fisher_tensor"
+    "or compute the members' input Grams (`ablate pool gram POOL`) and validate again with "
+    "--merge regmean, and on a full-weight pool their Fisher (`ablate pool fisher POOL`) "
+    "with --merge fisher_tensor"
 )
 FIX_OTHER = (
     "or grow a pool whose members stay near the seed (pool init --member-seed-share 0.5 "

@@ -14,6 +14,7 @@ from ablate.engine.merges.base import (
 )
 from ablate.engine.merges.extrapolate import Extrapolate, NormExtrapolate, norm_lambda
 from ablate.engine.merges.fisher import Fisher, FisherPerTensor
+from ablate.engine.merges.regmean import RegMean
 
 __all__ = [
     "MERGES",
@@ -28,6 +29,7 @@ __all__ = [
     "NormExtrapolate",
     "PoolMerge",
     "Precision",
+    "RegMean",
     "merge_method",
     "norm_lambda",
     "register",

@@ -46,6 +46,12 @@ class Mergeable(Protocol):
         diagonal ``precision`` (``PRECISIONS``; full-weight pools)."""
         ...
 
+    def regression_merge_(self, weights: torch.Tensor, shrink: float) -> None:
+        """Each linear layer ``(sum_i w_i G_i)^-1 sum_i w_i G_i W_i^T`` from the members'
+        input Grams ``G_i`` (their off-diagonal scaled by ``shrink``), input-embedding rows
+        weighted by token counts, the rest the weighted average (full-weight and LoRA pools)."""
+        ...
+
 
 @runtime_checkable
 class MergeMethod(Protocol):
@@ -53,9 +59,10 @@ class MergeMethod(Protocol):
     must give a one-member mixture exactly that member's weights)."""
 
     name: ClassVar[str]
-    # Whether it reads each member's diagonal Fisher (``ablate pool fisher``); ``register``
-    # sets False where a class does not say.
-    uses_fisher: ClassVar[bool]
+    # The per-member statistic it reads (``"fisher"``: ``ablate pool fisher``; ``"gram"``:
+    # ``ablate pool gram``; ``ablate.pool.statistics``), or None; ``register`` sets None where
+    # a class does not say.
+    statistic: ClassVar[str | None]
     # Whether it is the plain weighted sum ``sum_i w_i theta_i`` (linear in the weights): then
     # running sums walk uniform subsets and the gradient in ``w_i`` is ``<grad, theta_i>``;
     # ``register`` sets False where a class does not say.
@@ -71,7 +78,7 @@ MERGES: dict[str, Callable[[], MergeMethod]] = {}
 
 # Merges an evaluator can use for every mixture it scores (``--merge``; parameter-free, and
 # recorded in the results' keys unless it is the plain average).
-PoolMerge = Literal["average", "fisher", "fisher_tensor"]
+PoolMerge = Literal["average", "fisher", "fisher_tensor", "regmean"]
 POOL_MERGES: tuple[str, ...] = get_args(PoolMerge)
 # Diagonal precisions of ``Mergeable.precision_weighted_sum_``: each member's Fisher as
 # stored, or scaled to mean 1 within each tensor (only where inside a tensor a member's
@@ -87,7 +94,7 @@ def register(name: str) -> Callable[[type], type]:
         if name in MERGES:
             raise ValueError(f"merge method {name!r} is registered twice")
         cls.name = name
-        cls.uses_fisher = getattr(cls, "uses_fisher", False)
+        cls.statistic = getattr(cls, "statistic", None)
         cls.linear = getattr(cls, "linear", False)
         MERGES[name] = cls
         return cls

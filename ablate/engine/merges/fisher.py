@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class Fisher:
     """``sum_i w_i F_i theta_i / sum_i w_i F_i`` (the plain average where all ``F_i`` are 0)."""
 
-    uses_fisher = True
+    statistic = "fisher"
 
     def apply(self, model: Mergeable, weights: torch.Tensor) -> None:
         model.precision_weighted_sum_(weights, "fisher")
@@ -34,7 +34,7 @@ class FisherPerTensor:
     """``Fisher`` with each member's Fisher scaled to mean 1 in every tensor: a member whose
     loss (so whose gradients) is larger overall does not outweigh the others everywhere."""
 
-    uses_fisher = True
+    statistic = "fisher"
 
     def apply(self, model: Mergeable, weights: torch.Tensor) -> None:
         model.precision_weighted_sum_(weights, "fisher_tensor")

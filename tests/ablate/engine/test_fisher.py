@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import save_file
-from support import run_cli
+from support import run_cli, write_member_stat
 
 from ablate import Evaluator, Mixture
 from ablate.engine.merge import MergedModel
 from ablate.engine.merges import MERGES, POOL_MERGES
 from ablate.objective import Target
 from ablate.pool import Pool
-from ablate.pool.atomic import sha256_file, write_json
 from ablate.pool.errors import AblateError, PoolError
-from ablate.pool.fisher import ensure_fisher, fisher_paths
-from ablate.pool.storage import FisherRecord, utc_now
+from ablate.pool.fisher import ensure_fisher
+from ablate.pool.storage import FISHER
 from ablate.pool.weights import load_tensors
 from ablate.strategies.gradient import mixture_gradient
 
@@ -26,25 +24,8 @@ BUDGETS = (None, 1)  # the stack in memory, then streamed chunk by chunk
 
 
 def _write_fisher(pool: Pool, fisher_of) -> None:
-    """Give every member a hand-made Fisher: ``fisher_of(row, name, tensor) -> tensor``."""
-    for i, rec in enumerate(pool.members):
-        tensors = load_tensors(pool.weights_path(rec))
-        f = {k: fisher_of(i, k, v).float().contiguous() for k, v in tensors.items()}
-        path, record = fisher_paths(pool, rec)
-        save_file(f, str(path))
-        write_json(
-            record,
-            FisherRecord(
-                member=rec.member_id,
-                weights_sha256=rec.weights_sha256,
-                batches=1,
-                sequences=1,
-                seq_len=pool.manifest.recipe.seq_len,
-                fisher_sha256=sha256_file(path),
-                mean=1.0,
-                created_at=utc_now(),
-            ).model_dump(mode="json"),
-        )
+    """Give every member a hand-made statistic: ``fisher_of(row, name, weight) -> tensor``."""
+    write_member_stat(pool, FISHER, fisher_of, sequences=1, mean=1.0)
 
 
 def _models(pool: Pool, merge: str):
@@ -65,7 +46,8 @@ def _models(pool: Pool, merge: str):
 def test_pool_merges_are_registered():
     assert set(POOL_MERGES) <= set(MERGES) and POOL_MERGES[0] == "average"
     assert MERGES["average"].linear and not MERGES["fisher"].linear
-    assert MERGES["fisher"].uses_fisher and not MERGES["average"].uses_fisher
+    assert MERGES["fisher"].statistic == "fisher" and MERGES["average"].statistic is None
+    assert MERGES["regmean"].statistic == "gram" and not MERGES["regmean"].linear
 
 
 def test_two_members_by_hand_and_the_fallback_where_no_member_has_curvature(full_pool):
@@ -236,6 +218,7 @@ def test_the_verdict_suggests_the_fisher_merge_after_the_average_only():
     low = macro_verdict(0.4, 0.9, 0.05, 2, fix=FIX_AVERAGE)
     assert "NOT trustworthy" in low and "ablate pool fisher" in low and "\n" not in low
     assert "--merge fisher_tensor" in low and "--member-seed-share" not in low
+    assert "ablate pool gram" in low and "--merge regmean" in low
     assert "ablate pool fisher" not in macro_verdict(0.4, 0.9, 0.05, 2)  # after a Fisher merge
 
 
