@@ -60,6 +60,30 @@ def _adapted_weights(pool: Pool, saved: dict[str, torch.Tensor]) -> set[str] | N
     }
 
 
+def gram_sites(
+    model: torch.nn.Module, adapted: set[str] | None = None
+) -> dict[str, torch.nn.Module]:
+    """The linear layers whose inputs get a Gram, by weight name: every ``nn.Linear`` and
+    ``Conv1D`` (``adapted``: only those weights) whose weight is a parameter of its own. A head
+    tied to the input embedding is not one: that matrix is merged as the embedding (by token
+    counts), the one rule it can have."""
+    import torch
+
+    from ablate.pool.architectures import stores_transposed
+
+    params = {id(p): n for n, p in model.named_parameters()}  # tied weights: the first name
+    out = {}
+    for mod_name, module in model.named_modules():
+        name = f"{mod_name}.weight"
+        weight = getattr(module, "weight", None)
+        linear = isinstance(module, torch.nn.Linear) or stores_transposed(module)
+        if not linear or weight is None or params.get(id(weight)) != name:
+            continue
+        if adapted is None or name in adapted:
+            out[name] = module
+    return out
+
+
 def member_gram(
     pool: Pool, rec: MemberRecord, *, batches: int = DEFAULT_BATCHES, device: str | None = None
 ) -> tuple[dict[str, torch.Tensor], int]:
@@ -93,13 +117,8 @@ def member_gram(
     model.to(dev).eval()
     sums: dict[str, torch.Tensor] = {}
     hooks = []
-    for mod_name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        linear = isinstance(module, torch.nn.Linear) or stores_transposed(module)
-        name = f"{mod_name}.weight"
-        if not linear or weight is None or (adapted is not None and name not in adapted):
-            continue
-        size = weight.shape[0] if stores_transposed(module) else weight.shape[1]
+    for name, module in gram_sites(model, adapted).items():
+        size = module.weight.shape[0] if stores_transposed(module) else module.weight.shape[1]
         sums[name] = torch.zeros(size, size, dtype=torch.float64, device=dev)
 
         def hook(_module, inputs, _output, name=name):

@@ -122,3 +122,18 @@ def test_lora_grams_are_the_adapted_layers_inputs_at_the_members_weights(lora_po
     for g in grams.values():
         assert g.shape[0] == g.shape[1] and torch.allclose(g, g.T, atol=1e-6)
         assert float(torch.linalg.eigvalsh(g.double()).min()) > -1e-6  # a Gram is PSD
+
+
+def test_a_head_tied_to_the_embedding_has_no_gram_of_its_own():
+    """Tied weights are one parameter under the embedding's name (the merge skeleton's
+    layout): the head gets no Gram, so the shared matrix is merged as the embedding."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ablate.pool.gram import gram_sites
+
+    cfg = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    cfg |= dict(num_attention_heads=2, num_key_value_heads=2)
+    tied = gram_sites(LlamaForCausalLM(LlamaConfig(**cfg, tie_word_embeddings=True)))
+    untied = gram_sites(LlamaForCausalLM(LlamaConfig(**cfg, tie_word_embeddings=False)))
+    assert set(untied) - set(tied) == {"lm_head.weight"}
+    assert len(tied) == 7 and all(n.startswith("model.layers.0.") for n in tied)
