@@ -264,6 +264,67 @@ def test_architecture_matrix(arch, method, pools, data):
 
 
 # ---------------------------------------------------------------------- checkpoint quirks
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("arch", _supported())
+def test_regmean_on_every_architecture(arch, method, pools):
+    """``--merge regmean`` against its closed form, computed here from each member's plain
+    weights: fused QKV, GPT-2's ``Conv1D`` (``[in, out]``), tied heads (no Gram of their own:
+    merged as the embedding, by token counts), LoRA (adapted layers only, the rest the seed)."""
+    from ablate.engine.layout import MemberLayout
+    from ablate.engine.merge import RIDGE, MergedModel
+    from ablate.engine.merges.regmean import SHRINK
+    from ablate.pool.architectures import stores_transposed
+    from ablate.pool.gram import ensure_gram, load_gram
+    from ablate.pool.weights import load_tensors
+
+    pool = pools(arch, method)
+    ensure_gram(pool, batches=1, progress=False)
+    layout = MemberLayout(pool, merge="regmean")
+    w = torch.tensor([0.3, 0.7])
+    merged = MergedModel(pool, layout.members, device=torch.device("cpu"), progress=False)
+    merged.merge(w, method=layout.method)
+    got = {k: p.detach().double() for k, p in merged.model.named_parameters()}
+    average = _independent_merge(pool, w)
+    members = [
+        pool.method.full_state(
+            load_tensors(pool.weights_path(r)), pool.load_base_model, pool.manifest.recipe
+        )
+        for r in pool.members
+    ]
+    grams = [load_gram(pool, r) for r in pool.members]
+    modules = dict(pool.load_base_model().named_modules())
+    solved = 0
+    for name, have in got.items():
+        g = [gr.get(name) for gr in grams]
+        want = average[name]
+        if g[0] is not None and g[0].dim() == 1:  # token frequencies: embedding rows
+            c = torch.stack(g).double() * w[:, None].double()  # (2, V)
+            rows = sum(c[i][:, None] * members[i][name].double() for i in range(2))
+            den = c.sum(0)[:, None]
+            want = torch.where(den > 0, rows / den.clamp_min(1e-300), want)
+        elif g[0] is not None:
+            t = stores_transposed(modules[name.rsplit(".", 1)[0]])
+            gs = [
+                SHRINK * x.double() + (1 - SHRINK) * torch.diag(torch.diagonal(x.double()))
+                for x in g
+            ]
+            lhs = sum(float(w[i]) * gs[i] for i in range(2))
+            ws = [m[name].double() if t else m[name].double().T for m in members]  # (in, out)
+            rhs = sum(float(w[i]) * gs[i] @ ws[i] for i in range(2))
+            ridge = RIDGE * float(lhs.diagonal().mean())
+            fb = want if t else want.T
+            x = torch.linalg.solve(
+                lhs + ridge * torch.eye(len(lhs), dtype=lhs.dtype), rhs + ridge * fb
+            )
+            want = x if t else x.T
+            solved += 1
+        torch.testing.assert_close(have, want, atol=2e-5, rtol=1e-3, msg=name)
+    assert solved > 0
+    tied = pool.load_base_model().config.tie_word_embeddings
+    heads = [n for n in grams[0] if n.split(".")[-2] in ("lm_head", "embed_out")]
+    assert not heads if tied or method == "lora" else heads
+
+
 def test_sharded_safetensors_are_one_fingerprint(bases, tmp_path):
     import shutil
 
