@@ -442,16 +442,35 @@ COLUMNS = [
 ]
 
 
+# Issue 25's acceptance bar for one cell: median per-domain Spearman >= 0.9.
+MEDIAN_DOMAIN_BAR = 0.9
+
+
+def meets_bar(row: dict) -> bool:
+    """Whether a row meets the acceptance bar: macro Spearman >= 0.8, or within 0.05 of seed
+    vs seed where real training agrees with itself less; median per-domain >= 0.9; macro
+    regret <= 1% (the thresholds of ``ablate validate``'s verdict)."""
+    from ablate.validation.report import TRUST_REGRET, TRUST_SLACK, TRUST_SPEARMAN
+
+    macro_bar = min(TRUST_SPEARMAN, row["ceiling"] - TRUST_SLACK)
+    return (
+        row["macro"] >= macro_bar
+        and row["median_domain"] >= MEDIAN_DOMAIN_BAR
+        and row["macro_regret"] <= TRUST_REGRET
+    )
+
+
 def print_table(rows: list[dict]) -> None:
-    head = ["corpus", "seed/unit", "variant", *(c[1] for c in COLUMNS)]
+    head = ["corpus", "seed/unit", "variant", *(c[1] for c in COLUMNS), "meets bar"]
     print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * 3 + "---:|" * len(COLUMNS))
+    print("|" + "---|" * 3 + "---:|" * len(COLUMNS) + "---|")
     for r in rows:
         cells = [r["corpus"], r["setting"], r["variant"]]
         for k, _ in COLUMNS:
             x = r[k]
             pct = k in ("macro_regret", "worst_regret", "spread", "regret_share")
             cells.append(f"{100 * x:.1f}%" if pct else f"{x:.2f}")
+        cells.append("yes" if meets_bar(r) else "no")
         print("| " + " | ".join(cells) + " |")
 
 
