@@ -125,7 +125,7 @@ class MergedModel:
         self._seed: torch.Tensor | None = None  # (P,) seed parameters (add_seed_, update_gram)
         self._gram = None  # (N, N) inner products of the members' updates (update_gram)
         self._fisher = None  # the members' Fisher as merged (_precision_stack, _fisher_streams)
-        self._grams: list[dict[str, torch.Tensor]] | None = None  # per member (regression_merge_)
+        self._regmean = None  # (shrink, what regression_merge_ solves) (_regmean_sites)
         self.stack: torch.Tensor | None = None  # [N, P] on device; None for LoRA or chunked pools
         # row -> why the member cannot be used (corrupt, missing, foreign). Its row holds zeros,
         # so mixtures without it still merge; a merge that needs it raises that reason.
@@ -414,6 +414,7 @@ class MergedModel:
         factors that scale each member's tensors to mean 1 (1 where a tensor's Fisher is all
         0). An unusable member's rows are zeros (its weight is 0 in any merge that runs)."""
         from ablate.pool.fisher import load_fisher
+        from ablate.pool.storage import FISHER
 
         per_member = []
         for i, rec in enumerate(self.members):
@@ -425,7 +426,7 @@ class MergedModel:
             if set(f) != set(self._offsets):
                 raise PoolError(
                     f"the Fisher of member {rec.member_id} does not match its weights; "
-                    f"rerun `ablate pool fisher {self.pool.path} --force`"
+                    f"rerun {FISHER.command(self.pool.path, force=True)}"
                 )
             per_member.append([f[name].reshape(-1) for name in self._offsets])
         means = torch.tensor([[float(t.double().mean()) for t in m] for m in per_member])
@@ -447,34 +448,23 @@ class MergedModel:
         if len(rows) < 2:
             return
         w = weights[rows].to(self.device, torch.float64)  # (n,)
-        grams = self._member_grams()
         if self.merges_deltas:
-            for site in self._sites:
-                g = [grams[r].get(site.name) for r in rows]
-                if any(x is None for x in g):
-                    continue
+            for site, grams in self._regmean_sites(shrink):
                 deltas = torch.stack([site.delta(r) for r in rows])  # (n, *param shape)
                 avg = site.param.data - site.base  # the averaged update
-                merged = _regmean(torch.stack(g), deltas, w, shrink, site.transposed, avg)
+                merged = _regmean(grams[rows], deltas, w, site.transposed, avg)
                 site.param.data.copy_(site.base + merged.to(site.param.dtype))
             return
-        modules = dict(self.model.named_modules())
-        shapes = {name: p.shape for name, p in self._params}
-        for k, (name, (a, b)) in enumerate(self._offsets.items()):
-            g = [grams[r].get(name) for r in rows]
-            if any(x is None for x in g):
-                continue
-            theta = self._member_tensor(rows, k, a, b).view(len(rows), *shapes[name])
-            out = self.flat[a:b].view(shapes[name])
-            if g[0].dim() == 1:  # token frequencies (vocab,): the input embedding's rows
-                c = torch.stack(g).to(self.device, torch.float64) * w[:, None]  # (n, V)
+        for k, (a, b), shape, transposed, grams in self._regmean_sites(shrink):
+            theta = self._member_tensor(rows, k, a, b).view(len(rows), *shape)
+            out = self.flat[a:b].view(shape)
+            if grams.dim() == 2:  # token frequencies (N, vocab): the input embedding's rows
+                c = grams[rows] * w[:, None]  # (n, V)
                 den = c.sum(0)  # (V,)
                 rows_ = (c[:, :, None] * theta.double()).sum(0) / den.clamp_min(_TINY)[:, None]
                 out.copy_(torch.where(den[:, None] > 0, rows_, out.double()).to(out.dtype))
                 continue
-            transposed = stores_transposed(modules[name.rsplit(".", 1)[0]])
-            merged = _regmean(torch.stack(g), theta, w, shrink, transposed, out)
-            out.copy_(merged.to(out.dtype))
+            out.copy_(_regmean(grams[rows], theta, w, transposed, out).to(out.dtype))
 
     def _member_tensor(self, rows: Sequence[int], k: int, a: int, b: int) -> torch.Tensor:
         """Members ``rows``' parameter ``k`` (flat columns [a, b)) as ``(n, b - a)`` on the
@@ -483,24 +473,58 @@ class MergedModel:
             return self.stack[rows, a:b]
         return torch.stack([self._mapped[r][k] for r in rows]).to(self.device)
 
-    def _member_grams(self) -> list[dict[str, torch.Tensor]]:
-        """Each member's Grams by weight name on the device, read once (an unusable member:
-        none; its weight is 0 in any merge that runs)."""
-        if self._grams is None:
+    def _regmean_sites(self, shrink: float) -> list:
+        """What ``regression_merge_`` solves, prepared once per ``shrink`` (a merge runs
+        thousands of times per study): for each weight with a Gram, its place in the stack
+        and every member's Gram stacked ``(N, in, in)`` in float64 with the off-diagonal
+        scaled by ``shrink`` (token frequencies ``(N, vocab)`` for the input embedding);
+        LoRA pools: ``(site, grams)``. An unusable member's Grams are zeros (its weight is 0
+        in any merge that runs)."""
+        if self._regmean is None or self._regmean[0] != shrink:
             from ablate.pool.gram import load_gram
+            from ablate.pool.storage import GRAM
 
-            grams = []
+            per_member = []
             for i, rec in enumerate(self.members):
                 got = {} if i in self.unusable else load_gram(self.pool, rec)
                 unknown = set(got) - set(self._offsets)
                 if unknown:
                     raise PoolError(
                         f"the Grams of member {rec.member_id} do not match its weights "
-                        f"({sorted(unknown)[:2]}); rerun `ablate pool gram {self.pool.path} --force`"
+                        f"({sorted(unknown)[:2]}); rerun {GRAM.command(self.pool.path, force=True)}"
                     )
-                grams.append({k: v.to(self.device) for k, v in got.items()})
-            self._grams = grams
-        return self._grams
+                per_member.append(got)
+            good = next((m for m in per_member if m), {})
+
+            def stacked(name: str) -> torch.Tensor | None:
+                if name not in good or any(m and name not in m for m in per_member):
+                    return None
+                g = torch.stack(
+                    [m[name] if m else torch.zeros_like(good[name]) for m in per_member]
+                ).to(self.device, torch.float64)
+                if g.dim() == 3 and shrink != 1.0:
+                    diag = torch.diagonal(g, dim1=1, dim2=2)  # (N, in)
+                    g = shrink * g + (1.0 - shrink) * torch.diag_embed(diag)
+                return g
+
+            if self.merges_deltas:
+                sites = [(s, g) for s in self._sites if (g := stacked(s.name)) is not None]
+            else:
+                modules = dict(self.model.named_modules())
+                shapes = {name: p.shape for name, p in self._params}
+                sites = [
+                    (
+                        k,
+                        span,
+                        shapes[name],
+                        stores_transposed(modules[name.rsplit(".", 1)[0]]),
+                        g,
+                    )
+                    for k, (name, span) in enumerate(self._offsets.items())
+                    if (g := stacked(name)) is not None
+                ]
+            self._regmean = (shrink, sites)
+        return self._regmean[1]
 
     def add_seed_(self, alpha: float) -> None:
         """``skeleton += alpha * theta_0`` (full-weight pools; the seed loads on first use)."""
@@ -673,24 +697,20 @@ def _regmean(
     grams: torch.Tensor,
     members: torch.Tensor,
     w: torch.Tensor,
-    shrink: float,
     transposed: bool,
     fallback: torch.Tensor,
 ) -> torch.Tensor:
     """``(sum_i w_i G_i)^-1 sum_i w_i G_i W_i^T`` for one linear weight, in float64.
 
-    ``grams`` (n, in, in); ``members`` (n, out, in), or (n, in, out) when ``transposed``
-    (Conv1D); ``w`` (n,); ``fallback`` (the weight's shape): the value along input
-    directions no member excites, through a ridge toward it that is negligible elsewhere
-    (``RIDGE`` of the mean diagonal). Returns the merged weight in ``members``' orientation.
+    ``grams`` (n, in, in) float64, off-diagonal already shrunk; ``members`` (n, out, in), or
+    (n, in, out) when ``transposed`` (Conv1D); ``w`` (n,); ``fallback`` (the weight's shape):
+    the value along input directions no member excites, through a ridge toward it that is
+    negligible elsewhere (``RIDGE`` of the mean diagonal). Returns the merged weight in
+    ``members``' orientation.
     """
-    g = grams.to(members.device, torch.float64)
-    if shrink != 1.0:
-        diag = torch.diagonal(g, dim1=1, dim2=2)  # (n, in)
-        g = shrink * g + (1.0 - shrink) * torch.diag_embed(diag)
     wt = members.double() if transposed else members.double().transpose(1, 2)  # (n, in, out)
     fb = fallback.double() if transposed else fallback.double().T  # (in, out)
-    wg = g * w[:, None, None]  # (n, in, in): w_i G_i
+    wg = grams * w[:, None, None]  # (n, in, in): w_i G_i
     lhs = wg.sum(0)  # (in, in)
     rhs = torch.bmm(wg, wt).sum(0)  # (in, out)
     ridge = RIDGE * float(lhs.diagonal().mean().clamp_min(_TINY))
