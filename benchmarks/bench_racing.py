@@ -50,6 +50,19 @@ SETTINGS = [
     Setting("c255-crowd-margin", 255, 8, (9, 60), "lognormal", "crowd", margin=0.005),
     Setting("top5-windows", 63, 6, (40, 60), "equal", "near_ties", top=5),
     Setting("top5-docs-9", 63, 6, (9, 9), "lognormal", "near_ties", top=5),
+    Setting("subsets", 63, 6, (40, 60), "equal", "subsets", margin=0.005),
+    Setting("subsets-control", 63, 6, (40, 60), "equal", "subsets", margin=0.005, control=True),
+    Setting("subsets-one-unit", 63, 6, (40, 60), "equal", "subsets_one_unit", margin=0.005),
+    Setting(
+        "subsets-one-unit-control",
+        63,
+        6,
+        (40, 60),
+        "equal",
+        "subsets_one_unit",
+        margin=0.005,
+        control=True,
+    ),
 ]
 
 
@@ -72,13 +85,33 @@ def dump_replay(pool: Path, eval_data: str, eval_by: str, out: Path) -> None:
         tokens=race.racer.tokens,
         strata=race.racer.doc_domain,
         mixtures=np.array([str(m) for m in subsets]),
+        weights=np.array([json.dumps(m.as_dict()) for m in subsets]),
     )
     tmp.replace(out)
 
 
+def _weights(name: str) -> dict[str, float]:
+    if ":" in name:
+        return {n: float(w) for n, w in (p.split(":") for p in name.split())}
+    parts = name.split("+")
+    return {n: 1 / len(parts) for n in parts}
+
+
 def load_replay(path: Path):
+    """``(values, tokens, strata, basis, coef)`` of a ``--dump-replay`` file: the control
+    variates' basis is the singletons' rows, ``coef`` each mixture's weights over them."""
     z = np.load(path)
-    return z["values"].astype(np.float64), z["tokens"].astype(np.int64), z["strata"]
+    if "weights" in z.files:
+        mixtures = [json.loads(str(w)) for w in z["weights"]]
+    else:  # an older dump: str(mixture), "a+b" (a subset) or "a:0.25 b:0.75"
+        mixtures = [_weights(str(m)) for m in z["mixtures"]]
+    basis = np.array([i for i, m in enumerate(mixtures) if len(m) == 1], dtype=np.int64)
+    names = [next(iter(mixtures[i])) for i in basis]
+    coef = np.array([[m.get(n, 0.0) for n in names] for m in mixtures])
+    if not np.allclose(coef.sum(1), 1.0):
+        raise SystemExit(f"{path}: a mixture uses a partition that has no singleton row")
+    values = z["values"].astype(np.float64)
+    return values, z["tokens"].astype(np.int64), z["strata"], basis, coef
 
 
 def table(rows: list[dict], label: str) -> str:
@@ -179,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             margin=a.margin or 0.0,
         )
         jobs.append((rs, rep))
+        name = f"{rs.name}-control"
+        jobs.append((dataclasses.replace(rs, name=name, control=True), rep))
     rows = []
     for s, rep in jobs:
         t0 = time.perf_counter()

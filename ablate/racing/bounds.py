@@ -273,4 +273,39 @@ def target_values(
     return out
 
 
-__all__ = ["Gap", "Gaps", "gap_bound", "gap_bounds", "paired_gap", "target_value", "target_values"]
+__all__ = [
+    "Gap",
+    "Gaps",
+    "control_adjustment",
+    "gap_bound",
+    "gap_bounds",
+    "paired_gap",
+    "target_value",
+    "target_values",
+]
+
+
+def control_adjustment(
+    coef: np.ndarray,
+    basis: np.ndarray,
+    tokens: np.ndarray,
+    strata: np.ndarray,
+    linear: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-unit control-variate adjustment ``-c_j + t_j C_d / Tok_d`` of one candidate.
+
+    ``c = coef @ basis`` predicts the candidate's per-unit values from fully scored
+    mixtures (``basis``, ``(B, n_units)``; the candidate's mixture weights over them as
+    ``coef``). Its stratum totals ``C_d`` are known exactly, so the adjusted values keep
+    every stratum's total, and with it the full-set target (the difference estimator of
+    survey sampling, Cochran 1977, ch. 7, with coefficient 1 spread by tokens); where the
+    prediction tracks the candidate unit by unit, the sampling variance shrinks by the share
+    it explains. Linear strata (task items) get no adjustment.
+    """
+    c = np.asarray(coef, dtype=np.float64) @ np.asarray(basis, dtype=np.float64)  # (n_units,)
+    n = int(strata.max()) + 1 if len(strata) else 0
+    per_token = np.bincount(strata, c, n) / np.maximum(np.bincount(strata, tokens, n), 1)
+    adj = tokens * per_token[strata] - c
+    if linear is not None:
+        adj = np.where(np.asarray(linear)[strata], 0.0, adj)
+    return adj

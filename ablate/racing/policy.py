@@ -35,6 +35,11 @@ The algorithm, per batch of candidates (a strategy's proposal; the whole space f
 3. **Full scores.** A candidate that reaches the end has been scored on every unit exactly
    once: its per-window sums add up to its full score, which is recorded (within float
    rounding of the plain scorer's NLL, token counts identical).
+4. **Control variates** (targets over several domains, many candidates per partition;
+   ``Race._score_basis``): each partition the candidates use is first scored in full as its
+   own mixture, and every candidate is tested on its per-window values minus their
+   prediction from those singletons (its mixture weights over them) plus the prediction's
+   known stratum mean: the same full-set target, a much smaller variance.
 
 **The statistic** is ``ablate.racing.bounds``'s (a paired, stratified delta-method ratio
 estimate with a finite-population factor; Student's t with Welch-Satterthwaite degrees of
@@ -71,7 +76,8 @@ from ablate.evaluator import as_mixture
 from ablate.mixture import Mixture
 from ablate.objective import TASK_LOSS_SCALE, Target, as_task_loss, task_term
 from ablate.pool.errors import AblateError
-from ablate.racing.design import check_margin, fresh_seed
+from ablate.racing.bounds import control_adjustment
+from ablate.racing.design import CONTROL_RATIO, check_margin, fresh_seed
 from ablate.racing.engine import (
     DEFAULT_CONFIDENCE,
     Gap,
@@ -209,6 +215,12 @@ class Race:
         margin: Relative indifference ``EPS`` on the target (e.g. 0.005): a mixture within
             ``EPS`` of a kept one may be dropped.
         seed: Seeds the unit order (None: a fresh one, reported in ``stats``).
+        control: Race with control variates (``_score_basis``): each partition the
+            candidates use is scored in full first, as its own mixture, and a candidate's
+            per-window values are read against their prediction from those (the mixture's
+            weights over its partitions). True: whenever the target reads perplexity;
+            False: never; None (default): when the target reads two or more eval domains and
+            a batch has at least ``CONTROL_RATIO`` new candidates per partition to score.
     """
 
     def __init__(
@@ -220,6 +232,7 @@ class Race:
         top: int = 1,
         margin: float = 0.0,
         seed: int | None = None,
+        control: bool | None = None,
     ):
         if not isinstance(ev.executor, LocalExecutor):
             raise AblateError("--race scores in this process; drop --backend ray or --race")
@@ -282,6 +295,8 @@ class Race:
         self._sub_tasks: dict[tuple[str, bytes], Task] = {}
         self._choice: dict[Hashable, dict[str, np.ndarray]] = {}  # raced tasks' choice NLL
         self._mixtures: dict[str, Mixture] = {}
+        self.control = control
+        self._basis: dict[str, np.ndarray] = {}  # partition -> its singleton's unit values
         self.full = self.dropped = self.cached = self.tokens_full = 0
 
     def _item_cost(self, task: Task) -> np.ndarray:
@@ -324,8 +339,12 @@ class Race:
         self._mixtures.update(todo)
         if self.tasks and known:  # the target reads them (and the caller gets them)
             known = {r.mixture.key: r for r in ev.with_tasks(list(known.values()))}
+        if self._controls(todo):
+            self._score_basis(todo, known)
         if todo and len(self.racer.incumbents) < self.racer.top and known:
             self._seed(list(known.values()))
+        if self._basis:
+            self._adjust([*todo, *(x.key for x in self.racer.incumbents)])
         outcomes = self.racer.run(list(todo), self._score_stage)
         self.tokens_full += int(self.racer.cost.sum()) * len(todo)
         for key, o in outcomes.items():
@@ -334,6 +353,64 @@ class Race:
             full = [r for r in known.values() if isinstance(r, EvalResult)]
             known.update({r.mixture.key: r for r in ev.with_tasks(full)})
         return [known[m.key] for m in mixtures]
+
+    def _controls(self, todo: Mapping[str, Mixture]) -> bool:
+        """Whether this batch races with control variates (``control``; see the class)."""
+        r = self.racer
+        ppl = int(((r.weights > 0) & ~r.linear).sum())
+        if not todo or self.control is False or ppl == 0:
+            return False
+        if self.control:
+            return True
+        new = {n for m in todo.values() for n in m.names} - set(self._basis)
+        return ppl >= 2 and len(todo) >= CONTROL_RATIO * len(new)
+
+    def _score_basis(self, todo: dict[str, Mixture], known: dict) -> None:
+        """Control variates (Cochran 1977, ch. 7): score every partition the batch uses on
+        every unit, as its own mixture, then race each candidate's values against their
+        prediction from those.
+
+        A merge is an average of its partitions' merges, and its per-window NLL follows the
+        same average of theirs closely (on the demo pool that prediction explains 85-99% of
+        the variance of the per-window gap between two near-best subsets), so the gaps a race
+        must resolve are far less noisy around it. The prediction's totals are known exactly,
+        so the adjusted values keep every stratum's total and the target on the full eval set
+        is unchanged (``bounds.control_adjustment``). The singletons are full scores (kept
+        in the store, returned when they were candidates) and incumbents chosen before the
+        race reads a unit (``born`` 0).
+        """
+        r = self.racer
+        names = sorted({n for m in todo.values() for n in m.names} - set(self._basis))
+        units = np.arange(len(r.tokens))
+        for name in names:
+            m = Mixture.uniform([name])
+            self._mixtures[m.key] = m
+            nll = self._score_stage([m.key], units)[0]
+            r.tokens_scored += int(r.cost.sum())
+            self._basis[name] = nll
+            born = Outcome(nll, True, r.admit(m.key, nll), len(r.order.stages))
+            if m.key in todo:  # a candidate itself: its full score, recorded
+                self.tokens_full += int(r.cost.sum())
+                known[m.key] = self._result(todo.pop(m.key), born)
+            elif m.key not in known and self.ev.cache.lookup(m, self.ev.pool_key(m)) is None:
+                self._result(m, born)  # not a candidate, but a new full score: recorded
+            else:  # its store hit stays the answer
+                self._choice.pop(m.key, None)
+
+    def _adjust(self, keys: Sequence[str]) -> None:
+        """The control adjustment of every mixture in ``keys`` whose partitions all have a
+        scored singleton (others race on their values as they are)."""
+        r = self.racer
+        basis = np.stack([self._basis[n] for n in sorted(self._basis)])
+        index = {n: i for i, n in enumerate(sorted(self._basis))}
+        for key in keys:
+            m = self._mixtures.get(key)
+            if m is None or key in r.adjust or not set(m.names) <= set(index):
+                continue
+            coef = np.zeros(len(index))
+            for n, w in m.weights:
+                coef[index[n]] = w
+            r.adjust[key] = control_adjustment(coef, basis, r.tokens, r.doc_domain, r.linear)
 
     def unit_scores(self, mixtures: Sequence[Mixture]) -> np.ndarray:
         """Every unit's value for each mixture, ``(len(mixtures), n_units)`` float64 (units:

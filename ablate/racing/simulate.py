@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ablate.racing.bounds import control_adjustment
 from ablate.racing.engine import ArrayScores, RaceOrder, Racer
 
 
@@ -28,7 +29,12 @@ from ablate.racing.engine import ArrayScores, RaceOrder, Racer
 class Setting:
     """One simulated design: ``units`` per stratum drawn in ``[lo, hi]``; ``scenario``:
     ``near_ties`` (10 within 1-3%), ``crowd`` (20 within 3%, macro-like), ``one_unit`` (the
-    best is 1% worse on almost every unit, much better on one per stratum)."""
+    best is 1% worse on almost every unit, much better on one per stratum), ``subsets``
+    (every subset of ``strata`` partitions, each loss a subset's average of its partitions'
+    plus a balance bonus and a residual: what control variates read, ``draw_subsets``),
+    ``subsets_one_unit`` (the same, the best's lead all on one unit in nine per stratum, in
+    its residual: invisible to the control). ``control``: race with control variates (the
+    singletons scored in full first; ``subsets*`` and replays of subsets only)."""
 
     name: str
     candidates: int
@@ -39,14 +45,14 @@ class Setting:
     top: int = 1
     margin: float = 0.0
     target: str = "macro"  # "macro" (equal weights) | "one" (stratum 0 alone: a domain)
+    control: bool = False
 
 
 PER_UNIT_TOKENS = 512  # a full window (the demo pool's context)
 
 
-def draw(s: Setting, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One eval set and its candidates: ``values (M, U)`` summed NLL per unit, ``tokens
-    (U,)``, ``strata (U,)``."""
+def _units(s: Setting, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``tokens (U,)``, ``strata (U,)`` and each unit's NLL level ``(U,)``."""
     sizes = rng.integers(s.units[0], s.units[1] + 1, s.strata)
     strata = np.repeat(np.arange(s.strata), sizes)  # (U,)
     u = len(strata)
@@ -55,6 +61,29 @@ def draw(s: Setting, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, 
     else:  # log-normal, sigma 1: a few documents carry much of a domain's tokens
         tokens = np.clip(np.exp(rng.normal(math.log(300), 1.0, u)), 16, 20_000).astype(int)
     level = rng.normal(3.0, 0.3, s.strata)[strata] * np.exp(rng.normal(0, 0.15, u))  # (U,)
+    return tokens, strata, level
+
+
+def _one_unit_offset(
+    tokens: np.ndarray, strata: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Per-unit NLL offset ``(U,)`` that makes a mixture 1% worse (perplexity) on most units
+    and 1% better over every stratum, all of the lead on one unit in nine."""
+    off = np.full(len(strata), math.log(1.01))
+    for d in range(int(strata.max()) + 1):
+        idx = np.flatnonzero(strata == d)
+        special = rng.choice(idx, max(1, len(idx) // 9), replace=False)
+        t_all, t_sp = tokens[idx].sum(), tokens[special].sum()
+        need = math.log(1 / 1.01) * t_all - math.log(1.01) * (t_all - t_sp)
+        off[special] = max(-1.0, need / t_sp)
+    return off
+
+
+def draw(s: Setting, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One eval set and its candidates: ``values (M, U)`` summed NLL per unit, ``tokens
+    (U,)``, ``strata (U,)``."""
+    tokens, strata, level = _units(s, rng)
+    u = len(strata)
     m = s.candidates
     g = np.empty(m)  # each candidate's relative perplexity offset from the best
     g[0] = 0.0
@@ -70,18 +99,57 @@ def draw(s: Setting, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, 
     noise = 0.01 * rng.standard_t(3, (m, u)) * np.sqrt(PER_UNIT_TOKENS / tokens)
     nll = level + np.log1p(g_d)[:, strata] + level * np.clip(noise, -0.5, 0.5)  # (M, U)
     if s.scenario == "one_unit":  # a new best: 1% worse on most units, better on a few
-        off = np.full(u, math.log(1.01))
-        for d in range(s.strata):
-            idx = np.flatnonzero(strata == d)
-            special = rng.choice(idx, max(1, len(idx) // 9), replace=False)
-            # 1% better (perplexity) than candidate 0 over the stratum, all of it on `special`
-            t_all, t_sp = tokens[idx].sum(), tokens[special].sum()
-            need = math.log(1 / 1.01) * t_all - math.log(1.01) * (t_all - t_sp)
-            off[special] = max(-1.0, need / t_sp)
+        # 1% better (perplexity) than candidate 0 over each stratum, all of it on a few units
+        off = _one_unit_offset(tokens, strata, rng)
         best = level + off + level * np.clip(noise[0], -0.5, 0.5)
         nll = np.vstack([best, nll])[:m]
     values = tokens * nll  # summed NLL per unit
     return values, tokens, strata
+
+
+def draw_subsets(
+    s: Setting, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every non-empty subset of ``s.strata`` partitions, demo-like: ``(values, tokens,
+    strata, basis, coef)``, ``basis (B,)`` the singletons' rows, ``coef (M, B)`` each
+    candidate's weights over them.
+
+    Partition ``b``'s member is 8% better (perplexity) than the others on stratum ``b``,
+    the others 0-10% worse, and each member's per-unit NLL varies by 5% of the unit's
+    (Student-t(3): members specialise window by window; the demo pool's singletons: 9.4%
+    standard deviation); a subset's loss is its partitions' average, minus a bonus for
+    balance (up to 4% with every partition, +-1% per subset and stratum: a crowd of
+    near-ties), plus a residual of 0.8% of the unit's NLL (Student-t(3); on the demo pool
+    1.5% standard deviation, a sixth of the members'): the part of a merge's loss its
+    partitions' average does not predict.
+    """
+    tokens, strata, level = _units(s, rng)
+    n_b, u = s.strata, len(strata)
+    offset = np.log1p(rng.uniform(0.0, 0.1, (n_b, n_b)))  # (member, stratum)
+    offset[np.arange(n_b), np.arange(n_b)] = math.log(0.92)
+    noise = 0.05 * rng.standard_t(3, (n_b, u)) * np.sqrt(PER_UNIT_TOKENS / tokens)
+    member = level + offset[:, strata] + level * np.clip(noise, -0.5, 0.5)  # (B, U)
+    masks = [[b for b in range(n_b) if j >> b & 1] for j in range(1, 2**n_b)]
+    coef = np.zeros((len(masks), n_b))
+    for j, bs in enumerate(masks):
+        coef[j, bs] = 1 / len(bs)
+    size = np.array([len(bs) for bs in masks])
+    bonus = 0.04 * (size - 1)[:, None] / max(1, n_b - 1) + rng.uniform(
+        -0.01, 0.01, (len(masks), n_b)
+    )
+    bonus[size == 1] = 0.0
+    resid = 0.008 * rng.standard_t(3, (len(masks), u)) * np.sqrt(PER_UNIT_TOKENS / tokens)
+    resid[size == 1] = 0.0  # a singleton is its member
+    nll = coef @ member - np.log1p(bonus)[:, strata] + level * np.clip(resid, -0.5, 0.5)
+    if s.scenario == "subsets_one_unit":  # the best's lead moves to a few units, unpredicted
+        true = targets(tokens * nll, tokens, strata, np.full(n_b, 1 / n_b))
+        j = int(np.argmin(true))
+        runner = np.sort(true)[1]
+        # j becomes 1% better than the runner-up over every stratum, with that lead on one
+        # unit in nine per stratum and 1% worse than its own average prediction elsewhere
+        nll[j] = nll[j] + _one_unit_offset(tokens, strata, rng) + math.log(runner / true[j])
+    basis = np.flatnonzero(size == 1)
+    return tokens * nll, tokens, strata, basis, coef
 
 
 def targets(
@@ -112,11 +180,15 @@ def race_once(
     seed: int,
     target: str = "macro",
     first: int | None = None,
+    control: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Race every candidate (``values (M, U)``) through the shipped ``Racer``.
 
     Returns ``(kept (M,) bool, tokens_scored, weights per stratum)``; ``first``: units per
-    stratum in stage 0 (None: the shipped schedule)."""
+    stratum in stage 0 (None: the shipped schedule); ``control``: ``(basis (B,), coef (M,
+    B))``, race as ``Race`` does with control variates: the basis rows are scored in full
+    first (and kept, as incumbents chosen before the race), the others raced on values
+    adjusted by their prediction ``coef @ values[basis]``."""
     first_kw = {} if first is None else {"first": first}  # default: the shipped schedule
     n_strata = int(strata.max()) + 1
     weights = np.full(n_strata, 1 / n_strata)  # macro
@@ -126,9 +198,20 @@ def race_once(
     order = RaceOrder.build(strata, raced, seed=seed, **first_kw)
     kw = {"margin": margin} if margin else {}  # a racer without --margin cannot take it
     racer = Racer(order, tokens, strata, weights, confidence=confidence, top=top, **kw)
-
-    out = racer.run(list(range(len(values))), ArrayScores(values))
-    kept = np.array([out[k].full for k in range(len(values))])
+    keys = list(range(len(values)))
+    kept = np.zeros(len(values), dtype=bool)
+    if control is not None:
+        basis, coef = control
+        for b in basis:
+            racer.admit(int(b), values[b])
+            racer.tokens_scored += int(tokens.sum())
+        kept[basis] = True
+        for k in keys:
+            racer.adjust[k] = control_adjustment(coef[k], values[basis], tokens, strata)
+        keys = [k for k in keys if not kept[k]]
+    out = racer.run(keys, ArrayScores(values))
+    for k in keys:
+        kept[k] = out[k].full
     return kept, racer.tokens_scored, weights
 
 
@@ -147,19 +230,26 @@ def simulate(
     races: int,
     confidence: float,
     seed: int,
-    replay: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    replay: tuple[np.ndarray, ...] | None = None,
     first: int | None = None,
 ) -> dict:
     """``races`` races of setting ``s`` (a fresh draw and order each; ``replay``: fixed
-    real ``(values, tokens, strata)``, a fresh order each): failures against nominal with
-    their Clopper-Pearson 95% interval, and the mean token saving."""
+    real ``(values, tokens, strata[, basis, coef])``, a fresh order each): failures against
+    nominal with their Clopper-Pearson 95% interval, and the mean token saving."""
     rng = np.random.default_rng(seed)
     fails, savings = 0, []
     for _ in range(races):
-        if replay is None:
-            values, tokens, strata = draw(s, rng)
+        control = None
+        if replay is not None:
+            values, tokens, strata, *control = replay
+        elif s.scenario.startswith("subsets"):
+            values, tokens, strata, *control = draw_subsets(s, rng)
         else:
-            values, tokens, strata = replay
+            values, tokens, strata = draw(s, rng)
+        if not s.control:
+            control = None
+        elif not control:
+            raise ValueError(f"{s.name}: control variates need subsets (a basis)")
         kept, scored, weights = race_once(
             values,
             tokens,
@@ -170,6 +260,7 @@ def simulate(
             seed=int(rng.integers(2**62)),
             target=s.target,
             first=first,
+            control=tuple(control) if control else None,
         )
         true = targets(values, tokens, strata, weights)
         fails += failed(true, kept, s.top, s.margin)
@@ -192,6 +283,7 @@ __all__ = [
     "Setting",
     "clopper_pearson",
     "draw",
+    "draw_subsets",
     "failed",
     "race_once",
     "simulate",
