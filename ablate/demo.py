@@ -200,7 +200,11 @@ def build_pool(
                 break
         _write_jsonl(out / "seed.jsonl", seed_docs)
         recipe = Recipe(
-            unit_tokens=s.unit_tokens, seq_len=s.seq_len, batch_size=s.batch_size, lr=s.lr
+            unit_tokens=s.unit_tokens,
+            seq_len=s.seq_len,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            member_preconditioner="seed",  # the default for new pools with seed data
         )
         tiny = TinyModelSpec(
             vocab_size=s.vocab_size,

@@ -61,6 +61,7 @@ VARIANTS: dict[str, dict] = {
     "mix": {"member_seed_share": 0.5},
     "lowlr": {"member_schedule": "constant", "member_lr": LR / 10},  # the seed's final rate
     "both": {"member_seed_share": 0.5, "member_schedule": "constant", "member_lr": LR / 10},
+    "precond": {"member_preconditioner": "seed"},  # the seed's AdamW second moments
 }
 
 
@@ -224,7 +225,19 @@ def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, a
 
     folder.mkdir(parents=True, exist_ok=True)
     eval_docs = 12 if corpus == "demo" else args.eval_docs
-    if not (folder / "parts.jsonl").is_file():
+    needs_seed = any(
+        VARIANTS[v].get("member_seed_share") or VARIANTS[v].get("member_preconditioner")
+        for v in args.variants
+    )
+    # a pretrained base trains on nothing here, but members that read general data get the
+    # corpus's seed data, SEED tokens' worth (the partitions are rebuilt identically)
+    seed_file = folder / "seed.jsonl"
+    seed_missing = (
+        args.base and needs_seed and not (seed_file.is_file() and seed_file.stat().st_size)
+    )
+    if seed_missing and not seed_tokens:
+        raise SystemExit("--variants that read seed data need SEED > 0 in --settings")
+    if seed_missing or not (folder / "parts.jsonl").is_file():
         parts, seed_docs = build_corpus(
             corpus,
             need_chars=unit_tokens * 6 + eval_docs * CHUNK * 8,
@@ -232,10 +245,11 @@ def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, a
             seed=args.seed,
         )
         _write_jsonl(folder / "seed.jsonl", [{"text": d} for d in seed_docs])
-        _write_jsonl(
-            folder / "parts.jsonl",
-            [{"text": d, "domain": p} for p, ds in parts.items() for d in ds],
-        )
+        if not (folder / "parts.jsonl").is_file():
+            _write_jsonl(
+                folder / "parts.jsonl",
+                [{"text": d, "domain": p} for p, ds in parts.items() for d in ds],
+            )
     recipe = Recipe(
         unit_tokens=unit_tokens,
         seq_len=args.seq_len,
@@ -613,7 +627,8 @@ def main() -> None:
         "--base",
         metavar="DIR",
         help="a local Hugging Face checkpoint as every cell's seed instead of a tiny seed trained "
-        "on the cell's seed data (its tokenizer too; SEED in --settings is then unused)",
+        "on the cell's seed data (its tokenizer too; SEED in --settings then sizes only the "
+        "seed data of variants that read it: mix, precond)",
     )
     ap.add_argument(
         "--seq-len", type=int, default=SEQ_LEN, help="members' and real models' sequence length"

@@ -23,7 +23,8 @@ from ablate.pool import Pool, grow_with_ray, torchrun_group
 from ablate.pool.cluster import ClusterOn, add_clustered, summary
 from ablate.pool.fisher import DEFAULT_BATCHES
 from ablate.pool.gram import DEFAULT_BATCHES as GRAM_BATCHES
-from ablate.pool.recipe import LoraSpec, Recipe, TinyModelSpec
+from ablate.pool.method import method_of
+from ablate.pool.recipe import LoraSpec, Recipe, TinyModelSpec, default_preconditioner
 from ablate.present.tables import Column
 
 
@@ -35,7 +36,7 @@ def _flags(model: type, *fields: str, prefix: str = "") -> dict[str, tuple[type,
 # Help text and choices come from the field, defined once.
 RECIPE_FLAGS = {
     **_flags(Recipe, "method", "unit_tokens", "seq_len", "batch_size", "lr", "seed"),
-    **_flags(Recipe, "member_seed_share", "member_schedule", "member_lr"),
+    **_flags(Recipe, "member_seed_share", "member_schedule", "member_lr", "member_preconditioner"),
     **_flags(LoraSpec, "rank", "alpha", prefix="lora-"),
 }
 TINY_FLAGS = _flags(TinyModelSpec, "vocab_size", "seed_tokens", "hidden_size", "layers", "heads")
@@ -55,6 +56,12 @@ def _cluster_count(text: str) -> int:
     return k
 
 
+# Defaults that depend on other flags, as --help states them.
+_DEFAULT_HELP = {
+    "member_preconditioner": "seed with --seed-data and --method full, else fresh",
+}
+
+
 def _add_model_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[type, str]]) -> None:
     for flag, (model, name) in flags.items():
         info = model.model_fields[name]
@@ -69,7 +76,7 @@ def _add_model_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[type, st
             type=kind,
             choices=choices,
             default=None,
-            help=f"{info.description} (default: {info.default})",
+            help=f"{info.description} (default: {_DEFAULT_HELP.get(name, info.default)})",
         )
 
 
@@ -90,6 +97,11 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _recipe(args: argparse.Namespace) -> Recipe:
     fields = _model_from_flags(args, RECIPE_FLAGS, Recipe)
+    if "member_preconditioner" not in fields:  # the default for a new pool (Pool.create's)
+        method = method_of(Recipe(method=fields.get("method", "full")))
+        fields["member_preconditioner"] = default_preconditioner(
+            getattr(args, "seed_data", None), method.trains_in_place
+        )
     lora = _model_from_flags(args, RECIPE_FLAGS, LoraSpec)
     if getattr(args, "lora_targets", None):
         lora["target_modules"] = args.lora_targets

@@ -15,7 +15,7 @@ its decision and train alongside it (data parallel).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
@@ -100,6 +100,8 @@ class Target(Generic[R]):
         seed: Seed of its data order and initialisation.
         exact_mix: Draw each source's exact share of the sequences (fixed-budget mixtures)
             rather than a source at random per sequence (``SequenceSampler``).
+        second_moments: Opens the AdamW second moments it starts from (called only when it
+            trains; None: a fresh optimizer; ``ablate.pool.preconditioner``).
     """
 
     folder: Path
@@ -112,6 +114,7 @@ class Target(Generic[R]):
     tokens: int
     seed: int
     exact_mix: bool = False
+    second_moments: Callable[[], Mapping[str, torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ def ensure_trained(
                 device=device,
                 progress=bar,
                 exact_mix=target.exact_mix,
+                second_moments=target.second_moments() if target.second_moments else None,
             )
         # Under torchrun every rank holds the same weights; rank 0 alone writes them.
         rec = (

@@ -32,7 +32,12 @@ from ablate.pool.ensure import SeedModel, Target, ensure_trained
 from ablate.pool.errors import CorruptMemberError, DataError, PoolError
 from ablate.pool.method import FULL, Method, method_of
 from ablate.pool.partition import partition_documents
-from ablate.pool.recipe import Recipe, TinyModelSpec
+from ablate.pool.preconditioner import (
+    load_preconditioner,
+    preconditioner_problem,
+    write_preconditioner,
+)
+from ablate.pool.recipe import Recipe, TinyModelSpec, default_preconditioner
 from ablate.pool.storage import (
     MEMBER_STATISTICS,
     MemberRecord,
@@ -49,10 +54,16 @@ from ablate.pool.tokens import (
     token_dtype_for,
     write_partition,
 )
-from ablate.pool.train import broadcast_from_main, continue_pretraining, is_main_rank
+from ablate.pool.train import (
+    broadcast_from_main,
+    continue_pretraining,
+    is_main_rank,
+    pick_device,
+)
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -141,9 +152,15 @@ class Pool:
         progress: bool = True,
         device: str | None = None,
     ) -> Pool:
-        """Start a pool from ``base`` ("tiny" trains a seed on ``seed_data``; else a local HF folder)."""
+        """Start a pool from ``base`` ("tiny" trains a seed on ``seed_data``; else a local HF folder).
+
+        ``recipe`` None: the defaults, members starting from the seed's estimated AdamW
+        second moments where there is seed data (``recipe.default_preconditioner``).
+        """
         path = Path(path)
-        recipe = recipe or Recipe()
+        if recipe is None:
+            full = method_of(Recipe()).trains_in_place
+            recipe = Recipe(member_preconditioner=default_preconditioner(seed_data, full))
         if (path / MANIFEST).exists():
             raise PoolError(f"{path} is already a pool; add data with `ablate pool add` instead")
         if path.exists() and not path.is_dir():
@@ -156,8 +173,21 @@ class Pool:
             raise DataError(
                 "--member-seed-share mixes seed data into every member and needs --seed-data FILE"
             )
+        preconditioned = recipe.member_preconditioner == "seed"
+        if preconditioned and seed_data is None:
+            raise DataError(
+                "--member-preconditioner seed estimates the members' optimizer state on the "
+                "seed data and needs --seed-data FILE"
+            )
+        if preconditioned and not method_of(recipe).trains_in_place:
+            raise PoolError(
+                "--member-preconditioner seed starts each member from the seed's optimizer "
+                f"state, and a {recipe.method} adapter is new in every member (it has none): "
+                "drop the flag or use --method full"
+            )
+        keep_seed_data = recipe.member_seed_share > 0 or preconditioned
         seed_docs = None  # read once: the tiny seed trains on it, members may mix it in
-        if seed_data is not None and (base == "tiny" or recipe.member_seed_share > 0):
+        if seed_data is not None and (base == "tiny" or keep_seed_data):
             paths = [seed_data] if isinstance(seed_data, (str, os.PathLike)) else list(seed_data)
             seed_docs = read_documents(paths, text_field=text_field)
         if base == "tiny":
@@ -190,7 +220,7 @@ class Pool:
             del model
             path.mkdir(parents=True, exist_ok=True)
         model_config = _read_config(base_folder)
-        if recipe.member_seed_share > 0:
+        if keep_seed_data:
             # The members' general data: the seed data, tokenized once with the pool's tokenizer.
             write_partition(
                 path / SEED_DATA,
@@ -201,10 +231,26 @@ class Pool:
                 token_dtype=token_dtype_for(int(model_config["vocab_size"])),
                 unit_tokens=recipe.unit_tokens,
             )
+        base_sha256 = seedlib.weights_fingerprint(base_folder)
+        if preconditioned:  # before pool.json: a pool is complete or not there at all
+            import torch
+
+            seed_part = TokenizedPartition.open(path / SEED_DATA)
+            with _bar(1, "member preconditioner", progress, unit="estimate") as bar:
+                write_preconditioner(
+                    path,
+                    seedlib.load_base(base_folder, dtype=torch.float32)[0],
+                    seed_part.tokens,
+                    recipe,
+                    base_sha256=base_sha256,
+                    seed_data_sha256=seed_part.index.tokens_sha256,
+                    device=pick_device(device),
+                )
+                bar.update(1)
         manifest = PoolManifest(
             base=base,
             base_path=base_path,
-            base_sha256=seedlib.weights_fingerprint(base_folder),
+            base_sha256=base_sha256,
             vocab_size=int(model_config["vocab_size"]),
             context=context,
             token_dtype=token_dtype_for(int(model_config["vocab_size"])),
@@ -489,7 +535,14 @@ class Pool:
             seed=member_seed(recipe.seed, ref.member_id),
             # Each member trains on exactly its share of seed data, not a random draw of it.
             exact_mix=share > 0,
+            second_moments=(
+                self._second_moments if recipe.member_preconditioner == "seed" else None
+            ),
         )
+
+    def _second_moments(self) -> dict[str, torch.Tensor]:
+        """The members' shared AdamW second moments (``ablate.pool.preconditioner``)."""
+        return load_preconditioner(self.path, self.manifest.base_sha256)
 
     def member_sources(self, partition: str, unit: int) -> list[np.ndarray]:
         """The token streams a unit's member trains on: its unit, then the seed data when
@@ -517,8 +570,9 @@ class Pool:
 
     # ----------------------------------------------------------------- checks
     def verify(self) -> VerifyReport:
-        """Re-hash the seed, every partition's tokens and every member's weights (and its
-        Fisher and Grams, where ``ablate pool fisher`` / ``gram`` wrote them)."""
+        """Re-hash the seed (and the members' preconditioner), every partition's tokens and
+        every member's weights (and its Fisher and Grams, where ``ablate pool fisher`` /
+        ``gram`` wrote them)."""
         report = VerifyReport()
         try:
             if seedlib.weights_fingerprint(self.base_folder) != self.manifest.base_sha256:
@@ -526,6 +580,12 @@ class Pool:
         except PoolError:
             report.missing.append(f"seed model {self.base_folder}")
         report.checked += 1
+        if self.manifest.recipe.member_preconditioner == "seed":
+            report.checked += 1
+            if (
+                problem := preconditioner_problem(self.path, self.manifest.base_sha256)
+            ) is not None:
+                report.corrupt.append(problem)
         parts = self.partitions
         for name, part in parts.items():
             report.checked += 1

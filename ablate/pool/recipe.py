@@ -24,11 +24,12 @@ from ablate.pool.architectures import ALL_LINEAR
 
 MethodName = Literal["full", "lora"]  # the training methods in pool.method.METHODS
 MemberSchedule = Literal["cosine", "constant"]
+MemberPreconditioner = Literal["fresh", "seed"]
 # Levers that change how members train and nothing else: the seed and the real validation
 # models train by ``Recipe.real()``, which resets them. Each is left out of the recipe's
 # serialised form while it holds its default, so pools made before they existed keep
 # their pool.json, their keys and their hashes.
-MEMBER_ONLY = ("member_seed_share", "member_schedule", "member_lr")
+MEMBER_ONLY = ("member_seed_share", "member_schedule", "member_lr", "member_preconditioner")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a module's leaf name, or all-linear
 
 
@@ -105,6 +106,15 @@ class Recipe(_Frozen):
         lt=10,
         description="Members' learning rate (default: lr); real validation models train at lr.",
     )
+    member_preconditioner: MemberPreconditioner = Field(
+        "fresh",
+        description=(
+            "Members' AdamW second moments at their first step: fresh (zero, a new run) or "
+            "seed (estimated once on the seed data at the seed's weights and shared by every "
+            "member, as if each continued the seed's optimizer; full-weight pools with "
+            "--seed-data)."
+        ),
+    )
 
     @model_serializer(mode="wrap")
     def _omit_default_levers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -141,6 +151,15 @@ class Recipe(_Frozen):
     def steps_for(self, tokens: int) -> int:
         """Optimizer steps that cover ``tokens`` training tokens (at least one)."""
         return max(1, -(-tokens // self.tokens_per_step))
+
+
+def default_preconditioner(seed_data: object, trains_in_place: bool) -> MemberPreconditioner:
+    """What a new pool's members start AdamW from when its recipe does not say: the seed's
+    estimated second moments where the pool has seed data to estimate them on and members
+    train full weights (on the fidelity suite every cell ranked mixtures at least as well,
+    docs/accuracy.md), else a fresh optimizer. ``Recipe()``'s own default stays ``fresh``,
+    so pools written before it existed read back as they were trained."""
+    return "seed" if seed_data is not None and trains_in_place else "fresh"
 
 
 class TinyModelSpec(_Frozen):

@@ -142,6 +142,19 @@ class GramRecord(_Record):
     created_at: str
 
 
+class PreconditionerRecord(_Record):
+    """Which seed, data and batches a pool's member preconditioner was estimated from
+    (``ablate.pool.preconditioner``)."""
+
+    base_sha256: str
+    seed_data_sha256: str = Field(description="sha256 of the tokenized seed data it read.")
+    batches: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    seq_len: int = Field(gt=0)
+    sha256: str = Field(description="sha256 of preconditioner.safetensors.")
+    created_at: str
+
+
 @dataclass(frozen=True)
 class MemberStatistic:
     """One kind of per-member statistic a merge reads (``ablate.pool.statistics``): its name

@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from ablate.pool.atomic import staged_dir, write_json
+from ablate.pool.errors import PoolError
 from ablate.pool.method import method_of
 from ablate.pool.recipe import Recipe
 from ablate.pool.storage import utc_now
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 R = TypeVar("R", bound="TrainedRecord")
 
+# The step count a member resumes AdamW at (``ablate.pool.preconditioner``): past it, the
+# bias corrections are 1 in float32 at betas (0.9, 0.95), so the given second moments are
+# used as they are and the first moment ramps up from 0.
+RESUMED_STEP = 1000
 _CURVE_POINTS = 100  # loss-curve resolution kept in member.json (enough to plot, small on disk)
 
 
@@ -150,11 +155,13 @@ def continue_pretraining(
     device: str | None = None,
     progress: object = None,
     exact_mix: bool = False,
+    second_moments: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[PreTrainedModel, TrainResult]:
     """Continue ``base`` on ``sources`` exactly as every member trains.
 
     ``exact_mix`` draws each source's exact share of the run's sequences (see
     ``SequenceSampler``) instead of picking a source at random per sequence.
+    ``second_moments`` starts AdamW from them (``ablate.pool.preconditioner``).
 
     The recipe's method prepares the model (``Method.prepare``): full fine-tuning trains
     ``base`` in place; LoRA wraps a copy in a fresh adapter whose initialisation comes from
@@ -164,7 +171,14 @@ def continue_pretraining(
     sampler = SequenceSampler(sources, source_weights, recipe.seq_len, seed, total=total)
     model = method_of(recipe).prepare(base, recipe, seed)
     result = train_model(
-        model, sampler, recipe, tokens, seed=seed, device=pick_device(device), progress=progress
+        model,
+        sampler,
+        recipe,
+        tokens,
+        seed=seed,
+        device=pick_device(device),
+        progress=progress,
+        second_moments=second_moments,
     )
     if model is base:  # trained in place on the device; the seed lives on the CPU between runs
         base.cpu()
@@ -250,6 +264,29 @@ def broadcast_from_main(obj: T) -> T:
     return box[0]
 
 
+def resume_second_moments(
+    opt: torch.optim.Optimizer,
+    model: PreTrainedModel,
+    moments: Mapping[str, torch.Tensor],
+) -> None:
+    """Start ``opt`` (AdamW over ``model``'s trainable parameters) from ``moments``."""
+    import torch
+
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name not in moments or moments[name].shape != p.shape:
+            raise PoolError(
+                f"the pool's preconditioner has no {tuple(p.shape)} entry for {name}; it "
+                "belongs to another model: restore it from a backup or start a new pool"
+            )
+        opt.state[p] = {
+            "step": torch.tensor(float(RESUMED_STEP)),
+            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "exp_avg_sq": moments[name].to(device=p.device, dtype=p.dtype).clone(),
+        }
+
+
 def train_model(
     model: PreTrainedModel,
     sampler: SequenceSampler,
@@ -259,6 +296,7 @@ def train_model(
     seed: int,
     device: torch.device,
     progress: object = None,
+    second_moments: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``tokens`` tokens; returns the loss record."""
     import torch
@@ -288,6 +326,8 @@ def train_model(
     opt = torch.optim.AdamW(
         params, lr=recipe.train_lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95)
     )
+    if second_moments is not None:
+        resume_second_moments(opt, model, second_moments)
     steps = recipe.steps_for(tokens)
     constant = recipe.member_schedule == "constant"
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -29,8 +29,11 @@ def test_default_levers_leave_the_serialised_recipe_as_before(full_pool_dir):
     assert Pool.open(full_pool_dir).manifest.recipe.model_dump(mode="json") == raw["recipe"]
     levered = Recipe(**LEVERS)
     dumped = levered.model_dump(mode="json")
-    assert {k: dumped[k] for k in MEMBER_ONLY} == LEVERS
+    assert {k: dumped[k] for k in MEMBER_ONLY if k in dumped} == LEVERS
     assert Recipe.model_validate(dumped) == levered  # recorded and read back
+    pre = Recipe(member_preconditioner="seed")  # the preconditioner (test_preconditioner.py)
+    assert pre.model_dump(mode="json")["member_preconditioner"] == "seed"
+    assert pre.has_member_levers and pre.real() == plain
     assert levered.real() == plain and levered.real().model_dump() == plain.model_dump()
     assert levered.train_lr == 1e-4 and plain.train_lr == plain.lr
 

@@ -219,6 +219,7 @@ def test_the_verdict_suggests_the_fisher_merge_after_the_average_only():
     assert "NOT trustworthy" in low and "ablate pool fisher" in low and "\n" not in low
     assert "--merge fisher_tensor" in low and "--member-seed-share" not in low
     assert "ablate pool gram" in low and "--merge regmean" in low
+    assert "--member-preconditioner seed" in low
     assert "ablate pool fisher" not in macro_verdict(0.4, 0.9, 0.05, 2)  # after a Fisher merge
 
 
