@@ -15,17 +15,17 @@ alike (docs/accuracy.md). The real validation models never use it (``Recipe.real
 
 from __future__ import annotations
 
-import os
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.pool.atomic import sha256_file, write_json
+from ablate.pool.atomic import sha256_file, write_bytes, write_json
 from ablate.pool.errors import PoolError
 from ablate.pool.storage import PreconditionerRecord, read_record, utc_now
 from ablate.pool.train import SequenceSampler
-from ablate.pool.weights import load_tensors, save_tensors
+from ablate.pool.weights import load_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -83,10 +83,12 @@ def write_preconditioner(
 ) -> PreconditionerRecord:
     """Estimate the preconditioner and write it into the pool (file, then record; each
     through a temporary file and a rename)."""
+    from safetensors.torch import save
+
     moments = estimate_second_moments(model, tokens, recipe, device=device)
-    tmp = pool_path / f".{PRECONDITIONER_FILE}.tmp"
-    sha = save_tensors(moments, tmp)
-    os.replace(tmp, pool_path / PRECONDITIONER_FILE)
+    data = save(moments, metadata={"format": "pt"})
+    write_bytes(pool_path / PRECONDITIONER_FILE, data)
+    sha = hashlib.sha256(data).hexdigest()
     rec = PreconditionerRecord(
         base_sha256=base_sha256,
         seed_data_sha256=seed_data_sha256,

@@ -172,3 +172,20 @@ def test_it_is_the_default_for_new_full_weight_pools_with_seed_data(
     assert default_preconditioner(None, True) == default_preconditioner("x", False) == "fresh"
     r = run_cli("pool", "init", "--help")
     assert "seed with --seed-data and --method full" in " ".join(r.stdout.split())
+
+
+def test_an_interrupted_estimate_leaves_no_pool(tmp_path, full_pool_dir, corpus, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pre, "estimate_second_moments", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Pool.create(
+            tmp_path / "p",
+            base=str(full_pool_dir / "base"),
+            seed_data=corpus["seed"],
+            recipe=tiny_recipe(member_preconditioner="seed"),
+            progress=False,
+        )
+    assert not (tmp_path / "p" / "pool.json").exists()  # never a pool without its estimate
+    assert not (tmp_path / "p" / pre.PRECONDITIONER_FILE).exists()
