@@ -63,6 +63,18 @@ SETTINGS = [
         margin=0.005,
         control=True,
     ),
+    Setting("top5-subsets", 63, 6, (40, 60), "equal", "subsets", top=5, margin=0.005),
+    Setting(
+        "top5-subsets-control",
+        63,
+        6,
+        (40, 60),
+        "equal",
+        "subsets",
+        top=5,
+        margin=0.005,
+        control=True,
+    ),
 ]
 
 
