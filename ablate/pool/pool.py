@@ -69,7 +69,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "pool.json"
-SEED_DATA = "seed_data"  # tokenized seed data that members mix in (Recipe.member_seed_share)
+# The tokenized seed data: what member_seed_share mixes in and the preconditioner reads.
+SEED_DATA = "seed_data"
 ADD_LOCK = ".add.lock"  # in data/: the file every writer of data/ locks (see Pool.add_lock)
 
 
