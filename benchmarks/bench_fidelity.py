@@ -376,6 +376,9 @@ def merge_pool(folder: Path, variant: str, merge: str, args):
             ignore=lambda d, names: [
                 n for n in names if n == "validation" or n.startswith("results.sqlite")
             ],
+            # hard links: the members' weights are never written in place (a pretrained
+            # cell's copy would otherwise take 3.6 GB); new statistics are new files
+            copy_function=_link_or_copy,
         )
         os.symlink((folder / "plain" / "validation").resolve(), tmp / "validation")
         os.replace(tmp, copy)
@@ -385,6 +388,15 @@ def merge_pool(folder: Path, variant: str, merge: str, args):
     elif MERGES[merge].statistic == "gram":
         ensure_gram(pool, progress=False)
     return pool
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
 
 
 # Merges (``--merge``) whose pool copy needs each member's Fisher.
