@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ablate.evaluator import Evaluator, results_frame
-from ablate.pool import Pool, Recipe, TinyModelSpec
+from ablate.pool import Pool, TinyModelSpec
 from ablate.pool.atomic import write_bytes
+from ablate.pool.method import new_pool_recipe
 from ablate.present.markdown import write_report
 from ablate.present.tables import task_frame
 from ablate.validation import validate
@@ -199,12 +200,12 @@ def build_pool(
             if n > seed_chars:
                 break
         _write_jsonl(out / "seed.jsonl", seed_docs)
-        recipe = Recipe(
+        recipe = new_pool_recipe(
+            out / "seed.jsonl",
             unit_tokens=s.unit_tokens,
             seq_len=s.seq_len,
             batch_size=s.batch_size,
             lr=s.lr,
-            member_preconditioner="seed",  # the default for new pools with seed data
         )
         tiny = TinyModelSpec(
             vocab_size=s.vocab_size,

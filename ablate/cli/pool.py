@@ -23,8 +23,8 @@ from ablate.pool import Pool, grow_with_ray, torchrun_group
 from ablate.pool.cluster import ClusterOn, add_clustered, summary
 from ablate.pool.fisher import DEFAULT_BATCHES
 from ablate.pool.gram import DEFAULT_BATCHES as GRAM_BATCHES
-from ablate.pool.method import method_of
-from ablate.pool.recipe import LoraSpec, Recipe, TinyModelSpec, default_preconditioner
+from ablate.pool.method import new_pool_recipe
+from ablate.pool.recipe import LoraSpec, Recipe, TinyModelSpec
 from ablate.present.tables import Column
 
 
@@ -97,17 +97,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _recipe(args: argparse.Namespace) -> Recipe:
     fields = _model_from_flags(args, RECIPE_FLAGS, Recipe)
-    if "member_preconditioner" not in fields:  # the default for a new pool (Pool.create's)
-        method = method_of(Recipe(method=fields.get("method", "full")))
-        fields["member_preconditioner"] = default_preconditioner(
-            getattr(args, "seed_data", None), method.trains_in_place
-        )
     lora = _model_from_flags(args, RECIPE_FLAGS, LoraSpec)
     if getattr(args, "lora_targets", None):
         lora["target_modules"] = args.lora_targets
     if lora:
         fields["lora"] = LoraSpec(**lora)
-    return Recipe(**fields)
+    return new_pool_recipe(getattr(args, "seed_data", None), **fields)
 
 
 # ---------------------------------------------------------------------- commands

@@ -78,10 +78,9 @@ def member_fisher(
     depends only on the member, so a rerun gives the same tensors.
     """
     import torch
-    import torch.nn.functional as F
 
     from ablate.pool.pool import member_seed
-    from ablate.pool.train import SequenceSampler, pick_device
+    from ablate.pool.train import SequenceSampler, next_token_loss, pick_device
 
     if pool.method.merges_by_factors:
         raise PoolError(LORA_REFUSAL)
@@ -110,9 +109,7 @@ def member_fisher(
     for _ in range(batches):
         batch = torch.from_numpy(sampler.batch(recipe.batch_size)).to(dev)  # (B, T+1)
         for seq in batch:
-            x, y = seq[None, :-1], seq[None, 1:]  # (1, T) inputs, (1, T) targets
-            logits = model(input_ids=x).logits  # (1, T, V)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            loss = next_token_loss(model, seq[None])  # one sequence: its own gradient
             grads = torch.autograd.grad(loss, list(params.values()))
             for (name, _), g in zip(params.items(), grads, strict=True):
                 acc[name].add_(g.detach().square())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ablate.pool.architectures import lora_targets
 from ablate.pool.errors import PoolError
@@ -191,3 +191,20 @@ def method_of(name_or_recipe: str | Recipe | TrainedRecord) -> Method:
         raise PoolError(
             f"unknown training method {name!r}; known: {', '.join(sorted(METHODS))}"
         ) from None
+
+
+def new_pool_recipe(seed_data: object = None, **fields: Any) -> Recipe:
+    """A new pool's recipe from the fields given (``Recipe``'s).
+
+    Where ``member_preconditioner`` is not given, members start from the seed's estimated
+    AdamW second moments when the pool has seed data to estimate them on and members train
+    the seed's own weights (``trains_in_place``: not a new adapter); on the fidelity suite
+    every cell ranked mixtures at least as well (docs/accuracy.md). ``Recipe()``'s own
+    default stays ``fresh``, so pools written before it read back as they were trained.
+    """
+    from ablate.pool.recipe import Recipe
+
+    if "member_preconditioner" not in fields:
+        in_place = method_of(fields.get("method", "full")).trains_in_place
+        fields["member_preconditioner"] = "seed" if seed_data is not None and in_place else "fresh"
+    return Recipe(**fields)

@@ -30,14 +30,14 @@ from ablate.pool.atomic import remove_stale_temporaries, sha256_file, staged_dir
 from ablate.pool.corpus import read_documents
 from ablate.pool.ensure import SeedModel, Target, ensure_trained
 from ablate.pool.errors import CorruptMemberError, DataError, PoolError
-from ablate.pool.method import FULL, Method, method_of
+from ablate.pool.method import FULL, Method, method_of, new_pool_recipe
 from ablate.pool.partition import partition_documents
 from ablate.pool.preconditioner import (
     load_preconditioner,
     preconditioner_problem,
     write_preconditioner,
 )
-from ablate.pool.recipe import Recipe, TinyModelSpec, default_preconditioner
+from ablate.pool.recipe import Recipe, TinyModelSpec
 from ablate.pool.storage import (
     MEMBER_STATISTICS,
     MemberRecord,
@@ -129,6 +129,7 @@ class Pool:
     def __init__(self, path: Path, manifest: PoolManifest):
         self.path = path
         self.manifest = manifest
+        self._preconditioner: dict[str, torch.Tensor] | None = None  # _second_moments
 
     # ----------------------------------------------------------------- create / open
     @classmethod
@@ -155,13 +156,11 @@ class Pool:
     ) -> Pool:
         """Start a pool from ``base`` ("tiny" trains a seed on ``seed_data``; else a local HF folder).
 
-        ``recipe`` None: the defaults, members starting from the seed's estimated AdamW
-        second moments where there is seed data (``recipe.default_preconditioner``).
+        ``recipe`` None: ``method.new_pool_recipe(seed_data)`` (members start from the seed's
+        estimated AdamW second moments where there is seed data).
         """
         path = Path(path)
-        if recipe is None:
-            full = method_of(Recipe()).trains_in_place
-            recipe = Recipe(member_preconditioner=default_preconditioner(seed_data, full))
+        recipe = recipe or new_pool_recipe(seed_data)
         if (path / MANIFEST).exists():
             raise PoolError(f"{path} is already a pool; add data with `ablate pool add` instead")
         if path.exists() and not path.is_dir():
@@ -542,8 +541,11 @@ class Pool:
         )
 
     def _second_moments(self) -> dict[str, torch.Tensor]:
-        """The members' shared AdamW second moments (``ablate.pool.preconditioner``)."""
-        return load_preconditioner(self.path, self.manifest.base_sha256)
+        """The members' shared AdamW second moments (``ablate.pool.preconditioner``): read
+        and checked once per ``Pool`` (a model-sized file; ``grow`` trains many members)."""
+        if self._preconditioner is None:
+            self._preconditioner = load_preconditioner(self.path, self.manifest.base_sha256)
+        return self._preconditioner
 
     def member_sources(self, partition: str, unit: int) -> list[np.ndarray]:
         """The token streams a unit's member trains on: its unit, then the seed data when

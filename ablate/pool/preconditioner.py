@@ -24,7 +24,7 @@ import numpy as np
 from ablate.pool.atomic import sha256_file, write_bytes, write_json
 from ablate.pool.errors import PoolError
 from ablate.pool.storage import PreconditionerRecord, read_record, utc_now
-from ablate.pool.train import SequenceSampler
+from ablate.pool.train import SequenceSampler, next_token_loss
 from ablate.pool.weights import load_tensors
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ def estimate_second_moments(
     """Mean over ``batches`` batches of the seed data of each trainable parameter's squared
     gradient, clipped as training clips it, at ``model``'s weights (fp32, on the CPU)."""
     import torch
-    import torch.nn.functional as F
 
     stream = np.asarray(tokens, dtype=np.int64)
     sampler = SequenceSampler([stream], [1.0], recipe.seq_len, _SAMPLER_SEED)
@@ -60,9 +59,7 @@ def estimate_second_moments(
     acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     for _ in range(batches):
         batch = torch.from_numpy(sampler.batch(recipe.batch_size)).to(device)
-        logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-        loss.backward()
+        next_token_loss(model, batch).backward()
         torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
         for a, p in zip(acc, params, strict=True):
             a += p.grad.float().square() / batches
@@ -104,20 +101,14 @@ def write_preconditioner(
 
 def load_preconditioner(pool_path: Path, base_sha256: str) -> dict[str, torch.Tensor]:
     """The pool's preconditioner, checked against its record and the pool's seed."""
-    record = pool_path / PRECONDITIONER_RECORD
-    if not record.is_file():
+    problem = preconditioner_problem(pool_path, base_sha256)
+    if problem is not None:
         raise PoolError(
-            f"{record} is missing: this pool's members start from the seed's preconditioner "
-            "(--member-preconditioner seed) but it was lost; restore the pool from a backup "
-            "or start a new pool"
+            f"the members' preconditioner of {pool_path} cannot be used ({problem}), and this "
+            "pool's members start from it (--member-preconditioner seed): restore "
+            f"{PRECONDITIONER_FILE} and {PRECONDITIONER_RECORD} from a backup or start a new pool"
         )
-    rec = read_record(record, PreconditionerRecord)
-    if rec.base_sha256 != base_sha256:
-        raise PoolError(
-            f"{record} was estimated for another seed model; restore this pool's "
-            "preconditioner from a backup or start a new pool"
-        )
-    return load_tensors(pool_path / PRECONDITIONER_FILE, sha256=rec.sha256)
+    return load_tensors(pool_path / PRECONDITIONER_FILE)
 
 
 def preconditioner_problem(pool_path: Path, base_sha256: str) -> str | None:

@@ -153,15 +153,6 @@ class Recipe(_Frozen):
         return max(1, -(-tokens // self.tokens_per_step))
 
 
-def default_preconditioner(seed_data: object, trains_in_place: bool) -> MemberPreconditioner:
-    """What a new pool's members start AdamW from when its recipe does not say: the seed's
-    estimated second moments where the pool has seed data to estimate them on and members
-    train full weights (on the fidelity suite every cell ranked mixtures at least as well,
-    docs/accuracy.md), else a fresh optimizer. ``Recipe()``'s own default stays ``fresh``,
-    so pools written before it existed read back as they were trained."""
-    return "seed" if seed_data is not None and trains_in_place else "fresh"
-
-
 class TinyModelSpec(_Frozen):
     """Shape of the Llama-style seed model that ``--base tiny`` trains from scratch."""
 

@@ -10,6 +10,7 @@ whenever it is trained.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -264,6 +265,20 @@ def broadcast_from_main(obj: T) -> T:
     return box[0]
 
 
+def next_token_loss(
+    model: torch.nn.Module, batch: torch.Tensor, autocast: object = None
+) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``batch`` ``(B, T + 1)`` token ids: the model reads
+    the first ``T``, the targets are the last ``T``. ``autocast`` (a context) covers the
+    forward pass only; the loss is always taken in fp32. What members train on and what the
+    Fisher and the preconditioner differentiate."""
+    import torch.nn.functional as F
+
+    with autocast or contextlib.nullcontext():
+        logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+
+
 def resume_second_moments(
     opt: torch.optim.Optimizer,
     model: PreTrainedModel,
@@ -300,7 +315,6 @@ def train_model(
 ) -> TrainResult:
     """Train ``model`` in place for ``tokens`` tokens; returns the loss record."""
     import torch
-    import torch.nn.functional as F
 
     torch.manual_seed(seed)
     model.to(device).train()
@@ -342,10 +356,7 @@ def train_model(
     for step in range(steps):
         batch = sampler.batch(recipe.batch_size)[rank * share : (rank + 1) * share]
         batch = torch.from_numpy(batch).to(device)
-        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs, (B, T) next-token targets
-        with autocast:
-            logits = net(input_ids=x).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss = next_token_loss(net, batch, autocast)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
         opt.step()

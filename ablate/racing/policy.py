@@ -362,8 +362,11 @@ class Race:
             return False
         if self.control:
             return True
-        new = {n for m in todo.values() for n in m.names} - set(self._basis)
-        return ppl >= 2 and len(todo) >= CONTROL_RATIO * len(new)
+        return ppl >= 2 and len(todo) >= CONTROL_RATIO * len(self._unscored(todo))
+
+    def _unscored(self, todo: Mapping[str, Mixture]) -> list[str]:
+        """The partitions ``todo`` uses that have no scored singleton yet, sorted."""
+        return sorted({n for m in todo.values() for n in m.names} - set(self._basis))
 
     def _score_basis(self, todo: dict[str, Mixture], known: dict) -> None:
         """Control variates (Cochran 1977, ch. 7): score every partition the batch uses on
@@ -380,9 +383,8 @@ class Race:
         race reads a unit (``born`` 0).
         """
         r = self.racer
-        names = sorted({n for m in todo.values() for n in m.names} - set(self._basis))
         units = np.arange(len(r.tokens))
-        for name in names:
+        for name in self._unscored(todo):
             m = Mixture.uniform([name])
             self._mixtures[m.key] = m
             nll = self._score_stage([m.key], units)[0]
@@ -405,7 +407,7 @@ class Race:
         index = {n: i for i, n in enumerate(sorted(self._basis))}
         for key in keys:
             m = self._mixtures.get(key)
-            if m is None or key in r.adjust or not set(m.names) <= set(index):
+            if m is None or key in r.adjust or not index.keys() >= set(m.names):
                 continue
             coef = np.zeros(len(index))
             for n, w in m.weights:

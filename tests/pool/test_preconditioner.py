@@ -163,13 +163,15 @@ def test_it_is_the_default_for_new_full_weight_pools_with_seed_data(
     assert "member_preconditioner" not in lora  # an adapter has no seed state
     off = made("d", "--seed-data", corpus["seed"], "--member-preconditioner", "fresh")
     assert "member_preconditioner" not in off and not (tmp_path / "d" / "seed_data").exists()
-    from ablate.pool.recipe import default_preconditioner
+    from ablate.pool.method import new_pool_recipe
 
     api = Pool.create(
         tmp_path / "e", base="tiny", seed_data=corpus["seed"], tiny=tiny_spec(), progress=False
     )
     assert api.manifest.recipe.member_preconditioner == "seed" and api.verify().ok
-    assert default_preconditioner(None, True) == default_preconditioner("x", False) == "fresh"
+    fresh = (new_pool_recipe(None), new_pool_recipe("x", method="lora"))
+    assert {r.member_preconditioner for r in fresh} == {"fresh"}
+    assert new_pool_recipe("x", member_preconditioner="fresh").member_preconditioner == "fresh"
     r = run_cli("pool", "init", "--help")
     assert "seed with --seed-data and --method full" in " ".join(r.stdout.split())
 
