@@ -45,6 +45,8 @@ SETTINGS = [
     Setting("domain-windows", 63, 6, (40, 60), "equal", "near_ties", target="one"),
     Setting("domain-windows-one-unit", 63, 6, (40, 60), "equal", "one_unit", target="one"),
     Setting("domain-docs-9", 63, 6, (9, 9), "lognormal", "one_unit", target="one"),
+    Setting("docs-9-one-stratum", 63, 6, (9, 9), "lognormal", "one_stratum", margin=0.005),
+    Setting("windows-one-stratum", 63, 6, (40, 60), "equal", "one_stratum", margin=0.005),
     Setting("crowd-margin", 63, 6, (40, 60), "equal", "crowd", margin=0.005),
     Setting("c255-8x9-60", 255, 8, (9, 60), "lognormal", "near_ties"),
     Setting("c255-crowd-margin", 255, 8, (9, 60), "lognormal", "crowd", margin=0.005),
@@ -60,6 +62,16 @@ SETTINGS = [
         (40, 60),
         "equal",
         "subsets_one_unit",
+        margin=0.005,
+        control=True,
+    ),
+    Setting(
+        "subsets-one-stratum-control",
+        63,
+        6,
+        (40, 60),
+        "equal",
+        "subsets_one_stratum",
         margin=0.005,
         control=True,
     ),
@@ -180,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--settings", nargs="*", help="names to run (default: all)")
     p.add_argument("--margin", type=float, help="override every setting's EPS")
+    p.add_argument(
+        "--level", type=float, help="override every setting's mean per-token NLL (default 3.0)"
+    )
     p.add_argument("--replay", type=Path, help="npz of real per-unit losses")
     p.add_argument("--label", default="this tree", help="names the racer in the table")
     p.add_argument("--seed", type=int, default=27)
@@ -209,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in SETTINGS if not a.settings or s.name in a.settings]
     if a.margin is not None:
         chosen = [dataclasses.replace(s, margin=a.margin) for s in chosen]
+    if a.level is not None:
+        chosen = [dataclasses.replace(s, level=a.level) for s in chosen]
     jobs = [(s, None) for s in chosen]
     if a.replay:
         rep = load_replay(a.replay)

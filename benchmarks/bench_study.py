@@ -75,6 +75,8 @@ def racing_section(args, pool_path: Path, work: Path) -> dict:
         search_tokens = r.tokens_full // max(1, r.full + r.dropped)
         # the promise: the returned mixture is within --margin of full scoring's best
         gap = st.best.score / plain[t].best.score - 1
+        # the same mixture, its windows summed in another order: -1e-16 is 0, not "-0.00%"
+        gap = 0.0 if abs(gap) < 1e-9 else gap
         same = gap <= args.margin + 1e-12
         rows.append((t, str(plain[t].best.mixture), str(st.best.mixture), same, r, took, gap))
         per_mixture[t] = took / n_mix

@@ -32,8 +32,10 @@ class Setting:
     best is 1% worse on almost every unit, much better on one per stratum), ``subsets``
     (every subset of ``strata`` partitions, each loss a subset's average of its partitions'
     plus a balance bonus and a residual: what control variates read, ``draw_subsets``),
-    ``subsets_one_unit`` (the same, the best's lead all on one unit in nine per stratum, in
-    its residual: invisible to the control). ``control``: race with control variates (the
+    ``one_stratum`` (a new best 1% better over the target, all of its lead on one unit in
+    nine of one stratum: a few documents of one domain), ``subsets_one_unit`` (subsets, the
+    best's lead all on one unit in nine per stratum, in its residual: invisible to the
+    control), ``subsets_one_stratum`` (the same, the lead on one stratum only). ``control``: race with control variates (the
     singletons scored in full first; ``subsets*`` and replays of subsets only)."""
 
     name: str
@@ -46,9 +48,12 @@ class Setting:
     margin: float = 0.0
     target: str = "macro"  # "macro" (equal weights) | "one" (stratum 0 alone: a domain)
     control: bool = False
+    level: float = 3.0  # mean per-token NLL of a unit (the demo pool's domains: 4.3-5.3)
 
 
 PER_UNIT_TOKENS = 512  # a full window (the demo pool's context)
+# ``one_stratum``: the best's lead on its one stratum, 1% of a six-domain macro target
+ONE_STRATUM_LEAD = 0.06
 
 
 def _units(s: Setting, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,21 +65,29 @@ def _units(s: Setting, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
         tokens = np.full(u, PER_UNIT_TOKENS)
     else:  # log-normal, sigma 1: a few documents carry much of a domain's tokens
         tokens = np.clip(np.exp(rng.normal(math.log(300), 1.0, u)), 16, 20_000).astype(int)
-    level = rng.normal(3.0, 0.3, s.strata)[strata] * np.exp(rng.normal(0, 0.15, u))  # (U,)
+    mean = rng.normal(s.level, 0.1 * s.level, s.strata)  # (strata,)
+    level = mean[strata] * np.exp(rng.normal(0, 0.15, u))  # (U,)
     return tokens, strata, level
 
 
 def _one_unit_offset(
-    tokens: np.ndarray, strata: np.ndarray, rng: np.random.Generator
+    tokens: np.ndarray,
+    strata: np.ndarray,
+    rng: np.random.Generator,
+    lead: float = 0.01,
+    only: int | None = None,
 ) -> np.ndarray:
     """Per-unit NLL offset ``(U,)`` that makes a mixture 1% worse (perplexity) on most units
-    and 1% better over every stratum, all of the lead on one unit in nine."""
+    and ``lead`` better over every stratum (``only``: over that stratum alone, no offset
+    elsewhere), all of the lead on one unit in nine."""
     off = np.full(len(strata), math.log(1.01))
-    for d in range(int(strata.max()) + 1):
+    if only is not None:
+        off[strata != only] = 0.0
+    for d in range(int(strata.max()) + 1) if only is None else [only]:
         idx = np.flatnonzero(strata == d)
         special = rng.choice(idx, max(1, len(idx) // 9), replace=False)
         t_all, t_sp = tokens[idx].sum(), tokens[special].sum()
-        need = math.log(1 / 1.01) * t_all - math.log(1.01) * (t_all - t_sp)
+        need = math.log(1 / (1 + lead)) * t_all - math.log(1.01) * (t_all - t_sp)
         off[special] = max(-1.0, need / t_sp)
     return off
 
@@ -103,6 +116,10 @@ def draw(s: Setting, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, 
         off = _one_unit_offset(tokens, strata, rng)
         best = level + off + level * np.clip(noise[0], -0.5, 0.5)
         nll = np.vstack([best, nll])[:m]
+    elif s.scenario == "one_stratum":  # the same lead, all of it in stratum 0
+        # 1% better over the macro target: 6% on stratum 0 (on a few units), tied elsewhere
+        off = _one_unit_offset(tokens, strata, rng, lead=ONE_STRATUM_LEAD, only=0)
+        nll = np.vstack([nll[0] + off, nll])[:m]
     values = tokens * nll  # summed NLL per unit
     return values, tokens, strata
 
@@ -141,13 +158,18 @@ def draw_subsets(
     resid = 0.008 * rng.standard_t(3, (len(masks), u)) * np.sqrt(PER_UNIT_TOKENS / tokens)
     resid[size == 1] = 0.0  # a singleton is its member
     nll = coef @ member - np.log1p(bonus)[:, strata] + level * np.clip(resid, -0.5, 0.5)
-    if s.scenario == "subsets_one_unit":  # the best's lead moves to a few units, unpredicted
+    if s.scenario in ("subsets_one_unit", "subsets_one_stratum"):  # a lead the control misses
         true = targets(tokens * nll, tokens, strata, np.full(n_b, 1 / n_b))
         j = int(np.argmin(true))
         runner = np.sort(true)[1]
         # j becomes 1% better than the runner-up over every stratum, with that lead on one
-        # unit in nine per stratum and 1% worse than its own average prediction elsewhere
-        nll[j] = nll[j] + _one_unit_offset(tokens, strata, rng) + math.log(runner / true[j])
+        # unit in nine per stratum and 1% worse than its own average prediction elsewhere;
+        # or over the target, with all of its lead on a few units of stratum 0
+        if s.scenario == "subsets_one_unit":
+            off = _one_unit_offset(tokens, strata, rng)
+        else:
+            off = _one_unit_offset(tokens, strata, rng, lead=ONE_STRATUM_LEAD, only=0)
+        nll[j] = nll[j] + off + math.log(runner / true[j])
     basis = np.flatnonzero(size == 1)
     return tokens * nll, tokens, strata, basis, coef
 

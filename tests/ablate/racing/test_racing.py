@@ -436,3 +436,36 @@ def test_stats_of_a_race_answered_by_the_store_claim_no_saving():
     assert "7 from the store" in line and "no eval tokens scored" in line and "x fewer" not in line
     raced = RaceStats(full=2, dropped=5, cached=0, tokens_scored=100, tokens_full=400, seed=3)
     assert "100 of 400 eval tokens scored (4.0x fewer)" in raced.describe()
+
+
+def test_the_unseen_guard_is_ten_percent_perplexity_at_every_nll_level():
+    """A candidate equal to its incumbent on every unit: the guard's pessimistic pseudo-unit
+    is all that separates them, ``UNSEEN`` nats per token below the candidate's mean, so its
+    shift is the same share of the target (``log 1.1 / (n + 1)``) at 3 nats and at 5."""
+    from ablate.racing.bounds import UNSEEN, gap_bounds
+
+    assert np.log(1.1) == pytest.approx(UNSEEN)
+    rng = np.random.default_rng(0)
+    tokens = np.full(30, 20.0)
+    strata = np.zeros(30, dtype=np.int64)
+    scored = np.arange(30) < 9
+    for nats in (3.0, 5.0):
+        inc = tokens * rng.uniform(nats - 0.5, nats + 0.5, 30)
+        g = gap_bounds(inc[None], inc, tokens, strata, scored, np.zeros(30, bool), np.ones(1))
+        mu = inc[scored].sum() / tokens[scored].sum()  # the ratio estimate (nothing known)
+        # the pseudo-unit is the 10th unit; its gap: -log 1.1 nats per token at exp(mu)
+        assert g.delta[0] == pytest.approx(-np.log(1.1) * np.exp(mu) / 10)
+
+
+def test_simulated_races_need_the_guard_when_the_lead_hides_in_one_domain(monkeypatch):
+    """The harness in small: the best's lead all on a few units of one stratum. The shipped
+    racer keeps its promise; without the ``UNSEEN`` guard it breaks it (30% at 10%)."""
+    from ablate.racing import bounds
+    from ablate.racing.simulate import Setting, simulate
+
+    s = Setting("small", 15, 6, (20, 30), "equal", "one_stratum", margin=0.005)
+    ok = simulate(s, 300, 0.9, seed=1)
+    assert ok["ci95"][0] <= 0.1 and ok["saving_mean"] > 1
+    monkeypatch.setattr(bounds, "UNSEEN", 0.0)
+    unguarded = simulate(s, 300, 0.9, seed=1)
+    assert unguarded["ci95"][0] > 0.1, unguarded
