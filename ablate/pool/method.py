@@ -199,7 +199,7 @@ def new_pool_recipe(seed_data: object = None, **fields: Any) -> Recipe:
     Where ``member_preconditioner`` is not given, members start from the seed's estimated
     AdamW second moments when the pool has seed data to estimate them on and members train
     the seed's own weights (``trains_in_place``: not a new adapter); on the fidelity suite
-    every cell ranked mixtures at least as well (docs/accuracy.md). ``Recipe()``'s own
+    7 of 8 cells ranked mixtures at least as well (docs/accuracy.md). ``Recipe()``'s own
     default stays ``fresh``, so pools written before it read back as they were trained.
     """
     from ablate.pool.recipe import Recipe
