@@ -48,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ablate.engine.merges import MERGES, POOL_MERGES
+from ablate.pool.atomic import write_json
 
 SITE = Path(sysconfig.get_paths()["purelib"])  # this venv's site-packages
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -495,25 +496,22 @@ def meets_bar(row: dict) -> bool:
 
 
 def meets_verdict(row: dict) -> bool:
-    """``ablate validate``'s verdict ("TRUSTWORTHY"): macro Spearman >= min(0.8, noise
-    ceiling - 0.05) and macro regret <= 1%, with the median per-domain Spearman >= 0.9 on
+    """``ablate validate``'s verdict, "TRUSTWORTHY" (``report.trustworthy``: macro against
+    the noise ceiling, the pick within 1%), with the median per-domain Spearman >= 0.9 on
     top (the verdict judges macro only)."""
-    from ablate.validation.report import TRUST_REGRET, TRUST_SLACK, TRUST_SPEARMAN
+    from ablate.validation.report import trustworthy
 
-    bar = min(TRUST_SPEARMAN, row["noise_ceiling"] - TRUST_SLACK)
-    return (
-        row["macro"] >= bar
-        and row["median_domain"] >= MEDIAN_DOMAIN_BAR
-        and row["macro_regret"] <= TRUST_REGRET
-    )
+    ok = trustworthy(row["macro"], row["noise_ceiling"], row["macro_regret"])
+    return ok and row["median_domain"] >= MEDIAN_DOMAIN_BAR
 
 
-def cached_row(cache: Path) -> dict | None:
-    """A row measured before (None: not measured, or before ``ROW_FIELDS`` existed)."""
+def cached_row(cache: Path, *, stale: bool = False) -> dict | None:
+    """A row measured before; None where there is none, or where it predates ``ROW_FIELDS``
+    unless ``stale`` (``--print-only`` shows such rows; a measuring run measures them again)."""
     if not cache.is_file():
         return None
     row = json.loads(cache.read_text())
-    return row if all(k in row for k in ROW_FIELDS) else None
+    return row if stale or all(k in row for k in ROW_FIELDS) else None
 
 
 def print_table(rows: list[dict]) -> None:
@@ -540,10 +538,8 @@ def _merge_row(
     name = f"{variant}+{merge}"
     tag = name + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
     cache = folder / f"row-{tag}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
-    if (row := cached_row(cache)) is not None:
+    if (row := cached_row(cache, stale=args.print_only)) is not None or args.print_only:
         return row
-    if args.print_only:
-        return json.loads(cache.read_text()) if cache.is_file() else None
     if not (folder / variant / "pool.json").is_file():
         raise SystemExit(f"{folder}/{variant} is missing: measure that variant first")
     start = time.perf_counter()
@@ -579,7 +575,7 @@ def _keep_row(cache: Path, corpus, seed_tokens, unit_tokens, name, measured, sta
         **measured,
         "minutes": (time.perf_counter() - start) / 60,
     }
-    cache.write_text(json.dumps(row))
+    write_json(cache, row)  # temp file, then rename: an interrupted run leaves no half row
     print(json.dumps(row), flush=True)
     return row
 
@@ -612,7 +608,7 @@ def law_row(folder: Path, corpus: str, setting: str, variant: str, merge: str, a
         **{f"rho {k}": float(c.loc[k, "loo_spearman"]) for k in LAW_VARIANTS},
         **{f"rmse {k}": float(c.loc[k, "loo_rmse"]) for k in LAW_VARIANTS},
     }
-    cache.write_text(json.dumps(row))
+    write_json(cache, row)  # temp file, then rename: an interrupted run leaves no half row
     print(json.dumps(row), flush=True)
     return row
 
@@ -696,12 +692,10 @@ def main() -> None:
                 cache = (
                     folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
                 )
-                if (row := cached_row(cache)) is not None:
+                if (row := cached_row(cache, stale=args.print_only)) is not None:
                     rows.append(row)
                     continue
                 if args.print_only:
-                    if cache.is_file():  # measured before the like-for-like columns
-                        rows.append(json.loads(cache.read_text()))
                     continue
                 start = time.perf_counter()
                 pools = build_pools(

@@ -235,10 +235,13 @@ class Racer:
             if s == 0:
                 advance(running, 0)
                 continue
+            if not running:  # every candidate decided
+                break
             scored = self.stage_of < s  # every running candidate has scored stages < s
-            if running:  # the running candidates' estimates on the units scored so far
-                est = self.values([self.adjusted(k, nll[k]) for k in running], scored)
-                order = [running[j] for j in np.argsort(est, kind="stable")]
+            # what estimates and tests read: the values with their control adjustment
+            seen = {k: self.adjusted(k, nll[k]) for k in running}
+            est = dict(zip(running, self.values(list(seen.values()), scored), strict=True))
+            order = sorted(running, key=est.__getitem__)  # stable: ties keep their order
             while len(self.incumbents) < self.top and running:  # seed from the best estimates
                 best = order.pop(0)
                 running.remove(best)
@@ -246,8 +249,9 @@ class Racer:
             kth = self.threshold()
             if running and kth is not None:  # settle the apparent leader now ...
                 lead = order[0]  # ... if it looks better than the k-th by more than EPS
-                lead_est = (1 + self.margin) * self.value(self.adjusted(lead, nll[lead]), scored)
-                if lead_est < self.value(self.adjusted(kth.key, kth.nll), scored):
+                if (1 + self.margin) * est[lead] < self.value(
+                    self.adjusted(kth.key, kth.nll), scored
+                ):
                     running.remove(lead)
                     finish(lead, s)
             thr, level = self.threshold(s), self.level()
@@ -256,16 +260,15 @@ class Racer:
                 # it, at a level split over every mixture that could have been (union bound)
                 thr, level = self.threshold(), self.level(rivals)
             if running and thr is not None:
-                gaps = self._gaps(running, nll, scored, thr)
-                worse = gaps.worse(level)
+                inc = self.adjusted(thr.key, thr.nll)
+                worse = self._gaps([seen[k] for k in running], inc, scored, thr).worse(level)
                 if worse.any():
-                    plain = self.values(
-                        [self.adjusted(k, nll[k]) for k in running], scored
-                    ) - self.value(self.adjusted(thr.key, thr.nll), scored)
+                    inc_est = self.value(inc, scored)
                 keep = []
                 for j, k in enumerate(running):
                     if worse[j]:  # the estimate: the incumbent's target + the plain gap
-                        out[k] = Outcome(nll[k], False, thr.score + plain[j], done[k], thr.key)
+                        gap = est[k] - inc_est
+                        out[k] = Outcome(nll[k], False, thr.score + gap, done[k], thr.key)
                     else:
                         keep.append(k)
                 running = keep
@@ -278,13 +281,15 @@ class Racer:
         """The look a ``scored`` mask belongs to: how many stages it holds."""
         return int(self.stage_of[scored].max()) + 1 if scored.any() else 0
 
-    def _gaps(self, running, nll, scored: np.ndarray, thr: Incumbent) -> Gaps:
-        """Each running candidate's bound against ``thr``, on the units scored so far; the
-        units of the stages ``thr``'s choice read are known, the later ones sampled."""
-        cand = np.stack([self.adjusted(k, nll[k]) for k in running])  # (M, n_units)
+    def _gaps(
+        self, cand: Sequence[np.ndarray], inc: np.ndarray, scored: np.ndarray, thr: Incumbent
+    ) -> Gaps:
+        """Each candidate's bound against ``thr`` (values as the test reads them: ``cand``,
+        and ``inc`` for ``thr``), on the units scored so far; the units of the stages
+        ``thr``'s choice read are known, the later ones sampled."""
         return gap_bounds(
-            cand,
-            self.adjusted(thr.key, thr.nll),
+            np.stack(cand),
+            inc,
             self.tokens,
             self.doc_domain,
             scored,

@@ -403,8 +403,9 @@ class Race:
         """The control adjustment of every mixture in ``keys`` whose partitions all have a
         scored singleton (others race on their values as they are)."""
         r = self.racer
-        basis = np.stack([self._basis[n] for n in sorted(self._basis)])
-        index = {n: i for i, n in enumerate(sorted(self._basis))}
+        names = sorted(self._basis)
+        basis = np.stack([self._basis[n] for n in names])
+        index = {n: i for i, n in enumerate(names)}
         for key in keys:
             m = self._mixtures.get(key)
             if m is None or key in r.adjust or not index.keys() >= set(m.names):

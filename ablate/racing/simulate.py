@@ -35,8 +35,9 @@ class Setting:
     ``one_stratum`` (a new best 1% better over the target, all of its lead on one unit in
     nine of one stratum: a few documents of one domain), ``subsets_one_unit`` (subsets, the
     best's lead all on one unit in nine per stratum, in its residual: invisible to the
-    control), ``subsets_one_stratum`` (the same, the lead on one stratum only). ``control``: race with control variates (the
-    singletons scored in full first; ``subsets*`` and replays of subsets only)."""
+    control), ``subsets_one_stratum`` (the same, the lead on one stratum only).
+    ``control``: race with control variates (the singletons scored in full first;
+    ``subsets*`` and replays of subsets only)."""
 
     name: str
     candidates: int

@@ -484,6 +484,12 @@ FIX_OTHER = (
 )
 
 
+def trustworthy(spearman: float, ceiling: float, regret: float) -> bool:
+    """Whether a macro ranking is one to decide on (the verdict's "TRUSTWORTHY"): Spearman
+    >= 0.8, or within 0.05 of a lower noise ceiling, and a pick within 1% of the best."""
+    return spearman >= min(TRUST_SPEARMAN, ceiling - TRUST_SLACK) and not regret > TRUST_REGRET
+
+
 def macro_verdict(
     spearman: float, ceiling: float, regret: float, repeats: int, fix: str = FIX_OTHER
 ) -> str:
@@ -503,11 +509,10 @@ def macro_verdict(
             f"verdict: {got}; no noise ceiling to judge it against: rerun with --repeats 2 "
             "(the real models trained now are reused)"
         )
-    bar = min(TRUST_SPEARMAN, ceiling - TRUST_SLACK)
     against = f"{got}, noise ceiling {_fmt(ceiling)} (a perfect proxy, from the seeds' agreement)"
-    if spearman >= bar and not regret > TRUST_REGRET:
+    if trustworthy(spearman, ceiling, regret):
         return f"verdict: macro ranking TRUSTWORTHY on this pool: {against}"
-    if spearman >= bar:
+    if spearman >= min(TRUST_SPEARMAN, ceiling - TRUST_SLACK):
         return (
             f"verdict: macro ranking TRUSTWORTHY but its PICK is not on this pool: {against}; "
             f"the proxy's best costs more than {_pct(TRUST_REGRET, 0)}: really train its few "
