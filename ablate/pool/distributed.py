@@ -14,6 +14,7 @@ Ray is optional (``pip install 'ablate-sim[ray]'``) and imported only inside the
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import os
@@ -169,6 +170,11 @@ def torchrun_group(device: str | None = None) -> Iterator[bool]:
     try:
         yield dist.get_rank() == 0
     finally:
+        # A trained member's DDP wrapper (its reducer holds the group) can sit in a
+        # reference cycle; freed only at interpreter exit, its gloo threads abort the rank
+        # ("terminate called without an active exception", SIGABRT; test_torchrun_grow_two_
+        # processes, ~1 in 10 runs under load). Free it while the group is still alive.
+        gc.collect()
         dist.destroy_process_group()
 
 
