@@ -12,6 +12,9 @@ With R training seeds per mixture (``--repeats R``) the real ranking is itself n
 * ``seed_spearman``, the mean Spearman between two single seeds, sits beside
   ``spearman_single``, the proxy against one seed (like for like: a proxy as good as
   re-running training scores as much);
+* ``seed_regret``, one seed's pick judged on another seed's models, sits beside
+  ``regret_single``, the proxy's pick judged on one seed: how far real training's own pick
+  moves with the seed (a regret smaller than it is more than re-running training gives);
 * ``noise_ceiling`` is what a *perfect* proxy (the seeds' expected ranking) would score
   against the R-seed mean that ``spearman`` uses. Classical test theory: a correlation
   with a measurement of reliability rho is at most sqrt(rho) (Spearman 1904); the
@@ -132,6 +135,15 @@ def seed_reliability(seed_spearman: float | np.ndarray, repeats: int, n: int) ->
 
 # ---------------------------------------------------------------------- the table
 _BOOTSTRAPPED = ("spearman", "spearman_single", "seed_spearman", "noise_ceiling")
+# Point estimates of the seed statistics beside the ones ``decision_metrics`` gives.
+_POINT_ONLY = (
+    "spearman_single",
+    "seed_spearman",
+    "noise_ceiling",
+    "seed_reliability",
+    "regret_single",
+    "seed_regret",
+)
 
 
 def interval_resamples(repeats: int) -> str:
@@ -171,7 +183,10 @@ def decision_table(
         Columns ``spearman`` (proxy vs the R-seed mean), ``kendall``, ``regret``,
         ``top3_recall``, ``n``, ``spearman_single`` (proxy vs one seed, mean over seeds),
         ``seed_spearman`` (seed vs seed), ``noise_ceiling`` (perfect proxy vs the R-seed
-        mean), ``seed_reliability`` (R-seed mean vs another), each of the four Spearmans
+        mean), ``seed_reliability`` (R-seed mean vs another), ``regret_single`` (the
+        proxy's pick judged on one seed against that seed's best, mean over seeds) beside
+        ``seed_regret`` (one seed's pick judged on another, mean over ordered pairs: how far
+        real training's own pick moves with the seed), each of the four Spearmans
         with ``_lo``/``_hi`` (two-way bootstrap, see ``interval_resamples``), and
         ``p_within_1pct`` / ``p_within_margin`` (share of replicates whose pick is within
         1% / ``margin`` of the best). Seed columns are NaN with one repeat.
@@ -195,7 +210,7 @@ def decision_table(
         np.tile(np.arange(n_runs), (1, m, 1)),
         margin,
     )
-    for k in ("spearman_single", "seed_spearman", "noise_ceiling", "seed_reliability"):
+    for k in _POINT_ONLY:
         frame[k] = point[k][0]
     intervals = {f"{k}_{s}": np.full(len(names), math.nan) for k in _BOOTSTRAPPED for s in "lh"}
     within = {k: np.full(len(names), math.nan) for k in ("p_within_1pct", "p_within_margin")}
@@ -263,6 +278,13 @@ def _with_macro(nll: np.ndarray) -> np.ndarray:
     return np.concatenate([ppl, ppl.mean(axis=-1, keepdims=True)], axis=-1)
 
 
+def _pick_regret(picker: np.ndarray, judge: np.ndarray) -> np.ndarray:
+    """``(B,)``: ``judge``'s perplexity of ``picker``'s best mixture over ``judge``'s best,
+    minus 1, for perplexities ``(B, M)``."""
+    rows = np.arange(picker.shape[0])
+    return judge[rows, np.argmin(picker, axis=1)] / judge.min(axis=1) - 1
+
+
 def _replicate_stats(
     proxy: np.ndarray, runs: np.ndarray, mix: np.ndarray, labels: np.ndarray, margin: float
 ) -> dict[str, np.ndarray]:
@@ -282,11 +304,26 @@ def _replicate_stats(
     n_t = p.shape[2]
     out = {k: np.full((b, n_t), math.nan) for k in ("spearman", "spearman_single", "regret")}
     out |= {k: np.full((b, n_t), math.nan) for k in ("seed_spearman", "noise_ceiling")}
+    out |= {k: np.full((b, n_t), math.nan) for k in ("regret_single", "seed_regret")}
     out["seed_reliability"] = np.full((b, n_t), math.nan)
     rows = np.arange(b)
     for t in range(n_t):
         x, y = p[:, :, t], mean[:, :, t]  # (B, M)
         out["regret"][:, t] = y[rows, np.argmin(x, axis=1)] / y.min(axis=1) - 1
+        # like for like with seed_regret: the proxy's pick judged on one seed
+        out["regret_single"][:, t] = np.mean(
+            [_pick_regret(x, single[:, r, :, t]) for r in range(n_runs)], axis=0
+        )
+        if n_runs > 1:  # one seed's pick judged on another (both ways): real training's own
+            out["seed_regret"][:, t] = np.mean(
+                [
+                    _pick_regret(single[:, i, :, t], single[:, j, :, t])
+                    for i in range(n_runs)
+                    for j in range(n_runs)
+                    if i != j
+                ],
+                axis=0,
+            )
         if m < 3:  # a rank correlation of two points is undefined
             continue
         out["spearman"][:, t] = batched_spearman(x, y)

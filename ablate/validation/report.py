@@ -202,7 +202,7 @@ class ValidationReport:
         lines = [
             f"decisions ({self.budget} budget; regret = real ppl of the proxy's pick / best real - 1)",
             f"{'target':<16} {'n':>4} {'spearman':>18} {'ceiling':>18} {'1 seed':>18} "
-            f"{'seed-seed':>18} {'kendall':>8} {'regret':>7} {'P<=1%':>6} "
+            f"{'seed-seed':>18} {'kendall':>8} {'regret':>7} {'1 seed':>7} {'s-s':>7} {'P<=1%':>6} "
             f"{'P<=' + _pct(self.margin, 1):>7} {'top3':>5}",
         ]
         for t, r in self.decisions.iterrows():  # type: ignore[union-attr]
@@ -213,12 +213,15 @@ class ValidationReport:
                     for s in ("spearman", "noise_ceiling", "spearman_single", "seed_spearman")
                 )
                 + f" {_fmt(r['kendall']):>8} {_pct(r['regret']):>7} "
+                f"{_pct(r['regret_single']):>7} {_measured(r['seed_regret']):>7} "
                 f"{_share(r['p_within_1pct']):>6} {_share(r['p_within_margin']):>7} "
                 f"{r['top3_recall']:>5.2f}"
             )
         lines.append(
             f"spearman and ceiling: against the mean of {self.repeats} seed(s); 1 seed and "
-            f"seed-seed: against one seed (like for like). Brackets: {pct} two-way bootstrap "
+            f"seed-seed: against one seed (like for like); regret likewise: the proxy's pick on "
+            "the mean, then judged on one seed (1 seed), beside one seed's pick judged on "
+            f"another (s-s). Brackets: {pct} two-way bootstrap "
             f"over {interval_resamples(self.repeats)}; P<=x: share of those replicates whose "
             "pick is within x of the best."
         )
@@ -292,14 +295,17 @@ class ValidationReport:
             "agreement, Spearman-Brown corrected for the number of seeds). Like for like: the "
             "proxy against one seed beside one seed against another (a proxy as good as "
             "retraining scores as much). Regret: real perplexity of the proxy's pick over the best "
-            "real one, minus 1; P(within x): share of bootstrap replicates in which the proxy's "
+            "real one, minus 1; like for like, the proxy's pick judged on one seed beside one "
+            "seed's pick judged on another (how far real training's own pick moves with the "
+            "seed); P(within x): share of bootstrap replicates in which the proxy's "
             f"pick is within x of the best. Brackets: {pct} two-way bootstrap intervals "
             f"({self.replicates} replicates) over {interval_resamples(self.repeats)}. See "
             "docs/validation-statistics.md.",
             "",
             "| target | n | Spearman vs mean | noise ceiling | Spearman vs 1 seed | seed vs seed "
-            f"| Kendall | regret@1 | P(within 1%) | P(within {_pct(self.margin, 1)}) | top-3 recall |",
-            "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|",
+            f"| Kendall | regret@1 | regret vs 1 seed | seed vs seed regret | P(within 1%) "
+            f"| P(within {_pct(self.margin, 1)}) | top-3 recall |",
+            "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for t, r in self.decisions.iterrows():  # type: ignore[union-attr]
             cells = [
@@ -309,7 +315,8 @@ class ValidationReport:
             lines.append(
                 f"| {t} | {int(r['n'])} | "
                 + " | ".join(cells)
-                + f" | {_fmt(r['kendall'])} | {_pct(r['regret'])} | {_share(r['p_within_1pct'])} "
+                + f" | {_fmt(r['kendall'])} | {_pct(r['regret'])} | {_pct(r['regret_single'])} "
+                f"| {_measured(r['seed_regret'])} | {_share(r['p_within_1pct'])} "
                 f"| {_share(r['p_within_margin'])} | {r['top3_recall']:.2f} |"
             )
         return lines
@@ -538,6 +545,11 @@ def _interval(row, stat: str, sep: str, fmt=None) -> str:
 
 def _pct(x: float, digits: int = 2) -> str:
     return "nan" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}%"
+
+
+def _measured(x: float) -> str:
+    """A share as a percentage, ``-`` when not measured (a seed statistic of one seed)."""
+    return "-" if x is None or math.isnan(x) else _pct(x)
 
 
 def _share(x: float) -> str:

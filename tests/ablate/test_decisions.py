@@ -71,10 +71,16 @@ def test_decision_table_seed_statistics_by_hand():
     assert a["noise_ceiling"] == pytest.approx(noise_ceiling(0.8, 2, 5))
     assert a["seed_reliability"] == pytest.approx(seed_reliability(0.8, 2, 5))
     assert a["regret"] == pytest.approx(0.0)  # the proxy's pick 0 ties for the best mean
+    # Like for like: the proxy's pick 0 is run0's best (0) and 2x run1's best (1.0): mean 0.5;
+    # run0's pick 0 on run1 and run1's pick 1 on run0 are both 2x the other's best.
+    assert a["regret_single"] == pytest.approx(0.5)
+    assert a["seed_regret"] == pytest.approx(1.0)
     assert math.isnan(a["p_within_1pct"]) and math.isnan(a["spearman_lo"])  # no bootstrap
     one = decision_table(np.log(proxy)[:, None], runs[0], tok, dom, ("a",), replicates=0)
     assert one.loc["a", "spearman_single"] == pytest.approx(one.loc["a", "spearman"])
     assert math.isnan(one.loc["a", "seed_spearman"]) and math.isnan(one.loc["a", "noise_ceiling"])
+    assert one.loc["a", "regret_single"] == pytest.approx(one.loc["a", "regret"])
+    assert math.isnan(one.loc["a", "seed_regret"])
 
 
 def test_within_probability_resamples_mixtures_by_hand():
