@@ -42,6 +42,7 @@ from ablate.export import export
 from ablate.mixture import Mixture
 from ablate.pool import Pool
 from ablate.pool.errors import AblateError
+from ablate.pool.prepare import prepare_merge
 from ablate.pool.train import pick_device
 
 if TYPE_CHECKING:
@@ -129,7 +130,9 @@ class EvaluatorConfig:
         merge: How a mixture's members become one model: ``"average"`` (the weighted
             average, Na et al.) or ``"fisher"`` / ``"fisher_tensor"`` (Fisher-weighted,
             Matena & Raffel; needs ``ablate pool fisher`` first; full-weight pools) or
-            ``"regmean"`` (Jin et al.; needs ``ablate pool gram`` first).
+            ``"regmean"`` (Jin et al.; needs ``ablate pool gram`` first); None: the pool's
+            own (``Pool.merge``: ``fisher_tensor`` for new pools whose members start from
+            the seed's second moments, which ``pool grow`` prepares; else the average).
             Results of other merges than the average are stored under their own keys.
     """
 
@@ -145,13 +148,13 @@ class EvaluatorConfig:
     gpus_per_worker: float = 0.0
     stack_budget_bytes: int | None = None
     tasks: Sequence[str | os.PathLike | Task] = ()
-    merge: PoolMerge = "average"
+    merge: PoolMerge | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))  # frozen: a list would not be
         if self.executor not in get_args(ExecutorName):
             raise AblateError(f"executor must be 'local' or 'ray', got {self.executor!r}")
-        if self.merge not in POOL_MERGES:
+        if self.merge is not None and self.merge not in POOL_MERGES:
             raise AblateError(
                 f"--merge must be one of {', '.join(POOL_MERGES)}, got {self.merge!r}"
             )
@@ -185,6 +188,8 @@ class Evaluator:
         )
         task_set: dict[str, Task] = load_tasks(pool, cfg.tasks)  # bad lines fail before any write
         path = pool.path / "results.sqlite" if cfg.store is True else cfg.store
+        if cfg.merge in (None, pool.merge):  # what its merge reads that a member lacks
+            prepare_merge(pool, progress=cfg.progress, device=cfg.device)
         scorers = Scorers(
             pool,
             MemberLayout(pool, merge=cfg.merge),

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Literal
 from ablate.engine.layout import MemberLayout
 from ablate.pool.atomic import sha256_file, staged_dir, write_json
 from ablate.pool.errors import AblateError
+from ablate.pool.prepare import prepare_merge
+from ablate.pool.storage import PoolMerge
 from ablate.pool.weights import load_tensors, peft_quietly
 from ablate.version import __version__
 
@@ -78,6 +80,7 @@ def export(
     dtype: ExportDtype = "fp32",
     adapter: bool = False,
     overwrite: bool = False,
+    merge: PoolMerge | None = None,
     layout: MemberLayout | None = None,
     model: MergedModel | None = None,
     progress: bool = False,
@@ -91,6 +94,8 @@ def export(
         dtype: Precision of the written weights.
         adapter: LoRA pools: write the merged adapter (peft) instead of full weights.
         overwrite: Replace an existing ``out`` (atomically).
+        merge: How the members merge (None: the pool's, ``Pool.merge``); ignored when
+            ``layout`` is given (it says).
         layout: The pool's members as rows (built when None).
         model: An already loaded ``MergedModel`` of these members (loaded when None).
         progress: Show the members' loading progress.
@@ -101,7 +106,9 @@ def export(
     import torch
 
     torch_dtype = _torch_dtype(dtype)
-    layout = layout or MemberLayout(pool)
+    if layout is None and merge in (None, pool.merge):  # what its merge reads, where lacking
+        prepare_merge(pool, progress=progress)
+    layout = layout or MemberLayout(pool, merge=merge)
     weights = layout.member_weights(mixture)  # unknown partitions fail here, before any write
     out = check_export_target(out, overwrite=overwrite)
     if adapter and layout.merge != "average":

@@ -66,9 +66,11 @@ def eval_table(results: list, domains: list[str]) -> tuple[list[dict], list]:
 def cmd_eval(args: argparse.Namespace) -> int:
     """score mixtures by merging pool members
 
-    Score mixtures: merge the members of each mixture by parameter averaging and
-    measure its perplexity per eval domain. Scores are stored in POOL/results.sqlite
-    and never computed twice.
+    Score mixtures: merge the members of each mixture by the pool's merge (a
+    weighted parameter average, Fisher-weighted for pools whose members start from
+    the seed's second moments; --merge picks another) and measure its perplexity
+    per eval domain. Scores are stored in POOL/results.sqlite and never computed
+    twice.
 
     Examples:
         ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets

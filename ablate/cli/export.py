@@ -9,6 +9,7 @@ from ablate.cli.common import add_command, add_pool_arg, usage_error
 from ablate.export import DTYPES, export
 from ablate.mixture import Mixture
 from ablate.pool import Pool
+from ablate.pool.storage import POOL_MERGES
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -39,6 +40,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         adapter=args.adapter,
         overwrite=args.overwrite,
+        merge=args.merge,
         progress=not args.quiet,
     )
     what = "merged adapter" if args.adapter else f"merged {args.dtype} weights"
@@ -64,5 +66,11 @@ def add_export_command(sub: Any) -> None:
         action="store_true",
         help="LoRA pools: write the exactly merged adapter (peft) and the seed in base/ "
         "instead of merged full weights",
+    )
+    p.add_argument(
+        "--merge",
+        choices=POOL_MERGES,
+        default=None,
+        help="how the members merge (default: the pool's, which `ablate pool ls` shows)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")

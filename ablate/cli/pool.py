@@ -24,7 +24,9 @@ from ablate.pool.cluster import ClusterOn, add_clustered, summary
 from ablate.pool.fisher import DEFAULT_BATCHES
 from ablate.pool.gram import DEFAULT_BATCHES as GRAM_BATCHES
 from ablate.pool.method import new_pool_recipe
+from ablate.pool.prepare import prepare_merge
 from ablate.pool.recipe import LoraSpec, Recipe, TinyModelSpec
+from ablate.pool.storage import PoolManifest
 from ablate.present.tables import Column
 
 
@@ -39,6 +41,7 @@ RECIPE_FLAGS = {
     **_flags(Recipe, "member_seed_share", "member_schedule", "member_lr", "member_preconditioner"),
     **_flags(LoraSpec, "rank", "alpha", prefix="lora-"),
 }
+MANIFEST_FLAGS = _flags(PoolManifest, "merge")
 TINY_FLAGS = _flags(TinyModelSpec, "vocab_size", "seed_tokens", "hidden_size", "layers", "heads")
 _NAME_WIDTH = 32  # partition names longer than this end in an ellipsis in the table
 _TERMS_WIDTH = 40  # a cluster's top terms, cut to this width in the table
@@ -59,6 +62,7 @@ def _cluster_count(text: str) -> int:
 # Defaults that depend on other flags, as --help states them.
 _DEFAULT_HELP = {
     "member_preconditioner": "seed with --seed-data and --method full, else fresh",
+    "merge": "fisher_tensor where members start from the seed's second moments, else average",
 }
 
 
@@ -111,7 +115,8 @@ def cmd_pool_init(args: argparse.Namespace) -> int:
 
     Create a pool: train a byte-level BPE tokenizer and a small Llama-style seed
     model (--base tiny), or use a local Hugging Face causal-LM folder. The training
-    options are fixed for the pool's lifetime.
+    options are fixed for the pool's lifetime; --merge is the pool's default merge
+    (eval, search and validate take --merge to use another).
 
     Examples:
         ablate pool init runs/pool --base tiny --seed-data seed.jsonl
@@ -135,9 +140,11 @@ def cmd_pool_init(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         progress=not args.quiet,
         device=args.device,
+        merge=args.merge,
     )
     print(
-        f"created pool {pool.path} (base {pool.manifest.base}, method {pool.manifest.recipe.method})"
+        f"created pool {pool.path} (base {pool.manifest.base}, method "
+        f"{pool.manifest.recipe.method}, merge {pool.merge})"
     )
     return 0
 
@@ -200,7 +207,8 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
 
     Train every base unit that has no finished member. Interrupted runs resume;
     two runs on one pool never train a member twice. --backend ray trains one
-    member per Ray task.
+    member per Ray task. Where the pool's merge reads a statistic of each member
+    (fisher_tensor: its Fisher), it is computed with the member.
 
     Examples:
         ablate pool grow runs/pool
@@ -220,6 +228,9 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
             trained = pool.grow(args.only, progress=not args.quiet, device=args.device)
         if not main_rank:
             return 0  # rank 0 reports
+        # What the pool's merge reads of each member (its Fisher for fisher_tensor), on
+        # rank 0 once the group is gone; Ray tasks computed it with their members.
+        prepare_merge(pool, progress=not args.quiet, device=args.device)
     for rec in trained:
         print(
             f"trained {rec.member_id}: loss {rec.final_loss:.4f}, {rec.tokens_seen} tokens, {rec.wall_time_s:.1f}s"
@@ -265,6 +276,7 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
             "pool": str(pool.path),
             "base": m.base,
             "method": m.recipe.method,
+            "merge": m.merge,
             "recipe": m.recipe.model_dump(mode="json"),
             "members": rows,
         }
@@ -285,7 +297,8 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
         emit_table(args, table, ls_columns(clusters is not None))
         return 0
     print(
-        f"pool {pool.path}: base {m.base}, method {m.recipe.method}, {m.recipe.unit_tokens} tokens/unit"
+        f"pool {pool.path}: base {m.base}, method {m.recipe.method}, merge {m.merge}, "
+        f"{m.recipe.unit_tokens} tokens/unit"
     )
     if clusters is not None:
         print(
@@ -421,6 +434,7 @@ def add_pool_commands(sub: Any) -> None:
     add_text_field_arg(p)
     add_device_arg(p, "train the seed model")
     _add_model_flags(p, RECIPE_FLAGS)
+    _add_model_flags(p, MANIFEST_FLAGS)
     p.add_argument(
         "--lora-targets",
         type=_names,

@@ -62,6 +62,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.plot:
         check_figure_path(args.plot, "--plot")
     confidence = race_confidence(args)
+    if args.merge is None and args.strategy == "gradient":
+        args.merge = "average"  # what the gradient differentiates, whatever the pool's default
     with evaluator(args) as ev:
         study = search(
             ev,

@@ -75,6 +75,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise usage_error(
                 f"--extrapolate takes a number > 0 or 'norm', got {args.extrapolate!r}"
             ) from None
+    if args.merge is None and extrapolate != 1.0:
+        args.merge = "average"  # what --extrapolate scales, whatever the pool's default merge
     with evaluator(args) as ev:
         report = validate(
             ev,

@@ -84,10 +84,11 @@ class MemberLayout:
     units: a mixture of a half-grown pool would silently mean something else.
     """
 
-    def __init__(self, pool: Pool, merge: PoolMerge = "average"):
-        """``merge``: how every mixture's members become one model (``ablate.engine.merges``);
-        one that reads a per-member statistic (Fisher, Grams) is refused here, before
-        anything loads, when a member has none."""
+    def __init__(self, pool: Pool, merge: PoolMerge | None = None):
+        """``merge``: how every mixture's members become one model (``ablate.engine.merges``;
+        None: the pool's, ``Pool.merge``); one that reads a per-member statistic (Fisher,
+        Grams) is refused here, before anything loads, when a member has none (the
+        evaluator first computes what the pool's own merge reads: ``prepare_merge``)."""
         members = pool.members
         if not members:
             raise PoolError(
@@ -106,6 +107,7 @@ class MemberLayout:
             p: tuple(i for i, m in enumerate(members) if m.partition == p) for p in self.partitions
         }
         self._bit = {p: 1 << i for i, p in enumerate(self.partitions)}
+        merge = pool.merge if merge is None else merge
         if merge not in POOL_MERGES:
             raise AblateError(f"unknown merge {merge!r}; known: {', '.join(POOL_MERGES)}")
         self.merge: PoolMerge = merge

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ablate.pool.errors import AblateError, PoolError
 from ablate.pool.pool import Pool, UnitRef
+from ablate.pool.prepare import prepare_merge
 from ablate.pool.storage import MemberRecord
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ def _grow_member(pool_path: str, ref: tuple[str, int, str], device: str) -> Memb
     if pool.member(unit.partition, unit.unit) is not None:  # cheap check before loading the seed
         return None
     base = pool.load_base_model(check=True)
-    return pool.grow_one(unit, base, progress=False, device=device)
+    rec = pool.grow_one(unit, base, progress=False, device=device)
+    if rec is not None:  # what the pool's merge reads of it, on the same worker
+        prepare_merge(pool, [rec], progress=False, device=device)
+    return rec
 
 
 def grow_with_ray(
@@ -101,6 +105,7 @@ def grow_with_ray(
         raise AblateError(f"--gpus-per-member must be >= 0, got {gpus_per_member}")
     todo = pool.missing(only)
     if not todo:
+        prepare_merge(pool, progress=progress)  # what an interrupted run left
         return []
     ray = connect(address)
     task = ray.remote(_grow_member).options(
@@ -142,6 +147,9 @@ def grow_with_ray(
             f"{mid} ({type(c).__name__}: {(str(c).splitlines() or [''])[0]})" for mid, c in failed
         )
         raise PoolError(f"{len(failed)} member(s) failed on Ray: {named}")
+    # Each task computed its member's statistic; this finds what a task lost to a crash
+    # after its member was written.
+    prepare_merge(pool, progress=progress)
     trained.sort(key=lambda r: (r.partition, r.unit))
     return trained
 

@@ -30,7 +30,7 @@ from ablate.pool.atomic import remove_stale_temporaries, sha256_file, staged_dir
 from ablate.pool.corpus import read_documents
 from ablate.pool.ensure import SeedModel, Target, ensure_trained
 from ablate.pool.errors import CorruptMemberError, DataError, PoolError
-from ablate.pool.method import FULL, Method, method_of, new_pool_recipe
+from ablate.pool.method import FULL, Method, method_of, new_pool_merge, new_pool_recipe
 from ablate.pool.partition import partition_documents
 from ablate.pool.preconditioner import (
     load_preconditioner,
@@ -40,9 +40,12 @@ from ablate.pool.preconditioner import (
 from ablate.pool.recipe import Recipe, TinyModelSpec
 from ablate.pool.storage import (
     MEMBER_STATISTICS,
+    MERGE_STATISTIC,
+    POOL_MERGES,
     MemberRecord,
     MemberStatistic,
     PoolManifest,
+    PoolMerge,
     member_id,
     read_record,
     utc_now,
@@ -153,14 +156,23 @@ class Pool:
         text_field: str = "text",
         progress: bool = True,
         device: str | None = None,
+        merge: PoolMerge | None = None,
     ) -> Pool:
         """Start a pool from ``base`` ("tiny" trains a seed on ``seed_data``; else a local HF folder).
 
         ``recipe`` None: ``method.new_pool_recipe(seed_data)`` (members start from the seed's
-        estimated AdamW second moments where there is seed data).
+        estimated AdamW second moments where there is seed data). ``merge`` None:
+        ``method.new_pool_merge(recipe)`` (``fisher_tensor`` for such members, else the
+        plain average; what it reads of each member: ``ablate.pool.prepare``).
         """
         path = Path(path)
         recipe = recipe or new_pool_recipe(seed_data)
+        merge = merge or new_pool_merge(recipe)
+        if merge not in POOL_MERGES:
+            raise PoolError(f"--merge must be one of {', '.join(POOL_MERGES)}, got {merge!r}")
+        stat = MERGE_STATISTIC[merge]
+        if stat is not None and stat.lora_refusal and method_of(recipe).merges_by_factors:
+            raise PoolError(stat.lora_refusal)
         if (path / MANIFEST).exists():
             raise PoolError(f"{path} is already a pool; add data with `ablate pool add` instead")
         if path.exists() and not path.is_dir():
@@ -257,6 +269,7 @@ class Pool:
             recipe=recipe,
             tiny=tiny,
             created_at=utc_now(),
+            merge=merge,
         )
         write_json(path / MANIFEST, manifest.model_dump(mode="json"))
         log.info("created pool %s from %s", path, base)
@@ -296,6 +309,11 @@ class Pool:
     def method(self) -> Method:
         """How members train, what they save and how they merge (``ablate.pool.method``)."""
         return method_of(self.manifest.recipe)
+
+    @property
+    def merge(self) -> PoolMerge:
+        """The merge eval, search and validate use unless told otherwise (pool.json)."""
+        return self.manifest.merge
 
     # ----------------------------------------------------------------- base model
     @property

@@ -108,14 +108,16 @@ def ensure_stats(
     force: bool = False,
     progress: bool = True,
     device: str | None = None,
+    members: Sequence[MemberRecord] | None = None,
 ) -> list:
-    """Compute the statistic of every member that lacks one (resumable: each member's files
-    are written atomically, its record last); returns the records computed now."""
+    """Compute the statistic of every member (or of ``members``) that lacks one (resumable:
+    each member's files are written atomically, its record last); returns the records
+    computed now."""
     from safetensors.torch import save
 
     if batches < 1:
         raise PoolError(f"--batches must be at least 1, got {batches}")
-    members = pool.members
+    members = pool.members if members is None else members
     if not members:
         raise PoolError("the pool has no trained members; run `ablate pool grow` first")
     refuse_lora(pool, stat)

@@ -25,9 +25,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from ablate.pool.errors import PoolError
 from ablate.pool.recipe import Recipe, TinyModelSpec
@@ -37,6 +44,11 @@ FISHER_FILE = "fisher.safetensors"  # a member's diagonal Fisher, beside its wei
 FISHER_RECORD = "fisher.json"  # its FisherRecord, written last
 
 TokenDtype = Literal["uint16", "uint32"]
+# Merges an evaluator can use for every mixture it scores (``--merge``; parameter-free, and
+# recorded in the results' keys unless it is the plain average); a pool records the one its
+# commands use by default (``PoolManifest.merge``). The methods are ``ablate.engine.merges``.
+PoolMerge = Literal["average", "fisher", "fisher_tensor", "regmean"]
+POOL_MERGES: tuple[str, ...] = get_args(PoolMerge)
 
 
 class _Record(BaseModel):
@@ -57,6 +69,19 @@ class PoolManifest(_Record):
     recipe: Recipe
     tiny: TinyModelSpec | None = None
     created_at: str
+    merge: PoolMerge = Field(
+        "average",
+        description="How eval, search and validate merge a mixture's members unless --merge "
+        "says otherwise (left out of pool.json while it is the plain average).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_plain_average(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Pools made before the field existed read back, and write, exactly as they were.
+        data = handler(self)
+        if data.get("merge") == "average":
+            del data["merge"]
+        return data
 
 
 class PartitionIndex(_Record):
@@ -203,6 +228,14 @@ GRAM = MemberStatistic(
 )
 # Every statistic a member may have beside its weights (``pool verify`` checks each it finds).
 MEMBER_STATISTICS = (FISHER, GRAM)
+# The statistic each pool merge reads (None: the weights alone); the merge methods'
+# ``statistic`` names say the same (a test holds them together).
+MERGE_STATISTIC: dict[str, MemberStatistic | None] = {
+    "average": None,
+    "fisher": FISHER,
+    "fisher_tensor": FISHER,
+    "regmean": GRAM,
+}
 
 
 def utc_now() -> str:

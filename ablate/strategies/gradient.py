@@ -61,8 +61,8 @@ def mixture_gradient(
         )
     if not ev.layout.method.linear:
         raise AblateError(
-            f"the gradient strategy differentiates the plain average; with --merge {ev.layout.merge} "
-            "use tpe, gp or regression"
+            f"the gradient strategy differentiates the plain average, not the {ev.layout.merge} "
+            "merge: pass --merge average (merge='average'), or use tpe, gp or regression"
         )
     result = result if result is not None else ev.evaluate(mixture)
     merged = ev.merged

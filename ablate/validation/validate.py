@@ -269,8 +269,8 @@ def _check_settings(
         )
     if extrapolate != 1.0 and ev.layout.merge != "average":
         raise MixtureError(
-            f"--extrapolate scales the plain average; it does not combine with --merge "
-            f"{ev.layout.merge}: drop one of them"
+            f"--extrapolate scales the plain average, not the {ev.layout.merge} merge: pass "
+            "--merge average (merge='average') with it, or drop --extrapolate"
         )
     if extrapolate == "norm" and ev.pool.method.merges_by_factors:
         raise MixtureError(

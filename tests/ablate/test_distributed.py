@@ -6,6 +6,7 @@ is the slow part) and skip cleanly where ray is not installed; the lock, chunked
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -49,13 +50,26 @@ def _grow_cmd(pool: Path, *launcher: str) -> list[str]:
     ]
 
 
-def _fresh_copy(src: Path, dst: Path, drop: tuple[str, ...] | None = None) -> Pool:
-    """A copy of a trained pool with members removed (all, or those of partitions ``drop``)."""
+def _fresh_copy(
+    src: Path, dst: Path, drop: tuple[str, ...] | None = None, merge: str | None = None
+) -> Pool:
+    """A copy of a trained pool with members removed (all, or those of partitions ``drop``),
+    its default merge set to ``merge`` if given."""
     shutil.copytree(src, dst)
     for p in (dst / "members").iterdir():
         if p.is_dir() and (drop is None or p.name in drop):
             shutil.rmtree(p)
+    if merge is not None:
+        manifest = json.loads((dst / "pool.json").read_text())
+        (dst / "pool.json").write_text(json.dumps({**manifest, "merge": merge}))
     return Pool.open(dst)
+
+
+def _grams_of_all(pool: Pool) -> bool:
+    """Whether every member has its input Grams (what a regmean pool's grow computes)."""
+    from ablate.pool.gram import gram_record
+
+    return all(gram_record(pool, m) is not None for m in pool.members)
 
 
 def _shas(pool: Pool) -> dict[str, str]:
@@ -69,8 +83,8 @@ def test_ray_grow_equals_local_grow(ray_session, full_pool_dir, tmp_path):
     from ablate.pool import grow_with_ray
 
     local = Pool.open(full_pool_dir)
-    pool = _fresh_copy(full_pool_dir, tmp_path / "pool", drop=("math", "wiki"))  # 4 of 8 members
-    n = len(pool.missing())
+    pool = _fresh_copy(full_pool_dir, tmp_path / "pool", drop=("math", "wiki"), merge="regmean")
+    n = len(pool.missing())  # 4 of 8 members
     assert n >= 3
     address = ray_session.get_runtime_context().gcs_address  # join this cluster: no second startup
     proc = run_cli("pool", "grow", pool.path, "--backend", "ray", "--address", address)
@@ -78,6 +92,7 @@ def test_ray_grow_equals_local_grow(ray_session, full_pool_dir, tmp_path):
     assert f"{n} member(s) trained" in proc.stdout
     assert _shas(pool) == _shas(local)  # sha256 of every member's weights
     assert pool.verify().ok
+    assert _grams_of_all(pool)  # the pool's merge reads them: tasks and the driver made them
     assert grow_with_ray(pool, progress=False) == []  # nothing left: no task is even started
 
 
@@ -269,7 +284,7 @@ def test_chunked_subset_walk_equals_in_memory(full_pool_dir, corpus, local_resul
 @pytest.mark.slow
 def test_torchrun_grow_two_processes(full_pool_dir, tmp_path):
     """Two CPU processes (gloo) train one member data-parallel; rank 0 alone writes it."""
-    pool = _fresh_copy(full_pool_dir, tmp_path / "pool", drop=("math",))
+    pool = _fresh_copy(full_pool_dir, tmp_path / "pool", drop=("math",), merge="regmean")
     proc = run_captured(
         _grow_cmd(pool.path, "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
     )
@@ -290,6 +305,7 @@ def test_torchrun_grow_two_processes(full_pool_dir, tmp_path):
     for name, t in want.items():
         torch.testing.assert_close(got[name], t, atol=1e-3, rtol=1e-3)
     assert not list((pool.path / "members" / "math").glob(".*.tmp"))
+    assert _grams_of_all(pool)  # rank 0 computed what the pool's merge reads
 
 
 @pytest.mark.ray

@@ -22,21 +22,6 @@ from ablate.pool.train import SequenceSampler, continue_pretraining
 from ablate.pool.weights import load_tensors, save_tensors
 
 
-@pytest.fixture(scope="module")
-def seeded(tmp_path_factory, full_pool_dir, corpus) -> Pool:
-    """A pool on the session pool's seed whose members start from the preconditioner."""
-    pool = Pool.create(
-        tmp_path_factory.mktemp("pre") / "pool",
-        base=str(full_pool_dir / "base"),
-        seed_data=corpus["seed"],
-        recipe=tiny_recipe(member_preconditioner="seed"),
-        progress=False,
-    )
-    pool.add([corpus["train"]], by="domain", progress=False)
-    pool.grow(progress=False)
-    return pool
-
-
 def test_the_estimate_is_the_mean_clipped_squared_gradient_on_the_seed_data(seeded, monkeypatch):
     recipe = seeded.manifest.recipe
     tokens = np.asarray(Pool.open(seeded.path).seed_tokens(), dtype=np.int64)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, get_args, runtime_checkable
 
 from ablate.pool.errors import AblateError
+from ablate.pool.storage import POOL_MERGES, PoolMerge
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,10 +77,8 @@ class MergeMethod(Protocol):
 
 MERGES: dict[str, Callable[[], MergeMethod]] = {}
 
-# Merges an evaluator can use for every mixture it scores (``--merge``; parameter-free, and
-# recorded in the results' keys unless it is the plain average).
-PoolMerge = Literal["average", "fisher", "fisher_tensor", "regmean"]
-POOL_MERGES: tuple[str, ...] = get_args(PoolMerge)
+# ``PoolMerge``/``POOL_MERGES`` (``ablate.pool.storage``, where a pool records its default):
+# the merges an evaluator can use for every mixture it scores.
 # Diagonal precisions of ``Mergeable.precision_weighted_sum_``: each member's Fisher as
 # stored, or scaled to mean 1 within each tensor (only where inside a tensor a member's
 # curvature is high counts, not its overall gradient scale).

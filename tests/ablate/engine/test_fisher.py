@@ -169,7 +169,7 @@ def test_validate_scores_the_evaluators_merge_and_records_it(full_pool, corpus, 
     ev = Evaluator(
         full_pool, corpus["eval"], by="domain", store=False, progress=False, merge="fisher"
     )
-    with pytest.raises(MixtureError, match="--merge fisher"):
+    with pytest.raises(MixtureError, match="not the fisher merge"):
         validate(ev, mixtures=["code,wiki"], extrapolate=1.5)
     assert not (full_pool.path / "validation").exists()
     single = next(n for n, p in full_pool.partitions.items() if len(p.index.units) == 1)

@@ -1,0 +1,137 @@
+"""A pool's own merge (``PoolManifest.merge``): recorded at init, prepared by grow, used by
+every command that is not told otherwise; old pools and average pools read and write as before.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from support import domain_evaluator, run_cli, tiny_recipe
+
+from ablate.engine.layout import MemberLayout
+from ablate.engine.merges import POOL_MERGES, merge_method
+from ablate.mixture import Mixture
+from ablate.pool import Pool, PoolError
+from ablate.pool.fisher import fisher_paths, fisher_record
+from ablate.pool.gram import gram_record
+from ablate.pool.method import new_pool_merge, new_pool_recipe
+from ablate.pool.storage import MERGE_STATISTIC, PoolManifest
+
+
+def test_preconditioned_pools_merge_by_fisher_tensor_and_grow_prepares_it(seeded, corpus):
+    assert json.loads((seeded.path / "pool.json").read_text())["merge"] == "fisher_tensor"
+    assert Pool.open(seeded.path).merge == "fisher_tensor"
+    assert all(fisher_record(seeded, m) is not None for m in seeded.members)
+    assert seeded.verify().ok
+    ev = domain_evaluator(seeded, corpus)
+    assert ev.layout.merge == "fisher_tensor"
+    mix = Mixture.parse("code=1,wiki=3")
+    told = domain_evaluator(seeded, corpus, merge="fisher_tensor").evaluate(mix)
+    average = domain_evaluator(seeded, corpus, merge="average").evaluate(mix)
+    got = ev.evaluate(mix)
+    assert got.scores["code"].ppl == told.scores["code"].ppl  # the same merge, unasked
+    assert got.scores["code"].ppl != pytest.approx(average.scores["code"].ppl, rel=1e-6)
+    assert ev.pool_key(mix) == domain_evaluator(seeded, corpus, merge="fisher_tensor").pool_key(mix)
+
+
+def test_the_default_follows_the_members_optimizer_and_old_pools_read_as_average(full_pool_dir):
+    assert new_pool_merge(tiny_recipe(member_preconditioner="seed")) == "fisher_tensor"
+    assert new_pool_merge(tiny_recipe()) == "average"
+    assert new_pool_merge(new_pool_recipe("seed.jsonl", method="lora")) == "average"
+    raw = json.loads((full_pool_dir / "pool.json").read_text())
+    assert "merge" not in raw  # an average pool's pool.json is what it was before the field
+    manifest = PoolManifest.model_validate(raw)
+    assert manifest.merge == "average"
+    assert manifest.model_dump(mode="json") == raw  # and writes back byte for byte
+
+
+def test_an_evaluator_of_the_pools_merge_computes_what_a_member_lacks(seeded, tmp_path, corpus):
+    """A member whose Fisher is gone (grown by the Python API, an older ablate or a run
+    interrupted after its weights): the pool's own merge computes it (the same tensors: it is
+    deterministic); another merge that reads it still asks for its command."""
+    shutil.copytree(seeded.path, tmp_path / "pool")
+    pool = Pool.open(tmp_path / "pool")
+    rec = pool.members[0]
+    tensors, record = fisher_paths(pool, rec)
+    before = tensors.read_bytes()
+    record.unlink()
+    with pytest.raises(PoolError, match="ablate pool fisher"):
+        MemberLayout(pool, merge="fisher")  # refused in one line, before anything loads
+    with pytest.raises(PoolError, match="ablate pool fisher"):
+        MemberLayout(pool)  # the layout alone loads nothing, computes nothing
+    assert domain_evaluator(pool, corpus).layout.merge == "fisher_tensor"
+    assert fisher_record(pool, rec) is not None and tensors.read_bytes() == before
+    record.unlink()  # and so does an export of the pool's merge
+    r = run_cli("export", pool.path, tmp_path / "out", "--mixture", "code,wiki")
+    assert r.returncode == 0, r.stderr
+    assert fisher_record(pool, rec) is not None and tensors.read_bytes() == before
+
+
+def test_a_merge_the_pool_cannot_use_is_refused_before_anything_is_written(
+    tmp_path, full_pool_dir, corpus
+):
+    base = str(full_pool_dir / "base")
+    with pytest.raises(PoolError, match="full-weight"):
+        Pool.create(tmp_path / "a", base=base, recipe=tiny_recipe(method="lora"), merge="fisher")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(PoolError, match="--merge must be one of"):
+        Pool.create(tmp_path / "b", base=base, recipe=tiny_recipe(), merge="median")  # type: ignore[arg-type]
+    r = run_cli("pool", "init", tmp_path / "c", "--base", base, "--merge", "median")
+    assert r.returncode == 2 and "fisher_tensor" in r.stderr
+    r = run_cli(
+        "pool", "init", tmp_path / "d", "--base", base, "--method", "lora", "--merge", "fisher"
+    )
+    assert r.returncode != 0 and "full-weight" in r.stderr and not (tmp_path / "d").exists()
+
+
+def test_cli_init_records_the_merge_ls_shows_it_and_grow_prepares_it(
+    tmp_path, full_pool_dir, corpus
+):
+    path = tmp_path / "pool"
+    small = ("--seq-len", "32", "--batch-size", "4", "--unit-tokens", "400")
+    r = run_cli(
+        "pool", "init", path, "--base", full_pool_dir / "base", *small, "--merge", "regmean"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "merge regmean" in r.stdout
+    assert run_cli("pool", "add", path, corpus["math"], "--partition-by", "domain").returncode == 0
+    r = run_cli("pool", "grow", path)
+    assert r.returncode == 0, r.stderr
+    pool = Pool.open(path)
+    assert pool.merge == "regmean" and all(gram_record(pool, m) for m in pool.members)
+    assert "merge regmean" in run_cli("pool", "ls", path).stdout
+    assert json.loads(run_cli("pool", "ls", path, "--json").stdout)["merge"] == "regmean"
+    help_text = " ".join(run_cli("pool", "init", "--help").stdout.split())
+    assert "fisher_tensor where members start from the seed's second moments" in help_text
+
+
+def test_export_and_the_average_only_commands_follow_or_override_the_pool(seeded, tmp_path, corpus):
+    r = run_cli("export", seeded.path, tmp_path / "ft", "--mixture", "code,wiki")
+    assert r.returncode == 0, r.stderr
+    assert (
+        json.loads((tmp_path / "ft" / "ablate_merge.json").read_text())["merge"] == "fisher_tensor"
+    )
+    r = run_cli(
+        "export", seeded.path, tmp_path / "avg", "--mixture", "code,wiki", "--merge", "average"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "merge" not in json.loads((tmp_path / "avg" / "ablate_merge.json").read_text())
+    # the gradient strategy differentiates the average: unasked, it takes it; told otherwise,
+    # it says how to fix the call
+    from ablate.strategies import search
+
+    with pytest.raises(Exception, match="pass --merge average"):
+        search(domain_evaluator(seeded, corpus), strategy="gradient", continuous=True, budget=2)
+    r = run_cli(
+        "search", seeded.path, "--eval-data", corpus["eval"], "--eval-by", "domain",
+        "--strategy", "gradient", "--continuous", "--evaluations", "2",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+def test_each_pool_merge_names_the_statistic_its_method_reads():
+    for name in POOL_MERGES:
+        stat = MERGE_STATISTIC[name]
+        assert merge_method(name).statistic == (None if stat is None else stat.name)
