@@ -42,7 +42,7 @@ from ablate.export import export
 from ablate.mixture import Mixture
 from ablate.pool import Pool
 from ablate.pool.errors import AblateError
-from ablate.pool.prepare import prepare_merge
+from ablate.pool.prepare import prepare_merge, prepares
 from ablate.pool.train import pick_device
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ class Evaluator:
         )
         task_set: dict[str, Task] = load_tasks(pool, cfg.tasks)  # bad lines fail before any write
         path = pool.path / "results.sqlite" if cfg.store is True else cfg.store
-        if cfg.merge in (None, pool.merge):  # what its merge reads that a member lacks
+        if prepares(pool, cfg.merge):  # what its merge reads that a member lacks
             prepare_merge(pool, progress=cfg.progress, device=cfg.device)
         scorers = Scorers(
             pool,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from ablate.engine.layout import MemberLayout
 from ablate.pool.atomic import sha256_file, staged_dir, write_json
 from ablate.pool.errors import AblateError
-from ablate.pool.prepare import prepare_merge
+from ablate.pool.prepare import prepare_merge, prepares
 from ablate.pool.storage import PoolMerge
 from ablate.pool.weights import load_tensors, peft_quietly
 from ablate.version import __version__
@@ -106,7 +106,7 @@ def export(
     import torch
 
     torch_dtype = _torch_dtype(dtype)
-    if layout is None and merge in (None, pool.merge):  # what its merge reads, where lacking
+    if layout is None and prepares(pool, merge):  # what its merge reads, where lacking
         prepare_merge(pool, progress=progress)
     layout = layout or MemberLayout(pool, merge=merge)
     weights = layout.member_weights(mixture)  # unknown partitions fail here, before any write

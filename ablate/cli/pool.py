@@ -345,7 +345,9 @@ def cmd_pool_fisher(args: argparse.Namespace) -> int:
     trained on) and store it beside its weights (fisher.safetensors, fisher.json),
     for `--merge fisher` in eval, search and validate. Members that have one for
     their current weights are skipped, so an interrupted run resumes; nothing
-    else in the pool changes. Full-weight pools only.
+    else in the pool changes. Full-weight pools only. A pool whose own merge is
+    fisher or fisher_tensor (`pool ls`) computes it while growing: run this for
+    other pools, or to recompute with other --batches.
 
     Examples:
         ablate pool fisher runs/pool

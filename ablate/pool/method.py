@@ -214,7 +214,8 @@ def new_pool_merge(recipe: Recipe) -> PoolMerge:
     """A new pool's default merge for its recipe: ``fisher_tensor`` (each member's diagonal
     Fisher, scaled to mean 1 per tensor) where members start from the seed's second moments,
     else the plain average. With such members it ranked mixtures better than their average
-    in 8 of 10 fidelity cells, with the same pick in 9 and one 0.3% worse (docs/accuracy.md).
+    in 8 of 10 fidelity cells, with the same pick in 9 and one 0.3% worse (against four
+    training seeds: better in 7 of 8, one pick 2.3% worse; docs/accuracy.md).
     On fresh-optimizer members it lost the pick on the first corpus it was not chosen on, and
     LoRA pools cannot use it: those keep the average. ``PoolManifest``'s own default stays
     the average, so pools written before it read back as they were."""

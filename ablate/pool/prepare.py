@@ -3,12 +3,14 @@
 A pool's merge (``Pool.merge``, ``pool init --merge``) may read a statistic of each member:
 ``fisher_tensor`` (the default where members start from the seed's second moments) reads
 each member's diagonal Fisher, ``regmean`` its input Grams (``ablate.pool.statistics``).
-``pool grow`` computes it right after each member (a Ray task for its own member), and an
-evaluator of the pool's own merge computes whatever is still missing (a member grown by an
-older ablate, or by a run interrupted between the weights and the statistic), so that a
-user never has to know the statistic exists. Both go through the same resumable, atomic
-``ensure_stats``; a merge the user asks for by name that is not the pool's still needs its
-``ablate pool fisher|gram`` first (refused in one line by ``MemberLayout``).
+``ablate pool grow`` computes it once the members are trained (a Ray task right after its
+own member), and an evaluator or export of the pool's merge (or of another reading the same
+statistic) computes whatever is still missing (members grown by ``Pool.grow`` from Python,
+by an older ablate, or by a run interrupted between the weights and the statistic), so that
+a user never has to know the statistic exists. Both go through the same resumable, atomic
+``ensure_stats``; a merge asked for by name that reads another statistic (``regmean`` on a
+``fisher_tensor`` pool) still needs its ``ablate pool fisher|gram`` first (refused in one
+line by ``MemberLayout``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ if TYPE_CHECKING:
     from ablate.pool.pool import Pool
 
 _ENSURE = {"fisher": ensure_fisher, "gram": ensure_gram}
+
+
+def prepares(pool: Pool, merge: str | None) -> bool:
+    """Whether merging ``pool``'s members by ``merge`` (None: the pool's) may compute what
+    it reads: the pool's own merge, or another that reads the same statistic (``fisher``
+    on a ``fisher_tensor`` pool). Any other is refused while a member lacks its statistic."""
+    return MERGE_STATISTIC[merge or pool.merge] is MERGE_STATISTIC[pool.merge]
 
 
 def prepare_merge(
@@ -51,4 +60,4 @@ def prepare_merge(
     return _ENSURE[stat.name](pool, members=lacking, progress=progress, device=device)
 
 
-__all__ = ["prepare_merge"]
+__all__ = ["prepare_merge", "prepares"]

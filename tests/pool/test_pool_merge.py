@@ -49,16 +49,17 @@ def test_the_default_follows_the_members_optimizer_and_old_pools_read_as_average
 
 def test_an_evaluator_of_the_pools_merge_computes_what_a_member_lacks(seeded, tmp_path, corpus):
     """A member whose Fisher is gone (grown by the Python API, an older ablate or a run
-    interrupted after its weights): the pool's own merge computes it (the same tensors: it is
-    deterministic); another merge that reads it still asks for its command."""
+    interrupted after its weights): the pool's own merge, its export, or another merge of the
+    same statistic computes it (the same tensors: it is deterministic); a merge that reads
+    another statistic still asks for its command."""
     shutil.copytree(seeded.path, tmp_path / "pool")
     pool = Pool.open(tmp_path / "pool")
     rec = pool.members[0]
     tensors, record = fisher_paths(pool, rec)
     before = tensors.read_bytes()
     record.unlink()
-    with pytest.raises(PoolError, match="ablate pool fisher"):
-        MemberLayout(pool, merge="fisher")  # refused in one line, before anything loads
+    with pytest.raises(PoolError, match="ablate pool gram"):  # another statistic: asked for
+        domain_evaluator(pool, corpus, merge="regmean")
     with pytest.raises(PoolError, match="ablate pool fisher"):
         MemberLayout(pool)  # the layout alone loads nothing, computes nothing
     assert domain_evaluator(pool, corpus).layout.merge == "fisher_tensor"
@@ -66,6 +67,9 @@ def test_an_evaluator_of_the_pools_merge_computes_what_a_member_lacks(seeded, tm
     record.unlink()  # and so does an export of the pool's merge
     r = run_cli("export", pool.path, tmp_path / "out", "--mixture", "code,wiki")
     assert r.returncode == 0, r.stderr
+    assert fisher_record(pool, rec) is not None and tensors.read_bytes() == before
+    record.unlink()  # and so does another merge that reads the same Fisher
+    assert domain_evaluator(pool, corpus, merge="fisher").layout.merge == "fisher"
     assert fisher_record(pool, rec) is not None and tensors.read_bytes() == before
 
 
