@@ -170,9 +170,8 @@ class Pool:
         merge = merge or new_pool_merge(recipe)
         if merge not in POOL_MERGES:
             raise PoolError(f"--merge must be one of {', '.join(POOL_MERGES)}, got {merge!r}")
-        stat = MERGE_STATISTIC[merge]
-        if stat is not None and stat.lora_refusal and method_of(recipe).merges_by_factors:
-            raise PoolError(stat.lora_refusal)
+        if (stat := MERGE_STATISTIC[merge]) is not None:
+            stat.refuse_lora(method_of(recipe).merges_by_factors)  # before anything is written
         if (path / MANIFEST).exists():
             raise PoolError(f"{path} is already a pool; add data with `ablate pool add` instead")
         if path.exists() and not path.is_dir():

@@ -33,7 +33,10 @@ _ENSURE = {"fisher": ensure_fisher, "gram": ensure_gram}
 def prepares(pool: Pool, merge: str | None) -> bool:
     """Whether merging ``pool``'s members by ``merge`` (None: the pool's) may compute what
     it reads: the pool's own merge, or another that reads the same statistic (``fisher``
-    on a ``fisher_tensor`` pool). Any other is refused while a member lacks its statistic."""
+    on a ``fisher_tensor`` pool). Any other is refused while a member lacks its statistic,
+    and an unknown name by ``MemberLayout``, in one line."""
+    if merge is not None and merge not in MERGE_STATISTIC:
+        return False
     return MERGE_STATISTIC[merge or pool.merge] is MERGE_STATISTIC[pool.merge]
 
 

@@ -50,18 +50,13 @@ def stat_record(pool: Pool, rec: MemberRecord, stat: MemberStatistic):
     return got if got.weights_sha256 == rec.weights_sha256 else None
 
 
-def refuse_lora(pool: Pool, stat: MemberStatistic) -> None:
-    if stat.lora_refusal is not None and pool.method.merges_by_factors:
-        raise PoolError(stat.lora_refusal)
-
-
 def require_stats(pool: Pool, members: Sequence[MemberRecord], stat: MemberStatistic) -> list:
     """Every member's finished record, in order.
 
     Raises:
         PoolError: a member has none (or one of older weights), naming the command to run.
     """
-    refuse_lora(pool, stat)
+    stat.refuse_lora(pool.method.merges_by_factors)
     out, missing = [], []
     for rec in members:
         got = stat_record(pool, rec, stat)
@@ -120,7 +115,7 @@ def ensure_stats(
     members = pool.members if members is None else members
     if not members:
         raise PoolError("the pool has no trained members; run `ablate pool grow` first")
-    refuse_lora(pool, stat)
+    stat.refuse_lora(pool.method.merges_by_factors)
     todo = [
         r
         for r in members

@@ -205,6 +205,12 @@ class MemberStatistic:
         """The recorded sha256 of the tensors file."""
         return getattr(record, f"{self.name}_sha256")
 
+    def refuse_lora(self, merges_by_factors: bool) -> None:
+        """Refuse this statistic, in one line, for members that merge through LoRA factors
+        where it has no meaning (``lora_refusal``); ``Pool.create`` asks before any write."""
+        if self.lora_refusal is not None and merges_by_factors:
+            raise PoolError(self.lora_refusal)
+
     def command(self, pool_path: Path, force: bool = False) -> str:
         return f"`ablate pool {self.name} {pool_path}{' --force' if force else ''}`"
 

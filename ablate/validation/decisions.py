@@ -56,7 +56,7 @@ _GRID = np.linspace(0.0, 1.0, 4001)  # latent correlations for inverting E[r_s]
 
 def regret(proxy: np.ndarray, real: np.ndarray) -> float:
     """Real perplexity of the proxy's best mixture over the best real perplexity, minus 1."""
-    return float(real[int(np.argmin(proxy))] / np.min(real) - 1)
+    return float(_pick_regret(proxy[None], real[None])[0])
 
 
 def top_recall(proxy: np.ndarray, real: np.ndarray, k: int = TOP_K) -> float:
@@ -306,10 +306,9 @@ def _replicate_stats(
     out |= {k: np.full((b, n_t), math.nan) for k in ("seed_spearman", "noise_ceiling")}
     out |= {k: np.full((b, n_t), math.nan) for k in ("regret_single", "seed_regret")}
     out["seed_reliability"] = np.full((b, n_t), math.nan)
-    rows = np.arange(b)
     for t in range(n_t):
         x, y = p[:, :, t], mean[:, :, t]  # (B, M)
-        out["regret"][:, t] = y[rows, np.argmin(x, axis=1)] / y.min(axis=1) - 1
+        out["regret"][:, t] = _pick_regret(x, y)
         # like for like with seed_regret: the proxy's pick judged on one seed
         out["regret_single"][:, t] = np.mean(
             [_pick_regret(x, single[:, r, :, t]) for r in range(n_runs)], axis=0

@@ -202,7 +202,7 @@ class ValidationReport:
         lines = [
             f"decisions ({self.budget} budget; regret = real ppl of the proxy's pick / best real - 1)",
             f"{'target':<16} {'n':>4} {'spearman':>18} {'ceiling':>18} {'1 seed':>18} "
-            f"{'seed-seed':>18} {'kendall':>8} {'regret':>7} {'1 seed':>7} {'s-s':>7} {'P<=1%':>6} "
+            f"{'seed-seed':>18} {'kendall':>8} {'regret':>7} {'rgt 1s':>7} {'rgt s-s':>7} {'P<=1%':>6} "
             f"{'P<=' + _pct(self.margin, 1):>7} {'top3':>5}",
         ]
         for t, r in self.decisions.iterrows():  # type: ignore[union-attr]
@@ -220,8 +220,8 @@ class ValidationReport:
         lines.append(
             f"spearman and ceiling: against the mean of {self.repeats} seed(s); 1 seed and "
             f"seed-seed: against one seed (like for like); regret likewise: the proxy's pick on "
-            "the mean, then judged on one seed (1 seed), beside one seed's pick judged on "
-            f"another (s-s). Brackets: {pct} two-way bootstrap "
+            "the mean, then judged on one seed (rgt 1s), beside one seed's pick judged on "
+            f"another (rgt s-s). Brackets: {pct} two-way bootstrap "
             f"over {interval_resamples(self.repeats)}; P<=x: share of those replicates whose "
             "pick is within x of the best."
         )
@@ -491,10 +491,16 @@ FIX_OTHER = (
 )
 
 
+def _ranks_well(spearman: float, ceiling: float) -> bool:
+    """The ranking half of ``trustworthy``: Spearman >= 0.8, or within 0.05 of a lower
+    noise ceiling."""
+    return spearman >= min(TRUST_SPEARMAN, ceiling - TRUST_SLACK)
+
+
 def trustworthy(spearman: float, ceiling: float, regret: float) -> bool:
-    """Whether a macro ranking is one to decide on (the verdict's "TRUSTWORTHY"): Spearman
-    >= 0.8, or within 0.05 of a lower noise ceiling, and a pick within 1% of the best."""
-    return spearman >= min(TRUST_SPEARMAN, ceiling - TRUST_SLACK) and not regret > TRUST_REGRET
+    """Whether a macro ranking is one to decide on (the verdict's "TRUSTWORTHY"): it ranks
+    well (``_ranks_well``) and its pick is within 1% of the best."""
+    return _ranks_well(spearman, ceiling) and not regret > TRUST_REGRET
 
 
 def macro_verdict(
@@ -519,7 +525,7 @@ def macro_verdict(
     against = f"{got}, noise ceiling {_fmt(ceiling)} (a perfect proxy, from the seeds' agreement)"
     if trustworthy(spearman, ceiling, regret):
         return f"verdict: macro ranking TRUSTWORTHY on this pool: {against}"
-    if spearman >= min(TRUST_SPEARMAN, ceiling - TRUST_SLACK):
+    if _ranks_well(spearman, ceiling):
         return (
             f"verdict: macro ranking TRUSTWORTHY but its PICK is not on this pool: {against}; "
             f"the proxy's best costs more than {_pct(TRUST_REGRET, 0)}: really train its few "

@@ -122,6 +122,12 @@ def test_export_and_the_average_only_commands_follow_or_override_the_pool(seeded
     )
     assert r.returncode == 0, r.stderr
     assert "merge" not in json.loads((tmp_path / "avg" / "ablate_merge.json").read_text())
+    from ablate.export import export
+    from ablate.pool.errors import AblateError
+
+    with pytest.raises(AblateError, match="unknown merge 'median'"):  # one line, nothing written
+        export(seeded, Mixture.parse("code,wiki"), tmp_path / "bad", merge="median")  # type: ignore[arg-type]
+    assert not (tmp_path / "bad").exists()
     # the gradient strategy differentiates the average: unasked, it takes it; told otherwise,
     # it says how to fix the call
     from ablate.strategies import search
