@@ -446,10 +446,12 @@ def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
         "median_domain": float(np.median(domains["spearman"])),
         "macro": float(d.loc["macro", "spearman"]),
         "macro_regret": regret,
-        # like for like with seed_regret: the proxy's pick judged on one seed (mean over seeds)
+        # like for like with seed_regret: the proxy's pick judged on the seeds left in
+        # (the mean of all but one; mean over the seed left out)
         "regret_single": float(d.loc["macro", "regret_single"]),
-        # real training's own pick noise: one seed's pick judged on another
+        # real training's own pick noise: the left-out seed's pick judged the same way
         "seed_regret": float(d.loc["macro", "seed_regret"]),
+        "pick_referee": PICK_REFEREE,
         "worst_regret": float(d["regret"].max()),
         "regret_share": regret / spread if spread > 0 else math.nan,
         "spread": spread,
@@ -494,6 +496,10 @@ PERCENT_COLUMNS = (
 MEDIAN_DOMAIN_BAR = 0.9
 # Rows cached before these fields existed are measured again (from cached scores).
 ROW_FIELDS = ("single", "single_median_domain", "noise_ceiling", "regret_single", "seed_regret")
+# How regret_single and seed_regret judge a pick: on the mean of the seeds left in. Rows of
+# more than two seeds cached without it judged on single seeds and are measured again (with
+# two seeds both ways are the same).
+PICK_REFEREE = "others"
 
 
 def meets_bar(row: dict) -> bool:
@@ -525,7 +531,15 @@ def cached_row(cache: Path, *, stale: bool = False) -> dict | None:
     if not cache.is_file():
         return None
     row = json.loads(cache.read_text())
-    return row if stale or all(k in row for k in ROW_FIELDS) else None
+    return row if stale or complete_row(row, cache) else None
+
+
+def complete_row(row: dict, cache: Path) -> bool:
+    """Whether a cached row holds every column as measured now (its file name ends in
+    ``-rR-seedS.json``)."""
+    repeats = int(cache.stem.rsplit("-r", 1)[1].split("-")[0])
+    current = repeats <= 2 or row.get("pick_referee") == PICK_REFEREE
+    return current and all(k in row for k in ROW_FIELDS)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -272,10 +272,11 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="how a mixture's members become one model: average (weighted average), fisher "
         "(Fisher-weighted, Matena & Raffel; run `ablate pool fisher` first; full-weight pools) "
-        "fisher_tensor (the same with each member's Fisher scaled to mean 1 per tensor) "
+        "fisher_tensor (the same with each member's Fisher scaled to mean 1 per tensor), "
+        "fisher_damped (that plus 1: half of every weight is the average's) "
         "or regmean (each linear layer fitted to every member's outputs on its own inputs, "
         "Jin et al.; run `ablate pool gram` first; full-weight and LoRA pools) "
-        "(default: the pool's, which `ablate pool ls` shows: fisher_tensor for pools whose "
+        "(default: the pool's, which `ablate pool ls` shows: fisher_damped for pools whose "
         "members start from the seed's second moments, else average)",
     )
     add_device_arg(p, "score")

@@ -62,7 +62,7 @@ def _cluster_count(text: str) -> int:
 # Defaults that depend on other flags, as --help states them.
 _DEFAULT_HELP = {
     "member_preconditioner": "seed with --seed-data and --method full, else fresh",
-    "merge": "fisher_tensor where members start from the seed's second moments, else average",
+    "merge": "fisher_damped where members start from the seed's second moments, else average",
 }
 
 
@@ -208,7 +208,7 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
     Train every base unit that has no finished member. Interrupted runs resume;
     two runs on one pool never train a member twice. --backend ray trains one
     member per Ray task. Where the pool's merge reads a statistic of each member
-    (fisher_tensor: its Fisher), it is computed with the member.
+    (fisher_damped: its Fisher), it is computed with the member.
 
     Examples:
         ablate pool grow runs/pool
@@ -228,7 +228,7 @@ def cmd_pool_grow(args: argparse.Namespace) -> int:
             trained = pool.grow(args.only, progress=not args.quiet, device=args.device)
         if not main_rank:
             return 0  # rank 0 reports
-        # What the pool's merge reads of each member (its Fisher for fisher_tensor), on
+        # What the pool's merge reads of each member (its Fisher for fisher_damped), on
         # rank 0 once the group is gone; Ray tasks computed it with their members.
         prepare_merge(pool, progress=not args.quiet, device=args.device)
     for rec in trained:
@@ -345,9 +345,9 @@ def cmd_pool_fisher(args: argparse.Namespace) -> int:
     trained on) and store it beside its weights (fisher.safetensors, fisher.json),
     for `--merge fisher` in eval, search and validate. Members that have one for
     their current weights are skipped, so an interrupted run resumes; nothing
-    else in the pool changes. Full-weight pools only. A pool whose own merge is
-    fisher or fisher_tensor (`pool ls`) computes it while growing: run this for
-    other pools, or to recompute with other --batches.
+    else in the pool changes. Full-weight pools only. A pool whose own merge
+    reads it (fisher, fisher_tensor, fisher_damped: `pool ls`) computes it while
+    growing: run this for other pools, or to recompute with other --batches.
 
     Examples:
         ablate pool fisher runs/pool

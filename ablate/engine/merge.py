@@ -48,6 +48,10 @@ _TINY = 1e-38
 # RegMean's ridge toward the plain average, relative to the summed Gram's mean diagonal: only
 # input directions that no member's data excites (a singular Gram) feel it.
 RIDGE = 1e-6
+# Precisions that scale each member's Fisher to mean 1 within every tensor, and those that
+# then add a constant (in units of that mean): the share of each weight left to the average.
+PER_TENSOR = frozenset({"fisher_tensor", "fisher_damped"})
+DAMPING = {"fisher_damped": 1.0}
 
 
 @dataclass(frozen=True)
@@ -328,8 +332,9 @@ class MergedModel:
         self, weights: torch.Tensor, precision: Precision = "fisher"
     ) -> None:
         """``sum_i w_i F_i theta_i / sum_i w_i F_i`` per parameter into the skeleton, where
-        ``F_i`` is member i's diagonal ``precision``: its Fisher (``ablate.pool.fisher``), or
-        for ``"fisher_tensor"`` its Fisher scaled to mean 1 within each tensor.
+        ``F_i`` is member i's diagonal ``precision``: its Fisher (``ablate.pool.fisher``), for
+        ``"fisher_tensor"`` its Fisher scaled to mean 1 within each tensor, for
+        ``"fisher_damped"`` that plus 1.
 
         Computed as ``avg + sum_i w_i F_i (theta_i - avg) / sum_i w_i F_i`` with ``avg`` the
         weighted average: the same quantity, but exactly the member for a one-member mixture
@@ -363,7 +368,8 @@ class MergedModel:
                 yield a, b, self.stack[rows, a:b], full[rows, a:b]
             return
         fisher, scale, stage = self._fisher_streams()
-        factor = scale[rows].to(self.device) if precision == "fisher_tensor" else None
+        factor = scale[rows].to(self.device) if precision in PER_TENSOR else None
+        damping = DAMPING.get(precision, 0.0)
         lengths = torch.tensor([b - a for a, b in self._offsets.values()], device=self.device)
 
         def columns(a: int, b: int) -> torch.Tensor:
@@ -379,7 +385,8 @@ class MergedModel:
         for (a, b, block), (_, _, f) in zip(
             self._chunks(rows), self._chunks(rows, fisher, stage=stage), strict=True
         ):
-            yield a, b, block, f if factor is None else f * columns(a, b)
+            f = f if factor is None else f * columns(a, b)
+            yield a, b, block, f + damping if damping else f
 
     def _precision_stack(self, precision: Precision) -> torch.Tensor:
         """The members' precision as one ``(N, P)`` device tensor beside an in-memory stack,
@@ -389,9 +396,11 @@ class MergedModel:
             self._fisher = None  # free the other precision's tensor before building this one
             per_member, scale = self._read_fisher()
             full = torch.stack([torch.cat(m) for m in per_member]).float()  # (N, P)
-            if precision == "fisher_tensor":
+            if precision in PER_TENSOR:
                 lengths = torch.tensor([b - a for a, b in self._offsets.values()])
                 full.mul_(scale.repeat_interleave(lengths, dim=1))
+            if precision in DAMPING:
+                full.add_(DAMPING[precision])
             self._fisher = (precision, full.to(self.device))
         return self._fisher[1]
 

@@ -162,7 +162,7 @@ class Pool:
 
         ``recipe`` None: ``method.new_pool_recipe(seed_data)`` (members start from the seed's
         estimated AdamW second moments where there is seed data). ``merge`` None:
-        ``method.new_pool_merge(recipe)`` (``fisher_tensor`` for such members, else the
+        ``method.new_pool_merge(recipe)`` (``fisher_damped`` for such members, else the
         plain average; what it reads of each member: ``ablate.pool.prepare``).
         """
         path = Path(path)

@@ -1,7 +1,7 @@
 """Make a pool mergeable the way it says: compute what its merge reads beside the weights.
 
 A pool's merge (``Pool.merge``, ``pool init --merge``) may read a statistic of each member:
-``fisher_tensor`` (the default where members start from the seed's second moments) reads
+``fisher_damped`` (the default where members start from the seed's second moments) reads
 each member's diagonal Fisher, ``regmean`` its input Grams (``ablate.pool.statistics``).
 ``ablate pool grow`` computes it once the members are trained (a Ray task right after its
 own member), and an evaluator or export of the pool's merge (or of another reading the same
@@ -9,7 +9,7 @@ statistic) computes whatever is still missing (members grown by ``Pool.grow`` fr
 by an older ablate, or by a run interrupted between the weights and the statistic), so that
 a user never has to know the statistic exists. Both go through the same resumable, atomic
 ``ensure_stats``; a merge asked for by name that reads another statistic (``regmean`` on a
-``fisher_tensor`` pool) still needs its ``ablate pool fisher|gram`` first (refused in one
+``fisher_damped`` pool) still needs its ``ablate pool fisher|gram`` first (refused in one
 line by ``MemberLayout``).
 """
 
@@ -33,7 +33,7 @@ _ENSURE = {"fisher": ensure_fisher, "gram": ensure_gram}
 def prepares(pool: Pool, merge: str | None) -> bool:
     """Whether merging ``pool``'s members by ``merge`` (None: the pool's) may compute what
     it reads: the pool's own merge, or another that reads the same statistic (``fisher``
-    on a ``fisher_tensor`` pool). Any other is refused while a member lacks its statistic,
+    on a ``fisher_damped`` pool). Any other is refused while a member lacks its statistic,
     and an unknown name by ``MemberLayout``, in one line."""
     if merge is not None and merge not in MERGE_STATISTIC:
         return False

@@ -47,7 +47,7 @@ TokenDtype = Literal["uint16", "uint32"]
 # Merges an evaluator can use for every mixture it scores (``--merge``; parameter-free, and
 # recorded in the results' keys unless it is the plain average); a pool records the one its
 # commands use by default (``PoolManifest.merge``). The methods are ``ablate.engine.merges``.
-PoolMerge = Literal["average", "fisher", "fisher_tensor", "regmean"]
+PoolMerge = Literal["average", "fisher", "fisher_tensor", "fisher_damped", "regmean"]
 POOL_MERGES: tuple[str, ...] = get_args(PoolMerge)
 
 
@@ -240,6 +240,7 @@ MERGE_STATISTIC: dict[str, MemberStatistic | None] = {
     "average": None,
     "fisher": FISHER,
     "fisher_tensor": FISHER,
+    "fisher_damped": FISHER,
     "regmean": GRAM,
 }
 

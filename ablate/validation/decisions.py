@@ -12,9 +12,10 @@ With R training seeds per mixture (``--repeats R``) the real ranking is itself n
 * ``seed_spearman``, the mean Spearman between two single seeds, sits beside
   ``spearman_single``, the proxy against one seed (like for like: a proxy as good as
   re-running training scores as much);
-* ``seed_regret``, one seed's pick judged on another seed's models, sits beside
-  ``regret_single``, the proxy's pick judged on one seed: how far real training's own pick
-  moves with the seed (a regret smaller than it is more than re-running training gives);
+* ``seed_regret``, one seed's pick judged on the other seeds' models (their geometric
+  mean: with two seeds, the other one), sits beside ``regret_single``, the proxy's pick
+  judged on the same seeds: how far real training's own pick moves with the seed (a regret
+  smaller than it is more than re-running training gives);
 * ``noise_ceiling`` is what a *perfect* proxy (the seeds' expected ranking) would score
   against the R-seed mean that ``spearman`` uses. Classical test theory: a correlation
   with a measurement of reliability rho is at most sqrt(rho) (Spearman 1904); the
@@ -184,9 +185,9 @@ def decision_table(
         ``top3_recall``, ``n``, ``spearman_single`` (proxy vs one seed, mean over seeds),
         ``seed_spearman`` (seed vs seed), ``noise_ceiling`` (perfect proxy vs the R-seed
         mean), ``seed_reliability`` (R-seed mean vs another), ``regret_single`` (the
-        proxy's pick judged on one seed against that seed's best, mean over seeds) beside
-        ``seed_regret`` (one seed's pick judged on another, mean over ordered pairs: how far
-        real training's own pick moves with the seed), each of the four Spearmans
+        proxy's pick judged on the mean of all seeds but one, against that mean's best; mean
+        over the seed left out) beside ``seed_regret`` (the left-out seed's pick judged the
+        same way: how far real training's own pick moves with the seed), each of the four Spearmans
         with ``_lo``/``_hi`` (two-way bootstrap, see ``interval_resamples``), and
         ``p_within_1pct`` / ``p_within_margin`` (share of replicates whose pick is within
         1% / ``margin`` of the best). Seed columns are NaN with one repeat.
@@ -306,21 +307,22 @@ def _replicate_stats(
     out |= {k: np.full((b, n_t), math.nan) for k in ("seed_spearman", "noise_ceiling")}
     out |= {k: np.full((b, n_t), math.nan) for k in ("regret_single", "seed_regret")}
     out["seed_reliability"] = np.full((b, n_t), math.nan)
+    # Leave one seed out: the mean of the other seeds referees both the left-out seed's pick
+    # and the proxy's (with two seeds, the other seed; with more, a steadier referee, as the
+    # R-seed mean that ``regret`` uses is).
+    rest = (
+        [_with_macro((drawn.sum(axis=1) - drawn[:, r]) / (n_runs - 1)) for r in range(n_runs)]
+        if n_runs > 1
+        else [mean]
+    )  # R x (B, M, T)
     for t in range(n_t):
         x, y = p[:, :, t], mean[:, :, t]  # (B, M)
         out["regret"][:, t] = _pick_regret(x, y)
-        # like for like with seed_regret: the proxy's pick judged on one seed
-        out["regret_single"][:, t] = np.mean(
-            [_pick_regret(x, single[:, r, :, t]) for r in range(n_runs)], axis=0
-        )
-        if n_runs > 1:  # one seed's pick judged on another (both ways): real training's own
+        # like for like with seed_regret: the proxy's pick judged on the seeds left in
+        out["regret_single"][:, t] = np.mean([_pick_regret(x, q[:, :, t]) for q in rest], axis=0)
+        if n_runs > 1:  # the left-out seed's pick judged the same way: real training's own
             out["seed_regret"][:, t] = np.mean(
-                [
-                    _pick_regret(single[:, i, :, t], single[:, j, :, t])
-                    for i in range(n_runs)
-                    for j in range(n_runs)
-                    if i != j
-                ],
+                [_pick_regret(single[:, r, :, t], rest[r][:, :, t]) for r in range(n_runs)],
                 axis=0,
             )
         if m < 3:  # a rank correlation of two points is undefined

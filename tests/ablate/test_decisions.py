@@ -71,8 +71,9 @@ def test_decision_table_seed_statistics_by_hand():
     assert a["noise_ceiling"] == pytest.approx(noise_ceiling(0.8, 2, 5))
     assert a["seed_reliability"] == pytest.approx(seed_reliability(0.8, 2, 5))
     assert a["regret"] == pytest.approx(0.0)  # the proxy's pick 0 ties for the best mean
-    # Like for like: the proxy's pick 0 is run0's best (0) and 2x run1's best (1.0): mean 0.5;
-    # run0's pick 0 on run1 and run1's pick 1 on run0 are both 2x the other's best.
+    # Like for like (two seeds: the seed left in referees): the proxy's pick 0 is run0's best
+    # (0) and 2x run1's best (1.0): mean 0.5; run0's pick 0 on run1 and run1's pick 1 on run0
+    # are both 2x the other's best.
     assert a["regret_single"] == pytest.approx(0.5)
     assert a["seed_regret"] == pytest.approx(1.0)
     assert math.isnan(a["p_within_1pct"]) and math.isnan(a["spearman_lo"])  # no bootstrap
@@ -81,6 +82,21 @@ def test_decision_table_seed_statistics_by_hand():
     assert math.isnan(one.loc["a", "seed_spearman"]) and math.isnan(one.loc["a", "noise_ceiling"])
     assert one.loc["a", "regret_single"] == pytest.approx(one.loc["a", "regret"])
     assert math.isnan(one.loc["a", "seed_regret"])
+
+
+def test_pick_regrets_leave_one_seed_out_by_hand():
+    """With three seeds each seed's pick, and the proxy's, is judged on the geometric mean of
+    the other two (not on single seeds, which would give seed_regret 2.0 here)."""
+    runs = np.log(np.array([[1.0, 2.0, 4.0], [2.0, 1.0, 4.0], [4.0, 2.0, 1.0]]))[:, :, None]
+    proxy = np.log([1.0, 2.0, 3.0])[:, None]  # picks mixture 0
+    t = decision_table(
+        proxy, runs.mean(0), np.array([1]), np.array([0]), ("a",), repeats_nll=runs, replicates=0
+    )
+    # Without seed 0: (2.83, 1.41, 2), its pick 0 is 2.83 / 1.41 = 2x the best; without
+    # seed 1: (2, 2, 2), a tie; without seed 2: (1.41, 1.41, 4), its pick 2 is 2.83x.
+    assert t.loc["a", "seed_regret"] == pytest.approx((1.0 + 0.0 + (2 * math.sqrt(2) - 1)) / 3)
+    # The proxy's pick 0 on the same three referees: 2x, tied, tied.
+    assert t.loc["a", "regret_single"] == pytest.approx(1 / 3)
 
 
 def test_within_probability_resamples_mixtures_by_hand():

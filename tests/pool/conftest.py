@@ -22,7 +22,7 @@ def empty_pool(full_pool_dir, tmp_path) -> Pool:
 @pytest.fixture(scope="session")
 def seeded(tmp_path_factory, full_pool_dir, corpus) -> Pool:
     """A pool on the session pool's seed whose members start from the seed's second moments
-    (so its merge is, by default, ``fisher_tensor``), grown by ``ablate pool grow``. Shared:
+    (so its merge is, by default, ``fisher_damped``), grown by ``ablate pool grow``. Shared:
     a test that changes it works on a copy."""
     pool = Pool.create(
         tmp_path_factory.mktemp("seeded") / "pool",

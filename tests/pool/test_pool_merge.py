@@ -20,24 +20,24 @@ from ablate.pool.method import new_pool_merge, new_pool_recipe
 from ablate.pool.storage import MERGE_STATISTIC, PoolManifest
 
 
-def test_preconditioned_pools_merge_by_fisher_tensor_and_grow_prepares_it(seeded, corpus):
-    assert json.loads((seeded.path / "pool.json").read_text())["merge"] == "fisher_tensor"
-    assert Pool.open(seeded.path).merge == "fisher_tensor"
+def test_preconditioned_pools_merge_by_fisher_damped_and_grow_prepares_it(seeded, corpus):
+    assert json.loads((seeded.path / "pool.json").read_text())["merge"] == "fisher_damped"
+    assert Pool.open(seeded.path).merge == "fisher_damped"
     assert all(fisher_record(seeded, m) is not None for m in seeded.members)
     assert seeded.verify().ok
     ev = domain_evaluator(seeded, corpus)
-    assert ev.layout.merge == "fisher_tensor"
+    assert ev.layout.merge == "fisher_damped"
     mix = Mixture.parse("code=1,wiki=3")
-    told = domain_evaluator(seeded, corpus, merge="fisher_tensor").evaluate(mix)
+    told = domain_evaluator(seeded, corpus, merge="fisher_damped").evaluate(mix)
     average = domain_evaluator(seeded, corpus, merge="average").evaluate(mix)
     got = ev.evaluate(mix)
     assert got.scores["code"].ppl == told.scores["code"].ppl  # the same merge, unasked
     assert got.scores["code"].ppl != pytest.approx(average.scores["code"].ppl, rel=1e-6)
-    assert ev.pool_key(mix) == domain_evaluator(seeded, corpus, merge="fisher_tensor").pool_key(mix)
+    assert ev.pool_key(mix) == domain_evaluator(seeded, corpus, merge="fisher_damped").pool_key(mix)
 
 
 def test_the_default_follows_the_members_optimizer_and_old_pools_read_as_average(full_pool_dir):
-    assert new_pool_merge(tiny_recipe(member_preconditioner="seed")) == "fisher_tensor"
+    assert new_pool_merge(tiny_recipe(member_preconditioner="seed")) == "fisher_damped"
     assert new_pool_merge(tiny_recipe()) == "average"
     assert new_pool_merge(new_pool_recipe("seed.jsonl", method="lora")) == "average"
     raw = json.loads((full_pool_dir / "pool.json").read_text())
@@ -45,6 +45,21 @@ def test_the_default_follows_the_members_optimizer_and_old_pools_read_as_average
     manifest = PoolManifest.model_validate(raw)
     assert manifest.merge == "average"
     assert manifest.model_dump(mode="json") == raw  # and writes back byte for byte
+
+
+def test_a_pool_made_under_the_old_default_keeps_its_merge(seeded, tmp_path, corpus):
+    """fisher_tensor was the default for preconditioned pools before fisher_damped: a pool
+    that recorded it keeps merging by it (and its keys), though a new one would not."""
+    shutil.copytree(seeded.path, tmp_path / "pool")
+    manifest = tmp_path / "pool" / "pool.json"
+    manifest.write_text(manifest.read_text().replace('"fisher_damped"', '"fisher_tensor"'))
+    pool = Pool.open(tmp_path / "pool")
+    assert pool.merge == "fisher_tensor" and new_pool_merge(pool.manifest.recipe) == "fisher_damped"
+    ev = domain_evaluator(pool, corpus)
+    mix = Mixture.parse("code=1,wiki=3")
+    assert ev.layout.merge == "fisher_tensor"
+    assert ev.pool_key(mix) == domain_evaluator(pool, corpus, merge="fisher_tensor").pool_key(mix)
+    assert ev.pool_key(mix) != domain_evaluator(pool, corpus, merge="fisher_damped").pool_key(mix)
 
 
 def test_an_evaluator_of_the_pools_merge_computes_what_a_member_lacks(seeded, tmp_path, corpus):
@@ -62,7 +77,7 @@ def test_an_evaluator_of_the_pools_merge_computes_what_a_member_lacks(seeded, tm
         domain_evaluator(pool, corpus, merge="regmean")
     with pytest.raises(PoolError, match="ablate pool fisher"):
         MemberLayout(pool)  # the layout alone loads nothing, computes nothing
-    assert domain_evaluator(pool, corpus).layout.merge == "fisher_tensor"
+    assert domain_evaluator(pool, corpus).layout.merge == "fisher_damped"
     assert fisher_record(pool, rec) is not None and tensors.read_bytes() == before
     record.unlink()  # and so does an export of the pool's merge
     r = run_cli("export", pool.path, tmp_path / "out", "--mixture", "code,wiki")
@@ -108,14 +123,14 @@ def test_cli_init_records_the_merge_ls_shows_it_and_grow_prepares_it(
     assert "merge regmean" in run_cli("pool", "ls", path).stdout
     assert json.loads(run_cli("pool", "ls", path, "--json").stdout)["merge"] == "regmean"
     help_text = " ".join(run_cli("pool", "init", "--help").stdout.split())
-    assert "fisher_tensor where members start from the seed's second moments" in help_text
+    assert "fisher_damped where members start from the seed's second moments" in help_text
 
 
 def test_export_and_the_average_only_commands_follow_or_override_the_pool(seeded, tmp_path, corpus):
     r = run_cli("export", seeded.path, tmp_path / "ft", "--mixture", "code,wiki")
     assert r.returncode == 0, r.stderr
     assert (
-        json.loads((tmp_path / "ft" / "ablate_merge.json").read_text())["merge"] == "fisher_tensor"
+        json.loads((tmp_path / "ft" / "ablate_merge.json").read_text())["merge"] == "fisher_damped"
     )
     r = run_cli(
         "export", seeded.path, tmp_path / "avg", "--mixture", "code,wiki", "--merge", "average"

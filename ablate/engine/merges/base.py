@@ -82,7 +82,7 @@ MERGES: dict[str, Callable[[], MergeMethod]] = {}
 # Diagonal precisions of ``Mergeable.precision_weighted_sum_``: each member's Fisher as
 # stored, or scaled to mean 1 within each tensor (only where inside a tensor a member's
 # curvature is high counts, not its overall gradient scale).
-Precision = Literal["fisher", "fisher_tensor"]
+Precision = Literal["fisher", "fisher_tensor", "fisher_damped"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 

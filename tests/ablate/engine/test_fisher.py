@@ -1,4 +1,4 @@
-"""The Fisher merges (``--merge fisher|fisher_tensor``): exact in the cases that can be
+"""The Fisher merges (``--merge fisher|fisher_tensor|fisher_damped``): exact in the cases that can be
 worked out by hand, in memory and streamed, and wired through the evaluator, validation and
 the CLI without touching the plain average's behaviour or keys."""
 
@@ -78,9 +78,43 @@ def test_two_members_by_hand_and_the_fallback_where_no_member_has_curvature(full
         )
 
 
+def test_damped_fisher_by_hand_in_memory_and_streamed(full_pool):
+    """fisher_damped: each member's Fisher over its tensor's mean, plus 1. Member a's Fisher
+    is 1 on the first half of a tensor and 3 on the rest (mean 2: precision 1.5 and 2.5),
+    member b's a constant (precision 2), so theta = (w_a d_a theta_a + 2 w_b theta_b) /
+    (w_a d_a + 2 w_b); fisher_tensor on the same Fisher (0.5 and 1.5 against 1) differs."""
+    a, b = 0, len(full_pool.members) - 1
+
+    def fisher_of(i, name, t):
+        if i != a:
+            return torch.full_like(t, 7.0)
+        f = torch.full((t.numel(),), 3.0)
+        f[: t.numel() // 2] = 1.0
+        return f.view_as(t)
+
+    _write_fisher(full_pool, fisher_of)
+    ta, tb = (load_tensors(full_pool.weights_path(full_pool.members[i])) for i in (a, b))
+    w = torch.zeros(len(full_pool.members))
+    w[a], w[b] = 0.25, 0.75
+    name = "model.layers.0.self_attn.q_proj.weight"
+    half = torch.arange(ta[name].numel()).view_as(ta[name]) < ta[name].numel() // 2
+    for merge, low, high, other in (
+        ("fisher_damped", 1.5, 2.5, 2.0),
+        ("fisher_tensor", 0.5, 1.5, 1.0),
+    ):
+        d_a = torch.where(half, low, high)
+        want = (0.25 * d_a * ta[name] + 0.75 * other * tb[name]) / (0.25 * d_a + 0.75 * other)
+        for m in _models(full_pool, merge):
+            m.merge(w)
+            got = dict(m.model.named_parameters())[name]
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+            assert not torch.allclose(got, 0.25 * ta[name] + 0.75 * tb[name])
+
+
 def test_equal_fisher_is_the_average_and_one_member_is_that_member(full_pool):
     """Equal (random, per parameter) Fisher for every member gives the plain average; for
-    fisher_tensor, a different constant per member and tensor does too (scaled to mean 1)."""
+    fisher_tensor and fisher_damped, a different constant per member and tensor does too
+    (scaled to mean 1)."""
     g = torch.Generator().manual_seed(0)
     shared = {}
 
@@ -95,6 +129,7 @@ def test_equal_fisher_is_the_average_and_one_member_is_that_member(full_pool):
     for merge, fisher_of in (
         ("fisher", equal),
         ("fisher_tensor", lambda i, name, t: torch.full_like(t, float(1 + i + len(name)))),
+        ("fisher_damped", lambda i, name, t: torch.full_like(t, float(1 + i + len(name)))),
     ):
         _write_fisher(full_pool, fisher_of)
         for m in _models(full_pool, merge):
@@ -217,7 +252,7 @@ def test_the_verdict_suggests_the_fisher_merge_after_the_average_only():
 
     low = macro_verdict(0.4, 0.9, 0.05, 2, fix=FIX_AVERAGE)
     assert "NOT trustworthy" in low and "ablate pool fisher" in low and "\n" not in low
-    assert "--merge fisher_tensor" in low and "--member-seed-share" not in low
+    assert "--merge fisher_damped" in low and "--member-seed-share" not in low
     assert "ablate pool gram" in low and "--merge regmean" in low
     assert "--member-preconditioner seed" in low
     assert "ablate pool fisher" not in macro_verdict(0.4, 0.9, 0.05, 2)  # after a Fisher merge
