@@ -458,6 +458,13 @@ def test_macro_verdict_judges_against_the_noise_ceiling():
     # A ranking that holds with a pick that does not (the suite's out-of-sample Fisher cell).
     pick = macro_verdict(0.91, 0.85, 0.027, 2)
     assert "TRUSTWORTHY but its PICK is not" in pick and "2.70%" in pick and "1%" in pick
+    assert "like for like" not in pick  # no seeds' picks given: nothing to set it beside
+    # Beside real training's own pick noise (regret_single, seed_regret), verdict unchanged.
+    noisy = macro_verdict(0.91, 0.85, 0.027, 2, pick_like_for_like=(0.02, 0.045))
+    assert "PICK is not" in noisy and "2.00% off" in noisy and "own 4.50%" in noisy
+    assert "within real training's pick noise" in noisy and "\n" not in noisy
+    worse = macro_verdict(0.91, 0.85, 0.027, 2, pick_like_for_like=(0.03, 0.012))
+    assert "beyond real training's pick noise" in worse
     low = macro_verdict(0.4, 0.9, 0.05, 2)
     assert "NOT trustworthy" in low and "--member-seed-share" in low and "5.00%" in low
     assert "NOT decidable" in macro_verdict(0.1, 0.3, 0.01, 2)
