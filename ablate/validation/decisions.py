@@ -187,8 +187,8 @@ def decision_table(
         mean), ``seed_reliability`` (R-seed mean vs another), ``regret_single`` (the
         proxy's pick judged on the mean of all seeds but one, against that mean's best; mean
         over the seed left out) beside ``seed_regret`` (the left-out seed's pick judged the
-        same way: how far real training's own pick moves with the seed), each of the four Spearmans
-        with ``_lo``/``_hi`` (two-way bootstrap, see ``interval_resamples``), and
+        same way: how far real training's own pick moves with the seed), each of the four
+        Spearmans with ``_lo``/``_hi`` (two-way bootstrap, see ``interval_resamples``), and
         ``p_within_1pct`` / ``p_within_margin`` (share of replicates whose pick is within
         1% / ``margin`` of the best). Seed columns are NaN with one repeat.
     """
@@ -308,8 +308,8 @@ def _replicate_stats(
     out |= {k: np.full((b, n_t), math.nan) for k in ("regret_single", "seed_regret")}
     out["seed_reliability"] = np.full((b, n_t), math.nan)
     # Leave one seed out: the mean of the other seeds referees both the left-out seed's pick
-    # and the proxy's (with two seeds, the other seed; with more, a steadier referee, as the
-    # R-seed mean that ``regret`` uses is).
+    # and the proxy's (with two seeds that is the other seed; with more, nearly as steady a
+    # referee as the R-seed mean that ``regret`` uses).
     rest = (
         [_with_macro((drawn.sum(axis=1) - drawn[:, r]) / (n_runs - 1)) for r in range(n_runs)]
         if n_runs > 1

@@ -222,9 +222,8 @@ class ValidationReport:
             f"seed-seed: against one seed (like for like); regret: the proxy's pick on the "
             "mean, then, like for like, judged on the mean of all seeds but one (rgt 1s), "
             f"beside the left-out seed's pick judged on it (rgt s-s). Brackets: {pct} two-way "
-            "bootstrap "
-            f"over {interval_resamples(self.repeats)}; P<=x: share of those replicates whose "
-            "pick is within x of the best."
+            f"bootstrap over {interval_resamples(self.repeats)}; P<=x: share of those "
+            "replicates whose pick is within x of the best."
         )
         if self.tasks is not None:
             lines += ["", self.tasks_text()]
@@ -299,8 +298,9 @@ class ValidationReport:
             "retraining scores as much). Regret: real perplexity of the proxy's pick over the best "
             "real one, minus 1; like for like, the proxy's pick judged on the mean of all seeds "
             "but one beside the left-out seed's pick judged on it (with two seeds: on the other "
-            "seed; how far real training's own pick moves with the seed); P(within x): share of bootstrap replicates in which the proxy's "
-            f"pick is within x of the best. Brackets: {pct} two-way bootstrap intervals "
+            "seed; how far real training's own pick moves with the seed); P(within x): share of "
+            f"bootstrap replicates in which the proxy's pick is within x of the best. Brackets: "
+            f"{pct} two-way bootstrap intervals "
             f"({self.replicates} replicates) over {interval_resamples(self.repeats)}. See "
             "docs/validation-statistics.md.",
             "",
@@ -539,8 +539,9 @@ def macro_verdict(
     if _ranks_well(spearman, ceiling):
         return (
             f"verdict: macro ranking TRUSTWORTHY but its PICK is not on this pool: {against}; "
-            f"the proxy's best costs more than {_pct(TRUST_REGRET, 0)}{_pick_noise(*pick_like_for_like)}: "
-            "really train its few best mixtures and decide between them"
+            f"the proxy's best costs more than {_pct(TRUST_REGRET, 0)}"
+            f"{_pick_noise(*pick_like_for_like)}: really train its few best mixtures and decide "
+            "between them"
         )
     if ceiling < 0.5:
         return (

@@ -81,7 +81,8 @@ MERGES: dict[str, Callable[[], MergeMethod]] = {}
 # the merges an evaluator can use for every mixture it scores.
 # Diagonal precisions of ``Mergeable.precision_weighted_sum_``: each member's Fisher as
 # stored, or scaled to mean 1 within each tensor (only where inside a tensor a member's
-# curvature is high counts, not its overall gradient scale).
+# curvature is high counts, not its overall gradient scale), or that plus 1 (damped: half of
+# every weight is the plain average's).
 Precision = Literal["fisher", "fisher_tensor", "fisher_damped"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 

@@ -1,6 +1,6 @@
-"""The Fisher merges (``--merge fisher|fisher_tensor|fisher_damped``): exact in the cases that can be
-worked out by hand, in memory and streamed, and wired through the evaluator, validation and
-the CLI without touching the plain average's behaviour or keys."""
+"""The Fisher merges (``--merge fisher|fisher_tensor|fisher_damped``): exact in the cases
+that can be worked out by hand, in memory and streamed, and wired through the evaluator,
+validation and the CLI without touching the plain average's behaviour or keys."""
 
 from __future__ import annotations
 
