@@ -24,7 +24,7 @@ from ablate.data.evalset import EvalSet
 from ablate.data.tasks import Task, load_tasks
 from ablate.engine.executor import Executor, ExecutorName, LocalExecutor, Scored, Scorers
 from ablate.engine.layout import MemberLayout, gray_subsets
-from ablate.engine.merges import POOL_MERGES, PoolMerge
+from ablate.engine.merges import PoolMerge
 from ablate.engine.ray import RayExecutor, check_ray_settings
 from ablate.engine.results import ResultsCache, ResultsStore
 from ablate.engine.scoring import (
@@ -43,6 +43,7 @@ from ablate.mixture import Mixture
 from ablate.pool import Pool
 from ablate.pool.errors import AblateError
 from ablate.pool.prepare import prepare_merge, prepares
+from ablate.pool.storage import check_merge
 from ablate.pool.train import pick_device
 
 if TYPE_CHECKING:
@@ -154,10 +155,8 @@ class EvaluatorConfig:
         object.__setattr__(self, "tasks", tuple(self.tasks))  # frozen: a list would not be
         if self.executor not in get_args(ExecutorName):
             raise AblateError(f"executor must be 'local' or 'ray', got {self.executor!r}")
-        if self.merge is not None and self.merge not in POOL_MERGES:
-            raise AblateError(
-                f"--merge must be one of {', '.join(POOL_MERGES)}, got {self.merge!r}"
-            )
+        if self.merge is not None:
+            check_merge(self.merge)
 
 
 class Evaluator:

@@ -525,21 +525,21 @@ def meets_verdict(row: dict) -> bool:
     return ok and row["median_domain"] >= MEDIAN_DOMAIN_BAR
 
 
-def cached_row(cache: Path, *, stale: bool = False) -> dict | None:
-    """A row measured before; None where there is none, or where it predates ``ROW_FIELDS``
-    unless ``stale`` (``--print-only`` shows such rows; a measuring run measures them again)."""
+def cached_row(cache: Path, repeats: int, *, stale: bool = False) -> dict | None:
+    """A row of ``repeats`` training seeds measured before; None where there is none, or
+    where it is not ``current_row`` unless ``stale`` (``--print-only`` shows such rows; a
+    measuring run measures them again)."""
     if not cache.is_file():
         return None
     row = json.loads(cache.read_text())
-    return row if stale or complete_row(row, cache) else None
+    return row if stale or current_row(row, repeats) else None
 
 
-def complete_row(row: dict, cache: Path) -> bool:
-    """Whether a cached row holds every column as measured now (its file name ends in
-    ``-rR-seedS.json``)."""
-    repeats = int(cache.stem.rsplit("-r", 1)[1].split("-")[0])
-    current = repeats <= 2 or row.get("pick_referee") == PICK_REFEREE
-    return current and all(k in row for k in ROW_FIELDS)
+def current_row(row: dict, repeats: int) -> bool:
+    """Whether a cached row holds every column as measured now (with two seeds the pick
+    referees are the same either way)."""
+    referee = repeats <= 2 or row.get("pick_referee") == PICK_REFEREE
+    return referee and all(k in row for k in ROW_FIELDS)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -566,7 +566,9 @@ def _merge_row(
     name = f"{variant}+{merge}"
     tag = name + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
     cache = folder / f"row-{tag}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
-    if (row := cached_row(cache, stale=args.print_only)) is not None or args.print_only:
+    if (
+        row := cached_row(cache, args.repeats, stale=args.print_only)
+    ) is not None or args.print_only:
         return row
     if not (folder / variant / "pool.json").is_file():
         raise SystemExit(f"{folder}/{variant} is missing: measure that variant first")
@@ -720,7 +722,7 @@ def main() -> None:
                 cache = (
                     folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
                 )
-                if (row := cached_row(cache, stale=args.print_only)) is not None:
+                if (row := cached_row(cache, args.repeats, stale=args.print_only)) is not None:
                     rows.append(row)
                     continue
                 if args.print_only:

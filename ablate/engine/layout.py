@@ -15,12 +15,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from ablate.engine.merges import POOL_MERGES, PoolMerge, merge_method
+from ablate.engine.merges import PoolMerge, merge_method
 from ablate.mixture import Mixture, MixtureError
 from ablate.pool import Pool
 from ablate.pool.atomic import sha256_json
-from ablate.pool.errors import AblateError, PoolError
-from ablate.pool.storage import MemberRecord
+from ablate.pool.errors import PoolError
+from ablate.pool.storage import MemberRecord, check_merge
 
 # Most mixtures one `eval --all-subsets` (or an exhaustive search) lists at once: each is a
 # merge and a perplexity pass, so 100K is already hours on a GPU; beyond it a search samples.
@@ -107,11 +107,8 @@ class MemberLayout:
             p: tuple(i for i, m in enumerate(members) if m.partition == p) for p in self.partitions
         }
         self._bit = {p: 1 << i for i, p in enumerate(self.partitions)}
-        merge = pool.merge if merge is None else merge
-        if merge not in POOL_MERGES:
-            raise AblateError(f"unknown merge {merge!r}; known: {', '.join(POOL_MERGES)}")
-        self.merge: PoolMerge = merge
-        self.method = merge_method(merge)
+        self.merge: PoolMerge = pool.merge if merge is None else check_merge(merge)
+        self.method = merge_method(self.merge)
         # The statistic each member is merged with (its Fisher or Grams), as recorded when
         # it was computed: part of the keys.
         self._stat_sha: list[str] = []

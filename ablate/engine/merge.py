@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 import ablate.kernels as kernels
 from ablate.engine.layout import MemberLayout
-from ablate.engine.merges import PRECISIONS, Precision, merge_method
+from ablate.engine.merges import DAMPING, PER_TENSOR, PRECISIONS, Precision, merge_method
 from ablate.pool import Pool
 from ablate.pool.architectures import stores_transposed
 from ablate.pool.errors import CorruptMemberError, PoolError
@@ -48,10 +48,6 @@ _TINY = 1e-38
 # RegMean's ridge toward the plain average, relative to the summed Gram's mean diagonal: only
 # input directions that no member's data excites (a singular Gram) feel it.
 RIDGE = 1e-6
-# Precisions that scale each member's Fisher to mean 1 within every tensor, and those that
-# then add a constant (in units of that mean): the share of each weight left to the average.
-PER_TENSOR = frozenset({"fisher_tensor", "fisher_damped"})
-DAMPING = {"fisher_damped": 1.0}
 
 
 @dataclass(frozen=True)
@@ -369,7 +365,7 @@ class MergedModel:
             return
         fisher, scale, stage = self._fisher_streams()
         factor = scale[rows].to(self.device) if precision in PER_TENSOR else None
-        damping = DAMPING.get(precision, 0.0)
+        damping = DAMPING.get(precision)
         lengths = torch.tensor([b - a for a, b in self._offsets.values()], device=self.device)
 
         def columns(a: int, b: int) -> torch.Tensor:
@@ -385,8 +381,11 @@ class MergedModel:
         for (a, b, block), (_, _, f) in zip(
             self._chunks(rows), self._chunks(rows, fisher, stage=stage), strict=True
         ):
-            f = f if factor is None else f * columns(a, b)
-            yield a, b, block, f + damping if damping else f
+            if factor is not None:
+                f = f * columns(a, b)  # a new tensor, not the staging buffer: damp it in place
+                if damping is not None:
+                    f.add_(damping)
+            yield a, b, block, f
 
     def _precision_stack(self, precision: Precision) -> torch.Tensor:
         """The members' precision as one ``(N, P)`` device tensor beside an in-memory stack,

@@ -41,11 +41,11 @@ from ablate.pool.recipe import Recipe, TinyModelSpec
 from ablate.pool.storage import (
     MEMBER_STATISTICS,
     MERGE_STATISTIC,
-    POOL_MERGES,
     MemberRecord,
     MemberStatistic,
     PoolManifest,
     PoolMerge,
+    check_merge,
     member_id,
     read_record,
     utc_now,
@@ -167,9 +167,7 @@ class Pool:
         """
         path = Path(path)
         recipe = recipe or new_pool_recipe(seed_data)
-        merge = merge or new_pool_merge(recipe)
-        if merge not in POOL_MERGES:
-            raise PoolError(f"--merge must be one of {', '.join(POOL_MERGES)}, got {merge!r}")
+        merge = check_merge(merge or new_pool_merge(recipe))
         if (stat := MERGE_STATISTIC[merge]) is not None:
             stat.refuse_lora(method_of(recipe).merges_by_factors)  # before anything is written
         if (path / MANIFEST).exists():

@@ -51,6 +51,15 @@ PoolMerge = Literal["average", "fisher", "fisher_tensor", "fisher_damped", "regm
 POOL_MERGES: tuple[str, ...] = get_args(PoolMerge)
 
 
+def check_merge(merge: str) -> PoolMerge:
+    """``merge`` if it names a pool merge; refused in one line otherwise (before any write:
+    ``Pool.create``, ``EvaluatorConfig`` and ``MemberLayout`` all ask here)."""
+    if merge not in POOL_MERGES:
+        known = ", ".join(POOL_MERGES)
+        raise PoolError(f"unknown merge {merge!r}: --merge must be one of {known}")
+    return merge  # type: ignore[return-value]
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -310,8 +310,9 @@ def _replicate_stats(
     # Leave one seed out: the mean of the other seeds referees both the left-out seed's pick
     # and the proxy's (with two seeds that is the other seed; with more, nearly as steady a
     # referee as the R-seed mean that ``regret`` uses).
+    total = drawn.sum(axis=1)  # (B, M, D)
     rest = (
-        [_with_macro((drawn.sum(axis=1) - drawn[:, r]) / (n_runs - 1)) for r in range(n_runs)]
+        [_with_macro((total - drawn[:, r]) / (n_runs - 1)) for r in range(n_runs)]
         if n_runs > 1
         else [mean]
     )  # R x (B, M, T)

@@ -2,7 +2,9 @@
 
 from ablate.engine.merges.average import Average
 from ablate.engine.merges.base import (
+    DAMPING,
     MERGES,
+    PER_TENSOR,
     POOL_MERGES,
     PRECISIONS,
     Mergeable,
@@ -13,16 +15,19 @@ from ablate.engine.merges.base import (
     register,
 )
 from ablate.engine.merges.extrapolate import Extrapolate, NormExtrapolate, norm_lambda
-from ablate.engine.merges.fisher import Fisher, FisherPerTensor
+from ablate.engine.merges.fisher import Fisher, FisherDamped, FisherPerTensor
 from ablate.engine.merges.regmean import RegMean
 
 __all__ = [
+    "DAMPING",
     "MERGES",
+    "PER_TENSOR",
     "POOL_MERGES",
     "PRECISIONS",
     "Average",
     "Extrapolate",
     "Fisher",
+    "FisherDamped",
     "FisherPerTensor",
     "MergeMethod",
     "Mergeable",

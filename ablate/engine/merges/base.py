@@ -85,6 +85,11 @@ MERGES: dict[str, Callable[[], MergeMethod]] = {}
 # every weight is the plain average's).
 Precision = Literal["fisher", "fisher_tensor", "fisher_damped"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# Those scaled to mean 1 within every tensor, and of them those that then add a constant
+# (in units of that mean, so only per-tensor ones can): the share of each weight left to
+# the plain average.
+PER_TENSOR = frozenset({"fisher_tensor", "fisher_damped"})
+DAMPING: dict[str, float] = {"fisher_damped": 1.0}
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -120,7 +125,9 @@ def merge_method(spec: MergeMethod | str | float) -> MergeMethod:
 
 
 __all__ = [
+    "DAMPING",
     "MERGES",
+    "PER_TENSOR",
     "POOL_MERGES",
     "PRECISIONS",
     "MergeMethod",
