@@ -452,6 +452,9 @@ def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
         # real training's own pick noise: the left-out seed's pick judged the same way
         "seed_regret": float(d.loc["macro", "seed_regret"]),
         "pick_referee": PICK_REFEREE,
+        # how often a perfect proxy's pick is within 1% of fresh R-seed means' best: the
+        # 1% bar's own ceiling (rows cached before it print "-")
+        "pick_ceiling": float(d.loc["macro", "pick_ceiling"]),
         "worst_regret": float(d["regret"].max()),
         "regret_share": regret / spread if spread > 0 else math.nan,
         "spread": spread,
@@ -476,6 +479,7 @@ COLUMNS = [
     ("macro_regret", "macro regret"),
     ("regret_single", "regret vs one seed"),
     ("seed_regret", "seed vs seed regret"),
+    ("pick_ceiling", "pick ceiling (macro)"),
     ("worst_regret", "worst regret"),
     ("regret_share", "regret / spread"),
     ("spread", "real spread"),
@@ -556,6 +560,21 @@ def print_table(rows: list[dict]) -> None:
         cells.append("-" if not complete else "yes" if meets_bar(r) else "no")
         cells.append("-" if not complete else "yes" if meets_verdict(r) else "no")
         print("| " + " | ".join(cells) + " |")
+    if (chance := perfect_pick_chance(rows)) is not None:
+        print(
+            f"\nA perfect proxy's pick is within 1% on every cell above in {chance:.0%} of "
+            "fresh draws of the seeds (the product of each cell's pick ceiling)"
+        )
+
+
+def perfect_pick_chance(rows: list[dict]) -> float | None:
+    """How likely even a perfect proxy meets the bar's 1% pick on every (corpus, setting) of
+    ``rows`` at once: the product of their pick ceilings (the cells' seeds are independent;
+    every variant of a cell shares its real models). None where a cell's row lacks it."""
+    ceilings = {(r["corpus"], r["setting"]): r.get("pick_ceiling") for r in rows}
+    if not ceilings or any(c is None or math.isnan(c) for c in ceilings.values()):
+        return None
+    return math.prod(ceilings.values())
 
 
 def _merge_row(
@@ -591,6 +610,19 @@ def cell_folder(work: Path, corpus: str, seed_tokens: int, unit_tokens: int, arg
     return work / corpus / f"seed{seed_tokens}-unit{unit_tokens}{extra}"
 
 
+def cells(work: Path, args):
+    """``(corpus, seed tokens, unit tokens, folder)`` of every cell the arguments name."""
+    for corpus in args.corpora:
+        for setting in [args.demo_setting] if corpus == "demo" else args.settings:
+            seed_tokens, unit_tokens = (int(x) for x in setting.split(":"))
+            yield (
+                corpus,
+                seed_tokens,
+                unit_tokens,
+                cell_folder(work, corpus, seed_tokens, unit_tokens, args),
+            )
+
+
 def setting_label(seed_tokens: int, unit_tokens: int, args) -> str:
     seed = Path(args.base).name if args.base else f"{seed_tokens // 1000}K"
     return f"{seed}/{unit_tokens // 1000}K"
@@ -608,6 +640,50 @@ def _keep_row(cache: Path, corpus, seed_tokens, unit_tokens, name, measured, sta
     write_json(cache, row)  # temp file, then rename: an interrupted run leaves no half row
     print(json.dumps(row), flush=True)
     return row
+
+
+def pick_ceilings(folder: Path, args) -> dict | None:
+    """The macro pick ceiling of one cell (``decisions.pick_ceiling``) from its cached real
+    scores alone (no proxy is merged): judged on ``--repeats`` seeds and on two, both
+    estimated from all ``--repeats``. None where a real model of the sample is not scored."""
+    import numpy as np
+
+    from ablate import Evaluator
+    from ablate.pool import Pool
+    from ablate.validation.decisions import pick_ceiling
+    from ablate.validation.models import plan_for
+    from ablate.validation.sampling import WeightSampler
+
+    ev = Evaluator(Pool.open(folder / "plain"), folder / "eval.jsonl", by="domain", progress=False)
+    chosen = WeightSampler.parse("dirichlet").sample(ev.partitions, args.sample, seed=args.seed)
+    nll, tokens = [], None
+    for r in range(args.repeats):
+        for m in chosen:
+            f = folder / "real_scores" / f"{plan_for(ev, m, budget='fixed', repeat=r).key}.npz"
+            if not f.is_file():
+                return None
+            z = np.load(f)
+            nll.append(z["nll"])
+            tokens = z["tokens"]
+    onehot = np.eye(len(ev.domains))[ev.eval_set.doc_domain]  # (n_docs, D)
+    runs = np.reshape(nll, (args.repeats, len(chosen), -1)) @ onehot / (tokens @ onehot)
+    return {
+        "repeats": args.repeats,
+        "judged_on_repeats": float(pick_ceiling(runs)[-1]),
+        "judged_on_two": float(pick_ceiling(runs, referees=2)[-1]),
+    }
+
+
+def print_pick_ceilings(rows: list[dict]) -> None:
+    print("| corpus | seed/unit | seeds | pick ceiling, judged on them | judged on 2 |")
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['corpus']} | {r['setting']} | {r['repeats']} | {r['judged_on_repeats']:.2f} "
+            f"| {r['judged_on_two']:.2f} |"
+        )
+    both = [math.prod(r[k] for r in rows) for k in ("judged_on_repeats", "judged_on_two")]
+    print(f"| all at once (product) | | | {both[0]:.2f} | {both[1]:.2f} |")
 
 
 LAW_VARIANTS = ("real alone", "proxies alone", "both: indicator", "both: offset")
@@ -709,57 +785,62 @@ def main() -> None:
         "--eval-docs", type=int, default=EVAL_DOCS, help="held-out documents per domain"
     )
     ap.add_argument("--print-only", action="store_true", help="print the rows already measured")
+    ap.add_argument(
+        "--pick-ceilings",
+        action="store_true",
+        help="only print each cell's macro pick ceiling (how often a perfect proxy's pick is "
+        "within 1%% of fresh seeds' best) from its cached real scores, and their product",
+    )
     args = ap.parse_args()
     work = Path(args.work)
+    if args.pick_ceilings:
+        found = []
+        for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
+            got = pick_ceilings(folder, args) if (folder / "plain").is_dir() else None
+            if got is not None:
+                label = setting_label(seed_tokens, unit_tokens, args)
+                found.append({"corpus": corpus, "setting": label, **got})
+        print_pick_ceilings(found)
+        return
     rows = []
-    for corpus in args.corpora:
-        for setting in [args.demo_setting] if corpus == "demo" else args.settings:
-            seed_tokens, unit_tokens = (int(x) for x in setting.split(":"))
-            folder = cell_folder(work, corpus, seed_tokens, unit_tokens, args)
-            for variant in args.variants:
-                if "average" not in args.merge:
-                    continue
-                cache = (
-                    folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
-                )
-                if (row := cached_row(cache, args.repeats, stale=args.print_only)) is not None:
+    for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
+        for variant in args.variants:
+            if "average" not in args.merge:
+                continue
+            cache = folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
+            if (row := cached_row(cache, args.repeats, stale=args.print_only)) is not None:
+                rows.append(row)
+                continue
+            if args.print_only:
+                continue
+            start = time.perf_counter()
+            pools = build_pools(
+                folder,
+                corpus,
+                seed_tokens,
+                unit_tokens,
+                argparse.Namespace(**{**vars(args), "variants": [variant]}),
+            )
+            measured = measure(*pools[variant], args)
+            rows.append(
+                _keep_row(cache, corpus, seed_tokens, unit_tokens, variant, measured, start, args)
+            )
+        for variant in args.variants:
+            for merge in (m for m in args.merge if m != "average"):
+                row = _merge_row(folder, corpus, seed_tokens, unit_tokens, variant, merge, args)
+                if row is not None:
                     rows.append(row)
-                    continue
-                if args.print_only:
-                    continue
-                start = time.perf_counter()
-                pools = build_pools(
-                    folder,
-                    corpus,
-                    seed_tokens,
-                    unit_tokens,
-                    argparse.Namespace(**{**vars(args), "variants": [variant]}),
-                )
-                measured = measure(*pools[variant], args)
-                rows.append(
-                    _keep_row(
-                        cache, corpus, seed_tokens, unit_tokens, variant, measured, start, args
-                    )
-                )
-            for variant in args.variants:
-                for merge in (m for m in args.merge if m != "average"):
-                    row = _merge_row(folder, corpus, seed_tokens, unit_tokens, variant, merge, args)
-                    if row is not None:
-                        rows.append(row)
     print()
     print_table(rows)
     if args.laws:
         laws = []
-        for corpus in args.corpora:
-            for setting in [args.demo_setting] if corpus == "demo" else args.settings:
-                seed_tokens, unit_tokens = (int(x) for x in setting.split(":"))
-                folder = cell_folder(work, corpus, seed_tokens, unit_tokens, args)
-                label = setting_label(seed_tokens, unit_tokens, args)
-                for variant in args.variants:
-                    for merge in args.merge:
-                        row = law_row(folder, corpus, label, variant, merge, args)
-                        if row is not None:
-                            laws.append(row)
+        for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
+            label = setting_label(seed_tokens, unit_tokens, args)
+            for variant in args.variants:
+                for merge in args.merge:
+                    row = law_row(folder, corpus, label, variant, merge, args)
+                    if row is not None:
+                        laws.append(row)
         print()
         print_laws(laws)
 

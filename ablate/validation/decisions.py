@@ -16,6 +16,16 @@ With R training seeds per mixture (``--repeats R``) the real ranking is itself n
   mean: with two seeds, the other one), sits beside ``regret_single``, the proxy's pick
   judged on the same seeds: how far real training's own pick moves with the seed (a regret
   smaller than it is more than re-running training gives);
+* ``pick_ceiling`` is the pick's counterpart of ``noise_ceiling`` (below): the share of
+  fresh draws of R seeds in which a *perfect* proxy's pick (the best mixture of the seeds'
+  mean) is within 1% of the best of the fresh R-seed mean. Each draw adds to every
+  mixture's mean the mean of R of its own seed residuals, drawn with replacement and scaled
+  by sqrt(R / (R - 1)) (a residual bootstrap; a run's residuals keep its domains together,
+  since one run moves all of them). It plugs in the seeds' mean for the truth: with few
+  seeds a close race looks more decided than it is (the winner's curse) and the estimate
+  is rough (off by up to about 0.25 at two seeds in simulation, converging as seeds are
+  added: docs/validation-statistics.md). One minus it is how often even a perfect proxy
+  would fail a 1% pick bar judged on this many seeds.
 * ``noise_ceiling`` is what a *perfect* proxy (the seeds' expected ranking) would score
   against the R-seed mean that ``spearman`` uses. Classical test theory: a correlation
   with a measurement of reliability rho is at most sqrt(rho) (Spearman 1904); the
@@ -53,6 +63,7 @@ TOP_K = 3
 WITHIN = 0.01  # "within 1% of the best": the regret a user reads off the report first
 MARGIN = 0.005  # default indifference margin (relative perplexity), as racing's --margin
 _GRID = np.linspace(0.0, 1.0, 4001)  # latent correlations for inverting E[r_s]
+PICK_DRAWS = 2000  # fresh seed draws of ``pick_ceiling``: its Monte Carlo error is <= 0.011
 
 
 def regret(proxy: np.ndarray, real: np.ndarray) -> float:
@@ -134,6 +145,45 @@ def seed_reliability(seed_spearman: float | np.ndarray, repeats: int, n: int) ->
     return expected_spearman(spearman_brown(latent_correlation(seed_spearman, n), repeats), n)
 
 
+def pick_ceiling(
+    runs: np.ndarray,
+    *,
+    referees: int | None = None,
+    within: float = WITHIN,
+    draws: int = PICK_DRAWS,
+    seed: int = 0,
+) -> np.ndarray:
+    """Per target, the share of fresh means of ``referees`` seeds (default: as many as
+    ``runs`` has) whose best a perfect proxy's pick is within ``within`` of (the module
+    docstring says how the seeds are drawn).
+
+    Args:
+        runs: NLL per token of each seed, mixture and domain ``(R, M, D)``, R >= 2.
+
+    Returns:
+        ``(D + 1,)``: each domain, then ``macro``; NaN with one seed.
+    """
+    n_runs, m, d = runs.shape
+    if n_runs < 2:
+        return np.full(d + 1, math.nan)
+    k = referees or n_runs
+    mean = runs.mean(axis=0)  # (M, D): the truth, plugged in
+    residuals = (runs - mean) * math.sqrt(n_runs / (n_runs - 1))  # (R, M, D)
+    pick = np.argmin(_with_macro(mean), axis=0)  # (T,): the perfect proxy's pick per target
+    rng = np.random.default_rng(seed)
+    hits = np.zeros(d + 1)
+    step = max(1, 2**22 // (k * m * d))  # draws per chunk: ~32 MB of residuals
+    for start in range(0, draws, step):
+        b = min(step, draws - start)
+        idx = rng.integers(0, n_runs, size=(b, k, m))  # (B, K, M): seeds drawn
+        drawn = residuals[idx, np.arange(m)]  # (B, K, M, D)
+        fresh = _with_macro(mean + drawn.mean(axis=1))  # (B, M, T)
+        best = fresh.min(axis=1)  # (B, T)
+        got = fresh[:, pick, np.arange(d + 1)]  # (B, T)
+        hits += np.sum(got / best - 1 <= within + 1e-12, axis=0)
+    return hits / draws
+
+
 # ---------------------------------------------------------------------- the table
 _BOOTSTRAPPED = ("spearman", "spearman_single", "seed_spearman", "noise_ceiling")
 # Point estimates of the seed statistics beside the ones ``decision_metrics`` gives.
@@ -187,7 +237,9 @@ def decision_table(
         mean), ``seed_reliability`` (R-seed mean vs another), ``regret_single`` (the
         proxy's pick judged on the mean of all seeds but one, against that mean's best; mean
         over the seed left out) beside ``seed_regret`` (the left-out seed's pick judged the
-        same way: how far real training's own pick moves with the seed), each of the four
+        same way: how far real training's own pick moves with the seed), ``pick_ceiling``
+        (the share of fresh R-seed means in which a perfect proxy's pick is within 1% of the
+        best; the function of that name), each of the four
         Spearmans with ``_lo``/``_hi`` (two-way bootstrap, see ``interval_resamples``), and
         ``p_within_1pct`` / ``p_within_margin`` (share of replicates whose pick is within
         1% / ``margin`` of the best). Seed columns are NaN with one repeat.
@@ -205,14 +257,17 @@ def decision_table(
     frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("target")
     frame["n"] = frame["n"].astype(int)
     ones = np.ones((1, len(tokens)))
+    proxy_d, runs_d = _domain_nll(proxy_nll, runs, tokens, doc_domain, d, ones)
     point = _replicate_stats(
-        *_domain_nll(proxy_nll, runs, tokens, doc_domain, d, ones),
+        proxy_d,
+        runs_d,
         np.arange(m)[None],
         np.tile(np.arange(n_runs), (1, m, 1)),
         margin,
     )
     for k in _POINT_ONLY:
         frame[k] = point[k][0]
+    frame["pick_ceiling"] = pick_ceiling(runs_d[0], seed=seed)
     intervals = {f"{k}_{s}": np.full(len(names), math.nan) for k in _BOOTSTRAPPED for s in "lh"}
     within = {k: np.full(len(names), math.nan) for k in ("p_within_1pct", "p_within_margin")}
     if replicates > 0 and m >= 2:
@@ -357,6 +412,7 @@ __all__ = [
     "interval_resamples",
     "latent_correlation",
     "noise_ceiling",
+    "pick_ceiling",
     "regret",
     "seed_reliability",
     "spearman_brown",

@@ -50,8 +50,9 @@ class ValidationReport:
             the mean of the repeats), ``kendall``, ``regret`` (of the proxy's pick),
             ``top3_recall``, ``n``, ``spearman_single`` (proxy vs one seed),
             ``seed_spearman`` (seed vs seed), ``noise_ceiling`` (a perfect proxy vs the
-            mean of the repeats), ``seed_reliability``, two-way bootstrap intervals
-            ``<stat>_lo/hi`` and ``p_within_1pct`` / ``p_within_margin``. See
+            mean of the repeats), ``seed_reliability``, ``pick_ceiling`` (how often a
+            perfect proxy's pick is within 1% of the best of fresh seeds), two-way bootstrap
+            intervals ``<stat>_lo/hi`` and ``p_within_1pct`` / ``p_within_margin``. See
             ``ablate.validation.decisions``.
         budget: ``proportional`` (k units for k units) or ``fixed``.
         budget_tokens: The fixed budget (None when proportional).
@@ -202,7 +203,8 @@ class ValidationReport:
         lines = [
             f"decisions ({self.budget} budget; regret = real ppl of the proxy's pick / best real - 1)",
             f"{'target':<16} {'n':>4} {'spearman':>18} {'ceiling':>18} {'1 seed':>18} "
-            f"{'seed-seed':>18} {'kendall':>8} {'regret':>7} {'rgt 1s':>7} {'rgt s-s':>7} {'P<=1%':>6} "
+            f"{'seed-seed':>18} {'kendall':>8} {'regret':>7} {'rgt 1s':>7} {'rgt s-s':>7} "
+            f"{'P*<=1%':>6} {'P<=1%':>6} "
             f"{'P<=' + _pct(self.margin, 1):>7} {'top3':>5}",
         ]
         for t, r in self.decisions.iterrows():  # type: ignore[union-attr]
@@ -214,6 +216,7 @@ class ValidationReport:
                 )
                 + f" {_fmt(r['kendall']):>8} {_pct(r['regret']):>7} "
                 f"{_pct(r['regret_single']):>7} {_measured(r['seed_regret']):>7} "
+                f"{_share(r['pick_ceiling']):>6} "
                 f"{_share(r['p_within_1pct']):>6} {_share(r['p_within_margin']):>7} "
                 f"{r['top3_recall']:>5.2f}"
             )
@@ -221,9 +224,11 @@ class ValidationReport:
             f"spearman and ceiling: against the mean of {self.repeats} seed(s); 1 seed and "
             f"seed-seed: against one seed (like for like); regret: the proxy's pick on the "
             "mean, then, like for like, judged on the mean of all seeds but one (rgt 1s), "
-            f"beside the left-out seed's pick judged on it (rgt s-s). Brackets: {pct} two-way "
-            f"bootstrap over {interval_resamples(self.repeats)}; P<=x: share of those "
-            "replicates whose pick is within x of the best."
+            f"beside the left-out seed's pick judged on it (rgt s-s); P*<=1%: share of fresh "
+            f"{self.repeats}-seed means in which a perfect proxy's pick is within 1% of the best "
+            "(the pick's noise ceiling; rough with few seeds). Brackets: "
+            f"{pct} two-way bootstrap over {interval_resamples(self.repeats)}; P<=x: share of "
+            "those replicates whose pick is within x of the best."
         )
         if self.tasks is not None:
             lines += ["", self.tasks_text()]
@@ -249,6 +254,7 @@ class ValidationReport:
             self.repeats,
             fix=FIX_AVERAGE if self.merge == "average" and self.extrapolate == 1 else FIX_OTHER,
             pick_like_for_like=(float(r["regret_single"]), float(r["seed_regret"])),
+            pick_ceiling=float(r["pick_ceiling"]),
         )
 
     def tasks_text(self) -> str:
@@ -298,16 +304,19 @@ class ValidationReport:
             "retraining scores as much). Regret: real perplexity of the proxy's pick over the best "
             "real one, minus 1; like for like, the proxy's pick judged on the mean of all seeds "
             "but one beside the left-out seed's pick judged on it (with two seeds: on the other "
-            "seed; how far real training's own pick moves with the seed); P(within x): share of "
+            "seed; how far real training's own pick moves with the seed); pick ceiling: share of "
+            "fresh draws of as many seeds in which a perfect proxy's pick is within 1% of their "
+            "best (resampling each mixture's seed residuals; rough with few seeds, "
+            "docs/validation-statistics.md); P(within x): share of "
             f"bootstrap replicates in which the proxy's pick is within x of the best. Brackets: "
             f"{pct} two-way bootstrap intervals "
             f"({self.replicates} replicates) over {interval_resamples(self.repeats)}. See "
             "docs/validation-statistics.md.",
             "",
             "| target | n | Spearman vs mean | noise ceiling | Spearman vs 1 seed | seed vs seed "
-            f"| Kendall | regret@1 | regret vs 1 seed | seed vs seed regret | P(within 1%) "
-            f"| P(within {_pct(self.margin, 1)}) | top-3 recall |",
-            "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            f"| Kendall | regret@1 | regret vs 1 seed | seed vs seed regret | pick ceiling "
+            f"| P(within 1%) | P(within {_pct(self.margin, 1)}) | top-3 recall |",
+            "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for t, r in self.decisions.iterrows():  # type: ignore[union-attr]
             cells = [
@@ -318,7 +327,8 @@ class ValidationReport:
                 f"| {t} | {int(r['n'])} | "
                 + " | ".join(cells)
                 + f" | {_fmt(r['kendall'])} | {_pct(r['regret'])} | {_pct(r['regret_single'])} "
-                f"| {_measured(r['seed_regret'])} | {_share(r['p_within_1pct'])} "
+                f"| {_measured(r['seed_regret'])} | {_share(r['pick_ceiling'])} "
+                f"| {_share(r['p_within_1pct'])} "
                 f"| {_share(r['p_within_margin'])} | {r['top3_recall']:.2f} |"
             )
         return lines
@@ -513,6 +523,7 @@ def macro_verdict(
     fix: str = FIX_OTHER,
     *,
     pick_like_for_like: tuple[float, float] = (math.nan, math.nan),
+    pick_ceiling: float = math.nan,
 ) -> str:
     """Whether the proxy's macro ranking can be trusted, judged against the noise ceiling;
     ``fix`` says what to try when it cannot (after "decide from really trained mixtures").
@@ -523,7 +534,9 @@ def macro_verdict(
     best. Without repeats there is no ceiling. ``pick_like_for_like`` is ``(regret_single,
     seed_regret)``: where the pick fails, the line says how far real training's own pick
     moves with the seed (on the suite a seed's pick often misses by more than 1%), so the
-    user can tell a proxy's miss from training noise; it does not change the verdict.
+    user can tell a proxy's miss from training noise, and ``pick_ceiling`` how often even a
+    perfect proxy's pick would be within 1% (``decisions.pick_ceiling``); neither changes the
+    verdict.
     """
     got = f"proxy-vs-real macro Spearman {_fmt(spearman)}, regret of its pick {_pct(regret)}"
     if math.isnan(spearman):
@@ -540,8 +553,8 @@ def macro_verdict(
         return (
             f"verdict: macro ranking TRUSTWORTHY but its PICK is not on this pool: {against}; "
             f"the proxy's best costs more than {_pct(TRUST_REGRET, 0)}"
-            f"{_pick_noise(*pick_like_for_like)}: really train its few best mixtures and decide "
-            "between them"
+            f"{_pick_context(*pick_like_for_like, pick_ceiling)}: really train its few best "
+            "mixtures and decide between them"
         )
     if ceiling < 0.5:
         return (
@@ -555,15 +568,22 @@ def macro_verdict(
     )
 
 
-def _pick_noise(proxy: float, seed: float) -> str:
-    """The pick like for like, for the verdict line (empty without two seeds)."""
-    if math.isnan(proxy) or math.isnan(seed):
-        return ""
-    within = "within" if proxy <= seed else "beyond"
-    return (
-        f" (like for like, on the seeds left out: its pick {_pct(proxy)} off, a training "
-        f"seed's own {_pct(seed)}: {within} real training's pick noise)"
-    )
+def _pick_context(proxy: float, seed: float, ceiling: float) -> str:
+    """The pick like for like and the pick ceiling, for the verdict line (empty without two
+    seeds)."""
+    parts = []
+    if not (math.isnan(proxy) or math.isnan(seed)):
+        within = "within" if proxy <= seed else "beyond"
+        parts.append(
+            f"like for like, on the seeds left out: its pick {_pct(proxy)} off, a training "
+            f"seed's own {_pct(seed)}: {within} real training's pick noise"
+        )
+    if not math.isnan(ceiling):
+        parts.append(
+            f"even a perfect proxy's pick is within 1% of the best in {ceiling:.0%} of fresh "
+            "draws of these seeds"
+        )
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _interval(row, stat: str, sep: str, fmt=None) -> str:

@@ -14,6 +14,7 @@ from ablate.validation.decisions import (
     expected_spearman,
     latent_correlation,
     noise_ceiling,
+    pick_ceiling,
     seed_reliability,
     spearman_brown,
 )
@@ -111,6 +112,60 @@ def test_within_probability_resamples_mixtures_by_hand():
     assert t.loc["a", "p_within_margin"] == pytest.approx(p)  # 0.5% or 1%: the same draws
     right = decision_table(real, real, np.array([1]), np.array([0]), ("a",), replicates=500)
     assert right.loc["a", "p_within_1pct"] == 1.0  # a perfect proxy always picks the best
+
+
+def test_pick_ceiling_by_hand():
+    """Mixture A scores 1.0 on both seeds; B scores exp(b -+ 0.012) with b = log 1.005: its
+    mean is 0.5% worse, so a perfect proxy picks A. Each fresh seed adds a residual of
+    +-0.012 sqrt(2) to B (unscaled, B would never beat A by 1%); a mean of two is below A by
+    more than 1% only when both residuals are negative (1 in 4), a mean of four only when all
+    four are (1 in 16)."""
+    b, d = math.log(1.005), 0.012
+    runs = np.array([[[0.0], [b - d]], [[0.0], [b + d]]])  # (R, M, D) NLL per token
+    got = pick_ceiling(runs, draws=4000)
+    mc = 4 * math.sqrt(0.25 * 0.75 / 4000)
+    assert got.shape == (2,)  # the domain, then macro (the same with one domain)
+    assert got[0] == pytest.approx(0.75, abs=mc) and got[1] == got[0]
+    assert pick_ceiling(runs, referees=4, draws=4000)[0] == pytest.approx(15 / 16, abs=mc)
+    assert pick_ceiling(runs, within=0.05, draws=500)[0] == 1.0  # 1.2% is within 5%
+    assert (pick_ceiling(np.stack([runs[0], runs[0]]), draws=100) == 1.0).all()  # no noise
+    assert np.isnan(pick_ceiling(runs[:1])).all()  # one seed: nothing to resample
+    t = decision_table(
+        np.zeros((2, 1)),
+        runs.mean(0),
+        np.array([1]),
+        np.array([0]),
+        ("a",),
+        repeats_nll=runs,
+        replicates=0,
+    )
+    assert t.loc["a", "pick_ceiling"] == pytest.approx(0.75, abs=mc)
+
+
+@pytest.mark.parametrize(("spread", "noise"), [(0.03, 0.03), (0.04, 0.015)])
+def test_pick_ceiling_converges_on_the_truth_in_simulation(spread, noise):
+    """The whole procedure, many times: 16 mixtures x 3 domains with known expected NLL and
+    seed noise shared across a run's domains; the true ceiling is how often the truth's best
+    is within 1% of the best of a fresh two-seed mean. The plug-in estimate from S seeds
+    is off by up to about 0.25 at S = 2 (a close race looks more decided than it is) and
+    converges on the truth as S grows (docs/validation-statistics.md)."""
+    rng = np.random.default_rng(7)
+    m, d = 16, 3
+    truth = rng.normal(0, spread, (m, d)) + np.log([20.0, 60.0, 150.0])
+
+    def seeds(n: int, *shape: int) -> np.ndarray:
+        shared = rng.standard_normal((*shape, n, m, 1))
+        return truth + noise * math.sqrt(0.5) * (shared + rng.standard_normal((*shape, n, m, d)))
+
+    pick = np.argmin(np.c_[np.exp(truth), np.exp(truth).mean(1)], axis=0)
+    fresh = np.exp(seeds(2, 20000).mean(axis=-3))  # (N, M, D)
+    fresh = np.concatenate([fresh, fresh.mean(-1, keepdims=True)], axis=-1)
+    true = np.mean(fresh[:, pick, np.arange(d + 1)] / fresh.min(axis=1) - 1 <= 0.01, axis=0)
+    for s, tol in ((2, 0.25), (64, 0.05)):
+        est = np.mean(
+            [pick_ceiling(seeds(s), referees=2, draws=400, seed=i) for i in range(200)], axis=0
+        )
+        assert np.abs(est - true).max() < tol, (s, est, true)
 
 
 # ---------------------------------------------------------------------- simulation

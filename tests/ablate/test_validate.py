@@ -401,8 +401,11 @@ def test_fixed_budget_validation_with_repeats_and_a_search_check(full_pool, corp
     assert list(d.index) == [*ev.domains, "macro"]
     wanted = {"spearman", "kendall", "regret", "top3_recall", "n", "seed_spearman"}
     wanted |= {"spearman_single", "noise_ceiling", "p_within_1pct", "p_within_margin"}
-    assert wanted <= set(d.columns)
+    assert wanted | {"pick_ceiling"} <= set(d.columns)
     assert (d["regret"] >= 0).all() and d["n"].eq(3).all()
+    assert d["pick_ceiling"].between(0, 1).all()  # two seeds: every target has one
+    assert "P*<=1%" in report.decisions_text()
+    assert "| pick ceiling |" in "\n".join(report._decisions_markdown())
     assert np.isfinite(d["seed_spearman"]).any() and np.isfinite(d["noise_ceiling"]).any()
     assert d["p_within_1pct"].between(0, 1).all()
     assert (d["p_within_margin"] <= d["p_within_1pct"]).all()  # 0.5% is stricter than 1%
@@ -464,7 +467,10 @@ def test_macro_verdict_judges_against_the_noise_ceiling():
     assert "PICK is not" in noisy and "2.00% off" in noisy and "own 4.50%" in noisy
     assert "within real training's pick noise" in noisy and "\n" not in noisy
     worse = macro_verdict(0.91, 0.85, 0.027, 2, pick_like_for_like=(0.03, 0.012))
-    assert "beyond real training's pick noise" in worse
+    assert "beyond real training's pick noise" in worse and "proxy's pick is" not in worse
+    luck = macro_verdict(0.91, 0.85, 0.027, 2, pick_ceiling=0.54)
+    assert "PICK is not" in luck and "perfect proxy's pick is within 1% of the best in 54%" in luck
+    assert "proxy's pick is" not in macro_verdict(0.91, 0.85, 0.002, 2, pick_ceiling=0.54)
     low = macro_verdict(0.4, 0.9, 0.05, 2)
     assert "NOT trustworthy" in low and "--member-seed-share" in low and "5.00%" in low
     assert "NOT decidable" in macro_verdict(0.1, 0.3, 0.01, 2)
