@@ -42,6 +42,7 @@ import json
 import math
 import os
 import random
+import sys
 import sysconfig
 import time
 from collections.abc import Callable
@@ -321,6 +322,19 @@ def _split(folder: Path, tok, unit_tokens: int, eval_docs: int) -> None:
 _REAL_SCORER = "_real_documents"  # validate's scorer of one real model (patched by the memo)
 
 
+def _cached_scores(folder: Path, key: str):
+    """The memoised ``DocScores`` of real model ``key`` in ``folder``, or None."""
+    import numpy as np
+
+    from ablate.engine.scoring import DocScores
+
+    f = folder / f"{key}.npz"
+    if not f.is_file():
+        return None
+    z = np.load(f)
+    return DocScores(nll=z["nll"], tokens=z["tokens"])
+
+
 def _memo_real_scores(folder: Path) -> None:
     """Score each real model once for all variants: its per-document NLL on the shared eval
     set does not depend on the variant, so it is kept in ``folder`` by the model's key."""
@@ -328,20 +342,17 @@ def _memo_real_scores(folder: Path) -> None:
 
     import numpy as np
 
-    from ablate.engine.scoring import DocScores
-
     module = importlib.import_module("ablate.validation.validate")  # the module, not the function
 
     current = getattr(module, _REAL_SCORER)
     plain = getattr(current, "__wrapped__", current)
 
     def real_documents(ev, rec):
-        f = folder / f"{rec.key}.npz"
-        if f.is_file():
-            z = np.load(f)
-            return DocScores(nll=z["nll"], tokens=z["tokens"])
+        if (cached := _cached_scores(folder, rec.key)) is not None:
+            return cached
         got = plain(ev, rec)
         folder.mkdir(parents=True, exist_ok=True)
+        f = folder / f"{rec.key}.npz"
         np.savez(f.with_suffix(".tmp.npz"), nll=got.nll, tokens=got.tokens)
         f.with_suffix(".tmp.npz").replace(f)
         return got
@@ -656,17 +667,14 @@ def pick_ceilings(folder: Path, args) -> dict | None:
 
     ev = Evaluator(Pool.open(folder / "plain"), folder / "eval.jsonl", by="domain", progress=False)
     chosen = WeightSampler.parse("dirichlet").sample(ev.partitions, args.sample, seed=args.seed)
-    nll, tokens = [], None
+    runs = np.empty((args.repeats, len(chosen), len(ev.domains)))  # NLL per token
     for r in range(args.repeats):
-        for m in chosen:
-            f = folder / "real_scores" / f"{plan_for(ev, m, budget='fixed', repeat=r).key}.npz"
-            if not f.is_file():
+        for i, m in enumerate(chosen):
+            key = plan_for(ev, m, budget="fixed", repeat=r).key
+            if (scores := _cached_scores(folder / "real_scores", key)) is None:
                 return None
-            z = np.load(f)
-            nll.append(z["nll"])
-            tokens = z["tokens"]
-    onehot = np.eye(len(ev.domains))[ev.eval_set.doc_domain]  # (n_docs, D)
-    runs = np.reshape(nll, (args.repeats, len(chosen), -1)) @ onehot / (tokens @ onehot)
+            totals = scores.domain_totals(ev.eval_set).values()
+            runs[r, i] = [t.nll / t.tokens for t in totals]
     return {
         "repeats": args.repeats,
         "judged_on_repeats": float(pick_ceiling(runs)[-1]),
@@ -796,10 +804,18 @@ def main() -> None:
     if args.pick_ceilings:
         found = []
         for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
+            label = setting_label(seed_tokens, unit_tokens, args)
             got = pick_ceilings(folder, args) if (folder / "plain").is_dir() else None
-            if got is not None:
-                label = setting_label(seed_tokens, unit_tokens, args)
-                found.append({"corpus": corpus, "setting": label, **got})
+            if got is None:
+                print(
+                    f"skipped {corpus} {label}: no real scores of {args.repeats} seeds cached "
+                    f"in {folder} (measure the cell with --repeats {args.repeats} first)",
+                    file=sys.stderr,
+                )
+                continue
+            found.append({"corpus": corpus, "setting": label, **got})
+        if not found:
+            sys.exit(f"bench_fidelity: error: no cell under {work} has what --pick-ceilings reads")
         print_pick_ceilings(found)
         return
     rows = []

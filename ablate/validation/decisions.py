@@ -166,10 +166,10 @@ def pick_ceiling(
     n_runs, m, d = runs.shape
     if n_runs < 2:
         return np.full(d + 1, math.nan)
-    k = referees or n_runs
+    k = n_runs if referees is None else referees
     mean = runs.mean(axis=0)  # (M, D): the truth, plugged in
+    truth = _with_macro(mean)  # (M, T): the perfect proxy picks its best per target
     residuals = (runs - mean) * math.sqrt(n_runs / (n_runs - 1))  # (R, M, D)
-    pick = np.argmin(_with_macro(mean), axis=0)  # (T,): the perfect proxy's pick per target
     rng = np.random.default_rng(seed)
     hits = np.zeros(d + 1)
     step = max(1, 2**22 // (k * m * d))  # draws per chunk: ~32 MB of residuals
@@ -178,9 +178,9 @@ def pick_ceiling(
         idx = rng.integers(0, n_runs, size=(b, k, m))  # (B, K, M): seeds drawn
         drawn = residuals[idx, np.arange(m)]  # (B, K, M, D)
         fresh = _with_macro(mean + drawn.mean(axis=1))  # (B, M, T)
-        best = fresh.min(axis=1)  # (B, T)
-        got = fresh[:, pick, np.arange(d + 1)]  # (B, T)
-        hits += np.sum(got / best - 1 <= within + 1e-12, axis=0)
+        for t in range(d + 1):
+            picker = np.broadcast_to(truth[:, t], (b, m))
+            hits[t] += np.sum(_within(_pick_regret(picker, fresh[:, :, t]), within))
     return hits / draws
 
 
@@ -288,8 +288,8 @@ def decision_table(
                 if ok.size:
                     lo, hi = np.quantile(ok, [alpha, 1 - alpha])
                     intervals[f"{k}_l"][t], intervals[f"{k}_h"][t] = lo, hi
-        within["p_within_1pct"] = np.mean(reps["regret"] <= WITHIN + 1e-12, axis=0)
-        within["p_within_margin"] = np.mean(reps["regret"] <= margin + 1e-12, axis=0)
+        within["p_within_1pct"] = np.mean(_within(reps["regret"], WITHIN), axis=0)
+        within["p_within_margin"] = np.mean(_within(reps["regret"], margin), axis=0)
     for k in _BOOTSTRAPPED:
         frame[f"{k}_lo"], frame[f"{k}_hi"] = intervals[f"{k}_l"], intervals[f"{k}_h"]
     for k, v in within.items():
@@ -339,6 +339,12 @@ def _pick_regret(picker: np.ndarray, judge: np.ndarray) -> np.ndarray:
     minus 1, for perplexities ``(B, M)``."""
     rows = np.arange(picker.shape[0])
     return judge[rows, np.argmin(picker, axis=1)] / judge.min(axis=1) - 1
+
+
+def _within(regret: np.ndarray, x: float) -> np.ndarray:
+    """Whether each pick is within ``x`` of the best (a pick exactly ``x`` off counts, whatever
+    the rounding of the ratio)."""
+    return regret <= x + 1e-12
 
 
 def _replicate_stats(
