@@ -319,7 +319,7 @@ def _split(folder: Path, tok, unit_tokens: int, eval_docs: int) -> None:
 
 
 # ---------------------------------------------------------------------------- measuring
-_REAL_SCORER = "_real_documents"  # validate's scorer of one real model (patched by the memo)
+_REAL_SCORER = "real_scores"  # validate's scorer of one real model (patched by the memo)
 
 
 def _cached_scores(folder: Path, key: str):
@@ -337,7 +337,9 @@ def _cached_scores(folder: Path, key: str):
 
 def _memo_real_scores(folder: Path) -> None:
     """Score each real model once for all variants: its per-document NLL on the shared eval
-    set does not depend on the variant, so it is kept in ``folder`` by the model's key."""
+    set does not depend on the variant, so it is kept in ``folder`` by the model's key
+    (validate stores it in the model's folder too; this memo is what ``--pick-ceilings``
+    reads, and cells measured before validate kept scores answer from it)."""
     import importlib
 
     import numpy as np
@@ -347,15 +349,15 @@ def _memo_real_scores(folder: Path) -> None:
     current = getattr(module, _REAL_SCORER)
     plain = getattr(current, "__wrapped__", current)
 
-    def real_documents(ev, rec):
-        if (cached := _cached_scores(folder, rec.key)) is not None:
-            return cached
-        got = plain(ev, rec)
+    def real_documents(ev, rec, *, tasks=True):
+        if not ev.tasks and (cached := _cached_scores(folder, rec.key)) is not None:
+            return cached, {}
+        got, scores = plain(ev, rec, tasks=tasks)
         folder.mkdir(parents=True, exist_ok=True)
         f = folder / f"{rec.key}.npz"
         np.savez(f.with_suffix(".tmp.npz"), nll=got.nll, tokens=got.tokens)
         f.with_suffix(".tmp.npz").replace(f)
-        return got
+        return got, scores
 
     real_documents.__wrapped__ = plain
     setattr(module, _REAL_SCORER, real_documents)

@@ -94,6 +94,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             seed=args.seed,
             bootstrap=args.bootstrap,
             margin=args.margin,
+            keep_weights=args.keep_weights,
         )
     files = report.write(args.out)
     if args.json:
@@ -213,6 +214,14 @@ def add_validate_command(sub: Any) -> None:
         metavar="EPS",
         help="indifference margin (relative perplexity) of the decisions' P(within EPS): the "
         "share of bootstrap replicates whose proxy pick is within EPS of the best (default: %(default)s)",
+    )
+    p.add_argument(
+        "--keep-weights",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep each real model's weights after scoring; --no-keep-weights deletes them "
+        "once the model's scores are stored in its folder (reruns on the same eval data and "
+        "tasks still work; 540 MB per model at 135M parameters) (default: keep)",
     )
     add_out_arg(p, default="ablate-validation", holds="validation.csv, report.md, scatter.png")
     add_output_args(p, json_help="print the correlations per domain (and pooled) as a JSON object")

@@ -23,7 +23,8 @@ from ablate.mixture import Mixture, MixtureError
 from ablate.objective import Target
 from ablate.strategies import search
 from ablate.validation.decisions import MARGIN, decision_table, target_ppl
-from ablate.validation.models import Budget, ensure_trained, load_into, plan_for
+from ablate.validation.models import Budget, ensure_trained, plan_for
+from ablate.validation.real_scores import drop_weights, real_scores
 from ablate.validation.report import ValidationReport, gap_table
 from ablate.validation.sampling import WeightSampler
 from ablate.validation.stats import POOLED, bootstrap_correlations, correlations
@@ -59,6 +60,7 @@ def validate(
     margin: float = MARGIN,
     progress: bool | None = None,
     device: str | None = None,
+    keep_weights: bool = True,
 ) -> ValidationReport:
     """Train (or reuse) real models for mixtures, score them and their proxies, compare.
 
@@ -93,6 +95,9 @@ def validate(
             ``p_within_margin``: the share of replicates whose pick is within it of the best.
         progress: Progress bars (default: the evaluator's setting).
         device: Device for training the real models (default: the evaluator's).
+        keep_weights: False deletes each real model's weights once its scores are stored
+            (``ablate.validation.real_scores``): reruns on the same eval data and tasks
+            still work, other eval data needs the model trained again.
 
     Returns:
         A ``ValidationReport`` (``.decisions``, ``.correlations``, ``.calibrate()``, ``.write(out)``).
@@ -143,8 +148,9 @@ def validate(
         proxy_tasks.append(_task_scores(ev))  # the skeleton holds the proxy now
         runs, reps = [], []
         for rep in per_repeat:
-            runs.append(_real_documents(ev, rep[i]))
-            reps.append(_task_scores(ev))  # ... and now the real model
+            docs, scores = real_scores(ev, rep[i])
+            runs.append(docs)
+            reps.append(scores)
         real_tasks.append(reps)
         proxy_docs.append(p_docs.nll)
         real_docs.append([r.nll for r in runs])
@@ -211,7 +217,10 @@ def validate(
             seed=seed,
             progress=show,
             device=device,
+            keep_weights=keep_weights,
         )
+    if not keep_weights:
+        _drop_weights(ev, records)
     return ValidationReport(
         pairs=pairs,
         correlations=corr_frame,
@@ -324,10 +333,10 @@ def _task_scores(ev: Evaluator) -> dict:
     return {name: ev.task_scorer(t).score() for name, t in ev.tasks.items()}
 
 
-def _real_documents(ev: Evaluator, rec: ValidationRecord) -> DocScores:
-
-    load_into(ev, rec)
-    return ev.scorer().score_documents()
+def _drop_weights(ev: Evaluator, records: Sequence[ValidationRecord]) -> None:
+    freed = sum(drop_weights(ev.pool, rec) for rec in records)
+    if freed:
+        log.info("dropped the weights of scored validation models: %.1f MB freed", freed / 1e6)
 
 
 def _mean_nll(runs: Sequence[DocScores]) -> DocScores:
@@ -351,6 +360,7 @@ def _check_search(
     seed: int,
     progress: bool,
     device: str | None,
+    keep_weights: bool = True,
 ):
     """Does the strategy's pick, really trained, beat the sample's really best mixture?
 
@@ -414,7 +424,9 @@ def _check_search(
     ]
     _check_supply(ev, [m for pair in judged for m in pair], plans[0].tokens)
     records, _ = ensure_trained(ev, plans, progress=progress, device=device)
-    fresh = np.stack([_real_documents(ev, rec).nll for rec in records])  # (2 R targets, n_docs)
+    fresh = np.stack([real_scores(ev, rec, tasks=False)[0].nll for rec in records])
+    if not keep_weights:
+        _drop_weights(ev, records)
     fresh = fresh.reshape(len(targets), 2, n_runs, -1)  # (targets, pick/best, R, n_docs)
     rng = np.random.default_rng(seed)
     held_domain = es.doc_domain[held_idx]

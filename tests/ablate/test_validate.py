@@ -480,3 +480,67 @@ def test_macro_verdict_judges_against_the_noise_ceiling():
         "\n" not in macro_verdict(*a)
         for a in [(0.9, 0.9, 0, 2), (0.9, 0.9, 0.2, 2), (0.1, 0.9, 0.2, 2), (0.5, 0.2, 0, 2)]
     )
+
+
+def test_real_scores_are_stored_read_back_and_outlive_dropped_weights(full_pool, corpus, tmp_path):
+    from ablate.validation.real_scores import SCORES_DIR, drop_weights
+
+    ev = Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False)
+    mixes = [Mixture.uniform(["math", "wiki"]), Mixture.uniform(["math"])]
+    first = validate(ev, mixtures=mixes, bootstrap=0)
+    (rec, _) = first.records
+    folder = full_pool.path / VALIDATION_DIR / rec.key
+    (stored,) = (folder / SCORES_DIR).glob("evalset-*.npz")
+    # Read back, not scored again: doubled stored NLL doubles the real model's log perplexity.
+    with np.load(stored) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(stored, **{**arrays, "nll": 2 * arrays["nll"]})
+    again = validate(ev, mixtures=mixes, bootstrap=0)
+    doubled = again.pairs["real"].to_numpy()[: len(ev.domains)]
+    want = first.pairs["real"].to_numpy()[: len(ev.domains)] ** 2
+    assert doubled == pytest.approx(want, rel=1e-9)
+    # Scores of other weights are never read: a stale file is scored again and rewritten.
+    np.savez(stored, **{**arrays, "weights_sha256": np.asarray("0" * 64)})
+    fresh = validate(ev, mixtures=mixes, bootstrap=0)
+    assert fresh.pairs["real"].to_numpy() == pytest.approx(first.pairs["real"].to_numpy())
+    with np.load(stored) as z:
+        assert str(z["weights_sha256"]) == rec.weights_sha256
+    assert drop_weights(full_pool, rec) > 0 and drop_weights(full_pool, rec) == 0
+
+    # The CLI: --no-keep-weights keeps records and scores, drops weights; reruns still work.
+    out = tmp_path / "val"
+    args = eval_cli_args("validate", full_pool.path, corpus["eval"], "--out", out)
+    args += ["--mixture", "code,math", "--mixture", "math,wiki", "--bootstrap", "0", "--json"]
+    kept = run_cli(*args)
+    assert kept.returncode == 0, kept.stderr
+    records = _records(full_pool.path)
+    dropped = run_cli(*args, "--no-keep-weights")
+    assert dropped.returncode == 0, dropped.stderr
+    assert json.loads(dropped.stdout)["correlations"] == json.loads(kept.stdout)["correlations"]
+    assert _records(full_pool.path) == records  # nothing retrained, nothing rewritten
+    cli = {k: r for k, r in records.items() if len(r.mixture) == 2}  # not the API's "math"
+    assert len(cli) == 2
+    for k, r in cli.items():
+        assert not (full_pool.path / VALIDATION_DIR / k / r.weights_file).exists()
+        assert list((full_pool.path / VALIDATION_DIR / k / SCORES_DIR).glob("evalset-*.npz"))
+    rerun = run_cli(*args, "--no-keep-weights")
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["correlations"] == json.loads(kept.stdout)["correlations"]
+    # Another eval set needs the weights: one clear line naming the fix; nothing is lost.
+    other = run_cli(
+        "validate",
+        full_pool.path,
+        "--eval-data",
+        corpus["eval"],
+        "--out",
+        out,
+        "--mixture",
+        "code,math",
+        "--bootstrap",
+        "0",
+    )  # no --eval-by: one domain, another eval set
+    assert other.returncode == 2
+    (line,) = other.stderr.strip().splitlines()
+    assert line.startswith("ablate: error:") and "kept only its scores" in line
+    assert "delete that folder" in line
+    assert _records(full_pool.path) == records

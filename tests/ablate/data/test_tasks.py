@@ -233,6 +233,17 @@ def test_validate_reports_task_correlations_and_too_few_items(full_pool, corpus,
     doc = report.json()
     assert {r["metric"] for r in doc["tasks"]} == {"acc", "acc_norm", "gold_nll"}
     assert "## Tasks" in report._markdown("t") and "note: task qa" in report.decisions_text()
+    # Real models' task scores are stored with them: a rerun whose models kept no weights
+    # (keep_weights=False drops them after the first) reports the same table.
+    for _ in range(2):
+        again = validate(
+            ev, mixtures=["code", "wiki", "code,wiki"], bootstrap=0, keep_weights=False
+        )
+        assert again.trained == 0
+        assert again.tasks["real_mean"].to_numpy() == pytest.approx(t["real_mean"].to_numpy())
+    assert not any(
+        (full_pool.path / "validation" / r.key / r.weights_file).exists() for r in again.records
+    )
 
 
 def test_demo_task_picks_the_true_next_word_among_four():
