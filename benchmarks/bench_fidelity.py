@@ -37,6 +37,7 @@ run corpora in separate processes.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import math
@@ -439,26 +440,15 @@ def _validate(pool, eval_file: Path, args, merge: str = "average"):
     return ev, v
 
 
-def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
-    """Fixed-budget validation of one pool (proxies merged by ``merge``): the table's numbers."""
+def decision_fields(d) -> dict:
+    """A row's numbers that come from validate's decisions table ``d`` alone."""
     import numpy as np
-    from scipy import stats
 
-    _, v = _validate(pool, eval_file, args, merge)
-    d = v.decisions
     domains = d.drop(index="macro")
-    # Pairs and the first repeat's records are both in sample order.
-    order = list(dict.fromkeys(v.pairs["mixture"]))
-    macro = v.pairs.groupby("mixture", sort=False)[["proxy", "real"]].mean().loc[order]
-    proxy_macro, real_macro = macro["proxy"].to_numpy(), macro["real"].to_numpy()
-    weights = [dict((n, w) for n, w in r.mixture) for r in v.records[: v.mixtures]]
-    entropy = np.array([-sum(w * math.log(w) for w in ws.values() if w > 0) for ws in weights])
-    spread = float(real_macro.max() / real_macro.min() - 1)
-    regret = float(d.loc["macro", "regret"])
     return {
         "median_domain": float(np.median(domains["spearman"])),
         "macro": float(d.loc["macro", "spearman"]),
-        "macro_regret": regret,
+        "macro_regret": float(d.loc["macro", "regret"]),
         # like for like with seed_regret: the proxy's pick judged on the seeds left in
         # (the mean of all but one; mean over the seed left out)
         "regret_single": float(d.loc["macro", "regret_single"]),
@@ -469,8 +459,6 @@ def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
         # 1% bar's own ceiling (rows cached before it print "-")
         "pick_ceiling": float(d.loc["macro", "pick_ceiling"]),
         "worst_regret": float(d["regret"].max()),
-        "regret_share": regret / spread if spread > 0 else math.nan,
-        "spread": spread,
         "ceiling": float(d.loc["macro", "seed_spearman"]),
         "ceiling_median_domain": float(np.nanmedian(domains["seed_spearman"])),
         # like for like with seed vs seed: the proxy against one seed (mean over seeds)
@@ -478,6 +466,28 @@ def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
         "single_median_domain": float(np.nanmedian(domains["spearman_single"])),
         # like for like with macro rho: a perfect proxy against the mean of the seeds
         "noise_ceiling": float(d.loc["macro", "noise_ceiling"]),
+    }
+
+
+def measure(pool, eval_file: Path, args, merge: str = "average") -> dict:
+    """Fixed-budget validation of one pool (proxies merged by ``merge``): the table's numbers."""
+    import numpy as np
+    from scipy import stats
+
+    _, v = _validate(pool, eval_file, args, merge)
+    # Pairs and the first repeat's records are both in sample order.
+    order = list(dict.fromkeys(v.pairs["mixture"]))
+    macro = v.pairs.groupby("mixture", sort=False)[["proxy", "real"]].mean().loc[order]
+    proxy_macro, real_macro = macro["proxy"].to_numpy(), macro["real"].to_numpy()
+    weights = [dict((n, w) for n, w in r.mixture) for r in v.records[: v.mixtures]]
+    entropy = np.array([-sum(w * math.log(w) for w in ws.values() if w > 0) for ws in weights])
+    spread = float(real_macro.max() / real_macro.min() - 1)
+    fields = decision_fields(v.decisions)
+    regret = fields["macro_regret"]
+    return {
+        **fields,
+        "regret_share": regret / spread if spread > 0 else math.nan,
+        "spread": spread,
         "proxy_entropy": float(stats.spearmanr(proxy_macro, entropy).statistic),
         "real_entropy": float(stats.spearmanr(real_macro, entropy).statistic),
     }
@@ -655,33 +665,174 @@ def _keep_row(cache: Path, corpus, seed_tokens, unit_tokens, name, measured, sta
     return row
 
 
+def _sample(folder: Path, args, pool: str = "plain", merge: str = "average"):
+    """``(evaluator, mixtures)``: the cell's ``pool`` folder merging by ``merge``, and the
+    sample every row validates (the Dirichlet draw of ``_validate``)."""
+    from ablate import Evaluator
+    from ablate.pool import Pool
+    from ablate.validation.sampling import WeightSampler
+
+    ev = Evaluator(
+        Pool.open(folder / pool), folder / "eval.jsonl", by="domain", progress=False, merge=merge
+    )
+    return ev, WeightSampler.parse("dirichlet").sample(ev.partitions, args.sample, seed=args.seed)
+
+
+def _real_runs(folder: Path, ev, chosen, repeats: int):
+    """``(R, M, n_docs)`` per-document NLL of the sample's real models (seeds 0..R-1) and
+    the documents' scored tokens, from the cell's cached scores; None where one is missing."""
+    import numpy as np
+
+    from ablate.validation.models import plan_for
+
+    nll, tokens = np.empty((repeats, len(chosen), len(ev.eval_set.docs))), None
+    for r in range(repeats):
+        for i, m in enumerate(chosen):
+            key = plan_for(ev, m, budget="fixed", repeat=r).key
+            if (scores := _cached_scores(folder / "real_scores", key)) is None:
+                return None
+            nll[r, i], tokens = scores.nll, scores.tokens
+    return nll, tokens
+
+
 def pick_ceilings(folder: Path, args) -> dict | None:
     """The macro pick ceiling of one cell (``decisions.pick_ceiling``) from its cached real
     scores alone (no proxy is merged): judged on ``--repeats`` seeds and on two, both
     estimated from all ``--repeats``. None where a real model of the sample is not scored."""
     import numpy as np
 
-    from ablate import Evaluator
-    from ablate.pool import Pool
+    from ablate.engine.scoring import DocScores
     from ablate.validation.decisions import pick_ceiling
-    from ablate.validation.models import plan_for
-    from ablate.validation.sampling import WeightSampler
 
-    ev = Evaluator(Pool.open(folder / "plain"), folder / "eval.jsonl", by="domain", progress=False)
-    chosen = WeightSampler.parse("dirichlet").sample(ev.partitions, args.sample, seed=args.seed)
-    runs = np.empty((args.repeats, len(chosen), len(ev.domains)))  # NLL per token
-    for r in range(args.repeats):
-        for i, m in enumerate(chosen):
-            key = plan_for(ev, m, budget="fixed", repeat=r).key
-            if (scores := _cached_scores(folder / "real_scores", key)) is None:
-                return None
-            totals = scores.domain_totals(ev.eval_set).values()
-            runs[r, i] = [t.nll / t.tokens for t in totals]
+    ev, chosen = _sample(folder, args)
+    if (got := _real_runs(folder, ev, chosen, args.repeats)) is None:
+        return None
+    nll, tokens = got
+    runs = np.empty((*nll.shape[:2], len(ev.domains)))  # NLL per token
+    for r, i in np.ndindex(*nll.shape[:2]):
+        totals = DocScores(nll=nll[r, i], tokens=tokens).domain_totals(ev.eval_set).values()
+        runs[r, i] = [t.nll / t.tokens for t in totals]
     return {
         "repeats": args.repeats,
         "judged_on_repeats": float(pick_ceiling(runs)[-1]),
         "judged_on_two": float(pick_ceiling(runs, referees=2)[-1]),
     }
+
+
+def _proxy_nll(folder: Path, variant: str, merge: str, args):
+    """``(M, n_docs)`` per-document NLL of the sample's proxies (kept in the cell folder)."""
+    import numpy as np
+
+    from ablate.pool.atomic import write_bytes
+
+    tag = f"{variant}+{merge}" + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
+    f = folder / f"proxy-nll-{tag}-s{args.sample}-seed{args.seed}.npy"
+    if f.is_file():
+        return np.load(f)
+    pool = merge_pool(folder, variant, merge, args)  # the pool copy with the merge's statistics
+    ev, chosen = _sample(folder, args, pool=pool.path.name, merge=merge)
+    nll = []
+    for m in chosen:
+        ev.merged.load(m)
+        nll.append(ev.scorer().score_documents().nll)
+    buf = io.BytesIO()
+    np.save(buf, np.stack(nll))
+    write_bytes(f, buf.getvalue())
+    return np.stack(nll)
+
+
+def referee_pairs(folder: Path, variant: str, merge: str, args) -> list[dict] | None:
+    """Issue 25's bar against each pair of the cell's ``--repeats`` training seeds as the
+    referee (the issue's ``--repeats 2`` is the pair (0, 1)), for the proxies and, as the
+    like-for-like ceiling, for the mean of two *other* seeds used as the proxy. None where a
+    real model of the sample is not scored."""
+    from ablate.validation.decisions import decision_table
+
+    ev, chosen = _sample(folder, args)
+    if (got := _real_runs(folder, ev, chosen, args.repeats)) is None:
+        return None
+    runs, tokens = got
+    proxy = _proxy_nll(folder, variant, merge, args)
+    es = ev.eval_set
+    out = []
+    for pair in itertools.combinations(range(args.repeats), 2):
+        ref = runs[list(pair)]
+        rest = [r for r in range(args.repeats) if r not in pair]
+        row = {"referee": pair}
+        for who, guess in (("proxy", proxy), ("other_seeds", runs[rest[:2]].mean(axis=0))):
+            d = decision_table(
+                guess,
+                ref.mean(axis=0),
+                tokens,
+                es.doc_domain,
+                es.domains,
+                repeats_nll=ref,
+                replicates=0,
+                seed=args.seed,
+            )
+            fields = decision_fields(d)
+            row[who] = {k: fields[k] for k in BAR_FIELDS} | {"bar": meets_bar(fields)}
+        out.append(row)
+    return out
+
+
+# What ``meets_bar`` reads.
+BAR_FIELDS = (
+    "macro",
+    "single",
+    "ceiling",
+    "median_domain",
+    "single_median_domain",
+    "ceiling_median_domain",
+    "macro_regret",
+)
+
+
+def _why_not(fields: dict) -> str:
+    """Which of the bar's three parts a row misses (empty when it meets the bar)."""
+    from ablate.validation.report import TRUST_REGRET, TRUST_SLACK, TRUST_SPEARMAN
+
+    miss = []
+    if not (
+        fields["macro"] >= TRUST_SPEARMAN or fields["single"] >= fields["ceiling"] - TRUST_SLACK
+    ):
+        miss.append(
+            f"macro rho {fields['macro']:.2f} (one seed {fields['single']:.2f} vs {fields['ceiling']:.2f})"
+        )
+    if not (
+        fields["median_domain"] >= MEDIAN_DOMAIN_BAR
+        or fields["single_median_domain"] >= fields["ceiling_median_domain"] - TRUST_SLACK
+    ):
+        miss.append(f"median dom. {fields['median_domain']:.2f}")
+    if fields["macro_regret"] > TRUST_REGRET:
+        miss.append(f"pick {fields['macro_regret']:.1%}")
+    return ", ".join(miss)
+
+
+def print_referee_pairs(rows: list[dict]) -> None:
+    """Per cell: the pairs of seeds under which the proxy (and two other seeds) meet the
+    bar; then per pair, how many cells meet it at once."""
+    print("| corpus | seed/unit | proxy meets the bar | two other seeds meet it | proxy misses |")
+    print("|---|---|---:|---:|---|")
+    for r in rows:
+        pairs = r["pairs"]
+        proxy = sum(p["proxy"]["bar"] for p in pairs)
+        seeds = sum(p["other_seeds"]["bar"] for p in pairs)
+        misses = "; ".join(
+            f"seeds {tuple(p['referee'])}: {_why_not(p['proxy'])}" for p in pairs if not p["proxy"]["bar"]
+        )
+        print(
+            f"| {r['corpus']} | {r['setting']} | {proxy} of {len(pairs)} | {seeds} of {len(pairs)} | {misses} |"
+        )
+    n = len(rows[0]["pairs"])
+    for who in ("proxy", "other_seeds"):
+        per_pair = [sum(r["pairs"][k][who]["bar"] for r in rows) for k in range(n)]
+        label = "proxy" if who == "proxy" else "two other seeds"
+        print(
+            f"cells meeting the bar at once, {label}, per referee pair "
+            f"{[tuple(p['referee']) for p in rows[0]['pairs']]}: {per_pair} of {len(rows)} "
+            f"(mean {sum(per_pair) / n:.1f})"
+        )
 
 
 def print_pick_ceilings(rows: list[dict]) -> None:
@@ -796,6 +947,13 @@ def main() -> None:
     )
     ap.add_argument("--print-only", action="store_true", help="print the rows already measured")
     ap.add_argument(
+        "--referee-pairs",
+        action="store_true",
+        help="judge issue 25's bar against every pair of the cell's --repeats seeds (the first "
+        "--variants and --merge; proxies kept in the cell folder), beside two other seeds used "
+        "as the proxy",
+    )
+    ap.add_argument(
         "--pick-ceilings",
         action="store_true",
         help="only print each cell's macro pick ceiling (how often a perfect proxy's pick is "
@@ -819,6 +977,25 @@ def main() -> None:
         if not found:
             sys.exit(f"bench_fidelity: error: no cell under {work} has what --pick-ceilings reads")
         print_pick_ceilings(found)
+        return
+    if args.referee_pairs:
+        found = []
+        for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
+            label = setting_label(seed_tokens, unit_tokens, args)
+            pairs = referee_pairs(folder, args.variants[0], args.merge[0], args)
+            if pairs is None:
+                print(
+                    f"skipped {corpus} {label}: no real scores of {args.repeats} seeds cached "
+                    f"in {folder}",
+                    file=sys.stderr,
+                )
+                continue
+            found.append({"corpus": corpus, "setting": label, "pairs": pairs})
+            print(json.dumps(found[-1]), flush=True)
+        if not found:
+            sys.exit(f"bench_fidelity: error: no cell under {work} has what --referee-pairs reads")
+        print()
+        print_referee_pairs(found)
         return
     rows = []
     for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
