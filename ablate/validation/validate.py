@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ablate.engine.merges import merge_method
 from ablate.engine.scoring import MACRO, DocScores
@@ -143,7 +144,8 @@ def validate(
     scorer = ev.scorer()  # per-document sums: the bootstrap resamples documents
     proxy_docs, real_docs, rows = [], [], []
     proxy_tasks, real_tasks = [], []  # per mixture {task: TaskScore}; real: per repeat too
-    for i, m in enumerate(chosen):
+    scoring = tqdm(chosen, desc="scoring proxies and real models", unit="mix", disable=not show)
+    for i, m in enumerate(scoring):
         p_docs = _proxy_documents(ev, m, extrapolate)
         proxy_tasks.append(_task_scores(ev))  # the skeleton holds the proxy now
         runs, reps = [], []
