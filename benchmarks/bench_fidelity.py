@@ -990,6 +990,11 @@ def main() -> None:
         print_pick_ceilings(found)
         return
     if args.referee_pairs:
+        if args.repeats < 4:
+            sys.exit(
+                "bench_fidelity: error: --referee-pairs needs --repeats 4 or more (two seeds "
+                "referee, two others stand in as the proxy)"
+            )
         found = []
         for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
             label = setting_label(seed_tokens, unit_tokens, args)
