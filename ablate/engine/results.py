@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.engine.scores import DomainScore, EvalResult, TaskScore
+from ablate.engine.scores import DocScores, DomainScore, EvalResult, TaskScore
 from ablate.pool.errors import PoolError
 
 if TYPE_CHECKING:
@@ -73,6 +73,21 @@ CREATE TABLE IF NOT EXISTS partial_results (
     PRIMARY KEY (pool_key, eval_key, mixture_key, domain)
 )
 """
+# Per-document scores of a mixture's proxy (what validation bootstraps over): summed NLL
+# (float64) and scored tokens (int64) of every eval document, as blobs. A table of its own
+# (IF NOT EXISTS), so stores of older releases open unchanged.
+_DOC_SCHEMA = """
+CREATE TABLE IF NOT EXISTS doc_results (
+    pool_key    TEXT NOT NULL,
+    eval_key    TEXT NOT NULL,
+    mixture_key TEXT NOT NULL,
+    mixture     TEXT NOT NULL,
+    nll         BLOB NOT NULL,
+    tokens      BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (pool_key, eval_key, mixture_key)
+)
+"""
 _BUSY_MS = 60_000  # writers wait this long for another writer's transaction instead of failing
 
 Row = tuple[int, float, int]  # (tokens, summed nll, bytes)
@@ -107,6 +122,7 @@ class ResultsStore:
             db.execute(_SCHEMA)
             db.execute(_TASK_SCHEMA)
             db.execute(_PARTIAL_SCHEMA)
+            db.execute(_DOC_SCHEMA)
         except BaseException:
             db.close()
             raise
@@ -164,6 +180,39 @@ class ResultsStore:
         self._write(
             "INSERT OR REPLACE INTO task_results VALUES (?,?,?,?,?,?)",
             [(pool_key, task_key, mixture_key, text, blob, now)],
+        )
+
+    def get_documents(
+        self, pool_key: str, eval_key: str, mixture_key: str
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(nll, tokens)`` per eval document, or None if never stored."""
+        rows = self._read(
+            "SELECT nll, tokens FROM doc_results WHERE pool_key=? AND eval_key=? AND mixture_key=?",
+            (pool_key, eval_key, mixture_key),
+        )
+        if not rows:
+            return None
+        nll, tokens = rows[0]
+        return np.frombuffer(nll, dtype="<f8").copy(), np.frombuffer(tokens, dtype="<i8").copy()
+
+    def put_documents(
+        self,
+        pool_key: str,
+        eval_key: str,
+        mixture_key: str,
+        mixture: Mapping[str, float],
+        nll: np.ndarray,
+        tokens: np.ndarray,
+    ) -> None:
+        """Store one mixture's per-document summed NLL and scored tokens."""
+        now, text = _stamp(mixture)
+        blobs = (
+            np.ascontiguousarray(nll, dtype="<f8").tobytes(),
+            np.ascontiguousarray(tokens, dtype="<i8").tobytes(),
+        )
+        self._write(
+            "INSERT OR REPLACE INTO doc_results VALUES (?,?,?,?,?,?,?)",
+            [(pool_key, eval_key, mixture_key, text, *blobs, now)],
         )
 
     def put_partial(
@@ -231,7 +280,8 @@ def _stamp(mixture: Mapping[str, float]) -> tuple[str, str]:
 
 class ResultsCache:
     """The one reader and writer of a store's tables for one eval set: perplexity per
-    domain, task scores per choice, and the partial scores of mixtures a race dropped.
+    domain, task scores per choice, per-document scores (validation's proxies), and the
+    partial scores of mixtures a race dropped.
 
     Every method takes the mixture's ``pool_key`` (``MemberLayout.pool_key``: exactly the
     members it merges). ``store=None`` remembers nothing (every lookup misses): the Ray
@@ -283,6 +333,28 @@ class ResultsCache:
                 pool_key, task.fingerprint, mixture.key, mixture.as_dict(), score.choice_nll
             )
         return score
+
+    # ------------------------------------------------------------------ per document
+    def lookup_documents(self, mixture: Mixture, pool_key: str) -> DocScores | None:
+        """``mixture``'s stored per-document scores on this eval set, if complete."""
+        if self.store is None:
+            return None
+        hit = self.store.get_documents(pool_key, self.eval_set.fingerprint, mixture.key)
+        if hit is None or len(hit[0]) != len(self.eval_set.docs):
+            return None
+        return DocScores(nll=hit[0], tokens=hit[1])
+
+    def record_documents(self, mixture: Mixture, pool_key: str, docs: DocScores) -> None:
+        """Store ``docs``, the per-document scores of ``mixture`` on this eval set."""
+        if self.store is not None:
+            self.store.put_documents(
+                pool_key,
+                self.eval_set.fingerprint,
+                mixture.key,
+                mixture.as_dict(),
+                docs.nll,
+                docs.tokens,
+            )
 
     # ------------------------------------------------------------------ partial scores
     def lookup_partial(self, mixture: Mixture, pool_key: str) -> dict[str, Row] | None:

@@ -32,6 +32,7 @@ from ablate.validation.stats import POOLED, bootstrap_correlations, correlations
 from ablate.validation.tasks import task_table
 
 if TYPE_CHECKING:
+    from ablate.engine.scores import TaskScore
     from ablate.evaluator import Evaluator, MixtureLike
     from ablate.validation.models import ValidationRecord
 
@@ -146,8 +147,8 @@ def validate(
     proxy_tasks, real_tasks = [], []  # per mixture {task: TaskScore}; real: per repeat too
     scoring = tqdm(chosen, desc="scoring proxies and real models", unit="mix", disable=not show)
     for i, m in enumerate(scoring):
-        p_docs = _proxy_documents(ev, m, extrapolate)
-        proxy_tasks.append(_task_scores(ev))  # the skeleton holds the proxy now
+        p_docs, p_tasks = _proxy_scores(ev, m, extrapolate)
+        proxy_tasks.append(p_tasks)
         runs, reps = [], []
         for rep in per_repeat:
             docs, scores = real_scores(ev, rep[i])
@@ -317,22 +318,31 @@ def _check_supply(ev: Evaluator, mixtures: Sequence[Mixture], tokens: int) -> No
         )
 
 
-def _proxy_documents(ev: Evaluator, mixture: Mixture, extrapolate: float | str) -> DocScores:
-    """The proxy's per-document scores; without extrapolation (the evaluator's merge: the
-    plain average or ``--merge``) they are also stored as the mixture's score (their domain
-    totals are exactly what ``evaluate`` computes)."""
-    ev.merged.load(mixture, method=None if extrapolate == 1.0 else merge_method(extrapolate))
+def _proxy_scores(
+    ev: Evaluator, mixture: Mixture, extrapolate: float | str
+) -> tuple[DocScores, dict[str, TaskScore]]:
+    """The proxy's per-document and task scores. The evaluator's own proxy (no
+    extrapolation: the plain average or ``--merge``) is read from the results store when it
+    was scored before, else merged, scored and stored: per document, per domain (exactly
+    what ``evaluate`` computes) and per task, so a rerun or a resumed validation merges
+    nothing twice."""
+    stored = extrapolate == 1.0
+    key = ev.pool_key(mixture) if stored else ""
+    if stored:
+        docs = ev.cache.lookup_documents(mixture, key)
+        tasks = {n: ev.cache.lookup_task(t, mixture, key) for n, t in ev.tasks.items()}
+        if docs is not None and all(s is not None for s in tasks.values()):
+            return docs, tasks  # type: ignore[return-value]
+    ev.merged.load(mixture, method=None if stored else merge_method(extrapolate))
     docs = ev.scorer().score_documents()
-    if extrapolate == 1.0:
-        key = ev.pool_key(mixture)
+    tasks = {name: ev.task_scorer(t).score() for name, t in ev.tasks.items()}
+    if stored:
         if ev.cache.lookup(mixture, key) is None:
             ev.cache.record(mixture, docs.domain_totals(ev.eval_set), key)
-    return docs
-
-
-def _task_scores(ev: Evaluator) -> dict:
-    """``{task: TaskScore}`` of the weights the skeleton holds now (no tasks: empty)."""
-    return {name: ev.task_scorer(t).score() for name, t in ev.tasks.items()}
+        ev.cache.record_documents(mixture, key, docs)
+        for name, score in tasks.items():
+            ev.cache.record_task(ev.tasks[name], mixture, key, score)
+    return docs, tasks
 
 
 def _drop_weights(ev: Evaluator, records: Sequence[ValidationRecord]) -> None:

@@ -544,3 +544,26 @@ def test_real_scores_are_stored_read_back_and_outlive_dropped_weights(full_pool,
     assert line.startswith("ablate: error:") and "kept only its scores" in line
     assert "delete that folder" in line
     assert _records(full_pool.path) == records
+
+
+def test_a_rerun_merges_no_proxy_and_loads_no_real_model(full_pool, corpus, monkeypatch):
+    """Proxies' per-document scores go to the results store and real models' beside them:
+    validating again (another target, a notebook tomorrow, a resumed run) computes nothing."""
+    mixes = [Mixture.uniform(["math", "wiki"]), Mixture.parse("code=1,math=3")]
+    first = validate(
+        Evaluator(full_pool, corpus["eval"], by="domain", progress=False),
+        mixtures=mixes,
+        repeats=2,
+        bootstrap=0,
+    )
+    ev = Evaluator(full_pool, corpus["eval"], by="domain", progress=False)  # a new session
+    calls: list[str] = []
+    monkeypatch.setattr(ev.merged, "load", lambda *a, **k: calls.append("merge"))
+    monkeypatch.setattr(ev.merged, "load_state", lambda *a, **k: calls.append("real model"))
+    again = validate(ev, mixtures=mixes, repeats=2, bootstrap=0)
+    assert calls == [] and again.trained == 0
+    assert again.pairs.equals(first.pairs)
+    assert again.decisions["spearman"].equals(first.decisions["spearman"])
+    # An extrapolated proxy is not the evaluator's: it is merged every time, never stored.
+    validate(ev, mixtures=mixes, repeats=2, bootstrap=0, extrapolate=1.5)
+    assert calls == ["merge", "merge"]
