@@ -331,48 +331,27 @@ def _split(folder: Path, tok, unit_tokens: int, eval_docs: int) -> None:
 
 
 # ---------------------------------------------------------------------------- measuring
-_REAL_SCORER = "real_scores"  # validate's scorer of one real model (patched by the memo)
+LEGACY_SCORES = "real_scores"  # a cell's own memo of real scores, from before validate kept them
 
 
-def _cached_scores(folder: Path, key: str):
-    """The memoised ``DocScores`` of real model ``key`` in ``folder``, or None."""
+def _adopt_legacy_scores(folder: Path, ev) -> None:
+    """Cells measured before ``validate`` stored its real models' scores kept them in
+    ``folder/real_scores/<key>.npz`` (and the weights of some of those models were deleted
+    since, to save disk): store each as its model's own scores on ``ev``'s eval set, where
+    validate and the modes below read them like any other."""
     import numpy as np
 
     from ablate.engine.scoring import DocScores
+    from ablate.validation.models import read_validation
+    from ablate.validation.real_scores import store_documents, stored_documents
 
-    f = folder / f"{key}.npz"
-    if not f.is_file():
-        return None
-    z = np.load(f)
-    return DocScores(nll=z["nll"], tokens=z["tokens"])
-
-
-def _memo_real_scores(folder: Path) -> None:
-    """Score each real model once for all variants: its per-document NLL on the shared eval
-    set does not depend on the variant, so it is kept in ``folder`` by the model's key
-    (validate stores it in the model's folder too; this memo is what ``--pick-ceilings``
-    reads, and cells measured before validate kept scores answer from it)."""
-    import importlib
-
-    import numpy as np
-
-    module = importlib.import_module("ablate.validation.validate")  # the module, not the function
-
-    current = getattr(module, _REAL_SCORER)
-    plain = getattr(current, "__wrapped__", current)
-
-    def real_documents(ev, rec, *, tasks=True):
-        if not ev.tasks and (cached := _cached_scores(folder, rec.key)) is not None:
-            return cached, {}
-        got, scores = plain(ev, rec, tasks=tasks)
-        folder.mkdir(parents=True, exist_ok=True)
-        f = folder / f"{rec.key}.npz"
-        np.savez(f.with_suffix(".tmp.npz"), nll=got.nll, tokens=got.tokens)
-        f.with_suffix(".tmp.npz").replace(f)
-        return got, scores
-
-    real_documents.__wrapped__ = plain
-    setattr(module, _REAL_SCORER, real_documents)
+    for f in sorted((folder / LEGACY_SCORES).glob("*.npz")):
+        rec = read_validation(ev.pool, f.stem)
+        if rec is None or stored_documents(ev.pool, rec, ev.eval_set) is not None:
+            continue
+        with np.load(f) as z:
+            docs = DocScores(nll=z["nll"], tokens=z["tokens"])
+        store_documents(ev.pool, rec, ev.eval_set, docs)
 
 
 def merge_pool(folder: Path, variant: str, merge: str, args):
@@ -435,9 +414,8 @@ def _validate(pool, eval_file: Path, args, merge: str = "average"):
     from ablate import Evaluator
     from ablate.validation import validate
 
-    _memo_real_scores(eval_file.parent / "real_scores")
-
     ev = Evaluator(pool, eval_file, by="domain", progress=False, merge=merge)
+    _adopt_legacy_scores(eval_file.parent, ev)
     v = validate(
         ev,
         sample=args.sample,
@@ -705,16 +683,18 @@ def _sample(folder: Path, args, pool: str = "plain", merge: str = "average"):
 
 def _real_runs(folder: Path, ev, chosen, repeats: int):
     """``(R, M, n_docs)`` per-document NLL of the sample's real models (seeds 0..R-1) and
-    the documents' scored tokens, from the cell's cached scores; None where one is missing."""
+    the documents' scored tokens, from their stored scores; None where one is missing."""
     import numpy as np
 
-    from ablate.validation.models import plan_for
+    from ablate.validation.models import plan_for, read_validation
+    from ablate.validation.real_scores import stored_documents
 
+    _adopt_legacy_scores(folder, ev)
     nll, tokens = np.empty((repeats, len(chosen), len(ev.eval_set.docs))), None
     for r in range(repeats):
         for i, m in enumerate(chosen):
-            key = plan_for(ev, m, budget="fixed", repeat=r).key
-            if (scores := _cached_scores(folder / "real_scores", key)) is None:
+            rec = read_validation(ev.pool, plan_for(ev, m, budget="fixed", repeat=r).key)
+            if rec is None or (scores := stored_documents(ev.pool, rec, ev.eval_set)) is None:
                 return None
             nll[r, i], tokens = scores.nll, scores.tokens
     return nll, tokens

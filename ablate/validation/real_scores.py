@@ -28,6 +28,7 @@ from ablate.pool.errors import PoolError
 from ablate.validation.models import ValidationRecord, folder_of, load_into
 
 if TYPE_CHECKING:
+    from ablate.data.evalset import EvalSet
     from ablate.evaluator import Evaluator
     from ablate.pool import Pool
 
@@ -64,6 +65,19 @@ def weights_file(pool: Pool, rec: ValidationRecord) -> Path:
     return folder_of(pool, rec.key) / rec.weights_file
 
 
+def stored_documents(pool: Pool, rec: ValidationRecord, eval_set: EvalSet) -> DocScores | None:
+    """``rec``'s stored per-document scores on ``eval_set`` (None: not scored on it)."""
+    hit = _read(_file(pool, rec, "evalset", eval_set.fingerprint), rec)
+    if hit is None or len(hit["nll"]) != len(eval_set.docs):
+        return None
+    return DocScores(nll=hit["nll"], tokens=hit["tokens"])
+
+
+def store_documents(pool: Pool, rec: ValidationRecord, eval_set: EvalSet, docs: DocScores) -> None:
+    """Store ``docs``, ``rec``'s per-document scores on ``eval_set``."""
+    _write(_file(pool, rec, "evalset", eval_set.fingerprint), rec, nll=docs.nll, tokens=docs.tokens)
+
+
 def real_scores(
     ev: Evaluator, rec: ValidationRecord, *, tasks: bool = True
 ) -> tuple[DocScores, dict[str, TaskScore]]:
@@ -71,11 +85,7 @@ def real_scores(
     from the model's stored scores where they exist; the rest is scored (the model loaded
     into ``ev``'s skeleton, which then holds it) and stored."""
     pool = ev.pool
-    docs_file = _file(pool, rec, "evalset", ev.eval_set.fingerprint)
-    hit = _read(docs_file, rec)
-    docs = None
-    if hit is not None and len(hit["nll"]) == len(ev.eval_set.docs):
-        docs = DocScores(nll=hit["nll"], tokens=hit["tokens"])
+    docs = stored_documents(pool, rec, ev.eval_set)
     wanted = ev.tasks if tasks else {}
     found: dict[str, TaskScore] = {}
     for name, task in wanted.items():
@@ -94,7 +104,7 @@ def real_scores(
     load_into(ev, rec)
     if docs is None:
         docs = ev.scorer().score_documents()
-        _write(docs_file, rec, nll=docs.nll, tokens=docs.tokens)
+        store_documents(pool, rec, ev.eval_set, docs)
     for name, task in wanted.items():
         if name not in found:
             found[name] = ev.task_scorer(task).score()
