@@ -33,8 +33,8 @@ Two modes read cached cells only (no training): ``--pick-ceilings`` prints how o
 perfect proxy's pick is within 1% of fresh seeds' best, and ``--referee-pairs`` judges the
 bar against every pair of a cell's ``--repeats`` seeds (the issue's ``--repeats 2`` is one
 pair), for the first ``--variants``/``--merge`` proxies and for two other seeds' mean used as
-the proxy (the like-for-like ceiling of the whole bar; the proxies' per-document scores are
-kept in the cell folder):
+the proxy (the like-for-like ceiling of the whole bar; proxies come from the pool's results
+store, where every row's validation left them):
 
     python benchmarks/bench_fidelity.py --work runs/fidelity --corpora mlcode scistack \
         system infra --settings 300000:30000 300000:60000 900000:30000 --repeats 4 \
@@ -48,7 +48,6 @@ run corpora in separate processes.
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import math
@@ -725,25 +724,15 @@ def pick_ceilings(folder: Path, args) -> dict | None:
 
 
 def _proxy_nll(folder: Path, variant: str, merge: str, args):
-    """``(M, n_docs)`` per-document NLL of the sample's proxies (kept in the cell folder)."""
+    """``(M, n_docs)`` per-document NLL of the sample's proxies (``validate``'s own, kept in
+    the pool's results store: merged once, by the row that measured them or here)."""
     import numpy as np
 
-    from ablate.pool.atomic import write_bytes
+    from ablate.validation.validate import proxy_scores
 
-    tag = f"{variant}+{merge}" + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
-    f = folder / f"proxy-nll-{tag}-s{args.sample}-seed{args.seed}.npy"
-    if f.is_file():
-        return np.load(f)
     pool = merge_pool(folder, variant, merge, args)  # the pool copy with the merge's statistics
     ev, chosen = _sample(folder, args, pool=pool.path.name, merge=merge)
-    nll = []
-    for m in chosen:
-        ev.merged.load(m)
-        nll.append(ev.scorer().score_documents().nll)
-    buf = io.BytesIO()
-    np.save(buf, np.stack(nll))
-    write_bytes(f, buf.getvalue())
-    return np.stack(nll)
+    return np.stack([proxy_scores(ev, m)[0].nll for m in chosen])
 
 
 def referee_pairs(folder: Path, variant: str, merge: str, args) -> list[dict] | None:

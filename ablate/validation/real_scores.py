@@ -40,19 +40,19 @@ def _file(pool: Pool, rec: ValidationRecord, kind: str, fingerprint: str) -> Pat
     return folder_of(pool, rec.key) / SCORES_DIR / f"{kind}-{fingerprint[:_NAME_CHARS]}.npz"
 
 
-def _read(path: Path, rec: ValidationRecord) -> dict[str, np.ndarray] | None:
-    """The arrays stored at ``path`` if they were scored from ``rec``'s weights; a missing,
-    damaged or stale file reads as None (the model is scored again, if it still can be)."""
+def _read(path: Path, rec: ValidationRecord, *keys: str) -> dict[str, np.ndarray] | None:
+    """The arrays ``keys`` stored at ``path`` if they were scored from ``rec``'s weights; a
+    missing, damaged, incomplete or stale file reads as None (the model is scored again, if
+    it still can be)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            got = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile):
+            if str(z["weights_sha256"]) != rec.weights_sha256:
+                return None
+            return {k: z[k] for k in keys}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
-    if str(got.pop("weights_sha256", "")) != rec.weights_sha256:
-        return None
-    return got
 
 
 def _write(path: Path, rec: ValidationRecord, **arrays: np.ndarray) -> None:
@@ -67,7 +67,7 @@ def weights_file(pool: Pool, rec: ValidationRecord) -> Path:
 
 def stored_documents(pool: Pool, rec: ValidationRecord, eval_set: EvalSet) -> DocScores | None:
     """``rec``'s stored per-document scores on ``eval_set`` (None: not scored on it)."""
-    hit = _read(_file(pool, rec, "evalset", eval_set.fingerprint), rec)
+    hit = _read(_file(pool, rec, "evalset", eval_set.fingerprint), rec, "nll", "tokens")
     if hit is None or len(hit["nll"]) != len(eval_set.docs):
         return None
     return DocScores(nll=hit["nll"], tokens=hit["tokens"])
@@ -89,7 +89,7 @@ def real_scores(
     wanted = ev.tasks if tasks else {}
     found: dict[str, TaskScore] = {}
     for name, task in wanted.items():
-        got = _read(_file(pool, rec, "task", task.fingerprint), rec)
+        got = _read(_file(pool, rec, "task", task.fingerprint), rec, "choice_nll")
         if got is not None and len(got["choice_nll"]) == task.offsets[-1]:
             found[name] = TaskScore.of(task, got["choice_nll"], cached=True)
     if docs is not None and len(found) == len(wanted):

@@ -147,7 +147,7 @@ def validate(
     proxy_tasks, real_tasks = [], []  # per mixture {task: TaskScore}; real: per repeat too
     scoring = tqdm(chosen, desc="scoring proxies and real models", unit="mix", disable=not show)
     for i, m in enumerate(scoring):
-        p_docs, p_tasks = _proxy_scores(ev, m, extrapolate)
+        p_docs, p_tasks = proxy_scores(ev, m, extrapolate)
         proxy_tasks.append(p_tasks)
         runs, reps = [], []
         for rep in per_repeat:
@@ -318,8 +318,8 @@ def _check_supply(ev: Evaluator, mixtures: Sequence[Mixture], tokens: int) -> No
         )
 
 
-def _proxy_scores(
-    ev: Evaluator, mixture: Mixture, extrapolate: float | str
+def proxy_scores(
+    ev: Evaluator, mixture: Mixture, extrapolate: float | str = 1.0
 ) -> tuple[DocScores, dict[str, TaskScore]]:
     """The proxy's per-document and task scores. The evaluator's own proxy (no
     extrapolation: the plain average or ``--merge``) is read from the results store when it
