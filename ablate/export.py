@@ -114,7 +114,8 @@ def export(
     if adapter and layout.merge != "average":
         raise AblateError(
             f"--adapter writes the plain average's concatenated factors; a {layout.merge} merge "
-            "is not low-rank: drop --adapter to export its full weights"
+            "is not low-rank: drop --adapter to export its full weights, or add --merge "
+            "average to export the plain average's adapter"
         )
     if adapter and not pool.method.merges_by_factors:
         raise AblateError(

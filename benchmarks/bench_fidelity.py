@@ -29,6 +29,13 @@ minute or two per cell on one core):
     python benchmarks/bench_fidelity.py --work runs/fidelity --corpora system \
         --settings 300000:60000 --variants plain --merge average fisher fisher_tensor
 
+``--method lora`` builds LoRA cells beside the full-weight ones (folders and labels end in
+``-lora``): members and real models train adapters (the product's targets for the
+architecture unless ``--lora-targets``); member levers that need full weights are refused:
+
+    python benchmarks/bench_fidelity.py --work runs/fidelity --corpora infra \
+        --settings 300000:30000 --method lora --variants plain --merge average regmean
+
 Two modes read cached cells only (no training): ``--pick-ceilings`` prints how often a
 perfect proxy's pick is within 1% of fresh seeds' best, and ``--referee-pairs`` judges the
 bar against every pair of a cell's ``--repeats`` seeds (the issue's ``--repeats 2`` is one
@@ -75,6 +82,9 @@ VARIANTS: dict[str, dict] = {
     "lowlr": {"member_schedule": "constant", "member_lr": LR / 10},  # the seed's final rate
     "both": {"member_seed_share": 0.5, "member_schedule": "constant", "member_lr": LR / 10},
     "precond": {"member_preconditioner": "seed"},  # the seed's AdamW second moments
+    # the default members (seed's second moments) also reading seed data, DeMix-style
+    "precondmix50": {"member_preconditioner": "seed", "member_seed_share": 0.5},
+    "precondmix20": {"member_preconditioner": "seed", "member_seed_share": 0.2},
 }
 
 
@@ -234,7 +244,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, args) -> dict:
     """Plain pool (its own tiny seed) and one pool per variant sharing its seed and real
     models; returns {variant: (pool, eval file)}."""
-    from ablate.pool import Pool, Recipe, TinyModelSpec
+    from ablate.pool import LoraSpec, Pool, Recipe, TinyModelSpec
 
     folder.mkdir(parents=True, exist_ok=True)
     eval_docs = 12 if corpus == "demo" else args.eval_docs
@@ -264,11 +274,13 @@ def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, a
                 [{"text": d, "domain": p} for p, ds in parts.items() for d in ds],
             )
     recipe = Recipe(
+        method=args.method,
         unit_tokens=unit_tokens,
         seq_len=args.seq_len,
         batch_size=args.batch,
         lr=args.lr,
         seed=args.seed,
+        lora=LoraSpec(target_modules=tuple(args.lora_targets)),
     )
     plain = folder / "plain"
     if (plain / "pool.json").is_file():
@@ -625,14 +637,22 @@ def _merge_row(
 def cell_folder(work: Path, corpus: str, seed_tokens: int, unit_tokens: int, args) -> Path:
     """Where one (corpus, setting) is built: by seed and unit tokens for a tiny seed; by the
     checkpoint's folder name and the recipe for a pretrained ``--base`` (seed tokens unused)."""
+    method = _method_tag(args)
     if args.base:
         name = f"base-{Path(args.base).name}-seq{args.seq_len}-b{args.batch}-lr{args.lr:g}"
-        return work / corpus / f"{name}-unit{unit_tokens}"
+        return work / corpus / f"{name}-unit{unit_tokens}{method}"
     recipe = (args.seq_len, args.batch, args.lr)
     extra = (
         "" if recipe == (SEQ_LEN, BATCH, LR) else f"-seq{recipe[0]}-b{recipe[1]}-lr{recipe[2]:g}"
     )
-    return work / corpus / f"seed{seed_tokens}-unit{unit_tokens}{extra}"
+    return work / corpus / f"seed{seed_tokens}-unit{unit_tokens}{extra}{method}"
+
+
+def _method_tag(args) -> str:
+    """A LoRA cell's folder and label suffix (full-weight cells keep their old names)."""
+    if args.method == "full":
+        return ""
+    return "-lora" + ("-" + "+".join(args.lora_targets) if args.lora_targets else "")
 
 
 def cells(work: Path, args):
@@ -650,7 +670,7 @@ def cells(work: Path, args):
 
 def setting_label(seed_tokens: int, unit_tokens: int, args) -> str:
     seed = Path(args.base).name if args.base else f"{seed_tokens // 1000}K"
-    return f"{seed}/{unit_tokens // 1000}K"
+    return f"{seed}/{unit_tokens // 1000}K" + _method_tag(args).replace("-", " ", 1)
 
 
 def _keep_row(cache: Path, corpus, seed_tokens, unit_tokens, name, measured, start, args) -> dict:
@@ -916,6 +936,20 @@ def main() -> None:
         help="a local Hugging Face checkpoint as every cell's seed instead of a tiny seed trained "
         "on the cell's seed data (its tokenizer too; SEED in --settings then sizes only the "
         "seed data of variants that read it: mix, precond)",
+    )
+    ap.add_argument(
+        "--method",
+        choices=["full", "lora"],
+        default="full",
+        help="train members and real models as full weights or as LoRA adapters (cells of "
+        "their own: folder and label end in -lora)",
+    )
+    ap.add_argument(
+        "--lora-targets",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="LoRA targets (default: the product's choice for the architecture)",
     )
     ap.add_argument(
         "--seq-len", type=int, default=SEQ_LEN, help="members' and real models' sequence length"

@@ -62,7 +62,10 @@ def _cluster_count(text: str) -> int:
 # Defaults that depend on other flags, as --help states them.
 _DEFAULT_HELP = {
     "member_preconditioner": "seed with --seed-data and --method full, else fresh",
-    "merge": "fisher_damped where members start from the seed's second moments, else average",
+    "merge": (
+        "fisher_damped where members start from the seed's second moments, regmean for "
+        "--method lora, else average"
+    ),
 }
 
 

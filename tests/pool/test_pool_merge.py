@@ -36,10 +36,11 @@ def test_preconditioned_pools_merge_by_fisher_damped_and_grow_prepares_it(seeded
     assert ev.pool_key(mix) == domain_evaluator(seeded, corpus, merge="fisher_damped").pool_key(mix)
 
 
-def test_the_default_follows_the_members_optimizer_and_old_pools_read_as_average(full_pool_dir):
+def test_the_default_follows_the_members_optimizer_and_method_and_old_pools_read_as_average(full_pool_dir):
     assert new_pool_merge(tiny_recipe(member_preconditioner="seed")) == "fisher_damped"
     assert new_pool_merge(tiny_recipe()) == "average"
-    assert new_pool_merge(new_pool_recipe("seed.jsonl", method="lora")) == "average"
+    assert new_pool_merge(new_pool_recipe("seed.jsonl", method="lora")) == "regmean"
+    assert new_pool_merge(tiny_recipe(method="lora")) == "regmean"
     raw = json.loads((full_pool_dir / "pool.json").read_text())
     assert "merge" not in raw  # an average pool's pool.json is what it was before the field
     manifest = PoolManifest.model_validate(raw)
@@ -124,6 +125,40 @@ def test_cli_init_records_the_merge_ls_shows_it_and_grow_prepares_it(
     assert json.loads(run_cli("pool", "ls", path, "--json").stdout)["merge"] == "regmean"
     help_text = " ".join(run_cli("pool", "init", "--help").stdout.split())
     assert "fisher_damped where members start from the seed's second moments" in help_text
+    assert "regmean for --method lora" in help_text
+
+
+def test_a_new_lora_pool_merges_by_regmean_and_exports_the_average_adapter_only_when_asked(
+    tmp_path, full_pool_dir, corpus
+):
+    """LoRA pools default to RegMean (the fidelity suite's LoRA cells ranked better with it):
+    grow computes the Grams, evaluators merge by it unasked, and an adapter export (the
+    average's factors) says how to get one."""
+    path = tmp_path / "pool"
+    small = ("--seq-len", "32", "--batch-size", "4", "--unit-tokens", "400")
+    r = run_cli("pool", "init", path, "--base", full_pool_dir / "base", "--method", "lora", *small)
+    assert r.returncode == 0, r.stderr
+    assert "merge regmean" in r.stdout
+    for part in ("train", "math"):
+        assert run_cli("pool", "add", path, corpus[part], "--partition-by", "domain").returncode == 0
+    assert run_cli("pool", "grow", path).returncode == 0
+    pool = Pool.open(path)
+    assert pool.merge == "regmean" and all(gram_record(pool, m) for m in pool.members)
+    mix = Mixture.parse("code=1,wiki=3")
+    ev = domain_evaluator(pool, corpus)
+    average = domain_evaluator(pool, corpus, merge="average")
+    assert ev.layout.merge == "regmean"
+    assert ev.evaluate(mix).scores["code"].ppl != pytest.approx(
+        average.evaluate(mix).scores["code"].ppl, rel=1e-6
+    )
+    r = run_cli("export", path, tmp_path / "a", "--mixture", "code=1,wiki=3", "--adapter")
+    assert r.returncode != 0 and "--merge average" in r.stderr and not (tmp_path / "a").exists()
+    r = run_cli(
+        "export", path, tmp_path / "a", "--mixture", "code=1,wiki=3", "--adapter", "--merge",
+        "average",
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
 
 
 def test_export_and_the_average_only_commands_follow_or_override_the_pool(seeded, tmp_path, corpus):
