@@ -36,7 +36,9 @@ def test_preconditioned_pools_merge_by_fisher_damped_and_grow_prepares_it(seeded
     assert ev.pool_key(mix) == domain_evaluator(seeded, corpus, merge="fisher_damped").pool_key(mix)
 
 
-def test_the_default_follows_the_members_optimizer_and_method_and_old_pools_read_as_average(full_pool_dir):
+def test_the_default_follows_the_members_optimizer_and_method_and_old_pools_read_as_average(
+    full_pool_dir,
+):
     assert new_pool_merge(tiny_recipe(member_preconditioner="seed")) == "fisher_damped"
     assert new_pool_merge(tiny_recipe()) == "average"
     assert new_pool_merge(new_pool_recipe("seed.jsonl", method="lora")) == "regmean"
@@ -140,7 +142,9 @@ def test_a_new_lora_pool_merges_by_regmean_and_exports_the_average_adapter_only_
     assert r.returncode == 0, r.stderr
     assert "merge regmean" in r.stdout
     for part in ("train", "math"):
-        assert run_cli("pool", "add", path, corpus[part], "--partition-by", "domain").returncode == 0
+        assert (
+            run_cli("pool", "add", path, corpus[part], "--partition-by", "domain").returncode == 0
+        )
     assert run_cli("pool", "grow", path).returncode == 0
     pool = Pool.open(path)
     assert pool.merge == "regmean" and all(gram_record(pool, m) for m in pool.members)
@@ -154,7 +158,13 @@ def test_a_new_lora_pool_merges_by_regmean_and_exports_the_average_adapter_only_
     r = run_cli("export", path, tmp_path / "a", "--mixture", "code=1,wiki=3", "--adapter")
     assert r.returncode != 0 and "--merge average" in r.stderr and not (tmp_path / "a").exists()
     r = run_cli(
-        "export", path, tmp_path / "a", "--mixture", "code=1,wiki=3", "--adapter", "--merge",
+        "export",
+        path,
+        tmp_path / "a",
+        "--mixture",
+        "code=1,wiki=3",
+        "--adapter",
+        "--merge",
         "average",
     )
     assert r.returncode == 0, r.stderr
