@@ -20,13 +20,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     AutoModelForCausalLM.from_pretrained, lm-evaluation-harness or vLLM load with no
     remote code, plus ablate_merge.json (mixture, members and their sha256, seed
     sha256, ablate version). LoRA pools write merged full weights, or with --adapter
-    the exactly merged adapter (peft) beside the seed in base/. Written into a
+    the plain average's exactly merged adapter (peft) beside the seed in base/ (a LoRA
+    pool's own merge, RegMean, is not low-rank: add --merge average). Written into a
     temporary folder and renamed; an existing folder is refused unless --overwrite.
 
     Examples:
         ablate export runs/pool --weights code=0.3,wiki=0.7 out/proxy
         ablate export runs/pool --mixture code,wiki out/proxy --dtype bf16 --overwrite
-        ablate export runs/lora-pool --weights code=0.3,wiki=0.7 out/adapter --adapter
+        ablate export runs/lora-pool --weights code=0.3,wiki=0.7 out/adapter --adapter --merge average
     """
     spec = args.weights or args.mixture
     if not spec:
@@ -64,8 +65,9 @@ def add_export_command(sub: Any) -> None:
     p.add_argument(
         "--adapter",
         action="store_true",
-        help="LoRA pools: write the exactly merged adapter (peft) and the seed in base/ "
-        "instead of merged full weights",
+        help="LoRA pools: write the plain average's exactly merged adapter (peft) and the "
+        "seed in base/ instead of merged full weights (with --merge average on a pool that "
+        "merges by regmean, new LoRA pools' default)",
     )
     p.add_argument(
         "--merge",
