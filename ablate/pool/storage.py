@@ -174,6 +174,13 @@ class GramRecord(_Record):
     seq_len: int = Field(gt=0)
     gram_sha256: str
     created_at: str
+    shares: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Weights whose Gram is another weight's (layers that read the same input, such as "
+            "q_proj and v_proj), stored once under that weight's name: weight -> stored name."
+        ),
+    )
 
 
 class PreconditionerRecord(_Record):

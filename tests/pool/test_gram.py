@@ -3,11 +3,13 @@ resume, that old pools keep their keys, that ``pool verify`` checks them, LoRA p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
 import pytest
 import torch
+from safetensors.torch import save
 from support import run_cli
 
 from ablate.engine.layout import MemberLayout
@@ -79,6 +81,11 @@ def test_pool_gram_resumes_keeps_the_average_keys_and_verify_checks_it(full_pool
         got = gram_record(full_pool, m)
         assert got is not None and got.batches == 1 and got.weights_sha256 == m.weights_sha256
         assert "model.embed_tokens.weight" in load_gram(full_pool, m)
+        # Layers that read one input (q, k, v; gate, up) keep one Gram on disk.
+        layer = "model.layers.0"
+        assert got.shares[f"{layer}.self_attn.v_proj.weight"] == f"{layer}.self_attn.q_proj.weight"
+        assert got.shares[f"{layer}.mlp.up_proj.weight"] == f"{layer}.mlp.gate_proj.weight"
+        assert not set(got.shares) & set(load_tensors(gram_paths(full_pool, m)[0]))
     assert MemberLayout(full_pool).pool_key(mixture) == key_before
     key = MemberLayout(full_pool, merge="regmean").pool_key(mixture)
     assert key != key_before
@@ -122,6 +129,24 @@ def test_lora_grams_are_the_adapted_layers_inputs_at_the_members_weights(lora_po
     for g in grams.values():
         assert g.shape[0] == g.shape[1] and torch.allclose(g, g.T, atol=1e-6)
         assert float(torch.linalg.eigvalsh(g.double()).min()) > -1e-6  # a Gram is PSD
+    # q_proj and v_proj read the same input: one Gram per layer on disk, both names loaded.
+    stored = load_tensors(gram_paths(pool, rec)[0])
+    record = gram_record(pool, rec)
+    assert set(stored) == {n for n in adapted if "q_proj" in n} and len(stored) == len(adapted) // 2
+    assert record.shares == {n: n.replace("v_proj", "q_proj") for n in adapted if "v_proj" in n}
+    computed, _ = member_gram(pool, rec, batches=1, device="cpu")
+    assert all(torch.equal(grams[k], computed[k]) for k in computed)
+    # A record from before shares (every Gram on disk, no field) reads as it was written.
+    data = save(computed, metadata={"format": "pt"})
+    tensors, record_file = gram_paths(pool, rec)
+    tensors.write_bytes(data)
+    raw = json.loads(record_file.read_text())
+    del raw["shares"]
+    raw["gram_sha256"] = hashlib.sha256(data).hexdigest()
+    record_file.write_text(json.dumps(raw))
+    assert gram_record(pool, rec).shares == {} and pool.verify().ok
+    legacy = load_gram(pool, rec)
+    assert set(legacy) == adapted and all(torch.equal(legacy[k], computed[k]) for k in computed)
 
 
 def test_a_head_tied_to_the_embedding_has_no_gram_of_its_own():
