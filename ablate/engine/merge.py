@@ -503,16 +503,23 @@ class MergedModel:
                     )
                 per_member.append(got)
             good = next((m for m in per_member if m), {})
+            # Layers that read one input share one stored Gram (``GramRecord.shares``), loaded
+            # as one tensor under each name: they share one stack too.
+            done: dict[tuple, torch.Tensor] = {}
 
             def stacked(name: str) -> torch.Tensor | None:
                 if name not in good or any(m and name not in m for m in per_member):
                     return None
+                key = tuple(id(m[name]) if m else None for m in per_member)
+                if key in done:
+                    return done[key]
                 g = torch.stack(
                     [m[name] if m else torch.zeros_like(good[name]) for m in per_member]
                 ).to(self.device, torch.float64)
                 if g.dim() == 3 and shrink != 1.0:
                     diag = torch.diagonal(g, dim1=1, dim2=2)  # (N, in)
                     g = shrink * g + (1.0 - shrink) * torch.diag_embed(diag)
+                done[key] = g
                 return g
 
             if self.merges_deltas:

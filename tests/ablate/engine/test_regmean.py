@@ -167,6 +167,10 @@ def test_lora_pools_merge_the_adapted_layers_from_the_members_updates(lora_pool_
         torch.testing.assert_close(got[name].double(), want, rtol=1e-3, atol=1e-5)
     untouched = [k for k in seed if k not in grams[0]]
     assert untouched and all(torch.equal(got[k], seed[k].detach()) for k in untouched)
+    # q_proj and v_proj read one input: one stored Gram, one stack in the merge.
+    stacks = {site.name: g for site, g in m._regmean_sites(0.9)}
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert stacks[q] is stacks[q.replace("q_proj", "v_proj")]
     m.merge(w, method=MERGES["average"]())
     assert not torch.allclose(
         m.model.get_parameter(next(iter(grams[0]))), got[next(iter(grams[0]))]
