@@ -302,7 +302,7 @@ class Evaluator:
                 out[m.key] = self.cache.lookup(m, key)
                 if out[m.key] is None:
                     todo[m] = key
-        hits = {m.key: self._task_hits(m, key) for m, key in todo.items()}
+        hits = {m.key: self.cache.lookup_tasks(self.tasks, m, key) for m, key in todo.items()}
         tasks = [t for t in self.tasks.values() if any(t.name not in h for h in hits.values())]
         show = self.progress if progress is None else progress
         with tqdm(
@@ -334,7 +334,7 @@ class Evaluator:
                 found[m.key] = kept
                 continue
             key = self.pool_key(m)
-            found[m.key] = {**self._task_hits(m, key), **kept}
+            found[m.key] = {**self.cache.lookup_tasks(self.tasks, m, key), **kept}
             if len(found[m.key]) < len(self.tasks):
                 todo[m] = key
         tasks = [t for t in self.tasks.values() if any(t.name not in found[m.key] for m in todo)]
@@ -344,11 +344,6 @@ class Evaluator:
             dataclasses.replace(r, tasks={n: found[r.mixture.key][n] for n in self.tasks})
             for r in results
         ]
-
-    def _task_hits(self, mixture: Mixture, key: str) -> dict[str, TaskScore]:
-        """The tasks whose scores of ``mixture`` the store holds."""
-        hits = {n: self.cache.lookup_task(t, mixture, key) for n, t in self.tasks.items()}
-        return {n: s for n, s in hits.items() if s is not None}
 
     def _record_tasks(
         self, scored: Scored, key: str, have: Mapping[str, TaskScore]

@@ -324,6 +324,13 @@ class ResultsCache:
             return None
         return TaskScore.of(task, hit, cached=True)
 
+    def lookup_tasks(
+        self, tasks: Mapping[str, Task], mixture: Mixture, pool_key: str
+    ) -> dict[str, TaskScore]:
+        """The scores of ``mixture`` the store holds for ``tasks`` (by name; missing: absent)."""
+        hits = {n: self.lookup_task(t, mixture, pool_key) for n, t in tasks.items()}
+        return {n: s for n, s in hits.items() if s is not None}
+
     def record_task(
         self, task: Task, mixture: Mixture, pool_key: str, score: TaskScore
     ) -> TaskScore:

@@ -185,21 +185,13 @@ def stored_once(
     return stored, shares
 
 
-def load_gram(pool: Pool, rec: MemberRecord) -> dict[str, torch.Tensor]:
-    """A member's Grams by weight name (fp32, checked against its record), those stored once
-    for several weights (``GramRecord.shares``) under each of their names."""
-    got = load_stats(pool, rec, GRAM)
-    record = stat_record(pool, rec, GRAM)
-    for name, source in (record.shares if record is not None else {}).items():
-        got[name] = got[source]
-    return got
-
-
 # Where a member's Gram statistic lives, its record, all of them, its tensors
 # (``ablate.pool.statistics`` for this kind).
 gram_paths = partial(stat_paths, stat=GRAM)
 gram_record = partial(stat_record, stat=GRAM)
 require_gram = partial(require_stats, stat=GRAM)
+# By weight name, those stored once for several (``GramRecord.shares``) under each name.
+load_gram = partial(load_stats, stat=GRAM)
 
 
 # Compute what members lack (resumable); returns the records computed now. ``compute`` is

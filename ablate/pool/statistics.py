@@ -89,9 +89,13 @@ def load_stats(pool: Pool, rec: MemberRecord, stat: MemberStatistic) -> dict[str
         )
     tensors, _ = stat_paths(pool, rec, stat)
     try:
-        return load_tensors(tensors, sha256=stat.sha(got))
+        out = load_tensors(tensors, sha256=stat.sha(got))
     except CorruptMemberError as e:
         raise PoolError(f"{e}; or rerun {stat.command(pool.path, force=True)}") from None
+    # Tensors stored once for several names (``GramRecord.shares``): one tensor, each name.
+    for name, source in getattr(got, "shares", {}).items():
+        out[name] = out[source]
+    return out
 
 
 def ensure_stats(

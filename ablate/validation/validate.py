@@ -330,9 +330,9 @@ def proxy_scores(
     key = ev.pool_key(mixture) if stored else ""
     if stored:
         docs = ev.cache.lookup_documents(mixture, key)
-        tasks = {n: ev.cache.lookup_task(t, mixture, key) for n, t in ev.tasks.items()}
-        if docs is not None and all(s is not None for s in tasks.values()):
-            return docs, tasks  # type: ignore[return-value]
+        tasks = ev.cache.lookup_tasks(ev.tasks, mixture, key)
+        if docs is not None and len(tasks) == len(ev.tasks):
+            return docs, tasks
     ev.merged.load(mixture, method=None if stored else merge_method(extrapolate))
     docs = ev.scorer().score_documents()
     tasks = {name: ev.task_scorer(t).score() for name, t in ev.tasks.items()}
