@@ -201,3 +201,27 @@ def write_member_stat(pool: Any, stat: Any, tensors_of: Any, **fields: Any) -> N
             **fields,
         )
         write_json(record, got.model_dump(mode="json"))
+
+
+def merge_lora_members(pool: Any, merge: str) -> tuple[Any, Any, dict, list[dict]]:
+    """A LoRA pool's members merged by ``merge`` under weights 1, 2, ..., N (normalised), for
+    checks against a formula: (the merged model, the weights, its parameters, each member's
+    effective weights: seed plus its adapter)."""
+    import torch
+
+    from ablate.engine.layout import MemberLayout
+    from ablate.engine.merge import MergedModel
+    from ablate.pool.weights import load_tensors
+
+    layout = MemberLayout(pool, merge=merge)
+    m = MergedModel(pool, layout.members, device=torch.device("cpu"), progress=False, layout=layout)
+    w = torch.tensor([1.0 + i for i in range(len(layout.members))])
+    w /= w.sum()
+    m.merge(w)
+    got = {k: p.detach().clone() for k, p in m.model.named_parameters()}
+    recipe = pool.manifest.recipe
+    full = [
+        pool.method.full_state(load_tensors(pool.weights_path(r)), pool.load_base_model, recipe)
+        for r in layout.members
+    ]
+    return m, w, got, full

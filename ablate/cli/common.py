@@ -271,11 +271,11 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         choices=POOL_MERGES,
         default=None,
         help="how a mixture's members become one model: average (weighted average), fisher "
-        "(Fisher-weighted, Matena & Raffel; run `ablate pool fisher` first; full-weight pools) "
+        "(Fisher-weighted, Matena & Raffel; run `ablate pool fisher` first) "
         "fisher_tensor (the same with each member's Fisher scaled to mean 1 per tensor), "
         "fisher_damped (that plus 1: half of every weight is the average's) "
         "or regmean (each linear layer fitted to every member's outputs on its own inputs, "
-        "Jin et al.; run `ablate pool gram` first; full-weight and LoRA pools) "
+        "Jin et al.; run `ablate pool gram` first) "
         "(default: the pool's, which `ablate pool ls` shows: fisher_damped for pools whose "
         "members start from the seed's second moments, else average)",
     )

@@ -348,7 +348,8 @@ def cmd_pool_fisher(args: argparse.Namespace) -> int:
     trained on) and store it beside its weights (fisher.safetensors, fisher.json),
     for `--merge fisher` in eval, search and validate. Members that have one for
     their current weights are skipped, so an interrupted run resumes; nothing
-    else in the pool changes. Full-weight pools only. A pool whose own merge
+    else in the pool changes. LoRA pools: of the adapted weights as merged
+    (seed plus adapter), one gradient pass per member too. A pool whose own merge
     reads it (fisher, fisher_tensor, fisher_damped: `pool ls`) computes it while
     growing: run this for other pools, or to recompute with other --batches.
 

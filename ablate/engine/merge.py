@@ -334,19 +334,26 @@ class MergedModel:
 
         Computed as ``avg + sum_i w_i F_i (theta_i - avg) / sum_i w_i F_i`` with ``avg`` the
         weighted average: the same quantity, but exactly the member for a one-member mixture
-        and exactly ``avg`` where every weighted ``F_i`` is 0 (the fallback). Full-weight pools.
+        and exactly ``avg`` where every weighted ``F_i`` is 0 (the fallback). LoRA pools: the
+        adapted weights, ``theta_i`` the members' updates ``s B_i A_i`` and ``F_i`` their
+        Fisher at the effective weights (``ablate.pool.fisher``); the rest is the seed.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
-        if self.merges_deltas:
-            from ablate.pool.fisher import LORA_REFUSAL
-
-            raise PoolError(LORA_REFUSAL)
         self.weighted_sum_(weights)  # avg, in place; also checks and handles streamed stacks
         rows = torch.nonzero(weights).flatten().tolist()
         if len(rows) < 2:
             return  # one member (or none): the average already is the answer, exactly
         w = weights[rows].to(self.device, torch.float32)  # (n,)
+        if self.merges_deltas:
+            for site, fisher in self._lora_precision(precision):
+                deltas = torch.stack([site.delta(r) for r in rows])  # (n, *param shape)
+                avg = site.param.data - site.base  # the averaged update
+                wf = fisher[rows] * w.view(-1, *([1] * avg.dim()))  # w_i F_i
+                den = wf.sum(0)
+                num = (wf * (deltas - avg)).sum(0)
+                site.param.data.add_(torch.where(den > 0, num / den.clamp_min(_TINY), 0.0))
+            return
         for a, b, theta, fisher in self._precision_blocks(rows, precision):
             wf = fisher * w[:, None]  # (n, cols) w_i F_i
             den = wf.sum(0)  # (cols,)
@@ -403,6 +410,25 @@ class MergedModel:
             self._fisher = (precision, full.to(self.device))
         return self._fisher[1]
 
+    def _lora_precision(self, precision: Precision) -> list[tuple[_LoraSite, torch.Tensor]]:
+        """Each adapted weight with the members' precision stacked ``(N, *param shape)`` on
+        the device (scaled and damped as ``precision`` says), kept for the precision last
+        asked for, like ``_precision_stack``."""
+        if self._fisher is None or self._fisher[0] != precision:
+            self._fisher = None
+            names = [s.name for s in self._sites]
+            per_member, scale = self._read_fisher(names)
+            stacks = []
+            for k, site in enumerate(self._sites):
+                f = torch.stack([m[k].view_as(site.param) for m in per_member]).float()
+                if precision in PER_TENSOR:
+                    f.mul_(scale[:, k].view(-1, *([1] * site.param.dim())))
+                if precision in DAMPING:
+                    f.add_(DAMPING[precision])
+                stacks.append((site, f.to(self.device)))
+            self._fisher = (precision, stacks)
+        return self._fisher[1]
+
     def _fisher_streams(self):
         """``(per-member flat views, (N, T) factors, (device, host) staging buffers)`` for a
         streamed stack: the Fisher streams through its own buffers like the members do."""
@@ -417,26 +443,29 @@ class MergedModel:
             self._fisher = (per_member, scale, (stage, host))
         return self._fisher
 
-    def _read_fisher(self):
-        """Members' diagonal Fisher as flat views in the stack's tensor order, and ``(N, T)``
-        factors that scale each member's tensors to mean 1 (1 where a tensor's Fisher is all
-        0). An unusable member's rows are zeros (its weight is 0 in any merge that runs)."""
+    def _read_fisher(self, names: Sequence[str] | None = None):
+        """Members' diagonal Fisher of ``names`` (default: every parameter, in the stack's
+        order) as flat views, and ``(N, T)`` factors that scale each member's tensors to mean
+        1 (1 where a tensor's Fisher is all 0). An unusable member's rows are zeros (its
+        weight is 0 in any merge that runs)."""
         from ablate.pool.fisher import load_fisher
         from ablate.pool.storage import FISHER
 
+        names = list(self._offsets) if names is None else list(names)
+        numel = {name: p.numel() for name, p in self._params}
         per_member = []
         for i, rec in enumerate(self.members):
             if i in self.unusable:
                 zero = torch.zeros(1)
-                per_member.append([zero.expand(b - a) for a, b in self._offsets.values()])
+                per_member.append([zero.expand(numel[name]) for name in names])
                 continue
             f = load_fisher(self.pool, rec)
-            if set(f) != set(self._offsets):
+            if set(f) != set(names):
                 raise PoolError(
                     f"the Fisher of member {rec.member_id} does not match its weights; "
                     f"rerun {FISHER.command(self.pool.path, force=True)}"
                 )
-            per_member.append([f[name].reshape(-1) for name in self._offsets])
+            per_member.append([f[name].reshape(-1) for name in names])
         means = torch.tensor([[float(t.double().mean()) for t in m] for m in per_member])
         scale = torch.where(means > 0, 1.0 / means.clamp_min(_TINY), 1.0).float()  # (N, T)
         return per_member, scale

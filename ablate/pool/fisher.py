@@ -18,11 +18,15 @@ it needs one backward pass per sequence and no sampling. One gradient per sequen
 batch): the squared mean gradient of a batch would underestimate the Fisher by about the
 batch size and mix sequences' signs.
 
+LoRA members: the Fisher of each adapted weight at the member's effective weights (seed plus
+its adapter), keyed by the weight's name; the merge then weighs each member's update
+``s B_i A_i`` of that weight by it (the rest of a LoRA merge is the seed).
+
 Layout: ``POOL/members/<partition>/<unit>/fisher.safetensors`` (one fp32 tensor per member
-tensor, same names) and ``fisher.json`` (``FisherRecord``, written last: its presence marks
-the Fisher finished, and it names the member weights it belongs to); files, resume and checks
-are ``ablate.pool.statistics``'. Nothing else changes, so pools without Fisher keep their
-behaviour and their keys.
+tensor, same names; LoRA: per adapted weight) and ``fisher.json`` (``FisherRecord``, written
+last: its presence marks the Fisher finished, and it names the member weights it belongs
+to); files, resume and checks are ``ablate.pool.statistics``'. Nothing else changes, so
+pools without Fisher keep their behaviour and their keys.
 """
 
 from __future__ import annotations
@@ -30,16 +34,15 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from ablate.pool.errors import CorruptMemberError, PoolError
 from ablate.pool.statistics import (
     ensure_stats,
     load_stats,
+    member_model,
     require_stats,
     stat_paths,
     stat_record,
 )
 from ablate.pool.storage import FISHER, FISHER_FILE, FISHER_RECORD, MemberRecord
-from ablate.pool.weights import load_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -49,9 +52,6 @@ if TYPE_CHECKING:
 # Batches of the pool's batch size: 16 x 16 sequences is one epoch of a 30K-token unit at
 # sequence length 128; 32 gave the same fidelity-suite table within 0.03 (docs/accuracy.md).
 DEFAULT_BATCHES = 16
-# Why LoRA pools are refused (``storage.FISHER``: a Fisher of the factors is not the curvature
-# of their product).
-LORA_REFUSAL: str = FISHER.lora_refusal or ""
 
 
 def _compute(pool: Pool, rec: MemberRecord, *, batches: int, device: str | None):
@@ -72,32 +72,29 @@ load_fisher = partial(load_stats, stat=FISHER)
 def member_fisher(
     pool: Pool, rec: MemberRecord, *, batches: int = DEFAULT_BATCHES, device: str | None = None
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """The empirical diagonal Fisher of one full-weight member and the sequences it averages.
+    """The empirical diagonal Fisher of one member and the sequences it averages: of every
+    parameter of a full-weight member, of the adapted weights of a LoRA member.
 
-    Same data as the member trained on (``Pool.member_sources``), drawn in a fixed order that
-    depends only on the member, so a rerun gives the same tensors.
+    A LoRA member's Fisher is that of its effective weights ``W0 + s B A`` (the gradient of
+    the loss with respect to the merged weight, ``sum_t g_t x_t^T`` per sequence), not of its
+    factors: the merge averages products ``B_i A_i``, whose curvature is the weight's, where
+    a Fisher of ``A`` and ``B`` would weigh each factor apart. Same data as the member trained
+    on (``Pool.member_sources``), drawn in a fixed order that depends only on the member, so
+    a rerun gives the same tensors.
     """
     import torch
 
     from ablate.pool.pool import member_seed
     from ablate.pool.train import SequenceSampler, next_token_loss, pick_device
 
-    if pool.method.merges_by_factors:
-        raise PoolError(LORA_REFUSAL)
     recipe = pool.manifest.recipe
     dev = pick_device(device)
-    model = pool.load_base_model()
-    params = dict(model.named_parameters())
-    saved = load_tensors(pool.weights_path(rec), sha256=rec.weights_sha256)
-    if set(saved) != set(params):
-        raise CorruptMemberError(
-            f"member {rec.member_id} does not have the seed model's architecture; "
-            "delete it and run `ablate pool grow`"
-        )
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(saved[name])
-    model.to(dev).eval()  # eval: no dropout, the same function the merge will score
+    model, adapted = member_model(pool, rec, dev)
+    params = {}  # what the Fisher is of; the rest is frozen (no gradient computed)
+    for name, p in model.named_parameters():
+        p.requires_grad_(adapted is None or name in adapted)
+        if p.requires_grad:
+            params[name] = p
     sampler = SequenceSampler(
         pool.member_sources(rec.partition, rec.unit),
         pool.member_source_weights(),
@@ -132,7 +129,6 @@ __all__ = [
     "FISHER",
     "FISHER_FILE",
     "FISHER_RECORD",
-    "LORA_REFUSAL",
     "ensure_fisher",
     "fisher_paths",
     "fisher_record",

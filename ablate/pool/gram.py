@@ -32,16 +32,15 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from ablate.pool.errors import CorruptMemberError
 from ablate.pool.statistics import (
     ensure_stats,
     load_stats,
+    member_model,
     require_stats,
     stat_paths,
     stat_record,
 )
 from ablate.pool.storage import GRAM, MemberRecord
-from ablate.pool.weights import load_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -51,17 +50,6 @@ if TYPE_CHECKING:
 # Batches of the pool's batch size: 16 x 16 sequences of 128 tokens (one epoch of a 30K-token
 # unit), as for the Fisher; a Gram of 128-wide inputs is well determined by 32K tokens.
 DEFAULT_BATCHES = 16
-
-
-def _adapted_weights(pool: Pool, saved: dict[str, torch.Tensor]) -> set[str] | None:
-    """Weight names of a LoRA member's adapted layers (None: a full-weight member)."""
-    if not pool.method.merges_by_factors:
-        return None
-    return {
-        k[: -len(".lora_A.weight")].removeprefix("base_model.model.") + ".weight"
-        for k in saved
-        if k.endswith("lora_A.weight")
-    }
 
 
 def gram_sites(
@@ -105,20 +93,8 @@ def member_gram(
 
     recipe = pool.manifest.recipe
     dev = pick_device(device)
-    saved = load_tensors(pool.weights_path(rec), sha256=rec.weights_sha256)
-    adapted = _adapted_weights(pool, saved)
-    state = pool.method.full_state(saved, pool.load_base_model, recipe)
-    model = pool.load_base_model()
+    model, adapted = member_model(pool, rec, dev)
     params = dict(model.named_parameters())
-    if set(state) != set(params):
-        raise CorruptMemberError(
-            f"member {rec.member_id} does not have the seed model's architecture; "
-            "delete it and run `ablate pool grow`"
-        )
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(state[name])
-    model.to(dev).eval()
     sums: dict[str, torch.Tensor] = {}
     hooks = []
     for name, module in gram_sites(model, adapted).items():

@@ -94,6 +94,11 @@ class Method(Protocol):
         """
         ...
 
+    def adapted_weights(self, saved: dict[str, torch.Tensor]) -> set[str] | None:
+        """Names of the plain weights that ``saved`` changes, where a merge's statistics
+        (Fisher, Grams) are needed only for those (None: every parameter, a full model)."""
+        ...
+
 
 @dataclass(frozen=True)
 class _MethodFlags:
@@ -134,6 +139,9 @@ class FullMethod(_MethodFlags):
         """The saved tensors already are the parameters; the seed is not loaded."""
         return saved
 
+    def adapted_weights(self, saved: dict[str, torch.Tensor]) -> set[str] | None:
+        return None
+
 
 @dataclass(frozen=True)
 class LoraMethod(_MethodFlags):
@@ -173,6 +181,15 @@ class LoraMethod(_MethodFlags):
         set_peft_model_state_dict(model, saved)
         plain = model.merge_and_unload()
         return {k: p.detach() for k, p in plain.named_parameters()}
+
+    def adapted_weights(self, saved: dict[str, torch.Tensor]) -> set[str] | None:
+        """The adapted layers' weights, from the adapter's ``lora_A`` keys."""
+        suffix = ".lora_A.weight"
+        return {
+            k[: -len(suffix)].removeprefix("base_model.model.") + ".weight"
+            for k in saved
+            if k.endswith(suffix)
+        }
 
 
 # One row per method: name, weights_file, trains_in_place, merges_by_factors, running_sum_walks.

@@ -40,7 +40,6 @@ from ablate.pool.preconditioner import (
 from ablate.pool.recipe import Recipe, TinyModelSpec
 from ablate.pool.storage import (
     MEMBER_STATISTICS,
-    MERGE_STATISTIC,
     MemberRecord,
     MemberStatistic,
     PoolManifest,
@@ -168,8 +167,6 @@ class Pool:
         path = Path(path)
         recipe = recipe or new_pool_recipe(seed_data)
         merge = check_merge(merge or new_pool_merge(recipe))
-        if (stat := MERGE_STATISTIC[merge]) is not None:
-            stat.refuse_lora(method_of(recipe).merges_by_factors)  # before anything is written
         if (path / MANIFEST).exists():
             raise PoolError(f"{path} is already a pool; add data with `ablate pool add` instead")
         if path.exists() and not path.is_dir():

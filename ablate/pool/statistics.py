@@ -50,13 +50,41 @@ def stat_record(pool: Pool, rec: MemberRecord, stat: MemberStatistic):
     return got if got.weights_sha256 == rec.weights_sha256 else None
 
 
+def member_model(
+    pool: Pool, rec: MemberRecord, device: torch.device | str
+) -> tuple[torch.nn.Module, set[str] | None]:
+    """The seed model at the member's effective weights (a LoRA member: seed plus its
+    adapter, merged), in eval mode (no dropout: the function a merge scores) on ``device``;
+    and the weights the member changes (None: all, a full-weight member). Where its
+    statistics are measured.
+
+    Raises:
+        CorruptMemberError: its tensors do not fit the seed model's architecture.
+    """
+    import torch
+
+    saved = load_tensors(pool.weights_path(rec), sha256=rec.weights_sha256)
+    adapted = pool.method.adapted_weights(saved)
+    state = pool.method.full_state(saved, pool.load_base_model, pool.manifest.recipe)
+    model = pool.load_base_model()
+    params = dict(model.named_parameters())
+    if set(state) != set(params):
+        raise CorruptMemberError(
+            f"member {rec.member_id} does not have the seed model's architecture; "
+            "delete it and run `ablate pool grow`"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name])
+    return model.to(device).eval(), adapted
+
+
 def require_stats(pool: Pool, members: Sequence[MemberRecord], stat: MemberStatistic) -> list:
     """Every member's finished record, in order.
 
     Raises:
         PoolError: a member has none (or one of older weights), naming the command to run.
     """
-    stat.refuse_lora(pool.method.merges_by_factors)
     out, missing = [], []
     for rec in members:
         got = stat_record(pool, rec, stat)
@@ -119,7 +147,6 @@ def ensure_stats(
     members = pool.members if members is None else members
     if not members:
         raise PoolError("the pool has no trained members; run `ablate pool grow` first")
-    stat.refuse_lora(pool.method.merges_by_factors)
     todo = [
         r
         for r in members
@@ -152,6 +179,7 @@ __all__ = [
     "Compute",
     "ensure_stats",
     "load_stats",
+    "member_model",
     "require_stats",
     "stat_paths",
     "stat_record",

@@ -200,14 +200,13 @@ class PreconditionerRecord(_Record):
 class MemberStatistic:
     """One kind of per-member statistic a merge reads (``ablate.pool.statistics``): its name
     (the ``ablate pool NAME`` command, the file stem and the results-key field), what it is
-    called in messages, its record class (with a ``<name>_sha256`` field), and the line that
-    refuses LoRA pools where it has no meaning for them (None: LoRA pools are supported)."""
+    called in messages, and its record class (with a ``<name>_sha256`` field). Full-weight
+    and LoRA members have each (LoRA: of the adapted weights, at the effective weights)."""
 
     name: str
     what: str  # in "the <merge> merge needs each member's <what>"
     merge: str
     record_cls: type[_Record]
-    lora_refusal: str | None = None
 
     @property
     def file(self) -> str:
@@ -221,29 +220,12 @@ class MemberStatistic:
         """The recorded sha256 of the tensors file."""
         return getattr(record, f"{self.name}_sha256")
 
-    def refuse_lora(self, merges_by_factors: bool) -> None:
-        """Refuse this statistic, in one line, for members that merge through LoRA factors
-        where it has no meaning (``lora_refusal``); ``Pool.create`` asks before any write."""
-        if self.lora_refusal is not None and merges_by_factors:
-            raise PoolError(self.lora_refusal)
-
     def command(self, pool_path: Path, force: bool = False) -> str:
         return f"`ablate pool {self.name} {pool_path}{' --force' if force else ''}`"
 
 
-# LoRA members merge exactly through their factors (sum_i w_i B_i A_i); a Fisher-weighted
-# average of the products is not a sum of factor products (it would need every product's
-# full matrix), and a Fisher of the factors weighs A and B separately, which is not the
-# product's curvature: refused, not approximated.
 FISHER = MemberStatistic(
-    name="fisher",
-    what="Fisher information",
-    merge="Fisher",
-    record_cls=FisherRecord,
-    lora_refusal=(
-        "the Fisher merge is for full-weight pools; this pool is LoRA: use --merge average "
-        "or --merge regmean, or grow a full-weight pool (--method full) to merge by Fisher"
-    ),
+    name="fisher", what="Fisher information", merge="Fisher", record_cls=FisherRecord
 )
 GRAM = MemberStatistic(
     name="gram", what="input Gram matrices", merge="RegMean", record_cls=GramRecord

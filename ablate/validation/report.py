@@ -490,20 +490,20 @@ TRUST_REGRET = 0.01
 # curvature-aware merge. With members that start from the seed's optimizer state (the
 # default for new pools with seed data) `fisher_damped` passed the suite's bar on 7 of 8
 # cells against four training seeds, the average on 5 (docs/accuracy.md): so the advice is
-# to validate it, not to switch blindly. RegMean works for LoRA pools too.
+# to validate it, not to switch blindly. Both work for LoRA pools too.
 FIX_AVERAGE = (
-    "or, on a full-weight pool, compute the members' Fisher (`ablate pool fisher POOL`) and "
-    "validate again with --merge fisher_damped, or their input Grams (`ablate pool gram "
-    "POOL`) with --merge regmean (LoRA pools too); members from before "
-    "--member-preconditioner seed: grow a pool with it"
+    "or compute the members' Fisher (`ablate pool fisher POOL`) and validate again with "
+    "--merge fisher_damped, or their input Grams (`ablate pool gram POOL`) with --merge "
+    "regmean; full-weight members from before --member-preconditioner seed: grow a pool "
+    "with it"
 )
 # With another merge (the defaults: fisher_damped, regmean for LoRA) no member lever helped
 # across the suite (seed data in preconditioned members: bar 7 -> 4 and 3 of 8 cells), while
 # the merges failed on different cells and two more seeds changed the bar on several rows:
 # the cheap next steps reuse the real models.
 FIX_OTHER = (
-    "or validate the same mixtures with another merge (--merge average, regmean, or "
-    "fisher_damped on a full-weight pool; the real models trained now are reused) and keep "
+    "or validate the same mixtures with another merge (--merge average, regmean or "
+    "fisher_damped; the real models trained now are reused) and keep "
     "the one whose verdict holds, or with --repeats 4 for a steadier referee"
 )
 

@@ -4,6 +4,8 @@ that it changes nothing else in the pool, and the one-line refusals."""
 from __future__ import annotations
 
 import json
+import shutil
+from functools import partial
 
 import pytest
 import torch
@@ -119,12 +121,64 @@ def test_a_tampered_or_stale_fisher_is_refused_in_one_line(full_pool):
     ]
 
 
-def test_lora_pools_and_bad_batches_are_refused_in_one_line(lora_pool_dir, full_pool):
-    r = run_cli("pool", "fisher", lora_pool_dir)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("ablate: error:")
-    assert "--merge average" in lines[0] and "full-weight" in lines[0]
-    assert not list(Pool.open(lora_pool_dir).path.rglob(FISHER_FILE))
+def test_a_lora_members_fisher_is_its_effective_weights_squared_per_sequence_gradient(
+    lora_pool_dir, tmp_path
+):
+    """A LoRA member's Fisher is of its adapted weights as merged (W0 + s B A), computed here
+    the other way: through peft's unmerged adapter, the gradient of each adapted layer's
+    weight is sum_t g_t x_t^T from the layer's inputs x_t and output gradients g_t."""
+    from peft import set_peft_model_state_dict
+
+    from ablate.pool.weights import wrap_lora
+
+    shutil.copytree(lora_pool_dir, tmp_path / "pool")
+    pool = Pool.open(tmp_path / "pool")
+    rec = pool.members[0]
+    got, n = member_fisher(pool, rec, batches=1, device="cpu")
+    recipe = pool.manifest.recipe
+    adapter = load_tensors(pool.weights_path(rec))
+    assert set(got) == pool.method.adapted_weights(adapter) and got  # adapted weights only
+    model = wrap_lora(pool.load_base_model(), recipe.lora)
+    set_peft_model_state_dict(model, adapter)
+    model.eval()
+    layers = {
+        name.removeprefix("base_model.model.") + ".weight": module
+        for name, module in model.named_modules()
+        if hasattr(module, "lora_A") and hasattr(module, "base_layer")
+    }
+    assert set(layers) == set(got)
+    seen: dict[str, torch.Tensor] = {}  # name: the layer's input; name/g: its output's gradient
+
+    def capture(_module, inputs, out, name):
+        seen[name] = inputs[0].detach()
+        out.register_hook(lambda g: seen.__setitem__(f"{name}/g", g))
+
+    for name, module in layers.items():
+        module.register_forward_hook(partial(capture, name=name))
+    sampler = SequenceSampler(
+        pool.member_sources(rec.partition, rec.unit),
+        pool.member_source_weights(),
+        recipe.seq_len,
+        member_seed(recipe.seed, f"fisher:{rec.member_id}"),
+    )
+    want = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in got.items()}
+    for seq in torch.from_numpy(sampler.batch(recipe.batch_size)):
+        logits = model(input_ids=seq[None, :-1]).logits  # (1, T, V)
+        torch.nn.functional.cross_entropy(logits[0], seq[1:]).backward()
+        for k in want:
+            x, g = seen[k][0].double(), seen[k + "/g"][0].double()  # (T, in), (T, out)
+            want[k] += (g.T @ x) ** 2 / n  # (out, in): the weight's gradient, squared
+    for k in want:
+        torch.testing.assert_close(got[k].double(), want[k], rtol=1e-3, atol=1e-12)
+    assert any(float(t.sum()) > 0 for t in got.values())
+
+    r = run_cli("pool", "fisher", pool.path, "--batches", "1")
+    assert r.returncode == 0, r.stderr
+    assert all(fisher_record(pool, m) is not None for m in pool.members)
+    assert set(load_fisher(pool, rec)) == set(got)
+
+
+def test_bad_batches_are_refused_in_one_line(full_pool):
     with pytest.raises(PoolError, match="at least 1"):
         ensure_fisher(full_pool, batches=0, progress=False)
 

@@ -91,21 +91,20 @@ def test_an_evaluator_of_the_pools_merge_computes_what_a_member_lacks(seeded, tm
     assert fisher_record(pool, rec) is not None and tensors.read_bytes() == before
 
 
-def test_a_merge_the_pool_cannot_use_is_refused_before_anything_is_written(
+def test_an_unknown_merge_is_refused_before_anything_is_written_and_lora_takes_any(
     tmp_path, full_pool_dir, corpus
 ):
     base = str(full_pool_dir / "base")
-    with pytest.raises(PoolError, match="full-weight"):
-        Pool.create(tmp_path / "a", base=base, recipe=tiny_recipe(method="lora"), merge="fisher")
-    assert not (tmp_path / "a").exists()
     with pytest.raises(PoolError, match="--merge must be one of"):
         Pool.create(tmp_path / "b", base=base, recipe=tiny_recipe(), merge="median")  # type: ignore[arg-type]
     r = run_cli("pool", "init", tmp_path / "c", "--base", base, "--merge", "median")
     assert r.returncode == 2 and "fisher_tensor" in r.stderr
-    r = run_cli(
-        "pool", "init", tmp_path / "d", "--base", base, "--method", "lora", "--merge", "fisher"
-    )
-    assert r.returncode != 0 and "full-weight" in r.stderr and not (tmp_path / "d").exists()
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    # Every merge reads LoRA members too (Fisher and Grams of the adapted weights).
+    lora = ("--method", "lora", "--seq-len", "32", "--merge", "fisher")
+    r = run_cli("pool", "init", tmp_path / "d", "--base", base, *lora)
+    assert r.returncode == 0, r.stderr
+    assert Pool.open(tmp_path / "d").merge == "fisher"
 
 
 def test_cli_init_records_the_merge_ls_shows_it_and_grow_prepares_it(

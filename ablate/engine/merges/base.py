@@ -44,7 +44,7 @@ class Mergeable(Protocol):
 
     def precision_weighted_sum_(self, weights: torch.Tensor, precision: Precision) -> None:
         """``sum_i w_i F_i theta_i / sum_i w_i F_i`` per parameter, ``F_i`` the members'
-        diagonal ``precision`` (``PRECISIONS``; full-weight pools)."""
+        diagonal ``precision`` (``PRECISIONS``; LoRA pools: the adapted weights)."""
         ...
 
     def regression_merge_(self, weights: torch.Tensor, shrink: float) -> None:

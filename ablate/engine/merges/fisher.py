@@ -6,7 +6,9 @@ Fisher ``F_i`` as curvature; the mixture's loss ``sum_i w_i L_i`` is then smalle
 ``theta = sum_i w_i F_i theta_i / sum_i w_i F_i`` per parameter. A parameter that a
 partition's data barely constrains takes its value from the members whose data does,
 where the plain average would let every member pull equally. Needs each member's Fisher
-(``ablate pool fisher``, ``ablate.pool.fisher``); full-weight pools only.
+(``ablate pool fisher``, ``ablate.pool.fisher``). LoRA pools: the adapted weights, each
+member's update ``s B_i A_i`` weighed by its Fisher at the member's effective weights; the
+rest is the seed.
 """
 
 from __future__ import annotations

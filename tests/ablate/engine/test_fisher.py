@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import run_cli, write_member_stat
+from support import merge_lora_members, run_cli, write_member_stat
 
 from ablate import Evaluator, Mixture
 from ablate.engine.merge import MergedModel
@@ -144,6 +144,43 @@ def test_equal_fisher_is_the_average_and_one_member_is_that_member(full_pool):
                 assert torch.equal(m.flat, m.member_row(row))  # exactly, not within rounding
 
 
+@pytest.mark.parametrize("merge", ["fisher", "fisher_damped"])
+def test_lora_pools_weigh_each_members_update_by_its_fisher(lora_pool_dir, tmp_path, merge):
+    """For LoRA, each adapted weight is W0 + sum_i w_i F_i (s B_i A_i) / sum_i w_i F_i with F_i
+    the member's Fisher of that weight (fisher_damped: scaled to mean 1 per member and
+    weight, plus 1), worked out here from the members' effective weights; every other
+    parameter stays the seed's; a one-member mixture is that member."""
+    import shutil
+
+    from ablate.pool.fisher import load_fisher
+
+    shutil.copytree(lora_pool_dir, tmp_path / "pool")
+    pool = Pool.open(tmp_path / "pool")
+    ensure_fisher(pool, batches=1, progress=False)
+    m, w, got, full = merge_lora_members(pool, merge)
+    n = len(w)
+    seed = {k: p.detach() for k, p in pool.load_base_model().named_parameters()}
+    fishers = [load_fisher(pool, r) for r in m.members]
+    assert fishers[0]
+    for name in fishers[0]:
+        f = [fi[name].double() for fi in fishers]
+        if merge == "fisher_damped":
+            f = [fi / fi.mean() + 1.0 for fi in f]
+        den = sum(float(w[i]) * f[i] for i in range(n))
+        num = sum(float(w[i]) * f[i] * (full[i][name] - seed[name]).double() for i in range(n))
+        want = seed[name].double() + num / den
+        torch.testing.assert_close(got[name].double(), want, rtol=1e-4, atol=1e-6)
+        avg = seed[name] + sum(float(w[i]) * (full[i][name] - seed[name]) for i in range(n))
+        assert not torch.allclose(got[name], avg, atol=1e-7)
+    untouched = [k for k in seed if k not in fishers[0]]
+    assert untouched and all(torch.equal(got[k], seed[k]) for k in untouched)
+    one = torch.zeros(n)
+    one[1] = 1.0
+    m.merge(one)
+    for name in fishers[0]:
+        torch.testing.assert_close(m.model.get_parameter(name), full[1][name], rtol=1e-5, atol=1e-6)
+
+
 def test_evaluator_merge_keys_walks_and_results(full_pool, corpus):
     """--merge fisher scores other models than the average under other keys; the average's
     results and keys are those of a pool without Fisher; uniform subsets are merged one by
@@ -183,7 +220,9 @@ def test_cli_merge_option_and_its_one_line_errors(full_pool, lora_pool_dir, corp
     assert f"ablate pool fisher {path}" in lines[0]
     r = run_cli("eval", lora_pool_dir, *args, "--merge", "fisher")
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "--merge average" in lines[0]
+    assert (
+        r.returncode == 2 and len(lines) == 1 and f"ablate pool fisher {lora_pool_dir}" in lines[0]
+    )
     assert run_cli("pool", "fisher", path, "--batches", "1").returncode == 0
     out = {}
     for merge in ("average", "fisher"):

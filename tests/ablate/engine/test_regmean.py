@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from support import run_cli, write_member_stat
+from support import merge_lora_members, run_cli, write_member_stat
 
 from ablate import Evaluator, Mixture
 from ablate.engine.layout import MemberLayout
@@ -138,23 +138,12 @@ def test_lora_pools_merge_the_adapted_layers_from_the_members_updates(lora_pool_
     shutil.copytree(lora_pool_dir, tmp_path / "pool")
     pool = Pool.open(tmp_path / "pool")
     ensure_gram(pool, batches=1, progress=False)
-    layout = MemberLayout(pool, merge="regmean")
-    m = MergedModel(pool, layout.members, device=CPU, progress=False, layout=layout)
-    n = len(layout.members)
-    w = torch.tensor([1.0 + i for i in range(n)])
-    w /= w.sum()
-    m.merge(w)
-    got = {k: p.detach().clone() for k, p in m.model.named_parameters()}
+    m, w, got, full = merge_lora_members(pool, "regmean")
+    n = len(w)
     seed = dict(pool.load_base_model().named_parameters())
-    full = [
-        pool.method.full_state(
-            load_tensors(pool.weights_path(r)), pool.load_base_model, pool.manifest.recipe
-        )
-        for r in layout.members
-    ]
     from ablate.pool.gram import load_gram
 
-    grams = [load_gram(pool, r) for r in layout.members]
+    grams = [load_gram(pool, r) for r in m.members]
     assert grams[0]
     for name in grams[0]:
         g = [
