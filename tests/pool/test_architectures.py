@@ -326,6 +326,45 @@ def test_regmean_on_every_architecture(arch, method, pools):
     assert not heads if tied or method == "lora" else heads
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("arch", _supported())
+def test_fisher_damped_on_every_architecture(arch, method, pools):
+    """``--merge fisher_damped`` against its closed form, computed here from each member's
+    plain weights and Fisher (each tensor's scaled to mean 1, plus 1): fused QKV, GPT-2's
+    ``Conv1D`` (its Fisher in the ``[in, out]`` orientation of its weight), tied heads (one
+    parameter, one Fisher), LoRA (the Fisher of the adapted weights only, the rest the seed)."""
+    from ablate.engine.layout import MemberLayout
+    from ablate.engine.merge import MergedModel
+    from ablate.pool.fisher import ensure_fisher, load_fisher
+    from ablate.pool.weights import load_tensors
+
+    pool = pools(arch, method)
+    ensure_fisher(pool, batches=1, progress=False)
+    layout = MemberLayout(pool, merge="fisher_damped")
+    w = torch.tensor([0.3, 0.7])
+    merged = MergedModel(pool, layout.members, device=torch.device("cpu"), progress=False)
+    merged.merge(w, method=layout.method)
+    got = {k: p.detach().double() for k, p in merged.model.named_parameters()}
+    average = _independent_merge(pool, w)
+    members = [
+        pool.method.full_state(
+            load_tensors(pool.weights_path(r)), pool.load_base_model, pool.manifest.recipe
+        )
+        for r in pool.members
+    ]
+    fishers = [load_fisher(pool, r) for r in pool.members]
+    adapted = pool.method.adapted_weights(load_tensors(pool.weights_path(pool.members[0])))
+    assert set(fishers[0]) == (set(got) if adapted is None else adapted)
+    for name, have in got.items():
+        want = average[name]
+        if name in fishers[0]:
+            f = [fi[name].double() for fi in fishers]
+            f = [x / x.mean() + 1.0 if float(x.mean()) > 0 else x + 1.0 for x in f]
+            num = sum(float(w[i]) * f[i] * members[i][name].double() for i in range(2))
+            want = num / sum(float(w[i]) * f[i] for i in range(2))
+        torch.testing.assert_close(have, want, atol=2e-5, rtol=1e-3, msg=name)
+
+
 def test_sharded_safetensors_are_one_fingerprint(bases, tmp_path):
     import shutil
 
