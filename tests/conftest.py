@@ -60,7 +60,7 @@ def full_pool_dir(tmp_path_factory, corpus) -> Path:
 @pytest.fixture(scope="session")
 def lora_pool_dir(tmp_path_factory, corpus) -> Path:
     """A trained LoRA pool that merges by the plain average (the exact factor merge these
-    tests check; a new LoRA pool's default, RegMean, has tests of its own)."""
+    tests check; a new LoRA pool's default, the Fisher merge, has tests of its own)."""
     path = tmp_path_factory.mktemp("lora") / "pool"
     return _build(path, corpus, merge="average", method="lora").path
 

@@ -63,7 +63,7 @@ def _cluster_count(text: str) -> int:
 _DEFAULT_HELP = {
     "member_preconditioner": "seed with --seed-data and --method full, else fresh",
     "merge": (
-        "fisher_damped where members start from the seed's second moments, regmean for "
+        "fisher_damped where members start from the seed's second moments, fisher for "
         "--method lora, else average"
     ),
 }

@@ -230,15 +230,16 @@ def new_pool_recipe(seed_data: object = None, **fields: Any) -> Recipe:
 def new_pool_merge(recipe: Recipe) -> PoolMerge:
     """A new pool's default merge for its recipe: ``fisher_damped`` (each member's diagonal
     Fisher, scaled to mean 1 per tensor, plus 1) where members start from the seed's second
-    moments, ``regmean`` (each adapted layer fitted to every member's outputs on its own
-    inputs) for LoRA pools, else the plain average. Against four training seeds on the
+    moments, ``fisher`` (each member's update of an adapted weight weighed by its Fisher
+    there) for LoRA pools, else the plain average. Against four training seeds on the
     fidelity suite ``fisher_damped``'s picks were as good as ``fisher_tensor``'s (the default
     before it) everywhere and better in two cells (2.3% and 6.5% worse than the best -> 0%),
-    and it met issue 25's bar on 7 of 8 cells against 5; on the suite's LoRA cells RegMean
-    ranked mixtures better than the average (docs/accuracy.md), and Fisher merges cannot read
-    adapters. On fresh-optimizer full-weight members Fisher merges lost the pick on corpora
-    they were not chosen on: those keep the average. A pool records its merge, so pools made
-    before keep theirs (``PoolManifest``'s own default stays the average)."""
+    and it met issue 25's bar on 7 of 8 cells against 5; on the suite's LoRA cells the plain
+    Fisher met it on 7 of 8 against 5 for RegMean (their default before), ``fisher_damped``
+    and ``fisher_tensor``, and 4 for the average (docs/accuracy.md). On fresh-optimizer
+    full-weight members Fisher merges lost the pick on corpora they were not chosen on:
+    those keep the average. A pool records its merge, so pools made before keep theirs
+    (``PoolManifest``'s own default stays the average)."""
     if method_of(recipe).merges_by_factors:
-        return "regmean"
+        return "fisher"
     return "fisher_damped" if recipe.member_preconditioner == "seed" else "average"

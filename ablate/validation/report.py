@@ -497,7 +497,7 @@ FIX_AVERAGE = (
     "regmean; full-weight members from before --member-preconditioner seed: grow a pool "
     "with it"
 )
-# With another merge (the defaults: fisher_damped, regmean for LoRA) no member lever helped
+# With another merge (the defaults: fisher_damped, fisher for LoRA) no member lever helped
 # across the suite (seed data in preconditioned members: bar 7 -> 4 and 3 of 8 cells), while
 # the merges failed on different cells and two more seeds changed the bar on several rows:
 # the cheap next steps reuse the real models.

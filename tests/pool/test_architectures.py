@@ -231,7 +231,7 @@ def test_architecture_matrix(arch, method, pools, data):
         assert pool.manifest.recipe.lora.target_modules == expected  # the record of what was used
         assert all(m.recipe.lora.target_modules == expected for m in pool.members)
     # On CPU: the parity bound is for fp32 arithmetic (Triton's fp32 dots may use TF32). The
-    # parity is the plain average's (a LoRA pool's own default, RegMean, is not linear).
+    # parity is the plain average's (a LoRA pool's own default, the Fisher merge, is not linear).
     opts = dict(by="domain", store=False, progress=False, device="cpu", merge="average")
     with Evaluator(pool, data["eval"], **opts) as ev:
         mixture = Mixture.parse(MIXTURE)
