@@ -264,6 +264,26 @@ def test_architecture_matrix(arch, method, pools, data):
     assert {t.dtype for t in saved.values()} == {torch.float32}
 
 
+def _merged_by(pool, merge: str, w: torch.Tensor) -> tuple[dict, dict, list[dict]]:
+    """The pool's two members merged by ``merge`` under ``w`` (fp64 parameters), the plain
+    average computed independently, and each member's plain weights (seed plus adapter for
+    LoRA): what a merge's closed form is worked out from."""
+    from ablate.engine.layout import MemberLayout
+    from ablate.engine.merge import MergedModel
+    from ablate.pool.weights import load_tensors
+
+    layout = MemberLayout(pool, merge=merge)
+    merged = MergedModel(pool, layout.members, device=torch.device("cpu"), progress=False)
+    merged.merge(w, method=layout.method)
+    got = {k: p.detach().double() for k, p in merged.model.named_parameters()}
+    recipe = pool.manifest.recipe
+    members = [
+        pool.method.full_state(load_tensors(pool.weights_path(r)), pool.load_base_model, recipe)
+        for r in pool.members
+    ]
+    return got, _independent_merge(pool, w), members
+
+
 # ---------------------------------------------------------------------- checkpoint quirks
 @pytest.mark.parametrize("method", ["full", "lora"])
 @pytest.mark.parametrize("arch", _supported())
@@ -271,27 +291,15 @@ def test_regmean_on_every_architecture(arch, method, pools):
     """``--merge regmean`` against its closed form, computed here from each member's plain
     weights: fused QKV, GPT-2's ``Conv1D`` (``[in, out]``), tied heads (no Gram of their own:
     merged as the embedding, by token counts), LoRA (adapted layers only, the rest the seed)."""
-    from ablate.engine.layout import MemberLayout
-    from ablate.engine.merge import RIDGE, MergedModel
+    from ablate.engine.merge import RIDGE
     from ablate.engine.merges.regmean import SHRINK
     from ablate.pool.architectures import stores_transposed
     from ablate.pool.gram import ensure_gram, load_gram
-    from ablate.pool.weights import load_tensors
 
     pool = pools(arch, method)
     ensure_gram(pool, batches=1, progress=False)
-    layout = MemberLayout(pool, merge="regmean")
     w = torch.tensor([0.3, 0.7])
-    merged = MergedModel(pool, layout.members, device=torch.device("cpu"), progress=False)
-    merged.merge(w, method=layout.method)
-    got = {k: p.detach().double() for k, p in merged.model.named_parameters()}
-    average = _independent_merge(pool, w)
-    members = [
-        pool.method.full_state(
-            load_tensors(pool.weights_path(r)), pool.load_base_model, pool.manifest.recipe
-        )
-        for r in pool.members
-    ]
+    got, average, members = _merged_by(pool, "regmean", w)
     grams = [load_gram(pool, r) for r in pool.members]
     modules = dict(pool.load_base_model().named_modules())
     solved = 0
@@ -333,25 +341,13 @@ def test_fisher_damped_on_every_architecture(arch, method, pools):
     plain weights and Fisher (each tensor's scaled to mean 1, plus 1): fused QKV, GPT-2's
     ``Conv1D`` (its Fisher in the ``[in, out]`` orientation of its weight), tied heads (one
     parameter, one Fisher), LoRA (the Fisher of the adapted weights only, the rest the seed)."""
-    from ablate.engine.layout import MemberLayout
-    from ablate.engine.merge import MergedModel
     from ablate.pool.fisher import ensure_fisher, load_fisher
     from ablate.pool.weights import load_tensors
 
     pool = pools(arch, method)
     ensure_fisher(pool, batches=1, progress=False)
-    layout = MemberLayout(pool, merge="fisher_damped")
     w = torch.tensor([0.3, 0.7])
-    merged = MergedModel(pool, layout.members, device=torch.device("cpu"), progress=False)
-    merged.merge(w, method=layout.method)
-    got = {k: p.detach().double() for k, p in merged.model.named_parameters()}
-    average = _independent_merge(pool, w)
-    members = [
-        pool.method.full_state(
-            load_tensors(pool.weights_path(r)), pool.load_base_model, pool.manifest.recipe
-        )
-        for r in pool.members
-    ]
+    got, average, members = _merged_by(pool, "fisher_damped", w)
     fishers = [load_fisher(pool, r) for r in pool.members]
     adapted = pool.method.adapted_weights(load_tensors(pool.weights_path(pool.members[0])))
     assert set(fishers[0]) == (set(got) if adapted is None else adapted)
