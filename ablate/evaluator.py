@@ -130,9 +130,11 @@ class EvaluatorConfig:
             its perplexity (by the executor: here, or on the Ray actors).
         merge: How a mixture's members become one model: ``"average"`` (the weighted
             average, Na et al.) or ``"fisher"`` / ``"fisher_tensor"`` / ``"fisher_damped"``
-            (Fisher-weighted, Matena & Raffel; needs ``ablate pool fisher`` first) or ``"regmean"`` (Jin et al.; needs ``ablate pool gram`` first); None: the
-            pool's own (``Pool.merge``: ``fisher_damped`` for new pools whose members start from
-            the seed's second moments, which ``pool grow`` prepares; else the average).
+            (Fisher-weighted, Matena & Raffel; needs ``ablate pool fisher`` first) or
+            ``"regmean"`` (Jin et al.; needs ``ablate pool gram`` first); None: the pool's own
+            (``Pool.merge``: ``fisher_damped`` for new pools whose members start from the
+            seed's second moments, ``fisher`` for new LoRA pools, both prepared by ``pool
+            grow``; else the average).
             Results of other merges than the average are stored under their own keys.
     """
 

@@ -161,8 +161,9 @@ class Pool:
 
         ``recipe`` None: ``method.new_pool_recipe(seed_data)`` (members start from the seed's
         estimated AdamW second moments where there is seed data). ``merge`` None:
-        ``method.new_pool_merge(recipe)`` (``fisher_damped`` for such members, else the
-        plain average; what it reads of each member: ``ablate.pool.prepare``).
+        ``method.new_pool_merge(recipe)`` (``fisher_damped`` for such members, ``fisher``
+        for LoRA members, else the plain average; what it reads of each member:
+        ``ablate.pool.prepare``).
         """
         path = Path(path)
         recipe = recipe or new_pool_recipe(seed_data)
