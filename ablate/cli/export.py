@@ -21,7 +21,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     remote code, plus ablate_merge.json (mixture, members and their sha256, seed
     sha256, ablate version). LoRA pools write merged full weights, or with --adapter
     the plain average's exactly merged adapter (peft) beside the seed in base/ (a LoRA
-    pool's own merge, RegMean, is not low-rank: add --merge average). Written into a
+    pool's own merge, Fisher or RegMean, is not low-rank: add --merge average). Written into a
     temporary folder and renamed; an existing folder is refused unless --overwrite.
 
     Examples:
@@ -67,7 +67,7 @@ def add_export_command(sub: Any) -> None:
         action="store_true",
         help="LoRA pools: write the plain average's exactly merged adapter (peft) and the "
         "seed in base/ instead of merged full weights (with --merge average on a pool that "
-        "merges by regmean, new LoRA pools' default)",
+        "merges otherwise, as new LoRA pools do: fisher)",
     )
     p.add_argument(
         "--merge",

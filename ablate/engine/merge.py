@@ -27,6 +27,7 @@ from ablate.engine.merges import DAMPING, PER_TENSOR, PRECISIONS, Precision, mer
 from ablate.pool import Pool
 from ablate.pool.architectures import stores_transposed
 from ablate.pool.errors import CorruptMemberError, PoolError
+from ablate.pool.method import adapted_weight
 from ablate.pool.storage import MemberRecord
 from ablate.pool.weights import load_tensors
 
@@ -241,9 +242,9 @@ class MergedModel:
         params = dict(self._params)
         modules = dict(self.model.named_modules())
         sites = []
-        for key in sorted(k for k in per_member[0] if k.endswith("lora_A.weight")):
-            module = key[: -len(".lora_A.weight")].removeprefix("base_model.model.")
-            name = f"{module}.weight"
+        adapted = sorted((k, w) for k in per_member[0] if (w := adapted_weight(k)) is not None)
+        for key, name in adapted:
+            module = name.removesuffix(".weight")
             if name not in params:
                 raise CorruptMemberError(
                     f"adapter tensor {key} has no matching weight {name} in the seed model"

@@ -184,12 +184,16 @@ class LoraMethod(_MethodFlags):
 
     def adapted_weights(self, saved: dict[str, torch.Tensor]) -> set[str] | None:
         """The adapted layers' weights, from the adapter's ``lora_A`` keys."""
-        suffix = ".lora_A.weight"
-        return {
-            k[: -len(suffix)].removeprefix("base_model.model.") + ".weight"
-            for k in saved
-            if k.endswith(suffix)
-        }
+        return {w for k in saved if (w := adapted_weight(k)) is not None}
+
+
+def adapted_weight(key: str) -> str | None:
+    """The seed model's weight that an adapter tensor ``key`` adapts, for its ``lora_A``
+    factor (``base_model.model.X.lora_A.weight`` -> ``X.weight``); None for any other key."""
+    suffix = ".lora_A.weight"
+    if not key.endswith(suffix):
+        return None
+    return key[: -len(suffix)].removeprefix("base_model.model.") + ".weight"
 
 
 # One row per method: name, weights_file, trains_in_place, merges_by_factors, running_sum_walks.
