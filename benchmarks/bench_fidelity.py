@@ -48,17 +48,21 @@ store, where every row's validation left them):
         --variants precond --merge fisher_damped --referee-pairs
 
 Everything built (corpus files, pools, members, real models, rows) is cached under
-``--work``: a rerun reuses it and only prints. Costly on CPU: set ``OMP_NUM_THREADS=1`` and
+``--work``: a rerun reuses it and only prints. The table's ``digest`` is a hash of each
+cell's text (``corpus_digest``): the corpora follow the installed releases, so two tables
+compare cell by cell only where the digests match (``corpus.json`` lists the releases). Costly on CPU: set ``OMP_NUM_THREADS=1`` and
 run corpora in separate processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import math
 import os
+import platform
 import random
 import sys
 import sysconfig
@@ -191,6 +195,25 @@ CORPORA: dict[str, tuple[dict[str, Callable[[], list[str]]], list[Callable[[], l
         },
         [py("pandas/io", "networkx"), glob(Path("/usr/include/linux"), "*.h"), metadata_prose],
     ),
+    # Added in the twelfth session, after every default (full-weight and LoRA) was chosen:
+    # held out, measured once with the shipped defaults. Perl modules and their POD, locale
+    # definitions, Cython, C sources, text files and pydantic: no genre of the others' seeds.
+    "polyglot": (
+        {
+            "perl_pm": glob(Path("/usr/share/perl"), "*.pm"),
+            "perl_pod": glob(Path("/usr/share/perl"), "*.pod"),
+            "locales": glob(Path("/usr/share/i18n/locales"), "*"),
+            "cython": glob(SITE, "*.pyx", "*.pxd"),
+            "c_sources": glob(SITE, "*.c"),
+            "pydantic_py": py("pydantic"),
+            "text_files": glob(SITE, "*.txt"),
+        },
+        [
+            py("fontTools", "PIL"),
+            glob(Path("/usr/include/x86_64-linux-gnu"), "*.h"),
+            metadata_prose,
+        ],
+    ),
     "demo": ({}, []),  # ablate.demo.stdlib_corpus, at the demo's own settings (--demo-setting)
 }
 
@@ -234,6 +257,45 @@ def _take(docs: list[str], chars: int) -> list[str]:
     return out
 
 
+def corpus_digest(folder: Path) -> str:
+    """The first 12 hex digits of a SHA-256 over a cell's partitions and seed data as trained
+    on: the same digest on two machines is the same corpus. The text is read from installed
+    packages, so a different release of any of them gives another corpus (and other numbers)."""
+    h = hashlib.sha256()
+    for name in ("parts.jsonl", "seed.jsonl"):
+        f = folder / name
+        h.update(name.encode() + b"\0")
+        if f.is_file():
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:12]
+
+
+def corpus_manifest(folder: Path, built_here: bool) -> dict:
+    """``corpus.json``: the digest, each partition's documents and characters, and (when the
+    corpus was built by this run) the distributions installed then, so that two machines
+    whose digests differ can see which releases did it."""
+    from importlib.metadata import distributions
+
+    counts: dict[str, list[int]] = {}
+    with (folder / "parts.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            c = counts.setdefault(rec["domain"], [0, 0])
+            c[0] += 1
+            c[1] += len(rec["text"])
+    manifest = {
+        "digest": corpus_digest(folder),
+        "partitions": {k: {"docs": n, "chars": c} for k, (n, c) in sorted(counts.items())},
+    }
+    if built_here:
+        dists = {f"{d.metadata['Name']}=={d.version}" for d in distributions()}
+        manifest["python"] = platform.python_version()
+        manifest["distributions"] = sorted(dists, key=str.lower)
+    return manifest
+
+
 # ---------------------------------------------------------------------------- pools
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     from ablate.pool.atomic import write_bytes
@@ -273,6 +335,7 @@ def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, a
                 folder / "parts.jsonl",
                 [{"text": d, "domain": p} for p, ds in parts.items() for d in ds],
             )
+        write_json(folder / "corpus.json", corpus_manifest(folder, built_here=True))
     recipe = Recipe(
         method=args.method,
         unit_tokens=unit_tokens,
@@ -584,11 +647,11 @@ def current_row(row: dict, repeats: int) -> bool:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ["corpus", "seed/unit", "variant", *(c[1] for c in COLUMNS), "bar", "verdict"]
+    head = ["corpus", "digest", "seed/unit", "variant", *(c[1] for c in COLUMNS), "bar", "verdict"]
     print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * 3 + "---:|" * len(COLUMNS) + "---|---|")
+    print("|" + "---|" * 4 + "---:|" * len(COLUMNS) + "---|---|")
     for r in rows:
-        cells = [r["corpus"], r["setting"], r["variant"]]
+        cells = [r["corpus"], r.get("corpus_digest", "-"), r["setting"], r["variant"]]
         for k, _ in COLUMNS:
             x = r.get(k)  # None: a row kept from before the column (--print-only)
             pct = k in PERCENT_COLUMNS
@@ -679,6 +742,7 @@ def _keep_row(cache: Path, corpus, seed_tokens, unit_tokens, name, measured, sta
         "corpus": corpus,
         "setting": setting_label(seed_tokens, unit_tokens, args),
         "variant": name,
+        "corpus_digest": corpus_digest(cache.parent),
         **measured,
         "minutes": (time.perf_counter() - start) / 60,
     }
@@ -1025,6 +1089,7 @@ def main() -> None:
                 continue
             cache = folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
             if (row := cached_row(cache, args.repeats, stale=args.print_only)) is not None:
+                row.setdefault("corpus_digest", corpus_digest(folder))  # a row from before it
                 rows.append(row)
                 continue
             if args.print_only:
@@ -1045,6 +1110,7 @@ def main() -> None:
             for merge in (m for m in args.merge if m != "average"):
                 row = _merge_row(folder, corpus, seed_tokens, unit_tokens, variant, merge, args)
                 if row is not None:
+                    row.setdefault("corpus_digest", corpus_digest(folder))
                     rows.append(row)
     print()
     print_table(rows)

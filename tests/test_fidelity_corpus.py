@@ -1,0 +1,85 @@
+"""The fidelity suite names the text each cell trained on: a digest that two machines compare
+(its corpora follow the installed releases) and a manifest that says what went into it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "bench_fidelity.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_fidelity", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cell(folder: Path, parts: list[tuple[str, str]], seed: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "parts.jsonl").write_text(
+        "".join(json.dumps({"text": t, "domain": d}) + "\n" for d, t in parts)
+    )
+    (folder / "seed.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in seed))
+    return folder
+
+
+def test_the_digest_is_the_same_for_the_same_text_and_moves_with_any_change(bench, tmp_path):
+    parts = [("code", "def f(): pass " * 30), ("prose", "A long sentence. " * 30)]
+    a = _cell(tmp_path / "a", parts, ["seed text " * 40])
+    b = _cell(tmp_path / "b", parts, ["seed text " * 40])
+    digest = bench.corpus_digest(a)
+    assert len(digest) == 12 and digest == bench.corpus_digest(b)
+    # one character of the seed data, or a document moved to another partition
+    assert bench.corpus_digest(_cell(tmp_path / "c", parts, ["seed text " * 40 + "!"])) != digest
+    moved = [("prose", parts[0][1]), parts[1]]
+    assert bench.corpus_digest(_cell(tmp_path / "d", moved, ["seed text " * 40])) != digest
+    # the same bytes split differently between the two files are another corpus too
+    swapped = tmp_path / "e"
+    swapped.mkdir()
+    (swapped / "parts.jsonl").write_text("")
+    (swapped / "seed.jsonl").write_bytes((a / "parts.jsonl").read_bytes())
+    assert bench.corpus_digest(swapped) != bench.corpus_digest(_seed_only(tmp_path / "f", a))
+
+
+def _seed_only(folder: Path, like: Path) -> Path:
+    folder.mkdir()
+    (folder / "parts.jsonl").write_bytes((like / "parts.jsonl").read_bytes())
+    (folder / "seed.jsonl").write_text("")
+    return folder
+
+
+def test_the_manifest_counts_each_partition_and_lists_the_releases_it_was_read_from(
+    bench, tmp_path
+):
+    cell = _cell(
+        tmp_path / "cell",
+        [("code", "x" * 500), ("code", "y" * 300), ("prose", "z" * 700)],
+        ["s" * 100],
+    )
+    built = bench.corpus_manifest(cell, built_here=True)
+    assert built["digest"] == bench.corpus_digest(cell)
+    assert built["partitions"] == {
+        "code": {"docs": 2, "chars": 800},
+        "prose": {"docs": 1, "chars": 700},
+    }
+    assert any(d.lower().startswith("torch==") for d in built["distributions"])
+    # a cell built before manifests (or copied from elsewhere) cannot say what it was read from
+    assert "distributions" not in bench.corpus_manifest(cell, built_here=False)
+
+
+def test_the_table_prints_each_rows_digest(bench, capsys):
+    rows = [
+        {"corpus": "polyglot", "setting": "300K/30K", "variant": "precond", "corpus_digest": "abc"},
+        {"corpus": "mlcode", "setting": "300K/30K", "variant": "plain"},  # a row from before
+    ]
+    bench.print_table(rows)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| corpus | digest | seed/unit | variant |")
+    assert lines[2].startswith("| polyglot | abc | 300K/30K | precond |")
+    assert lines[3].startswith("| mlcode | - | 300K/30K | plain |")
