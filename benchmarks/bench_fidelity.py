@@ -764,6 +764,18 @@ def _sample(folder: Path, args, pool: str = "plain", merge: str = "average"):
     return ev, WeightSampler.parse("dirichlet").sample(ev.partitions, args.sample, seed=args.seed)
 
 
+def grown_pool(folder: Path, args) -> str | None:
+    """A pool of the cell with trained members (``--variants`` first): every pool of a cell
+    shares its real models, so any of them reads their scores; a cell built for one variant
+    only has no members in ``plain`` (it holds the seed). None where the cell has none."""
+    from ablate.pool import Pool
+
+    for name in dict.fromkeys([*args.variants, "plain", *VARIANTS]):
+        if (folder / name / "pool.json").is_file() and Pool.open(folder / name).members:
+            return name
+    return None
+
+
 def _real_runs(folder: Path, ev, chosen, repeats: int):
     """``(R, M, n_docs)`` per-document NLL of the sample's real models (seeds 0..R-1) and
     the documents' scored tokens, from their stored scores; None where one is missing."""
@@ -792,7 +804,7 @@ def pick_ceilings(folder: Path, args) -> dict | None:
     from ablate.engine.scoring import DocScores
     from ablate.validation.decisions import pick_ceiling
 
-    ev, chosen = _sample(folder, args)
+    ev, chosen = _sample(folder, args, pool=grown_pool(folder, args))
     if (got := _real_runs(folder, ev, chosen, args.repeats)) is None:
         return None
     nll, tokens = got
@@ -826,7 +838,7 @@ def referee_pairs(folder: Path, variant: str, merge: str, args) -> list[dict] | 
     real model of the sample is not scored."""
     from ablate.validation.decisions import decision_table
 
-    ev, chosen = _sample(folder, args)
+    ev, chosen = _sample(folder, args, pool=variant)
     if (got := _real_runs(folder, ev, chosen, args.repeats)) is None:
         return None
     runs, tokens = got
@@ -1043,7 +1055,7 @@ def main() -> None:
         found = []
         for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
             label = setting_label(seed_tokens, unit_tokens, args)
-            got = pick_ceilings(folder, args) if (folder / "plain").is_dir() else None
+            got = pick_ceilings(folder, args) if grown_pool(folder, args) else None
             if got is None:
                 print(
                     f"skipped {corpus} {label}: no real scores of {args.repeats} seeds cached "
@@ -1066,7 +1078,7 @@ def main() -> None:
         for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
             label = setting_label(seed_tokens, unit_tokens, args)
             pairs = None
-            if (folder / "plain").is_dir():
+            if (folder / args.variants[0] / "pool.json").is_file():
                 pairs = referee_pairs(folder, args.variants[0], args.merge[0], args)
             if pairs is None:
                 print(
