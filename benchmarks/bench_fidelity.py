@@ -237,6 +237,12 @@ def build_corpus(name: str, need_chars: int, seed_chars: int, seed: int) -> tupl
     parts = {}
     for pname, src in part_src.items():
         docs = src()
+        if not docs:  # its files are not on this machine (another OS, a package not installed)
+            raise SystemExit(
+                f"bench_fidelity: error: partition {pname!r} of corpus {name!r} found no text on "
+                f"this machine (its sources: CORPORA[{name!r}] in {Path(__file__).name}); "
+                "install what it reads or pick other --corpora"
+            )
         rng.shuffle(docs)
         parts[pname] = _take(docs, need_chars)
     pools = [src() for src in seed_src]

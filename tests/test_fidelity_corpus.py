@@ -83,3 +83,18 @@ def test_the_table_prints_each_rows_digest(bench, capsys):
     assert lines[0].startswith("| corpus | digest | seed/unit | variant |")
     assert lines[2].startswith("| polyglot | abc | 300K/30K | precond |")
     assert lines[3].startswith("| mlcode | - | 300K/30K | plain |")
+
+
+def test_a_partition_whose_files_are_missing_here_stops_the_build_and_says_which(
+    bench, monkeypatch
+):
+    def text() -> list[str]:
+        return ["some text " * 40]
+
+    # as on a machine without /usr/share/perl
+    monkeypatch.setitem(bench.CORPORA, "fake", ({"code": text, "perl_pm": list}, [text]))
+    with pytest.raises(SystemExit, match="partition 'perl_pm' of corpus 'fake' found no text"):
+        bench.build_corpus("fake", need_chars=1000, seed_chars=1000, seed=0)
+    monkeypatch.setitem(bench.CORPORA, "fake", ({"code": text, "prose": text}, [text]))
+    parts, seed = bench.build_corpus("fake", need_chars=1000, seed_chars=1000, seed=0)
+    assert set(parts) == {"code", "prose"} and parts["code"] and seed
