@@ -50,8 +50,8 @@ store, where every row's validation left them):
 Everything built (corpus files, pools, members, real models, rows) is cached under
 ``--work``: a rerun reuses it and only prints. The table's ``digest`` is a hash of each
 cell's text (``corpus_digest``): the corpora follow the installed releases, so two tables
-compare cell by cell only where the digests match (``corpus.json`` lists the releases). Costly on CPU: set ``OMP_NUM_THREADS=1`` and
-run corpora in separate processes.
+compare cell by cell only where the digests match (``corpus.json`` lists the releases).
+Costly on CPU: set ``OMP_NUM_THREADS=1`` and run corpora in separate processes.
 """
 
 from __future__ import annotations
