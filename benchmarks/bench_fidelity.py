@@ -236,21 +236,27 @@ def build_corpus(name: str, need_chars: int, seed_chars: int, seed: int) -> tupl
     rng = random.Random(seed)
     parts = {}
     for pname, src in part_src.items():
-        docs = src()
-        if not docs:  # its files are not on this machine (another OS, a package not installed)
-            raise SystemExit(
-                f"bench_fidelity: error: partition {pname!r} of corpus {name!r} found no text on "
-                f"this machine (its sources: CORPORA[{name!r}] in {Path(__file__).name}); "
-                "install what it reads or pick other --corpora"
-            )
+        docs = _texts(name, f"partition {pname!r}", src)
         rng.shuffle(docs)
         parts[pname] = _take(docs, need_chars)
-    pools = [src() for src in seed_src]
+    pools = [_texts(name, f"seed source {i + 1}", src) for i, src in enumerate(seed_src)]
     for p in pools:
         rng.shuffle(p)
     mixed = [d for group in itertools.zip_longest(*pools) for d in group if d is not None]
     seed_docs = _take(mixed, seed_chars)
     return parts, seed_docs
+
+
+def _texts(corpus: str, what: str, src: Callable[[], list[str]]) -> list[str]:
+    """``src``'s documents; a source that finds none here (another OS, a package not
+    installed) stops the build: the corpus would silently be another one."""
+    if docs := src():
+        return docs
+    raise SystemExit(
+        f"bench_fidelity: error: {what} of corpus {corpus!r} found no text on this machine "
+        f"(its sources: CORPORA[{corpus!r}] in {Path(__file__).name}); install what it reads "
+        "or pick other --corpora"
+    )
 
 
 def _take(docs: list[str], chars: int) -> list[str]:
@@ -278,9 +284,9 @@ def corpus_digest(folder: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def corpus_manifest(folder: Path, built_here: bool) -> dict:
-    """``corpus.json``: the digest, each partition's documents and characters, and (when the
-    corpus was built by this run) the distributions installed then, so that two machines
+def corpus_manifest(folder: Path) -> dict:
+    """``corpus.json``, written when a cell builds its corpus: the digest, each partition's
+    documents and characters, and the distributions installed then, so that two machines
     whose digests differ can see which releases did it."""
     from importlib.metadata import distributions
 
@@ -291,15 +297,13 @@ def corpus_manifest(folder: Path, built_here: bool) -> dict:
             c = counts.setdefault(rec["domain"], [0, 0])
             c[0] += 1
             c[1] += len(rec["text"])
-    manifest = {
+    dists = {f"{d.metadata['Name']}=={d.version}" for d in distributions()}
+    return {
         "digest": corpus_digest(folder),
         "partitions": {k: {"docs": n, "chars": c} for k, (n, c) in sorted(counts.items())},
+        "python": platform.python_version(),
+        "distributions": sorted(dists, key=str.lower),
     }
-    if built_here:
-        dists = {f"{d.metadata['Name']}=={d.version}" for d in distributions()}
-        manifest["python"] = platform.python_version()
-        manifest["distributions"] = sorted(dists, key=str.lower)
-    return manifest
 
 
 # ---------------------------------------------------------------------------- pools
@@ -341,7 +345,7 @@ def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, a
                 folder / "parts.jsonl",
                 [{"text": d, "domain": p} for p, ds in parts.items() for d in ds],
             )
-        write_json(folder / "corpus.json", corpus_manifest(folder, built_here=True))
+        write_json(folder / "corpus.json", corpus_manifest(folder))
     recipe = Recipe(
         method=args.method,
         unit_tokens=unit_tokens,
@@ -748,7 +752,6 @@ def _keep_row(cache: Path, corpus, seed_tokens, unit_tokens, name, measured, sta
         "corpus": corpus,
         "setting": setting_label(seed_tokens, unit_tokens, args),
         "variant": name,
-        "corpus_digest": corpus_digest(cache.parent),
         **measured,
         "minutes": (time.perf_counter() - start) / 60,
     }
@@ -810,7 +813,9 @@ def pick_ceilings(folder: Path, args) -> dict | None:
     from ablate.engine.scoring import DocScores
     from ablate.validation.decisions import pick_ceiling
 
-    ev, chosen = _sample(folder, args, pool=grown_pool(folder, args))
+    if (pool := grown_pool(folder, args)) is None:
+        return None
+    ev, chosen = _sample(folder, args, pool=pool)
     if (got := _real_runs(folder, ev, chosen, args.repeats)) is None:
         return None
     nll, tokens = got
@@ -1061,7 +1066,7 @@ def main() -> None:
         found = []
         for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
             label = setting_label(seed_tokens, unit_tokens, args)
-            got = pick_ceilings(folder, args) if grown_pool(folder, args) else None
+            got = pick_ceilings(folder, args)
             if got is None:
                 print(
                     f"skipped {corpus} {label}: no real scores of {args.repeats} seeds cached "
@@ -1102,12 +1107,12 @@ def main() -> None:
         return
     rows = []
     for corpus, seed_tokens, unit_tokens, folder in cells(work, args):
+        first = len(rows)
         for variant in args.variants:
             if "average" not in args.merge:
                 continue
             cache = folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
             if (row := cached_row(cache, args.repeats, stale=args.print_only)) is not None:
-                row.setdefault("corpus_digest", corpus_digest(folder))  # a row from before it
                 rows.append(row)
                 continue
             if args.print_only:
@@ -1128,8 +1133,11 @@ def main() -> None:
             for merge in (m for m in args.merge if m != "average"):
                 row = _merge_row(folder, corpus, seed_tokens, unit_tokens, variant, merge, args)
                 if row is not None:
-                    row.setdefault("corpus_digest", corpus_digest(folder))
                     rows.append(row)
+        if len(rows) > first:  # the text the cell trained on, hashed once per cell
+            digest = corpus_digest(folder)
+            for row in rows[first:]:
+                row["corpus_digest"] = digest
     print()
     print_table(rows)
     if args.laws:
