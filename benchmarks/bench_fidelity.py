@@ -239,12 +239,26 @@ def build_corpus(name: str, need_chars: int, seed_chars: int, seed: int) -> tupl
         docs = _texts(name, f"partition {pname!r}", src)
         rng.shuffle(docs)
         parts[pname] = _take(docs, need_chars)
+        _warn_short(name, f"partition {pname!r}", parts[pname], need_chars)
     pools = [_texts(name, f"seed source {i + 1}", src) for i, src in enumerate(seed_src)]
     for p in pools:
         rng.shuffle(p)
     mixed = [d for group in itertools.zip_longest(*pools) for d in group if d is not None]
     seed_docs = _take(mixed, seed_chars)
+    _warn_short(name, "the seed data", seed_docs, seed_chars)
     return parts, seed_docs
+
+
+def _warn_short(corpus: str, what: str, docs: list[str], chars: int) -> None:
+    """Say so where a source holds less text than the cell asks for: the cell is still
+    built (the suite's published cells were built so), but its units or held-out documents
+    come out short, which ``corpus.json`` records and the reader should know."""
+    if (have := sum(map(len, docs))) < chars:
+        print(
+            f"bench_fidelity: warning: {what} of corpus {corpus!r} has {have:,} of the "
+            f"{chars:,} characters this cell asks for; it is built short",
+            file=sys.stderr,
+        )
 
 
 def _texts(corpus: str, what: str, src: Callable[[], list[str]]) -> list[str]:

@@ -98,3 +98,23 @@ def test_a_source_whose_files_are_missing_here_stops_the_build_and_says_which(be
     monkeypatch.setitem(bench.CORPORA, "fake", ({"code": text, "prose": text}, [text]))
     parts, seed = bench.build_corpus("fake", need_chars=1000, seed_chars=1000, seed=0)
     assert set(parts) == {"code", "prose"} and parts["code"] and seed
+
+
+def test_a_source_shorter_than_the_cell_asks_for_is_built_short_with_a_warning(
+    bench, monkeypatch, capsys
+):
+    def long() -> list[str]:
+        return [f"doc {i} " * 100 for i in range(20)]  # 20 documents of ~600 characters
+
+    def short() -> list[str]:
+        return ["tiny doc " * 30]  # 270 characters
+
+    monkeypatch.setitem(bench.CORPORA, "fake", ({"code": long, "prose": short}, [long]))
+    parts, seed = bench.build_corpus("fake", need_chars=2000, seed_chars=1000, seed=0)
+    err = capsys.readouterr().err
+    assert "partition 'prose' of corpus 'fake' has 270 of the 2,000 characters" in err
+    assert "'code'" not in err and "seed data" not in err  # long enough: no word
+    assert parts["prose"] == short()
+    monkeypatch.setitem(bench.CORPORA, "fake", ({"code": long}, [short]))
+    bench.build_corpus("fake", need_chars=2000, seed_chars=1000, seed=0)
+    assert "the seed data of corpus 'fake' has 270 of the 1,000" in capsys.readouterr().err
