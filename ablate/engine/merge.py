@@ -348,11 +348,14 @@ class MergedModel:
         w = weights[rows].to(self.device, torch.float32)  # (n,)
         if self.merges_deltas:
             for site, fisher in self._lora_precision(precision):
-                deltas = torch.stack([site.delta(r) for r in rows])  # (n, *param shape)
                 avg = site.param.data - site.base  # the averaged update
-                wf = fisher[rows] * w.view(-1, *([1] * avg.dim()))  # w_i F_i
-                den = wf.sum(0)
-                num = (wf * (deltas - avg)).sum(0)
+                # Accumulated member by member: a few weight-sized temporaries, not three
+                # (n, *param shape) stacks of every used member's Fisher and update.
+                den, num = torch.zeros_like(avg), torch.zeros_like(avg)
+                for k, r in enumerate(rows):
+                    wf = fisher[r] * w[k]  # w_i F_i
+                    den.add_(wf)
+                    num.addcmul_(wf, site.delta(r) - avg)
                 site.param.data.add_(torch.where(den > 0, num / den.clamp_min(_TINY), 0.0))
             return
         for a, b, theta, fisher in self._precision_blocks(rows, precision):
