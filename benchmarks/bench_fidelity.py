@@ -774,7 +774,7 @@ def _keep_row(cache: Path, corpus, seed_tokens, unit_tokens, name, measured, sta
     return row
 
 
-def _sample(folder: Path, args, pool: str = "plain", merge: str = "average"):
+def cell_sample(folder: Path, args, pool: str = "plain", merge: str = "average"):
     """``(evaluator, mixtures)``: the cell's ``pool`` folder merging by ``merge``, and the
     sample every row validates (the Dirichlet draw of ``_validate``)."""
     from ablate import Evaluator
@@ -799,7 +799,7 @@ def grown_pool(folder: Path, args) -> str | None:
     return None
 
 
-def _real_runs(folder: Path, ev, chosen, repeats: int):
+def real_runs(folder: Path, ev, chosen, repeats: int):
     """``(R, M, n_docs)`` per-document NLL of the sample's real models (seeds 0..R-1) and
     the documents' scored tokens, from their stored scores; None where one is missing."""
     import numpy as np
@@ -829,8 +829,8 @@ def pick_ceilings(folder: Path, args) -> dict | None:
 
     if (pool := grown_pool(folder, args)) is None:
         return None
-    ev, chosen = _sample(folder, args, pool=pool)
-    if (got := _real_runs(folder, ev, chosen, args.repeats)) is None:
+    ev, chosen = cell_sample(folder, args, pool=pool)
+    if (got := real_runs(folder, ev, chosen, args.repeats)) is None:
         return None
     nll, tokens = got
     runs = np.empty((*nll.shape[:2], len(ev.domains)))  # NLL per token
@@ -852,7 +852,7 @@ def _proxy_nll(folder: Path, variant: str, merge: str, args):
     from ablate.validation.validate import proxy_scores
 
     pool = merge_pool(folder, variant, merge, args)  # the pool copy with the merge's statistics
-    ev, chosen = _sample(folder, args, pool=pool.path.name, merge=merge)
+    ev, chosen = cell_sample(folder, args, pool=pool.path.name, merge=merge)
     return np.stack([proxy_scores(ev, m)[0].nll for m in chosen])
 
 
@@ -863,8 +863,8 @@ def referee_pairs(folder: Path, variant: str, merge: str, args) -> list[dict] | 
     real model of the sample is not scored."""
     from ablate.validation.decisions import decision_table
 
-    ev, chosen = _sample(folder, args, pool=variant)
-    if (got := _real_runs(folder, ev, chosen, args.repeats)) is None:
+    ev, chosen = cell_sample(folder, args, pool=variant)
+    if (got := real_runs(folder, ev, chosen, args.repeats)) is None:
         return None
     runs, tokens = got
     proxy = _proxy_nll(folder, variant, merge, args)

@@ -1,0 +1,122 @@
+"""The merges kept in ``benchmarks/probe_merges.py`` (measured on the fidelity suite, not
+adopted) compute what their docstrings say, so that a rerun measures those merges: the
+damping probe at 1 is the shipped ``fisher_damped``, the weight power at 1 too, and the
+Adam-consistent merge is worked out by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from support import write_member_stat
+
+from ablate.engine.layout import MemberLayout
+from ablate.engine.merge import MergedModel
+from ablate.pool.storage import FISHER
+from ablate.pool.weights import load_tensors
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "probe_merges.py"
+NAME = "model.layers.0.self_attn.q_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def probes():
+    spec = importlib.util.spec_from_file_location("probe_merges", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _model(pool, merge: str = "fisher_damped") -> MergedModel:
+    layout = MemberLayout(pool, merge=merge)
+    return MergedModel(
+        pool, layout.members, device=torch.device("cpu"), progress=False, layout=layout
+    )
+
+
+def _merged(model: MergedModel, weights: torch.Tensor, method=None) -> dict[str, torch.Tensor]:
+    model.merge(weights, method=method)
+    return {k: v.detach().clone() for k, v in model.model.named_parameters()}
+
+
+def _fisher(pool, fisher_of) -> None:
+    write_member_stat(pool, FISHER, fisher_of, sequences=1, mean=1.0)
+
+
+def test_damping_one_and_power_one_are_the_shipped_default_and_others_differ(probes, full_pool):
+    def fisher_of(i, name, t):  # uneven within each tensor and between members
+        g = torch.Generator().manual_seed(i * 7919 + len(name))
+        return torch.rand(t.shape, generator=g) ** (3 + i)
+
+    _fisher(full_pool, fisher_of)
+    model = _model(full_pool)
+    n = len(model.members)
+    w = torch.linspace(1.0, 2.0, n)
+    w /= w.sum()
+    shipped = _merged(model, w)
+    for method in (probes.Damped(1.0), probes.WeightPower(1.0)):
+        got = _merged(model, w, method)
+        for k in shipped:
+            torch.testing.assert_close(got[k], shipped[k], rtol=1e-5, atol=1e-6)
+    tensor = _merged(_model(full_pool, "fisher_tensor"), w)
+    torch.testing.assert_close(_merged(model, w, probes.Damped(0.0))[NAME], tensor[NAME])
+    sharp = w**2 / (w**2).sum()
+    torch.testing.assert_close(
+        _merged(model, w, probes.WeightPower(2.0))[NAME], _merged(model, sharp)[NAME]
+    )
+    assert not torch.allclose(_merged(model, w, probes.Damped(3.0))[NAME], shipped[NAME])
+
+
+def test_the_adam_consistent_merge_by_hand(probes, full_pool):
+    """Member a alone has Fisher 4 on a tensor's first half, both have 1 and 9 on the rest:
+    the first half moves sqrt(w_a) of a's way from the seed, the rest w_j sqrt(F_j) d_j /
+    sqrt(sum w F); a tensor no member has Fisher on is the plain average; one member is
+    that member; equal Fisher is the plain average."""
+    a, b = 0, len(full_pool.members) - 1
+
+    def fisher_of(i, name, t):
+        if name == "model.norm.weight" or i not in (a, b):
+            return torch.zeros_like(t)
+        f = torch.full((t.numel(),), 1.0 if i == a else 9.0)
+        if i == a:
+            f[: t.numel() // 2] = 4.0
+        else:
+            f[: t.numel() // 2] = 0.0
+        return f.view_as(t)
+
+    _fisher(full_pool, fisher_of)
+    model = _model(full_pool)
+    seed = {k: v.detach() for k, v in full_pool.load_base_model().named_parameters()}
+    ta, tb = (load_tensors(full_pool.weights_path(full_pool.members[i])) for i in (a, b))
+    w = torch.zeros(len(model.members))
+    w[a], w[b] = 0.25, 0.75
+    got = _merged(model, w, probes.AdamConsistent())
+    da, db = (ta[NAME] - seed[NAME]).flatten(), (tb[NAME] - seed[NAME]).flatten()
+    half = da.numel() // 2
+    want = torch.empty_like(da)
+    want[:half] = math.sqrt(0.25) * da[:half]
+    den = math.sqrt(0.25 * 1 + 0.75 * 9)
+    want[half:] = (0.25 * 1 * da[half:] + 0.75 * 3 * db[half:]) / den
+    torch.testing.assert_close(
+        got[NAME].flatten(), seed[NAME].flatten() + want, rtol=1e-4, atol=1e-6
+    )
+    avg = 0.25 * ta["model.norm.weight"] + 0.75 * tb["model.norm.weight"]
+    torch.testing.assert_close(got["model.norm.weight"], avg, rtol=1e-5, atol=1e-6)
+    one = torch.zeros(len(model.members))
+    one[b] = 1.0
+    assert torch.equal(_merged(model, one, probes.AdamConsistent())[NAME], tb[NAME])
+    _fisher(full_pool, lambda i, name, t: torch.full_like(t, 2.0))
+    even = _merged(_model(full_pool), w, probes.AdamConsistent())
+    torch.testing.assert_close(even[NAME], 0.25 * ta[NAME] + 0.75 * tb[NAME], rtol=1e-5, atol=1e-6)
+
+
+def test_probe_names_are_checked(probes):
+    assert isinstance(probes.probe("power:0.7"), probes.WeightPower)
+    assert isinstance(probes.probe("adam"), probes.AdamConsistent)
+    assert probes.probe("damping:2").damping == 2.0
+    for bad in ("power", "damping:x", "adam:1", "median"):
+        with pytest.raises(Exception, match="unknown probe"):
+            probes.probe(bad)
