@@ -47,6 +47,8 @@ store, where every row's validation left them):
         system infra --settings 300000:30000 300000:60000 900000:30000 --repeats 4 \
         --variants precond --merge fisher_damped --referee-pairs
 
+``probe_merges.py`` reruns merges that were tried and not adopted on the cached cells.
+
 Everything built (corpus files, pools, members, real models, rows) is cached under
 ``--work``: a rerun reuses it and only prints. The table's ``digest`` is a hash of each
 cell's text (``corpus_digest``): the corpora follow the installed releases, so two tables
