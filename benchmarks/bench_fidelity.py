@@ -858,12 +858,29 @@ def _proxy_nll(folder: Path, variant: str, merge: str, args):
     return np.stack([proxy_scores(ev, m)[0].nll for m in chosen])
 
 
+def judge(guess, ref, tokens, es, seed: int) -> dict:
+    """``decision_fields`` of ``guess`` (``(M, n_docs)`` NLL) with the training seeds ``ref``
+    (``(R, M, n_docs)``) as the referee: what ``meets_bar`` reads."""
+    from ablate.validation.decisions import decision_table
+
+    d = decision_table(
+        guess,
+        ref.mean(axis=0),
+        tokens,
+        es.doc_domain,
+        es.domains,
+        repeats_nll=ref,
+        replicates=0,
+        seed=seed,
+    )
+    return decision_fields(d)
+
+
 def referee_pairs(folder: Path, variant: str, merge: str, args) -> list[dict] | None:
     """Issue 25's bar against each pair of the cell's ``--repeats`` training seeds as the
     referee (the issue's ``--repeats 2`` is the pair (0, 1)), for the proxies and, as the
     like-for-like ceiling, for the mean of two *other* seeds used as the proxy. None where a
     real model of the sample is not scored."""
-    from ablate.validation.decisions import decision_table
 
     ev, chosen = cell_sample(folder, args, pool=variant)
     if (got := real_runs(folder, ev, chosen, args.repeats)) is None:
@@ -877,17 +894,7 @@ def referee_pairs(folder: Path, variant: str, merge: str, args) -> list[dict] | 
         rest = [r for r in range(args.repeats) if r not in pair]
         row = {"referee": pair}
         for who, guess in (("proxy", proxy), ("other_seeds", runs[rest[:2]].mean(axis=0))):
-            d = decision_table(
-                guess,
-                ref.mean(axis=0),
-                tokens,
-                es.doc_domain,
-                es.domains,
-                repeats_nll=ref,
-                replicates=0,
-                seed=args.seed,
-            )
-            fields = decision_fields(d)
+            fields = judge(guess, ref, tokens, es, args.seed)
             row[who] = {k: fields[k] for k in BAR_FIELDS} | {"bar": meets_bar(fields)}
         out.append(row)
     return out

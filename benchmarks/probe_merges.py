@@ -141,19 +141,7 @@ def probe(spec: str):
 
 # ---------------------------------------------------------------------------- measuring
 def _bar(proxy, runs, tokens, es, seed: int) -> tuple[dict, bool]:
-    from ablate.validation.decisions import decision_table
-
-    d = decision_table(
-        proxy,
-        runs.mean(axis=0),
-        tokens,
-        es.doc_domain,
-        es.domains,
-        repeats_nll=runs,
-        replicates=0,
-        seed=seed,
-    )
-    fields = bench.decision_fields(d)
+    fields = bench.judge(proxy, runs, tokens, es, seed)
     return fields, not bench.bar_misses(fields)
 
 

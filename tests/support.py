@@ -225,3 +225,14 @@ def merge_lora_members(pool: Any, merge: str) -> tuple[Any, Any, dict, list[dict
         for r in layout.members
     ]
     return m, w, got, full
+
+
+def load_benchmark(name: str) -> Any:
+    """A script of ``benchmarks/`` imported as a module (they are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

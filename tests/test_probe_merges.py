@@ -5,29 +5,23 @@ Adam-consistent merge is worked out by hand."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from support import write_member_stat
+from support import load_benchmark, write_member_stat
 
 from ablate.engine.layout import MemberLayout
 from ablate.engine.merge import MergedModel
 from ablate.pool.storage import FISHER
 from ablate.pool.weights import load_tensors
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "probe_merges.py"
 NAME = "model.layers.0.self_attn.q_proj.weight"
 
 
 @pytest.fixture(scope="module")
 def probes():
-    spec = importlib.util.spec_from_file_location("probe_merges", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("probe_merges")
 
 
 def _model(pool, merge: str = "fisher_damped") -> MergedModel:
