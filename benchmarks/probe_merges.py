@@ -1,12 +1,13 @@
 """Merges tried against the fidelity suite's misses and not adopted, kept so that the
 measurement can be rerun and the next idea compared with them on the same cells.
 
-The held-out ``polyglot`` 300K/60K cell misses issue 25's pick because the proxy compresses
-per-domain differences unevenly: a small share of a distinctive partition (glibc locale
-definitions, ~10% of a mixture) helps real training far more than averaging its member in
-does (docs/accuracy.md, "A held-out corpus"). Each probe below lifts small shares in its own
-way; each is measured on the suite's cached cells against the default, ``fisher_damped``
-(each member's Fisher scaled to mean 1 per tensor, plus 1):
+The held-out ``polyglot`` 300K/60K cell misses issue 25's pick, which looked like the proxy
+under-rewarding a small share of a distinctive partition (glibc locale definitions, ~10% of a
+mixture). Two probes lift small shares, one varies the default's damping; each is measured
+on the suite's cached cells against the default, ``fisher_damped`` (each member's Fisher
+scaled to mean 1 per tensor, plus 1). Measured in the thirteenth session: lifting is the wrong
+direction, sharpening (``power:1.4``) fixes ``polyglot`` and loses on the development cells;
+none adopted (docs/accuracy.md, "Lifting small shares"):
 
 - ``power:A``: the default merge of the weights ``w**A`` renormalised (A < 1 lifts small
   shares, A > 1 sharpens them);
@@ -197,11 +198,20 @@ def main() -> None:
             probe(spec)
         except argparse.ArgumentTypeError as e:
             ap.error(str(e))
+    folders = {}
+    for cell in args.cells:
+        parts = cell.split(":")
+        if len(parts) != 3:
+            ap.error(f"--cells takes CORPUS:SEED:UNIT (e.g. mlcode:300000:30000), got {cell!r}")
+        folders[cell] = Path(args.work) / parts[0] / f"seed{parts[1]}-unit{parts[2]}"
+        if not (folders[cell] / "precond" / "pool.json").is_file():
+            ap.error(
+                f"no cell {cell} under {args.work} ({folders[cell]}/precond): build it with "
+                "bench_fidelity.py --variants precond --merge fisher_damped --repeats 4"
+            )
     print("| cell | probe | two seeds | four seeds | pairs of four |")
     print("|---|---|---|---|---:|")
-    for cell in args.cells:
-        corpus, seed_tokens, unit_tokens = cell.split(":")
-        folder = Path(args.work) / corpus / f"seed{seed_tokens}-unit{unit_tokens}"
+    for cell, folder in folders.items():
         for r in measure(folder, args.probes, args):
             two, four = _fmt(*r["two"]), _fmt(*r["four"])
             print(f"| {cell} | {r['probe']} | {two} | {four} | {r['pairs']} of 6 |", flush=True)
