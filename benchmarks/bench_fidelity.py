@@ -846,7 +846,7 @@ def pick_ceilings(folder: Path, args) -> dict | None:
     }
 
 
-def _proxy_nll(folder: Path, variant: str, merge: str, args):
+def proxy_nll(folder: Path, variant: str, merge: str, args):
     """``(M, n_docs)`` per-document NLL of the sample's proxies (``validate``'s own, kept in
     the pool's results store: merged once, by the row that measured them or here)."""
     import numpy as np
@@ -876,6 +876,20 @@ def judge(guess, ref, tokens, es, seed: int) -> dict:
     return decision_fields(d)
 
 
+def verdict(guess, ref, tokens, es, seed: int) -> tuple[dict, bool]:
+    """``judge``'s fields and whether they meet issue 25's bar."""
+    fields = judge(guess, ref, tokens, es, seed)
+    return fields, not bar_misses(fields)
+
+
+def verdict_text(fields: dict, ok: bool) -> str:
+    """``median per-domain rho / macro rho / macro regret yes|no``, as the probes print it."""
+    return (
+        f"{fields['median_domain']:.2f} / {fields['macro']:.2f} / "
+        f"{100 * fields['macro_regret']:.1f}% {'yes' if ok else 'no'}"
+    )
+
+
 def referee_pairs(folder: Path, variant: str, merge: str, args) -> list[dict] | None:
     """Issue 25's bar against each pair of the cell's ``--repeats`` training seeds as the
     referee (the issue's ``--repeats 2`` is the pair (0, 1)), for the proxies and, as the
@@ -886,7 +900,7 @@ def referee_pairs(folder: Path, variant: str, merge: str, args) -> list[dict] | 
     if (got := real_runs(folder, ev, chosen, args.repeats)) is None:
         return None
     runs, tokens = got
-    proxy = _proxy_nll(folder, variant, merge, args)
+    proxy = proxy_nll(folder, variant, merge, args)
     es = ev.eval_set
     out = []
     for pair in itertools.combinations(range(args.repeats), 2):

@@ -141,11 +141,6 @@ def probe(spec: str):
 
 
 # ---------------------------------------------------------------------------- measuring
-def _bar(proxy, runs, tokens, es, seed: int) -> tuple[dict, bool]:
-    fields = bench.judge(proxy, runs, tokens, es, seed)
-    return fields, not bench.bar_misses(fields)
-
-
 def measure(folder: Path, specs: list[str], args) -> list[dict]:
     """One row per probe: the bar against the first two seeds, all four, and each pair."""
     import numpy as np
@@ -168,21 +163,14 @@ def measure(folder: Path, specs: list[str], args) -> list[dict]:
         proxy = np.stack(proxy)
         row = {"probe": spec}
         for label, ref in (("two", runs[:2]), ("four", runs)):
-            row[label] = _bar(proxy, ref, tokens, ev.eval_set, args.seed)
+            row[label] = bench.verdict(proxy, ref, tokens, ev.eval_set, args.seed)
         row["pairs"] = sum(
-            _bar(proxy, runs[list(p)], tokens, ev.eval_set, args.seed)[1]
+            bench.verdict(proxy, runs[list(p)], tokens, ev.eval_set, args.seed)[1]
             for p in itertools.combinations(range(4), 2)
         )
         rows.append(row)
     ev.close()
     return rows
-
-
-def _fmt(fields: dict, ok: bool) -> str:
-    return (
-        f"{fields['median_domain']:.2f} / {fields['macro']:.2f} / "
-        f"{100 * fields['macro_regret']:.1f}% {'yes' if ok else 'no'}"
-    )
 
 
 def main() -> None:
@@ -213,7 +201,7 @@ def main() -> None:
     print("|---|---|---|---|---:|")
     for cell, folder in folders.items():
         for r in measure(folder, args.probes, args):
-            two, four = _fmt(*r["two"]), _fmt(*r["four"])
+            two, four = bench.verdict_text(*r["two"]), bench.verdict_text(*r["four"])
             print(f"| {cell} | {r['probe']} | {two} | {four} | {r['pairs']} of 6 |", flush=True)
 
 

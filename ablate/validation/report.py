@@ -17,6 +17,7 @@ from ablate.mixture import Mixture
 from ablate.pool.atomic import write_bytes
 from ablate.present.heatmap import save_figure
 from ablate.validation.decisions import MARGIN, WITHIN, interval_resamples
+from ablate.validation.levels import LevelCorrection, level_correction
 from ablate.validation.stats import POOLED, Calibration, CalibrationKind
 
 if TYPE_CHECKING:
@@ -112,6 +113,12 @@ class ValidationReport:
             level=level,
         )
 
+    def level_correction(self) -> LevelCorrection | None:
+        """The macro with each domain's proxy level corrected by these real runs, and how it
+        ranks them leaving one mixture out (``ablate.validation.levels``); None with fewer
+        than three mixtures or one domain."""
+        return level_correction(self.pairs)
+
     def table(self) -> pd.DataFrame:
         """Correlations with their intervals and the gaps, one row per domain and pooled."""
         return self.correlations.join(self.intervals).join(self.gaps)
@@ -127,6 +134,11 @@ class ValidationReport:
             "merge": self.merge,
             "mixtures": self.mixtures,
             "verdict": self.verdict(),
+            "level_correction": (
+                {k: _num(v) if isinstance(v, float) else v for k, v in lc.json().items()}
+                if (lc := self.level_correction())
+                else None
+            ),
             "correlations": self.json_rows(),
             "correlation_intervals": {"resamples": interval_resamples(1)},
             "decisions": [],
@@ -230,6 +242,8 @@ class ValidationReport:
             f"{pct} two-way bootstrap over {interval_resamples(self.repeats)}; P<=x: share of "
             "those replicates whose pick is within x of the best."
         )
+        if (lc := self.level_correction()) is not None:
+            lines.append(lc.text())
         if self.tasks is not None:
             lines += ["", self.tasks_text()]
         if self.search_checks is not None:
@@ -331,6 +345,8 @@ class ValidationReport:
                 f"| {_share(r['p_within_1pct'])} "
                 f"| {_share(r['p_within_margin'])} | {r['top3_recall']:.2f} |"
             )
+        if (lc := self.level_correction()) is not None:
+            lines += ["", f'The {lc.text()} (docs/accuracy.md, "The proxy\'s level per domain").']
         return lines
 
     def _budget_words(self) -> str:

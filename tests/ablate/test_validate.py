@@ -13,6 +13,7 @@ from scipy import stats
 from support import eval_cli_args, run_cli
 
 from ablate import Evaluator, Mixture, MixtureError, Pool
+from ablate.objective import Target
 from ablate.validation import ValidationRecord, sample_mixtures, validate
 from ablate.validation.models import RECORD, VALIDATION_DIR, plan_for
 from ablate.validation.stats import (
@@ -220,6 +221,11 @@ def test_cli_validate_writes_files_and_reuses_models(full_pool, corpus, tmp_path
     assert "0 trained now" in second.stdout and "pooled" in second.stdout
     # One repeat: no noise ceiling, and the verdict line says how to get one.
     assert "verdict:" in second.stdout and "--repeats 2" in second.stdout
+    # ... and the level-corrected macro, with a target the search command takes as it is.
+    line = next(x for x in second.stdout.splitlines() if "proxy level corrected" in x)
+    lc = doc["level_correction"]
+    assert (f"--target {lc['target']}" in line) == lc["helps"]
+    assert {d for d, _ in Target.parse(lc["target"]).weights} == {"code", "math", "wiki"}
     assert _records(full_pool.path) == records  # same sha256, loss, timestamps: nothing retrained
     for k, r in records.items():
         assert (full_pool.path / VALIDATION_DIR / k / r.weights_file).stat().st_mtime_ns == stamp[k]
@@ -429,6 +435,12 @@ def test_fixed_budget_validation_with_repeats_and_a_search_check(full_pool, corp
     md = report._markdown("t")
     assert "Decisions" in md and "really trained" in md and "noise ceiling" in md
     assert doc["verdict"] == report.verdict() and "noise ceiling" in doc["verdict"]
+    lc = doc["level_correction"]  # three mixtures: the per-domain level correction is there
+    assert set(lc["offsets"]) == set(ev.domains) and lc["mixtures"] == 3
+    assert lc["target"] == report.level_correction().target
+    assert sum(lc["weights"].values()) == pytest.approx(1.0)
+    assert "proxy level corrected" in report.decisions_text() and "level per domain" in md
+    assert ("--target weighted:" in report.decisions_text()) == lc["helps"]
     again = validate(ev, mixtures=mixes, budget="fixed", repeats=2, bootstrap=0)
     assert again.trained == 0  # stored and reused like every real model
 

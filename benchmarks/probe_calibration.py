@@ -1,0 +1,233 @@
+"""The proxy's per-domain level corrected from real runs (what ``ablate validate`` reports
+and, where it decides better, recommends as a ``--target``), measured on the fidelity suite
+so that the measurement can be rerun and the next correction compared with it.
+
+The macro target is the *arithmetic* mean of the domains' perplexities, so a domain whose
+perplexity the proxy overstates weighs more in the proxy's macro than in the real one (on
+``polyglot`` 300K/60K the merged models put ``locales`` at 1.7x its real perplexity and pick
+the wrong mixture). Per-domain Spearman cannot see a level, the macro can. The correction adds
+to each domain's proxy log perplexity the mean residual (real minus proxy) of the real runs
+of *other* mixtures (``level_shift``: leave one mixture out, so that no mixture is corrected
+with its own real score), which ``ablate validate`` trains anyway.
+
+Reads the cells that ``bench_fidelity.py --variants precond --merge fisher_damped --repeats 4``
+built under ``--work`` (``--method lora``: ``--variants plain --merge fisher``, each method's
+default; a pretrained base's cell by its folder, e.g. ``infra/base-smollm2-135m-...``, with
+``--repeats 2``). Their proxies and real models are stored; nothing is trained or merged, a
+few seconds per cell:
+
+    python benchmarks/probe_calibration.py --work runs/fidelity --cells mlcode:300000:30000 \
+        polyglot:300000:60000
+
+Prints per cell: the issue's bar (median per-domain rho / macro rho / macro regret) against
+two seeds and all of them for the default proxy and the corrected one (corrected from those same
+seeds, leave one mixture out); with three seeds or more, the bar with the correction fitted
+on one seed and judged against each pair of the others (no seed both corrects and referees);
+each pair of seeds as the validation and the rest (two or more) as the referee: uncorrected,
+always corrected, and corrected where ``ablate validate``'s rule (``LevelCorrection.helps``)
+says so from the pair's own numbers; and, from one seed, the shift taken from only ``k``
+real runs (random mixtures, ``--draws`` per seed), what a user with fewer runs gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_fidelity as bench  # noqa: E402  (the suite's cells, bar and helpers)
+
+
+# ---------------------------------------------------------------------------- the correction
+def domain_log_ppl(nll: np.ndarray, tokens: np.ndarray, doc_domain: np.ndarray, n: int):
+    """``(M, n)`` log perplexity per mixture and domain from per-document summed NLL."""
+    from ablate.validation.decisions import target_ppl
+
+    return np.log(target_ppl(nll, tokens, doc_domain, n)[:, :n])
+
+
+def as_document_nll(log_ppl: np.ndarray, tokens: np.ndarray, doc_domain: np.ndarray):
+    """Per-document summed NLL ``(M, n_docs)`` whose domains have ``log_ppl`` exactly (every
+    document at its domain's rate), the form the suite's bar reads."""
+    return log_ppl[:, doc_domain] * tokens[None, :]
+
+
+def level_shift(proxy: np.ndarray, real: np.ndarray, rows: np.ndarray | None = None):
+    """``proxy`` (``(M, D)`` log perplexity) plus each domain's mean residual ``real - proxy``.
+
+    ``rows=None``: leave one mixture out (mixture i is shifted by the mean over the others,
+    as ``ablate validate`` reports it); otherwise the mean over ``rows`` shifts every mixture
+    (``real`` is read there only).
+    """
+    from ablate.validation.levels import leave_one_out_offsets
+
+    resid = real - proxy
+    if rows is not None:
+        return proxy + resid[rows].mean(axis=0)
+    return proxy + leave_one_out_offsets(resid)
+
+
+# ---------------------------------------------------------------------------- measuring
+def measure(folder: Path, args) -> dict:
+    """The bar's verdicts for the default proxy and the level-shifted one (module docstring);
+    the one-seed-corrects part needs three seeds or more."""
+    ns = argparse.Namespace(
+        sample=args.sample, seed=args.seed, repeats=args.repeats, fisher_batches=16
+    )
+    proxy = bench.proxy_nll(folder, args.variant, args.merge, ns)
+    pool = bench.merge_pool(folder, args.variant, args.merge, ns)
+    ev, chosen = bench.cell_sample(folder, ns, pool=pool.path.name, merge=args.merge)
+    got = bench.real_runs(folder, ev, chosen, args.repeats)
+    es = ev.eval_set
+    ev.close()
+    if got is None:
+        raise SystemExit(f"probe_calibration: {folder} lacks real models; run bench_fidelity.py")
+    runs, tokens = got
+    dd, n = np.asarray(es.doc_domain), len(es.domains)
+    lp = domain_log_ppl(proxy, tokens, dd, n)
+
+    def shifted(real_nll, rows=None):
+        lr = domain_log_ppl(real_nll, tokens, dd, n)
+        return as_document_nll(level_shift(lp, lr, rows), tokens, dd)
+
+    row: dict = {}
+    for label, ref in (("two", runs[:2]), ("all", runs)):
+        row[label] = (
+            bench.verdict(proxy, ref, tokens, es, args.seed),
+            bench.verdict(shifted(ref.mean(axis=0)), ref, tokens, es, args.seed),
+        )
+    rng = np.random.default_rng(args.seed)
+    counts = {"default": 0, "shift": 0} | {f"k{k}": 0 for k in args.k}
+    cases = draws = 0
+    for s in range(args.repeats if args.repeats >= 3 else 0):
+        others = [r for r in range(args.repeats) if r != s]
+        guesses = {"default": [proxy], "shift": [shifted(runs[s])]}
+        for k in args.k:
+            guesses[f"k{k}"] = [
+                shifted(runs[s], rng.choice(len(lp), k, replace=False)) for _ in range(args.draws)
+            ]
+        for pair in itertools.combinations(others, 2):
+            ref = runs[list(pair)]
+            cases += 1
+            draws += args.draws
+            for name, gs in guesses.items():
+                counts[name] += sum(bench.verdict(g, ref, tokens, es, args.seed)[1] for g in gs)
+    row["cross"] = counts
+    row["cases"], row["draws"] = cases, draws
+    row["rule"] = validate_rule(proxy, lp, runs, tokens, es, args.seed)
+    return row
+
+
+def validate_rule(proxy, lp, runs, tokens, es, seed: int) -> dict:
+    """Each pair of seeds as the validation (``LevelCorrection.helps`` decides, on their
+    leave-one-out numbers, whether to use the correction), the remaining seeds as the
+    referee: how often the bar holds uncorrected, always corrected, and by the rule."""
+    from ablate.validation.levels import level_correction
+
+    dd, n = np.asarray(es.doc_domain), len(es.domains)
+    out = {"default": 0, "shift": 0, "rule": 0, "chosen": 0, "cases": 0}
+    for pair in itertools.combinations(range(len(runs)), 2):
+        rest = [r for r in range(len(runs)) if r not in pair]
+        if len(rest) < 2:
+            continue
+        lr = domain_log_ppl(runs[list(pair)].mean(axis=0), tokens, dd, n)
+        shifted = as_document_nll(level_shift(lp, lr), tokens, dd)
+        lc = level_correction(domain_pairs(lp, lr, es.domains))
+        ok = {
+            name: bench.verdict(g, runs[rest], tokens, es, seed)[1]
+            for name, g in (("default", proxy), ("shift", shifted))
+        }
+        out["default"] += ok["default"]
+        out["shift"] += ok["shift"]
+        out["rule"] += ok["shift"] if lc.helps else ok["default"]
+        out["chosen"] += lc.helps
+        out["cases"] += 1
+    return out
+
+
+def domain_pairs(lp: np.ndarray, lr: np.ndarray, domains) -> pd.DataFrame:
+    """A validation's ``pairs`` (mixture x domain perplexities) from log perplexities."""
+    return pd.DataFrame(
+        [
+            {
+                "mixture": f"m{i:03d}",
+                "domain": str(d),
+                "proxy": np.exp(lp[i, j]),
+                "real": np.exp(lr[i, j]),
+            }
+            for i in range(len(lp))
+            for j, d in enumerate(domains)
+        ]
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default="runs/fidelity", help="bench_fidelity.py's --work")
+    ap.add_argument("--cells", nargs="+", required=True, metavar="CORPUS:SEED:UNIT")
+    ap.add_argument("--k", type=int, nargs="*", default=[1, 2, 4], help="real runs per shift")
+    ap.add_argument("--draws", type=int, default=5, help="random k-run draws per seed")
+    ap.add_argument("--sample", type=int, default=16, help="Dirichlet mixtures (as built)")
+    ap.add_argument("--seed", type=int, default=1, help="sample seed (as built)")
+    ap.add_argument("--repeats", type=int, default=4, help="training seeds of the cell (>= 2)")
+    ap.add_argument("--method", choices=("full", "lora"), default="full")
+    args = ap.parse_args()
+    # each method's default pool variant and merge, as the suite's cells were built
+    args.variant, args.merge = (
+        ("precond", "fisher_damped") if args.method == "full" else ("plain", "fisher")
+    )
+    tag = "" if args.method == "full" else "-lora"
+    if args.repeats < 2:
+        ap.error("--repeats: the bar needs two training seeds or more")
+    if any(k < 1 or k >= args.sample for k in args.k):
+        ap.error(f"--k takes run counts from 1 to {args.sample - 1}")
+    folders = {}
+    for cell in args.cells:
+        parts = cell.split(":")
+        if "/" in cell:  # a cell folder under --work (a pretrained base's: CORPUS/base-...)
+            folders[cell] = Path(args.work) / cell
+        elif len(parts) == 3:
+            folders[cell] = Path(args.work) / parts[0] / f"seed{parts[1]}-unit{parts[2]}{tag}"
+        else:
+            ap.error(
+                "--cells takes CORPUS:SEED:UNIT (e.g. mlcode:300000:30000) or a cell folder "
+                f"under --work (CORPUS/base-...), got {cell!r}"
+            )
+        if not (folders[cell] / args.variant / "pool.json").is_file():
+            ap.error(
+                f"no cell {cell} under {args.work} ({folders[cell]}/{args.variant}): build it "
+                f"with bench_fidelity.py --method {args.method} --variants {args.variant} "
+                f"--merge {args.merge} --repeats {args.repeats}"
+            )
+    ks = " | ".join(f"shift from {k} run(s)" for k in args.k)
+    print(
+        "| cell | two seeds: default | two seeds: shifted | all seeds: default "
+        "| all seeds: shifted | one seed corrects, two others referee: default | shifted "
+        f"| two seeds validate, the rest referee: default | shifted | validate's rule | {ks} |"
+    )
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(args.k))
+    for cell, folder in folders.items():
+        r = measure(folder, args)
+        bars = " | ".join(
+            bench.verdict_text(*r[label][i]) for label in ("two", "all") for i in (0, 1)
+        )
+        c, n, d = r["cross"], r["cases"], r["draws"]
+        ks = " | ".join(f"{c[f'k{k}']} of {d}" for k in args.k)
+        v = r["rule"]
+        rule = (
+            f"{v['default']} of {v['cases']} | {v['shift']} of {v['cases']} | "
+            f"{v['rule']} of {v['cases']} (chose it in {v['chosen']})"
+        )
+        print(
+            f"| {cell} | {bars} | {c['default']} of {n} | {c['shift']} of {n} | {rule} | {ks} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
