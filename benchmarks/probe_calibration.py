@@ -27,6 +27,12 @@ each pair of seeds as the validation and the rest (two or more) as the referee: 
 always corrected, and corrected where ``ablate validate``'s rule (``LevelCorrection.helps``)
 says so from the pair's own numbers; and, from one seed, the shift taken from only ``k``
 real runs (random mixtures, ``--draws`` per seed), what a user with fewer runs gets.
+
+``--gain ALPHA ...`` measures a correction that needs no real run: the offsets follow how much
+a domain's best member gains over the seed (``specialisation``; the more a partition's own
+training helps its domain, the more the merge overstates that domain's perplexity), so the
+proxy's log perplexity minus ``alpha`` times that gain (to the power ``--gain-power``), per
+alpha (0: the default).
 """
 
 from __future__ import annotations
@@ -150,6 +156,66 @@ def validate_rule(proxy, lp, runs, tokens, es, seed: int) -> dict:
     return out
 
 
+class SeedWeights:
+    """A merge method that loads the seed itself (``MergedModel.load(..., method=)``)."""
+
+    def apply(self, model, weights) -> None:
+        model.flat.zero_()
+        model.add_seed_(1.0)
+
+
+def specialisation(ev, tokens, dd, n: int) -> np.ndarray:
+    """``(n,)`` per domain: the seed's log perplexity minus the best member's, how much
+    training on one partition alone gains there (read from the pool: no real run)."""
+    from ablate import Mixture
+
+    ev.merged.load(Mixture.uniform([ev.partitions[0]]), method=SeedWeights())
+    seed = domain_log_ppl(ev.scorer().score_documents().nll[None], tokens, dd, n)[0]
+    members = []
+    for p in ev.partitions:
+        ev.merged.load(Mixture.uniform([p]))
+        members.append(domain_log_ppl(ev.scorer().score_documents().nll[None], tokens, dd, n)[0])
+    return seed - np.min(members, axis=0)
+
+
+def gain_rows(folder: Path, args) -> list[dict]:
+    """The proxy-only correction ``log ppl - alpha * specialisation`` per ``--gain`` alpha:
+    the bar against two seeds, all of them and each pair; and how well the specialisation
+    tracks the offsets the real runs give (Pearson over domains, both centred)."""
+    ns = argparse.Namespace(
+        sample=args.sample, seed=args.seed, repeats=args.repeats, fisher_batches=16
+    )
+    proxy = bench.proxy_nll(folder, args.variant, args.merge, ns)
+    pool = bench.merge_pool(folder, args.variant, args.merge, ns)
+    ev, chosen = bench.cell_sample(folder, ns, pool=pool.path.name, merge=args.merge)
+    runs, tokens = bench.real_runs(folder, ev, chosen, args.repeats)
+    es = ev.eval_set
+    dd, n = np.asarray(es.doc_domain), len(es.domains)
+    gain = specialisation(ev, tokens, dd, n)
+    ev.close()
+    lp = domain_log_ppl(proxy, tokens, dd, n)
+    offsets = (domain_log_ppl(runs.mean(axis=0), tokens, dd, n) - lp).mean(axis=0)
+    track = float(np.corrcoef(offsets, gain)[0, 1])
+    rows = []
+    shaped = np.sign(gain) * np.abs(gain) ** args.gain_power  # a domain no member helps: <= 0
+    for alpha in [0.0, *args.gain]:
+        guess = as_document_nll(lp - alpha * shaped, tokens, dd)
+        rows.append(
+            {
+                "alpha": alpha,
+                "two": bench.verdict(guess, runs[:2], tokens, es, args.seed),
+                "all": bench.verdict(guess, runs, tokens, es, args.seed),
+                "pairs": sum(
+                    bench.verdict(guess, runs[list(p)], tokens, es, args.seed)[1]
+                    for p in itertools.combinations(range(len(runs)), 2)
+                ),
+                "cases": len(list(itertools.combinations(range(len(runs)), 2))),
+                "track": track,
+            }
+        )
+    return rows
+
+
 def domain_pairs(lp: np.ndarray, lr: np.ndarray, domains) -> pd.DataFrame:
     """A validation's ``pairs`` (mixture x domain perplexities) from log perplexities."""
     return pd.DataFrame(
@@ -176,6 +242,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="sample seed (as built)")
     ap.add_argument("--repeats", type=int, default=4, help="training seeds of the cell (>= 2)")
     ap.add_argument("--method", choices=("full", "lora"), default="full")
+    ap.add_argument(
+        "--gain",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="ALPHA",
+        help="also the proxy-only correction by each member's specialisation (scores the seed "
+        "and every member once per cell)",
+    )
+    ap.add_argument(
+        "--gain-power",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="--gain corrects by alpha * specialisation**P (P > 1: convex, most for the most "
+        "specialised domains)",
+    )
     args = ap.parse_args()
     # each method's default pool variant and merge, as the suite's cells were built
     args.variant, args.merge = (
@@ -227,6 +310,19 @@ def main() -> None:
             f"| {cell} | {bars} | {c['default']} of {n} | {c['shift']} of {n} | {rule} | {ks} |",
             flush=True,
         )
+    if args.gain:
+        print(
+            "\n| cell | offsets vs specialisation (Pearson) | alpha | two seeds | all seeds | pairs |"
+        )
+        print("|---|---:|---:|---|---|---:|")
+        for cell, folder in folders.items():
+            for g in gain_rows(folder, args):
+                print(
+                    f"| {cell} | {g['track']:.2f} | {g['alpha']:g} | "
+                    f"{bench.verdict_text(*g['two'])} | {bench.verdict_text(*g['all'])} | "
+                    f"{g['pairs']} of {g['cases']} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

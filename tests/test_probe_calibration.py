@@ -3,6 +3,8 @@ form keeps each domain's perplexity, and its shift is the report's leave-one-out
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -50,3 +52,24 @@ def test_document_form_keeps_each_domain_and_the_shift_is_the_reports(probe):
     fixed = probe.level_shift(lp, lr, np.array([1, 3]))
     np.testing.assert_allclose(fixed - lp, np.broadcast_to((lr - lp)[[1, 3]].mean(0), lp.shape))
     np.testing.assert_allclose(target_ppl(real_nll, tokens, doc_domain, 3)[:, :3], np.exp(lr))
+
+
+def test_specialisation_is_the_seed_minus_the_best_member_per_domain(probe, full_pool, corpus):
+    from ablate import Evaluator, Mixture
+
+    ev = Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False)
+    scorer = ev.scorer()
+    tokens, dd = scorer.doc_tokens, np.asarray(ev.eval_set.doc_domain)
+    n = len(ev.eval_set.domains)
+    got = probe.specialisation(ev, tokens, dd, n)
+    base = {k: v.detach() for k, v in full_pool.load_base_model().named_parameters()}
+    ev.merged.load_state(base, "the seed")
+    seed = probe.domain_log_ppl(scorer.score_documents().nll[None], tokens, dd, n)[0]
+    members = np.array(
+        [
+            [math.log(ev.evaluate(Mixture.uniform([p])).ppl[d]) for d in ev.eval_set.domains]
+            for p in ev.partitions
+        ]
+    )
+    np.testing.assert_allclose(got, seed - members.min(axis=0), rtol=1e-5, atol=1e-6)
+    assert (got > 0).any()  # a member trained on its partition beats the seed somewhere
