@@ -156,20 +156,13 @@ def validate_rule(proxy, lp, runs, tokens, es, seed: int) -> dict:
     return out
 
 
-class SeedWeights:
-    """A merge method that loads the seed itself (``MergedModel.load(..., method=)``)."""
-
-    def apply(self, model, weights) -> None:
-        model.flat.zero_()
-        model.add_seed_(1.0)
-
-
 def specialisation(ev, tokens, dd, n: int) -> np.ndarray:
     """``(n,)`` per domain: the seed's log perplexity minus the best member's, how much
     training on one partition alone gains there (read from the pool: no real run)."""
     from ablate import Mixture
 
-    ev.merged.load(Mixture.uniform([ev.partitions[0]]), method=SeedWeights())
+    base = {k: v.detach() for k, v in ev.pool.load_base_model().named_parameters()}
+    ev.merged.load_state(base, "the seed")
     seed = domain_log_ppl(ev.scorer().score_documents().nll[None], tokens, dd, n)[0]
     members = []
     for p in ev.partitions:
