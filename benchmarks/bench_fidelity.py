@@ -910,6 +910,29 @@ def judge(guess, ref, tokens, es, seed: int) -> dict:
     return decision_fields(d)
 
 
+def probe_cells(ap, work: str, cells: list[str], variant: str, build: str, tag: str = ""):
+    """``{cell: folder}`` for the probes' ``--cells`` (``CORPUS:SEED:UNIT``, or a cell folder
+    under ``work`` such as a pretrained base's), each refused through ``ap.error`` with the
+    ``build`` command where its ``variant`` pool is not there."""
+    folders = {}
+    for cell in cells:
+        parts = cell.split(":")
+        if "/" in cell:
+            folders[cell] = Path(work) / cell
+        elif len(parts) == 3:
+            folders[cell] = Path(work) / parts[0] / f"seed{parts[1]}-unit{parts[2]}{tag}"
+        else:
+            ap.error(
+                "--cells takes CORPUS:SEED:UNIT (e.g. mlcode:300000:30000) or a cell folder "
+                f"under --work (CORPUS/base-...), got {cell!r}"
+            )
+        if not (folders[cell] / variant / "pool.json").is_file():
+            ap.error(
+                f"no cell {cell} under {work} ({folders[cell]}/{variant}): build it with {build}"
+            )
+    return folders
+
+
 def verdict(guess, ref, tokens, es, seed: int) -> tuple[dict, bool]:
     """``judge``'s fields and whether they meet issue 25's bar."""
     fields = judge(guess, ref, tokens, es, seed)

@@ -79,21 +79,32 @@ def level_shift(proxy: np.ndarray, real: np.ndarray, rows: np.ndarray | None = N
 
 
 # ---------------------------------------------------------------------------- measuring
-def measure(folder: Path, args) -> dict:
-    """The bar's verdicts for the default proxy and the level-shifted one (module docstring);
-    the one-seed-corrects part needs three seeds or more."""
+def load_cell(folder: Path, args):
+    """``(ev, proxy, runs, tokens)`` of one cell, its evaluator opened once: the sample's
+    stored proxies (``(M, n_docs)``, what ``validate`` scored) and real runs (``(R, M,
+    n_docs)``). Stops with the build command where a real model is not scored."""
+    from ablate.validation.validate import proxy_scores
+
     ns = argparse.Namespace(
         sample=args.sample, seed=args.seed, repeats=args.repeats, fisher_batches=16
     )
-    proxy = bench.proxy_nll(folder, args.variant, args.merge, ns)
     pool = bench.merge_pool(folder, args.variant, args.merge, ns)
     ev, chosen = bench.cell_sample(folder, ns, pool=pool.path.name, merge=args.merge)
     got = bench.real_runs(folder, ev, chosen, args.repeats)
-    es = ev.eval_set
-    ev.close()
     if got is None:
-        raise SystemExit(f"probe_calibration: {folder} lacks real models; run bench_fidelity.py")
-    runs, tokens = got
+        ev.close()
+        raise SystemExit(
+            f"probe_calibration: {folder} lacks scored real models for {args.repeats} seeds; "
+            f"build it with bench_fidelity.py --repeats {args.repeats}"
+        )
+    proxy = np.stack([proxy_scores(ev, m)[0].nll for m in chosen])
+    return ev, proxy, *got
+
+
+def measure(ev, proxy, runs, tokens, args) -> dict:
+    """The bar's verdicts for the default proxy and the level-shifted one (module docstring);
+    the one-seed-corrects part needs three seeds or more."""
+    es = ev.eval_set
     dd, n = np.asarray(es.doc_domain), len(es.domains)
     lp = domain_log_ppl(proxy, tokens, dd, n)
 
@@ -171,21 +182,13 @@ def specialisation(ev, tokens, dd, n: int) -> np.ndarray:
     return seed - np.min(members, axis=0)
 
 
-def gain_rows(folder: Path, args) -> list[dict]:
+def gain_rows(ev, proxy, runs, tokens, args) -> list[dict]:
     """The proxy-only correction ``log ppl - alpha * specialisation`` per ``--gain`` alpha:
     the bar against two seeds, all of them and each pair; and how well the specialisation
     tracks the offsets the real runs give (Pearson over domains, both centred)."""
-    ns = argparse.Namespace(
-        sample=args.sample, seed=args.seed, repeats=args.repeats, fisher_batches=16
-    )
-    proxy = bench.proxy_nll(folder, args.variant, args.merge, ns)
-    pool = bench.merge_pool(folder, args.variant, args.merge, ns)
-    ev, chosen = bench.cell_sample(folder, ns, pool=pool.path.name, merge=args.merge)
-    runs, tokens = bench.real_runs(folder, ev, chosen, args.repeats)
     es = ev.eval_set
     dd, n = np.asarray(es.doc_domain), len(es.domains)
     gain = specialisation(ev, tokens, dd, n)
-    ev.close()
     lp = domain_log_ppl(proxy, tokens, dd, n)
     offsets = (domain_log_ppl(runs.mean(axis=0), tokens, dd, n) - lp).mean(axis=0)
     track = float(np.corrcoef(offsets, gain)[0, 1])
@@ -257,29 +260,19 @@ def main() -> None:
     args.variant, args.merge = (
         ("precond", "fisher_damped") if args.method == "full" else ("plain", "fisher")
     )
-    tag = "" if args.method == "full" else "-lora"
     if args.repeats < 2:
         ap.error("--repeats: the bar needs two training seeds or more")
     if any(k < 1 or k >= args.sample for k in args.k):
         ap.error(f"--k takes run counts from 1 to {args.sample - 1}")
-    folders = {}
-    for cell in args.cells:
-        parts = cell.split(":")
-        if "/" in cell:  # a cell folder under --work (a pretrained base's: CORPUS/base-...)
-            folders[cell] = Path(args.work) / cell
-        elif len(parts) == 3:
-            folders[cell] = Path(args.work) / parts[0] / f"seed{parts[1]}-unit{parts[2]}{tag}"
-        else:
-            ap.error(
-                "--cells takes CORPUS:SEED:UNIT (e.g. mlcode:300000:30000) or a cell folder "
-                f"under --work (CORPUS/base-...), got {cell!r}"
-            )
-        if not (folders[cell] / args.variant / "pool.json").is_file():
-            ap.error(
-                f"no cell {cell} under {args.work} ({folders[cell]}/{args.variant}): build it "
-                f"with bench_fidelity.py --method {args.method} --variants {args.variant} "
-                f"--merge {args.merge} --repeats {args.repeats}"
-            )
+    folders = bench.probe_cells(
+        ap,
+        args.work,
+        args.cells,
+        args.variant,
+        f"bench_fidelity.py --method {args.method} --variants {args.variant} "
+        f"--merge {args.merge} --repeats {args.repeats}",
+        tag="" if args.method == "full" else "-lora",
+    )
     ks = " | ".join(f"shift from {k} run(s)" for k in args.k)
     print(
         "| cell | two seeds: default | two seeds: shifted | all seeds: default "
@@ -287,8 +280,13 @@ def main() -> None:
         f"| two seeds validate, the rest referee: default | shifted | validate's rule | {ks} |"
     )
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(args.k))
+    gains = {}
     for cell, folder in folders.items():
-        r = measure(folder, args)
+        ev, proxy, runs, tokens = load_cell(folder, args)
+        r = measure(ev, proxy, runs, tokens, args)
+        if args.gain:
+            gains[cell] = gain_rows(ev, proxy, runs, tokens, args)
+        ev.close()
         bars = " | ".join(
             bench.verdict_text(*r[label][i]) for label in ("two", "all") for i in (0, 1)
         )
@@ -308,8 +306,8 @@ def main() -> None:
             "\n| cell | offsets vs specialisation (Pearson) | alpha | two seeds | all seeds | pairs |"
         )
         print("|---|---:|---:|---|---|---:|")
-        for cell, folder in folders.items():
-            for g in gain_rows(folder, args):
+        for cell, rows in gains.items():
+            for g in rows:
                 print(
                     f"| {cell} | {g['track']:.2f} | {g['alpha']:g} | "
                     f"{bench.verdict_text(*g['two'])} | {bench.verdict_text(*g['all'])} | "

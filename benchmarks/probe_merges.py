@@ -186,17 +186,13 @@ def main() -> None:
             probe(spec)
         except argparse.ArgumentTypeError as e:
             ap.error(str(e))
-    folders = {}
-    for cell in args.cells:
-        parts = cell.split(":")
-        if len(parts) != 3:
-            ap.error(f"--cells takes CORPUS:SEED:UNIT (e.g. mlcode:300000:30000), got {cell!r}")
-        folders[cell] = Path(args.work) / parts[0] / f"seed{parts[1]}-unit{parts[2]}"
-        if not (folders[cell] / "precond" / "pool.json").is_file():
-            ap.error(
-                f"no cell {cell} under {args.work} ({folders[cell]}/precond): build it with "
-                "bench_fidelity.py --variants precond --merge fisher_damped --repeats 4"
-            )
+    folders = bench.probe_cells(
+        ap,
+        args.work,
+        args.cells,
+        "precond",
+        "bench_fidelity.py --variants precond --merge fisher_damped --repeats 4",
+    )
     print("| cell | probe | two seeds | four seeds | pairs of four |")
     print("|---|---|---|---|---:|")
     for cell, folder in folders.items():
