@@ -112,7 +112,8 @@ def cap_rows(x: np.ndarray, caps: np.ndarray) -> np.ndarray:
         share = np.where(room, x, 0.0)
         flat = share.sum(1, keepdims=True) <= 0
         share = np.where(flat & room, 1.0, share)  # nobody with weight has room: spread evenly
-        x = x + excess * share / share.sum(1, keepdims=True)
+        total = share.sum(1, keepdims=True)  # 0 where every weight sits at its cap
+        x = x + np.divide(excess * share, total, out=np.zeros_like(x), where=total > 0)
     return np.minimum(x, caps) / np.minimum(x, caps).sum(1, keepdims=True)
 
 
