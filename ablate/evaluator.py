@@ -7,6 +7,7 @@ and never touch the store or the stack themselves.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -24,6 +25,7 @@ from ablate.data.evalset import EvalSet
 from ablate.data.tasks import Task, load_tasks
 from ablate.engine.executor import Executor, ExecutorName, LocalExecutor, Scored, Scorers
 from ablate.engine.layout import MemberLayout, gray_subsets
+from ablate.engine.levels import LevelShift, specialisation_shift
 from ablate.engine.merges import PoolMerge
 from ablate.engine.ray import RayExecutor, check_ray_settings
 from ablate.engine.results import ResultsCache, ResultsStore
@@ -41,9 +43,10 @@ from ablate.engine.scoring import (
 from ablate.export import export
 from ablate.mixture import Mixture
 from ablate.pool import Pool
+from ablate.pool.atomic import sha256_json
 from ablate.pool.errors import AblateError
 from ablate.pool.prepare import prepare_merge, prepares
-from ablate.pool.storage import check_merge
+from ablate.pool.storage import ProxyLevel, check_merge, check_proxy_level
 from ablate.pool.train import pick_device
 
 if TYPE_CHECKING:
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MixtureLike = Mixture | str | Mapping[str, float] | Sequence[str]
+SEED_SCORES = "seed"  # the name the seed model's own scores are stored under (no mixture)
 
 
 def as_mixture(m: MixtureLike) -> Mixture:
@@ -136,6 +140,13 @@ class EvaluatorConfig:
             seed's second moments, ``fisher`` for new LoRA pools, both prepared by ``pool
             grow``; else the average).
             Results of other merges than the average are stored under their own keys.
+        proxy_level: How each eval domain's proxy perplexity is read: ``"none"`` (as scored)
+            or ``"specialisation"`` (lowered by how much the domain's best partition gains
+            over the seed, ``ablate.engine.levels``; the first score on an eval set also
+            scores the seed and each partition once); None: the pool's own
+            (``Pool.proxy_level``: ``specialisation`` for new full-weight pools whose members
+            start from the seed's second moments, else ``none``). Stored scores are as
+            scored, so either reads every stored score.
     """
 
     by: str | None = None
@@ -151,6 +162,7 @@ class EvaluatorConfig:
     stack_budget_bytes: int | None = None
     tasks: Sequence[str | os.PathLike | Task] = ()
     merge: PoolMerge | None = None
+    proxy_level: ProxyLevel | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))  # frozen: a list would not be
@@ -158,6 +170,8 @@ class EvaluatorConfig:
             raise AblateError(f"executor must be 'local' or 'ray', got {self.executor!r}")
         if self.merge is not None:
             check_merge(self.merge)
+        if self.proxy_level is not None:
+            check_proxy_level(self.proxy_level)
 
 
 class Evaluator:
@@ -215,15 +229,69 @@ class Evaluator:
         self.config = cfg
         self.eval_set = eval_set
         self.tasks = task_set
-        self.cache = ResultsCache(loaded.store, eval_set)
+        self.proxy_level: ProxyLevel = cfg.proxy_level or pool.proxy_level
+        self.cache = self.results_for(eval_set)
 
     def on(self, eval_set: EvalSet) -> Evaluator:
         """An evaluator on another eval set (e.g. a held-out split) that shares this one's
         loaded members, executor and results store: nothing is loaded twice."""
         other = copy.copy(self)  # the same _Loaded: model, scorers, executor, store
         other.eval_set = eval_set
-        other.cache = ResultsCache(self.store, eval_set)
+        other.cache = other.results_for(eval_set)
         return other
+
+    def results_for(self, eval_set: EvalSet) -> ResultsCache:
+        """The results of ``eval_set``, read at this evaluator's proxy level."""
+        if self.proxy_level == "none":
+            return ResultsCache(self.store, eval_set)
+        return ResultsCache(self.store, eval_set, lambda: self._specialisation(eval_set))
+
+    def _specialisation(self, eval_set: EvalSet) -> LevelShift:
+        """The ``specialisation`` level's shift on ``eval_set``: the seed and each partition
+        scored once each, or read from the store as scored (``ablate.engine.levels``)."""
+        raw = ResultsCache(self.store, eval_set)
+        singles = [Mixture.uniform([p]) for p in self.partitions]
+        found = {m.key: raw.lookup(m, self.pool_key(m)) for m in singles}
+        todo = [m for m in singles if found[m.key] is None]
+        manifest = self.pool.manifest
+        seed_key = sha256_json(
+            {"seed": manifest.base_sha256, "method": manifest.recipe.method, "model": "seed"}
+        )
+        seed = raw.lookup_model(SEED_SCORES, seed_key)
+        model = self._loaded.scorers.model  # asked mid-walk or mid-race: its weights stay
+        with (
+            model.kept() if model is not None else contextlib.nullcontext(),
+            tqdm(
+                total=len(todo) + (seed is None),
+                desc="proxy level: seed and partitions",
+                unit="model",
+                disable=not self.progress or not (todo or seed is None),
+            ) as bar,
+        ):
+            if seed is None:
+                base = self.pool.load_base_model()
+                self.merged.load_state(
+                    {k: v.detach() for k, v in base.named_parameters()}, "the seed"
+                )
+                seed = raw.record_model(SEED_SCORES, seed_key, self.scorer(eval_set).score())
+                bar.update(1)
+            for s in self.executor.run(todo, eval_set, []):
+                found[s.mixture.key] = raw.record(s.mixture, s.scores, self.pool_key(s.mixture))
+                bar.update(1)
+        domains = eval_set.domains
+
+        def log_ppl(scores: Mapping[str, DomainScore]) -> np.ndarray:
+            return np.array([scores[d].nll / scores[d].tokens for d in domains])
+
+        seed_lp = log_ppl(seed)
+        parts = np.stack([log_ppl(found[m.key].scores) for m in singles])  # type: ignore[union-attr]
+        return LevelShift(domains, specialisation_shift(seed_lp, parts), seed_lp - parts.min(0))
+
+    @property
+    def level_shift(self) -> LevelShift | None:
+        """Nats per token each eval domain's proxy NLL is read lower by, and each domain's
+        gain of its best partition over the seed (None at proxy level ``none``)."""
+        return self.cache.shift
 
     # ------------------------------------------------------------------ what it holds
     pool = _shared("pool", "The pool whose members are merged.")
@@ -422,6 +490,7 @@ __all__ = [
     "DocScores",
     "DomainScore",
     "EvalResult",
+    "LevelShift",
     "Evaluator",
     "EvaluatorConfig",
     "MixtureLike",

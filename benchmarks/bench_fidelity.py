@@ -74,6 +74,7 @@ from pathlib import Path
 
 from ablate.engine.merges import MERGES, POOL_MERGES
 from ablate.pool.atomic import write_json
+from ablate.pool.storage import PROXY_LEVELS
 
 SITE = Path(sysconfig.get_paths()["purelib"])  # this venv's site-packages
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -538,6 +539,19 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def proxy_level(args) -> str:
+    """The proxy level every evaluator of the bench reads at (``--proxy-level``; explicit,
+    so a row never depends on what a pool recorded when the bench built it)."""
+    return getattr(args, "proxy_level", None) or "none"
+
+
+def level_tag(args) -> str:
+    """A row's name and cache suffix for a proxy level other than ``none`` (rows measured
+    before the option keep their names)."""
+    level = proxy_level(args)
+    return "" if level == "none" else f"@{level}"
+
+
 # Merges (``--merge``) whose pool copy needs each member's Fisher.
 MERGE_NEEDS_FISHER = {m for m in POOL_MERGES if MERGES[m].statistic == "fisher"}
 
@@ -548,7 +562,9 @@ def _validate(pool, eval_file: Path, args, merge: str = "average"):
     from ablate import Evaluator
     from ablate.validation import validate
 
-    ev = Evaluator(pool, eval_file, by="domain", progress=False, merge=merge)
+    ev = Evaluator(
+        pool, eval_file, by="domain", progress=False, merge=merge, proxy_level=proxy_level(args)
+    )
     _adopt_legacy_scores(eval_file.parent, ev)
     v = validate(
         ev,
@@ -742,9 +758,11 @@ def _merge_row(
 ):
     """The row of ``variant``'s members merged by ``merge`` (cached like the others; the
     variant's pool, the real models and their cached scores must exist)."""
-    name = f"{variant}+{merge}"
-    tag = name + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
-    cache = folder / f"row-{tag}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
+    name = f"{variant}+{merge}{level_tag(args)}"
+    tag = f"{variant}+{merge}" + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
+    cache = (
+        folder / f"row-{tag}{level_tag(args)}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
+    )
     if (
         row := cached_row(cache, args.repeats, stale=args.print_only)
     ) is not None or args.print_only:
@@ -818,7 +836,12 @@ def cell_sample(folder: Path, args, pool: str = "plain", merge: str = "average")
     from ablate.validation.sampling import WeightSampler
 
     ev = Evaluator(
-        Pool.open(folder / pool), folder / "eval.jsonl", by="domain", progress=False, merge=merge
+        Pool.open(folder / pool),
+        folder / "eval.jsonl",
+        by="domain",
+        progress=False,
+        merge=merge,
+        proxy_level=proxy_level(args),
     )
     return ev, WeightSampler.parse("dirichlet").sample(ev.partitions, args.sample, seed=args.seed)
 
@@ -1037,7 +1060,7 @@ def law_row(folder: Path, corpus: str, setting: str, variant: str, merge: str, a
     leave-one-out on the real mixtures (cached like the rows)."""
     from ablate import MixtureLaw
 
-    name = variant if merge == "average" else f"{variant}+{merge}"
+    name = (variant if merge == "average" else f"{variant}+{merge}") + level_tag(args)
     tag = name + (f"-b{args.fisher_batches}" if merge in MERGE_NEEDS_FISHER else "")
     cache = folder / f"laws-{tag}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
     if cache.is_file():
@@ -1091,6 +1114,13 @@ def main() -> None:
         "--repeats", type=int, default=2, help="real models per mixture (noise ceiling)"
     )
     ap.add_argument("--seed", type=int, default=1, help="corpus shuffle, recipe and sample seed")
+    ap.add_argument(
+        "--proxy-level",
+        default="none",
+        choices=list(PROXY_LEVELS),
+        help="how every evaluator reads the proxies per domain (ablate.engine.levels); rows "
+        "at a level other than none are named VARIANT[+MERGE]@LEVEL",
+    )
     ap.add_argument(
         "--merge",
         nargs="+",
@@ -1205,7 +1235,8 @@ def main() -> None:
         for variant in args.variants:
             if "average" not in args.merge:
                 continue
-            cache = folder / f"row-{variant}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
+            name = variant + level_tag(args)
+            cache = folder / f"row-{name}-s{args.sample}-r{args.repeats}-seed{args.seed}.json"
             if (row := cached_row(cache, args.repeats, stale=args.print_only)) is not None:
                 rows.append(row)
                 continue
@@ -1221,7 +1252,7 @@ def main() -> None:
             )
             measured = measure(*pools[variant], args)
             rows.append(
-                _keep_row(cache, corpus, seed_tokens, unit_tokens, variant, measured, start, args)
+                _keep_row(cache, corpus, seed_tokens, unit_tokens, name, measured, start, args)
             )
         for variant in args.variants:
             for merge in (m for m in args.merge if m != "average"):

@@ -21,6 +21,7 @@ from typing import Any
 from ablate.engine.merges import POOL_MERGES
 from ablate.evaluator import Evaluator
 from ablate.pool.errors import AblateError
+from ablate.pool.storage import PROXY_LEVELS
 from ablate.present.heatmap import figure_formats
 from ablate.present.tables import format_csv, format_table
 from ablate.racing.policy import DEFAULT_CONFIDENCE
@@ -279,6 +280,16 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         "(default: the pool's, which `ablate pool ls` shows: fisher_damped for pools whose "
         "members start from the seed's second moments, else average)",
     )
+    p.add_argument(
+        "--proxy-level",
+        choices=PROXY_LEVELS,
+        default=None,
+        help="how each eval domain's proxy perplexity is read: none (as scored) or "
+        "specialisation (lowered where the domain's best partition gains most over the seed, "
+        "which the merged proxies overstate; scores the seed and each partition once per "
+        "eval set) (default: the pool's, which `ablate pool ls` shows: specialisation for "
+        "full-weight pools whose members start from the seed's second moments, else none)",
+    )
     add_device_arg(p, "score")
     add_ray_args(p)
 
@@ -298,6 +309,7 @@ def evaluator(args: argparse.Namespace):
         gpus_per_worker=args.gpus_per_worker,
         tasks=args.task or (),
         merge=args.merge,
+        proxy_level=args.proxy_level,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from ablate.cli.common import (
@@ -70,7 +71,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     weighted parameter average, Fisher-weighted for pools whose members start from
     the seed's second moments; --merge picks another) and measure its perplexity
     per eval domain. Scores are stored in POOL/results.sqlite and never computed
-    twice.
+    twice. At the proxy level specialisation (the default of such pools;
+    --proxy-level) each domain's perplexity is read lower where one partition's
+    member gains most over the seed there (docs/validation.md).
 
     Examples:
         ablate eval runs/pool --eval-data eval.jsonl --eval-by domain --all-subsets
@@ -100,6 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             results = ev.run_many(mixtures)
         domains = list(ev.domains)
+        shift = ev.level_shift if results else None
     if args.top is not None:
         results = sorted(results, key=lambda r: r.macro_ppl)[: args.top]
 
@@ -111,6 +115,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     emit_table(args, rows, cols)
     if note and not args.csv:
         print(f"note: {note}")
+    if shift is not None and not args.csv:
+        lowered = ", ".join(
+            f"{d} {100 * (1 - math.exp(-s)):+.1f}%"
+            for d, s in zip(shift.domains, shift.nats, strict=True)
+        )
+        print(
+            f"proxy level specialisation: perplexity read lower by {lowered} (--proxy-level none: as scored)"
+        )
     return 0
 
 

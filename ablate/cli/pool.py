@@ -41,7 +41,7 @@ RECIPE_FLAGS = {
     **_flags(Recipe, "member_seed_share", "member_schedule", "member_lr", "member_preconditioner"),
     **_flags(LoraSpec, "rank", "alpha", prefix="lora-"),
 }
-MANIFEST_FLAGS = _flags(PoolManifest, "merge")
+MANIFEST_FLAGS = _flags(PoolManifest, "merge", "proxy_level")
 TINY_FLAGS = _flags(TinyModelSpec, "vocab_size", "seed_tokens", "hidden_size", "layers", "heads")
 _NAME_WIDTH = 32  # partition names longer than this end in an ellipsis in the table
 _TERMS_WIDTH = 40  # a cluster's top terms, cut to this width in the table
@@ -66,6 +66,8 @@ _DEFAULT_HELP = {
         "fisher_damped where members start from the seed's second moments, fisher for "
         "--method lora, else average"
     ),
+    "proxy_level": "specialisation where full-weight members start from the seed's second "
+    "moments, else none",
 }
 
 
@@ -119,7 +121,8 @@ def cmd_pool_init(args: argparse.Namespace) -> int:
     Create a pool: train a byte-level BPE tokenizer and a small Llama-style seed
     model (--base tiny), or use a local Hugging Face causal-LM folder. The training
     options are fixed for the pool's lifetime; --merge is the pool's default merge
-    (eval, search and validate take --merge to use another).
+    and --proxy-level how its proxies' perplexities are read (eval, search and
+    validate take --merge and --proxy-level to use others).
 
     Examples:
         ablate pool init runs/pool --base tiny --seed-data seed.jsonl
@@ -144,10 +147,11 @@ def cmd_pool_init(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         device=args.device,
         merge=args.merge,
+        proxy_level=args.proxy_level,
     )
     print(
         f"created pool {pool.path} (base {pool.manifest.base}, method "
-        f"{pool.manifest.recipe.method}, merge {pool.merge})"
+        f"{pool.manifest.recipe.method}, merge {pool.merge}, proxy level {pool.proxy_level})"
     )
     return 0
 
@@ -280,6 +284,7 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
             "base": m.base,
             "method": m.recipe.method,
             "merge": m.merge,
+            "proxy_level": m.proxy_level,
             "recipe": m.recipe.model_dump(mode="json"),
             "members": rows,
         }
@@ -301,7 +306,7 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
         return 0
     print(
         f"pool {pool.path}: base {m.base}, method {m.recipe.method}, merge {m.merge}, "
-        f"{m.recipe.unit_tokens} tokens/unit"
+        f"proxy level {m.proxy_level}, {m.recipe.unit_tokens} tokens/unit"
     )
     if clusters is not None:
         print(

@@ -14,6 +14,7 @@ import bisect
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -675,6 +676,16 @@ class MergedModel:
             current = target
             kernels.weighted_average(running.unsqueeze(0), [1.0 / len(target)], out=self.flat)
             yield i
+
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        """Whatever the skeleton holds now is back on exit: scoring another model in
+        between (the seed, a partition) leaves a merge or a walk in progress as it was."""
+        held = self.flat.clone()
+        try:
+            yield
+        finally:
+            self.flat.copy_(held)
 
     def load_state(self, tensors: Mapping[str, torch.Tensor], what: str) -> None:
         """Put a whole model's parameters (by name, as the seed model names them) into the

@@ -14,7 +14,8 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from ablate.pool.errors import PoolError
 if TYPE_CHECKING:
     from ablate.data.evalset import EvalSet
     from ablate.data.tasks import Task
+    from ablate.engine.levels import LevelShift
     from ablate.mixture import Mixture
 
 _SCHEMA = """
@@ -286,11 +288,36 @@ class ResultsCache:
     Every method takes the mixture's ``pool_key`` (``MemberLayout.pool_key``: exactly the
     members it merges). ``store=None`` remembers nothing (every lookup misses): the Ray
     actors and throwaway evaluators use that, and only one process writes a store.
+
+    ``level`` (``ablate.engine.levels``) gives the shift each domain's proxy scores are read
+    with, asked once, on the first score read: everything stored is as scored, everything
+    returned (perplexity, documents, partial scores) as read.
     """
 
-    def __init__(self, store: ResultsStore | None, eval_set: EvalSet):
+    def __init__(
+        self,
+        store: ResultsStore | None,
+        eval_set: EvalSet,
+        level: Callable[[], LevelShift | None] | None = None,
+    ):
         self.store = store
         self.eval_set = eval_set
+        self._level = level
+
+    @cached_property
+    def shift(self) -> LevelShift | None:
+        """The proxy level's shift per domain (None: scores are read as scored)."""
+        return None if self._level is None else self._level()
+
+    def read(self, scores: Mapping[str, DomainScore]) -> dict[str, DomainScore]:
+        """Per-domain proxy scores as read (``shift`` applied)."""
+        return dict(scores) if self.shift is None else self.shift.scores(scores)
+
+    def read_documents(self, docs: DocScores) -> DocScores:
+        """Per-document proxy scores as read (``shift`` applied)."""
+        if self.shift is None:
+            return docs
+        return self.shift.documents(docs, np.asarray(self.eval_set.doc_domain))
 
     # ------------------------------------------------------------------ perplexity
     def lookup(self, mixture: Mixture, pool_key: str) -> EvalResult | None:
@@ -301,18 +328,38 @@ class ResultsCache:
         domains = self.eval_set.domains
         if hit is None or set(hit) != set(domains):
             return None
-        return EvalResult(mixture, {d: DomainScore(*hit[d]) for d in domains}, cached=True)
+        scores = {d: DomainScore(*hit[d]) for d in domains}
+        return EvalResult(mixture, self.read(scores), cached=True)
 
     def record(
         self, mixture: Mixture, scores: Mapping[str, DomainScore], pool_key: str
     ) -> EvalResult:
-        """Store ``scores`` (all domains in one transaction) and return them as a result."""
+        """Store ``scores`` (as scored; all domains in one transaction) and return them as
+        a result (as read)."""
         if self.store is not None:
             rows: dict[str, Row] = {d: (s.tokens, s.nll, s.bytes) for d, s in scores.items()}
             self.store.put(
                 pool_key, self.eval_set.fingerprint, mixture.key, mixture.as_dict(), rows
             )
-        return EvalResult(mixture, dict(scores))
+        return EvalResult(mixture, self.read(scores))
+
+    def lookup_model(self, name: str, pool_key: str) -> dict[str, DomainScore] | None:
+        """The stored per-domain scores of a model that is no mixture (the seed), as scored."""
+        if self.store is None:
+            return None
+        hit = self.store.get(pool_key, self.eval_set.fingerprint, name)
+        if hit is None or set(hit) != set(self.eval_set.domains):
+            return None
+        return {d: DomainScore(*hit[d]) for d in self.eval_set.domains}
+
+    def record_model(
+        self, name: str, pool_key: str, scores: Mapping[str, DomainScore]
+    ) -> dict[str, DomainScore]:
+        """Store a model's per-domain scores under ``name`` (no mixture) and return them."""
+        if self.store is not None:
+            rows: dict[str, Row] = {d: (s.tokens, s.nll, s.bytes) for d, s in scores.items()}
+            self.store.put(pool_key, self.eval_set.fingerprint, name, {}, rows)
+        return dict(scores)
 
     # ------------------------------------------------------------------ tasks
     def lookup_task(self, task: Task, mixture: Mixture, pool_key: str) -> TaskScore | None:
@@ -349,10 +396,11 @@ class ResultsCache:
         hit = self.store.get_documents(pool_key, self.eval_set.fingerprint, mixture.key)
         if hit is None or len(hit[0]) != len(self.eval_set.docs):
             return None
-        return DocScores(nll=hit[0], tokens=hit[1])
+        return self.read_documents(DocScores(nll=hit[0], tokens=hit[1]))
 
     def record_documents(self, mixture: Mixture, pool_key: str, docs: DocScores) -> None:
-        """Store ``docs``, the per-document scores of ``mixture`` on this eval set."""
+        """Store ``docs``, the per-document scores of ``mixture`` on this eval set (as
+        scored)."""
         if self.store is not None:
             self.store.put_documents(
                 pool_key,
@@ -365,10 +413,14 @@ class ResultsCache:
 
     # ------------------------------------------------------------------ partial scores
     def lookup_partial(self, mixture: Mixture, pool_key: str) -> dict[str, Row] | None:
-        """A raced-out mixture's ``{domain: (tokens scored, summed nll, total tokens)}``."""
+        """A raced-out mixture's ``{domain: (tokens scored, summed nll, total tokens)}``
+        (as read)."""
         if self.store is None:
             return None
-        return self.store.get_partial(pool_key, self.eval_set.fingerprint, mixture.key)
+        hit = self.store.get_partial(pool_key, self.eval_set.fingerprint, mixture.key)
+        if hit is None or self.shift is None:
+            return hit
+        return {d: (t, n - self.shift.of(d) * t, total) for d, (t, n, total) in hit.items()}
 
     def record_partial(
         self,
@@ -377,8 +429,8 @@ class ResultsCache:
         partial: Mapping[str, DomainScore],
         total_tokens: Mapping[str, int],
     ) -> None:
-        """Store a raced-out mixture's scores over the documents it was scored on, with
-        each domain's full token count beside them (never read as a full score)."""
+        """Store a raced-out mixture's scores (as scored) over the documents it was scored
+        on, with each domain's full token count beside them (never read as a full score)."""
         if self.store is not None:
             rows = {d: (s.tokens, s.nll, total_tokens[d]) for d, s in partial.items()}
             self.store.put_partial(

@@ -30,7 +30,14 @@ from ablate.pool.atomic import remove_stale_temporaries, sha256_file, staged_dir
 from ablate.pool.corpus import read_documents
 from ablate.pool.ensure import SeedModel, Target, ensure_trained
 from ablate.pool.errors import CorruptMemberError, DataError, PoolError
-from ablate.pool.method import FULL, Method, method_of, new_pool_merge, new_pool_recipe
+from ablate.pool.method import (
+    FULL,
+    Method,
+    method_of,
+    new_pool_merge,
+    new_pool_proxy_level,
+    new_pool_recipe,
+)
 from ablate.pool.partition import partition_documents
 from ablate.pool.preconditioner import (
     load_preconditioner,
@@ -44,7 +51,9 @@ from ablate.pool.storage import (
     MemberStatistic,
     PoolManifest,
     PoolMerge,
+    ProxyLevel,
     check_merge,
+    check_proxy_level,
     member_id,
     read_record,
     utc_now,
@@ -156,6 +165,7 @@ class Pool:
         progress: bool = True,
         device: str | None = None,
         merge: PoolMerge | None = None,
+        proxy_level: ProxyLevel | None = None,
     ) -> Pool:
         """Start a pool from ``base`` ("tiny" trains a seed on ``seed_data``; else a local HF folder).
 
@@ -163,11 +173,14 @@ class Pool:
         estimated AdamW second moments where there is seed data). ``merge`` None:
         ``method.new_pool_merge(recipe)`` (``fisher_damped`` for such members, ``fisher``
         for LoRA members, else the plain average; what it reads of each member:
-        ``ablate.pool.prepare``).
+        ``ablate.pool.prepare``). ``proxy_level`` None: ``method.new_pool_proxy_level(recipe)``
+        (``specialisation`` for full-weight members that start from the seed's second
+        moments, else ``none``; ``ablate.engine.levels``).
         """
         path = Path(path)
         recipe = recipe or new_pool_recipe(seed_data)
         merge = check_merge(merge or new_pool_merge(recipe))
+        proxy_level = check_proxy_level(proxy_level or new_pool_proxy_level(recipe))
         if (path / MANIFEST).exists():
             raise PoolError(f"{path} is already a pool; add data with `ablate pool add` instead")
         if path.exists() and not path.is_dir():
@@ -265,6 +278,7 @@ class Pool:
             tiny=tiny,
             created_at=utc_now(),
             merge=merge,
+            proxy_level=proxy_level,
         )
         write_json(path / MANIFEST, manifest.model_dump(mode="json"))
         log.info("created pool %s from %s", path, base)
@@ -309,6 +323,12 @@ class Pool:
     def merge(self) -> PoolMerge:
         """The merge eval, search and validate use unless told otherwise (pool.json)."""
         return self.manifest.merge
+
+    @property
+    def proxy_level(self) -> ProxyLevel:
+        """How eval, search and validate read each domain's proxy perplexity unless told
+        otherwise (pool.json; ``ablate.engine.levels``)."""
+        return self.manifest.proxy_level
 
     # ----------------------------------------------------------------- base model
     @property

@@ -60,6 +60,22 @@ def check_merge(merge: str) -> PoolMerge:
     return merge  # type: ignore[return-value]
 
 
+# How a pool's merged proxies are read per eval domain (``--proxy-level``; recorded in
+# pool.json unless "none"): "none" scores them as they are, "specialisation" lowers each
+# domain's log perplexity by how much its best member gains over the seed there
+# (``ablate.engine.levels``). Stored scores stay as scored: it is applied on reading.
+ProxyLevel = Literal["none", "specialisation"]
+PROXY_LEVELS: tuple[str, ...] = get_args(ProxyLevel)
+
+
+def check_proxy_level(level: str) -> ProxyLevel:
+    """``level`` if it names a proxy level; refused in one line otherwise."""
+    if level not in PROXY_LEVELS:
+        known = ", ".join(PROXY_LEVELS)
+        raise PoolError(f"unknown proxy level {level!r}: --proxy-level must be one of {known}")
+    return level  # type: ignore[return-value]
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -83,6 +99,13 @@ class PoolManifest(_Record):
         description="How eval, search and validate merge a mixture's members unless --merge "
         "says otherwise (left out of pool.json while it is the plain average).",
     )
+    proxy_level: ProxyLevel = Field(
+        "none",
+        description="How eval, search and validate read each eval domain's proxy perplexity "
+        "unless --proxy-level says otherwise: none (as scored) or specialisation (lowered "
+        "where one partition's member gains most over the seed; left out of pool.json while "
+        "it is none).",
+    )
 
     @model_serializer(mode="wrap")
     def _omit_plain_average(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -90,6 +113,8 @@ class PoolManifest(_Record):
         data = handler(self)
         if data.get("merge") == "average":
             del data["merge"]
+        if data.get("proxy_level") == "none":
+            del data["proxy_level"]
         return data
 
 

@@ -64,6 +64,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -299,6 +300,16 @@ class Race:
         self._basis: dict[str, np.ndarray] = {}  # partition -> its singleton's unit values
         self.full = self.dropped = self.cached = self.tokens_full = 0
 
+    @cached_property
+    def _window_shift(self) -> np.ndarray:
+        """``(W,)`` what each window's summed NLL is read lower by at the evaluator's proxy
+        level (``ablate.engine.levels``; zeros at ``none``): races run on values as read,
+        the store keeps them as scored."""
+        shift = self.ev.cache.shift
+        if shift is None:
+            return np.zeros(self.n_win)
+        return shift.per_token(self.windows.domain) * self.racer.tokens[: self.n_win]
+
     def _item_cost(self, task: Task) -> np.ndarray:
         """Tokens a forward pass over each item's choices reads, ``(task.n,)``."""
         pool = self.ev.pool
@@ -327,6 +338,7 @@ class Race:
         mixtures = [as_mixture(m) for m in mixtures]
         ev, known = self.ev, {}
         todo: dict[str, Mixture] = {}
+        _ = self._window_shift  # the proxy level, measured before any merge is raced
         for m in mixtures:
             if m.key in known or m.key in todo:
                 continue
@@ -485,8 +497,8 @@ class Race:
 
         def score_current(key: Hashable) -> np.ndarray:
             row = np.empty(len(units))
-            if windows is not None:
-                row[is_win] = windows()[at]
+            if windows is not None:  # as read: the proxy level's shift per window
+                row[is_win] = windows()[at] - self._window_shift[units[is_win]]
             for t, sel, sub, flat in parts:
                 s = ev.task_scorer(sub).score()  # the sub-task's choices, in its item order
                 choice = self._choice.setdefault(key, {}).setdefault(
@@ -508,7 +520,8 @@ class Race:
     def _result(self, m: Mixture, o: Outcome) -> EvalResult | PartialResult:
         ev, es = self.ev, self.ev.eval_set
         w = self.windows
-        nll, tokens = o.nll[: self.n_win], self.racer.tokens[: self.n_win]
+        nll = o.nll[: self.n_win] + self._window_shift  # as scored: what the store keeps
+        tokens = self.racer.tokens[: self.n_win]
         choice = self._choice.pop(m.key, {})
         if o.full:
             self.full += 1
@@ -540,7 +553,7 @@ class Race:
         total_tokens = {d: int(all_tok[i]) for i, d in enumerate(es.domains)}
         result = PartialResult(
             m,
-            partial,
+            ev.cache.read(partial),
             total_tokens,
             o.score,
             self._mixtures[o.against],  # type: ignore[index]

@@ -238,6 +238,7 @@ def validate(
         repeats=repeats,
         extrapolate=extrapolate,
         merge=ev.layout.merge,
+        proxy_level=ev.proxy_level,
         search_checks=checks,
         margin=margin,
         replicates=bootstrap,
@@ -325,7 +326,7 @@ def proxy_scores(
     extrapolation: the plain average or ``--merge``) is read from the results store when it
     was scored before, else merged, scored and stored: per document, per domain (exactly
     what ``evaluate`` computes) and per task, so a rerun or a resumed validation merges
-    nothing twice."""
+    nothing twice. Documents come back at the evaluator's proxy level, like ``evaluate``'s."""
     stored = extrapolate == 1.0
     key = ev.pool_key(mixture) if stored else ""
     if stored:
@@ -342,7 +343,7 @@ def proxy_scores(
         ev.cache.record_documents(mixture, key, docs)
         for name, score in tasks.items():
             ev.cache.record_task(ev.tasks[name], mixture, key, score)
-    return docs, tasks
+    return ev.cache.read_documents(docs), tasks
 
 
 def _drop_weights(ev: Evaluator, records: Sequence[ValidationRecord]) -> None:

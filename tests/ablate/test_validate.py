@@ -231,6 +231,25 @@ def test_cli_validate_writes_files_and_reuses_models(full_pool, corpus, tmp_path
         assert (full_pool.path / VALIDATION_DIR / k / r.weights_file).stat().st_mtime_ns == stamp[k]
     with open(out / "validation.csv", newline="") as f:
         assert [p["real"] for p in csv.DictReader(f)] == [p["real"] for p in pairs]
+    # At the other proxy level: the same real models, the proxies as that level reads them.
+    assert doc["proxy_level"] == "none"
+    level = run_cli(*args, "--proxy-level", "specialisation")
+    assert level.returncode == 0, level.stderr
+    assert json.loads(level.stdout)["proxy_level"] == "specialisation"
+    assert _records(full_pool.path) == records
+    read = Evaluator(
+        full_pool.path,
+        corpus["eval"],
+        by="domain",
+        store=False,
+        progress=False,
+        proxy_level="specialisation",
+    )
+    with open(out / "validation.csv", newline="") as f:
+        for p in csv.DictReader(f):
+            mix = Mixture.uniform(p["mixture"].split("+"))
+            assert float(p["proxy"]) == pytest.approx(read.evaluate(mix).ppl[p["domain"]], rel=1e-6)
+    assert "proxies read at the specialisation level" in (out / "report.md").read_text()
 
 
 def test_cli_unknown_partition_is_a_one_line_error(full_pool, corpus, tmp_path):

@@ -16,7 +16,7 @@ from ablate.mixture import Mixture
 from ablate.pool import Pool, PoolError
 from ablate.pool.fisher import fisher_paths, fisher_record, load_fisher
 from ablate.pool.gram import gram_record
-from ablate.pool.method import new_pool_merge, new_pool_recipe
+from ablate.pool.method import new_pool_merge, new_pool_proxy_level, new_pool_recipe
 from ablate.pool.storage import MERGE_STATISTIC, PoolManifest
 from ablate.pool.weights import load_tensors
 
@@ -117,7 +117,7 @@ def test_cli_init_records_the_merge_ls_shows_it_and_grow_prepares_it(
         "pool", "init", path, "--base", full_pool_dir / "base", *small, "--merge", "regmean"
     )
     assert r.returncode == 0, r.stderr
-    assert "merge regmean" in r.stdout
+    assert "merge regmean" in r.stdout and "proxy level none" in r.stdout
     assert run_cli("pool", "add", path, corpus["math"], "--partition-by", "domain").returncode == 0
     r = run_cli("pool", "grow", path)
     assert r.returncode == 0, r.stderr
@@ -128,6 +128,7 @@ def test_cli_init_records_the_merge_ls_shows_it_and_grow_prepares_it(
     help_text = " ".join(run_cli("pool", "init", "--help").stdout.split())
     assert "fisher_damped where members start from the seed's second moments" in help_text
     assert "fisher for --method lora" in help_text
+    assert "specialisation where full-weight members start from the seed's" in help_text
 
 
 def test_a_new_lora_pool_merges_by_fisher_and_exports_the_average_adapter_only_when_asked(
@@ -207,3 +208,49 @@ def test_each_pool_merge_names_the_statistic_its_method_reads():
     for name in POOL_MERGES:
         stat = MERGE_STATISTIC[name]
         assert merge_method(name).statistic == (None if stat is None else stat.name)
+
+
+def test_preconditioned_full_pools_read_their_proxies_at_the_specialisation_level(
+    seeded, full_pool_dir, corpus, tmp_path
+):
+    """The level is recorded at init like the merge: ``specialisation`` for full-weight
+    members that start from the seed's second moments (where the fidelity suite measured
+    it), ``none`` for every other pool and for pools made before the field existed."""
+    assert new_pool_proxy_level(tiny_recipe(member_preconditioner="seed")) == "specialisation"
+    assert new_pool_proxy_level(tiny_recipe()) == "none"
+    assert new_pool_proxy_level(new_pool_recipe("seed.jsonl", method="lora")) == "none"
+    assert json.loads((seeded.path / "pool.json").read_text())["proxy_level"] == "specialisation"
+    ev = domain_evaluator(seeded, corpus)
+    assert ev.proxy_level == "specialisation" and ev.level_shift is not None
+    told = domain_evaluator(seeded, corpus, proxy_level="none")
+    mix = Mixture.parse("code=1,wiki=3")
+    got, scored = ev.evaluate(mix), told.evaluate(mix)
+    for d in ev.domains:
+        assert got.scores[d].nll == pytest.approx(
+            scored.scores[d].nll - ev.level_shift.of(d) * scored.scores[d].tokens
+        )
+    raw = json.loads((full_pool_dir / "pool.json").read_text())
+    assert "proxy_level" not in raw  # pools without the field read and write as before
+    assert PoolManifest.model_validate(raw).proxy_level == "none"
+    # the CLI: recorded at init, shown by ls, taken by eval; a bad one refused before writing
+    base = full_pool_dir / "base"
+    r = run_cli("pool", "init", tmp_path / "bad", "--base", base, "--proxy-level", "high")
+    assert r.returncode == 2 and "specialisation" in r.stderr and not (tmp_path / "bad").exists()
+    path = tmp_path / "pool"
+    r = run_cli(
+        "pool", "init", path, "--base", base, "--seq-len", "32", "--proxy-level", "specialisation"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "proxy level specialisation" in r.stdout
+    assert "proxy level specialisation" in run_cli("pool", "ls", path).stdout
+    assert (
+        json.loads(run_cli("pool", "ls", path, "--json").stdout)["proxy_level"] == "specialisation"
+    )
+    args = ("--eval-data", corpus["eval"], "--eval-by", "domain", "--mixture", "code=1,wiki=3")
+    shown = {}
+    for level in ("none", "specialisation"):
+        r = run_cli("eval", seeded.path, *args, "--proxy-level", level, "--json")
+        assert r.returncode == 0, r.stderr
+        shown[level] = {row["domain"]: row["ppl"] for row in json.loads(r.stdout)}
+    assert shown["none"]["code"] == pytest.approx(scored.scores["code"].ppl, rel=1e-5)
+    assert shown["specialisation"]["code"] == pytest.approx(got.scores["code"].ppl, rel=1e-5)
