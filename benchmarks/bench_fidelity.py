@@ -251,6 +251,26 @@ CORPORA: dict[str, tuple[dict[str, Callable[[], list[str]]], list[Callable[[], l
         },
         [py("pip"), glob(Path("/usr/share/perl5"), "*.pm"), metadata_prose],
     ),
+    # Added in the fifteenth session, after the proxy level ``specialisation`` (its scale and
+    # power) was shipped as the default of preconditioned full-weight pools: held out for it,
+    # measured once. CMake modules and their reST manual, Vim script, GNU Info manuals, Tcl
+    # and PostgreSQL's SQL; the seed: stdlib sqlite3/logging/concurrent/importlib/ctypes,
+    # GDB's Python and metadata prose.
+    "toolchain": (
+        {
+            "cmake_modules": glob(Path("/usr/share/cmake-3.25/Modules"), "*.cmake"),
+            "cmake_docs": glob(Path("/usr/share/cmake-3.25/Help"), "*.rst"),
+            "vim_script": glob(Path("/usr/share/vim"), "*.vim"),
+            "info_manuals": glob(Path("/usr/share/info"), "*.gz"),
+            "tcl": glob(Path("/usr/share/tcltk"), "*.tcl"),
+            "sql": glob(Path("/usr/share/postgresql"), "*.sql"),
+        },
+        [
+            py("sqlite3", "logging", "concurrent", "importlib", "ctypes", root=STDLIB),
+            glob(Path("/usr/share/gdb"), "*.py"),
+            metadata_prose,
+        ],
+    ),
     "demo": ({}, []),  # ablate.demo.stdlib_corpus, at the demo's own settings (--demo-setting)
 }
 
