@@ -107,6 +107,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(
         f"{report.mixtures} mixture(s) x {report.repeats} seed(s) validated at a {report.budget} "
         f"budget ({report.trained} trained now, the rest reused)"
+        + (
+            f"; proxies read at the {report.proxy_level} level (--proxy-level none: as scored)"
+            if report.proxy_level != "none"
+            else ""
+        )
     )
     emit_table(args, rows, cols)
     print()
