@@ -283,6 +283,8 @@ def run_demo(
         frame, out, title="ablate demo: Python standard library", tasks=task_frame(results)
     )
     print(report.summary)
+    if ev.level_shift is not None:
+        print(ev.level_shift.describe())
     print(f"report: {report.markdown}\nheatmap: {report.heatmap}")
     _validate(ev, out / "validation")
     return report.markdown

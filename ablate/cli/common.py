@@ -16,7 +16,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ablate.engine.merges import POOL_MERGES
 from ablate.evaluator import Evaluator
@@ -26,6 +26,9 @@ from ablate.present.heatmap import figure_formats
 from ablate.present.tables import format_csv, format_table
 from ablate.racing.policy import DEFAULT_CONFIDENCE
 from ablate.version import __version__
+
+if TYPE_CHECKING:
+    from ablate.engine.levels import LevelShift
 
 EXIT_OK = 0
 EXIT_USER = 2
@@ -314,6 +317,11 @@ def evaluator(args: argparse.Namespace):
 
 
 # ---------------------------------------------------------------------- output
+def level_line(shift: LevelShift | None) -> str | None:
+    """The line that says how the proxy level read the scores above (None at ``none``)."""
+    return None if shift is None else f"{shift.describe()} (--proxy-level none: as scored)"
+
+
 def emit_json(doc: Any) -> None:
     print(json.dumps(doc, indent=1))
 

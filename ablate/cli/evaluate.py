@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 from ablate.cli.common import (
@@ -15,6 +14,7 @@ from ablate.cli.common import (
     emit_json,
     emit_table,
     evaluator,
+    level_line,
     race_confidence,
     race_margin,
     usage_error,
@@ -115,14 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     emit_table(args, rows, cols)
     if note and not args.csv:
         print(f"note: {note}")
-    if shift is not None and not args.csv:
-        lowered = ", ".join(
-            f"{d} {100 * (1 - math.exp(-s)):+.1f}%"
-            for d, s in zip(shift.domains, shift.nats, strict=True)
-        )
-        print(
-            f"proxy level specialisation: perplexity read lower by {lowered} (--proxy-level none: as scored)"
-        )
+    if (line := level_line(shift)) and not args.csv:
+        print(line)
     return 0
 
 

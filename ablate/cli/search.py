@@ -16,6 +16,7 @@ from ablate.cli.common import (
     emit_json,
     emit_table,
     evaluator,
+    level_line,
     race_confidence,
     race_margin,
 )
@@ -84,6 +85,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             margin=race_margin(args),
             race_seed=args.race_seed,
         )
+        shift = ev.level_shift
     if args.plot:
         study.plot(args.plot)
     if args.json:
@@ -104,6 +106,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"{study.evaluations + dropped} mixture(s) evaluated by {study.strategy}{raced}")
     for note in study.notes:
         print(f"note: {note}")
+    if line := level_line(shift):
+        print(line)
     return 0
 
 

@@ -18,6 +18,7 @@ rests on are stored too, once per eval set (``ablate.evaluator.measure_level``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -69,6 +70,14 @@ class LevelShift:
     def per_token(self, domain: np.ndarray) -> np.ndarray:
         """The shift per token of items whose domain indices are ``domain``."""
         return self.nats[np.asarray(domain)]
+
+    def describe(self) -> str:
+        """One line: how much lower each domain's perplexity is read."""
+        lowered = ", ".join(
+            f"{d} {100 * (1 - math.exp(-s)):+.1f}%"
+            for d, s in zip(self.domains, self.nats, strict=True)
+        )
+        return f"proxy level specialisation: perplexity read lower by {lowered}"
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         """``{domain: {"gain": ..., "shift": ...}}`` (``--json``)."""

@@ -23,6 +23,9 @@ def test_demo_quick_runs_and_reuses(tmp_path):
     r = run_cli("demo", "--quick", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "best per domain" in r.stdout
+    assert (
+        "proxy level specialisation: perplexity read lower by asyncio" in r.stdout
+    )  # a new pool's
     report = (out / "report.md").read_text()
     assert "Ranked by macro perplexity" in report and "asyncio+docs+email" in report
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"

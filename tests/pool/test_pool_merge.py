@@ -254,3 +254,11 @@ def test_preconditioned_full_pools_read_their_proxies_at_the_specialisation_leve
         shown[level] = {row["domain"]: row["ppl"] for row in json.loads(r.stdout)}
     assert shown["none"]["code"] == pytest.approx(scored.scores["code"].ppl, rel=1e-5)
     assert shown["specialisation"]["code"] == pytest.approx(got.scores["code"].ppl, rel=1e-5)
+    # people's tables end with what the level did; read as scored they do not
+    said = "proxy level specialisation: perplexity read lower by code"
+    assert said in run_cli("eval", seeded.path, *args).stdout
+    assert said not in run_cli("eval", seeded.path, *args, "--proxy-level", "none").stdout
+    search = ("--eval-data", corpus["eval"], "--eval-by", "domain", "--strategy", "exhaustive")
+    r = run_cli("search", seeded.path, *search)
+    assert r.returncode == 0, r.stderr
+    assert said in r.stdout
