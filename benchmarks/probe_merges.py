@@ -28,7 +28,9 @@ cell); trains nothing, merges 16 proxies per cell and probe (about a minute on o
 
 Prints per cell and probe the bar (median per-domain rho / macro rho / macro regret) against
 the issue's two seeds and against four, and against how many of the six pairs of the four
-seeds it holds (``bench_fidelity.py --referee-pairs``). ``damping:1`` is the default itself.
+seeds it holds (``bench_fidelity.py --referee-pairs``). ``damping:1`` is the default merge
+itself; ``--proxy-level specialisation`` reads every probe at the shipped default's level
+(``damping:1`` then is the shipped default).
 """
 
 from __future__ import annotations
@@ -146,13 +148,22 @@ def measure(folder: Path, specs: list[str], args) -> list[dict]:
     import numpy as np
 
     ns = argparse.Namespace(
-        sample=args.sample, seed=args.seed, repeats=4, fisher_batches=16, method="full"
+        sample=args.sample,
+        seed=args.seed,
+        repeats=4,
+        fisher_batches=16,
+        method="full",
+        proxy_level=args.proxy_level,
     )
     pool = bench.merge_pool(folder, "precond", "fisher_damped", ns)
     ev, chosen = bench.cell_sample(folder, ns, pool=pool.path.name, merge="fisher_damped")
     if (got := bench.real_runs(folder, ev, chosen, 4)) is None:
         raise SystemExit(f"probe_merges: {folder} lacks real models; run bench_fidelity.py first")
     runs, tokens = got
+    # every probe's proxies read at the level (ablate.engine.levels): the same shift per
+    # domain and token as the default's, measured from the seed and the pool's partitions
+    shift = ev.level_shift
+    lowered = 0.0 if shift is None else shift.nats[np.asarray(ev.eval_set.doc_domain)] * tokens
     rows = []
     for spec in specs:
         method = probe(spec)
@@ -160,7 +171,7 @@ def measure(folder: Path, specs: list[str], args) -> list[dict]:
         for m in chosen:
             ev.merged.load(m, method=method)
             proxy.append(ev.scorer().score_documents().nll)
-        proxy = np.stack(proxy)
+        proxy = np.stack(proxy) - lowered
         row = {"probe": spec}
         for label, ref in (("two", runs[:2]), ("four", runs)):
             row[label] = bench.verdict(proxy, ref, tokens, ev.eval_set, args.seed)
@@ -180,6 +191,13 @@ def main() -> None:
     ap.add_argument("--probes", nargs="+", default=["damping:1"], help="power:A, adam or damping:D")
     ap.add_argument("--sample", type=int, default=16, help="Dirichlet mixtures (as built)")
     ap.add_argument("--seed", type=int, default=1, help="sample seed (as built)")
+    ap.add_argument(
+        "--proxy-level",
+        default="none",
+        choices=list(bench.PROXY_LEVELS),
+        help="read every probe's proxies at this level (specialisation: the shipped default "
+        "of these pools; none: as scored, how the thirteenth session measured them)",
+    )
     args = ap.parse_args()
     for spec in args.probes:
         try:
