@@ -12,7 +12,14 @@ from ablate.data.tasks import Task
 from ablate.engine.layout import MemberLayout
 from ablate.engine.results import ResultsCache, ResultsStore
 from ablate.engine.scoring import DocScores, Scorer, TaskScore, TaskScorer
-from ablate.evaluator import DomainScore, EvalResult, Evaluator, EvaluatorConfig, results_frame
+from ablate.evaluator import (
+    DomainScore,
+    EvalResult,
+    Evaluator,
+    EvaluatorConfig,
+    LevelShift,
+    results_frame,
+)
 from ablate.laws import MixtureLaw
 from ablate.mixture import Mixture, MixtureError
 from ablate.pool import AblateError, LoraSpec, Pool, Recipe, TinyModelSpec
@@ -33,6 +40,7 @@ __all__ = [
     "EvalSet",
     "Evaluator",
     "EvaluatorConfig",
+    "LevelShift",
     "LoraSpec",
     "MemberLayout",
     "Mixture",

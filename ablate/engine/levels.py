@@ -13,7 +13,7 @@ changes a ranking on one domain, only how domains add up (``macro``, weighted ta
 
 The stored scores stay as scored; ``ResultsCache`` applies the shift on reading, so a pool
 can change its level without rescoring anything. The seed's and each partition's scores it
-rests on are stored too, once per eval set (``ablate.evaluator.measure_level``).
+rests on are stored too, once per eval set (``Evaluator.level_shift``).
 """
 
 from __future__ import annotations
