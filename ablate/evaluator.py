@@ -244,11 +244,13 @@ class Evaluator:
         """The results of ``eval_set``, read at this evaluator's proxy level."""
         if self.proxy_level == "none":
             return ResultsCache(self.store, eval_set)
-        return ResultsCache(self.store, eval_set, lambda: self._specialisation(eval_set))
+        return ResultsCache(self.store, eval_set, lambda: self.specialisation(eval_set))
 
-    def _specialisation(self, eval_set: EvalSet) -> LevelShift:
-        """The ``specialisation`` level's shift on ``eval_set``: the seed and each partition
-        scored once each, or read from the store as scored (``ablate.engine.levels``)."""
+    def specialisation(self, eval_set: EvalSet | None = None) -> LevelShift:
+        """The ``specialisation`` level's shift on ``eval_set`` (default: this evaluator's),
+        whatever level this evaluator reads at: the seed and each partition scored once
+        each, or read from the store as scored (``ablate.engine.levels``)."""
+        eval_set = self.eval_set if eval_set is None else eval_set
         raw = ResultsCache(self.store, eval_set)
         singles = [Mixture.uniform([p]) for p in self.partitions]
         found = {m.key: raw.lookup(m, self.pool_key(m)) for m in singles}

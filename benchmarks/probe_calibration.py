@@ -167,28 +167,13 @@ def validate_rule(proxy, lp, runs, tokens, es, seed: int) -> dict:
     return out
 
 
-def specialisation(ev, tokens, dd, n: int) -> np.ndarray:
-    """``(n,)`` per domain: the seed's log perplexity minus the best member's, how much
-    training on one partition alone gains there (read from the pool: no real run)."""
-    from ablate import Mixture
-
-    base = {k: v.detach() for k, v in ev.pool.load_base_model().named_parameters()}
-    ev.merged.load_state(base, "the seed")
-    seed = domain_log_ppl(ev.scorer().score_documents().nll[None], tokens, dd, n)[0]
-    members = []
-    for p in ev.partitions:
-        ev.merged.load(Mixture.uniform([p]))
-        members.append(domain_log_ppl(ev.scorer().score_documents().nll[None], tokens, dd, n)[0])
-    return seed - np.min(members, axis=0)
-
-
 def gain_rows(ev, proxy, runs, tokens, args) -> list[dict]:
     """The proxy-only correction ``log ppl - alpha * specialisation`` per ``--gain`` alpha:
     the bar against two seeds, all of them and each pair; and how well the specialisation
     tracks the offsets the real runs give (Pearson over domains, both centred)."""
     es = ev.eval_set
     dd, n = np.asarray(es.doc_domain), len(es.domains)
-    gain = specialisation(ev, tokens, dd, n)
+    gain = ev.specialisation().gain  # the pool's own measure (ablate.engine.levels), stored
     lp = domain_log_ppl(proxy, tokens, dd, n)
     offsets = (domain_log_ppl(runs.mean(axis=0), tokens, dd, n) - lp).mean(axis=0)
     track = float(np.corrcoef(offsets, gain)[0, 1])

@@ -147,6 +147,8 @@ def measure(folder: Path, specs: list[str], args) -> list[dict]:
     """One row per probe: the bar against the first two seeds, all four, and each pair."""
     import numpy as np
 
+    from ablate.engine.scores import DocScores
+
     ns = argparse.Namespace(
         sample=args.sample,
         seed=args.seed,
@@ -160,10 +162,6 @@ def measure(folder: Path, specs: list[str], args) -> list[dict]:
     if (got := bench.real_runs(folder, ev, chosen, 4)) is None:
         raise SystemExit(f"probe_merges: {folder} lacks real models; run bench_fidelity.py first")
     runs, tokens = got
-    # every probe's proxies read at the level (ablate.engine.levels): the same shift per
-    # domain and token as the default's, measured from the seed and the pool's partitions
-    shift = ev.level_shift
-    lowered = 0.0 if shift is None else shift.nats[np.asarray(ev.eval_set.doc_domain)] * tokens
     rows = []
     for spec in specs:
         method = probe(spec)
@@ -171,7 +169,8 @@ def measure(folder: Path, specs: list[str], args) -> list[dict]:
         for m in chosen:
             ev.merged.load(m, method=method)
             proxy.append(ev.scorer().score_documents().nll)
-        proxy = np.stack(proxy) - lowered
+        # every probe read at the evaluator's level, as the default's proxies are
+        proxy = ev.cache.read_documents(DocScores(np.stack(proxy), tokens)).nll
         row = {"probe": spec}
         for label, ref in (("two", runs[:2]), ("four", runs)):
             row[label] = bench.verdict(proxy, ref, tokens, ev.eval_set, args.seed)

@@ -55,13 +55,15 @@ def test_document_form_keeps_each_domain_and_the_shift_is_the_reports(probe):
 
 
 def test_specialisation_is_the_seed_minus_the_best_member_per_domain(probe, full_pool, corpus):
+    """What the probe's --gain reads: the evaluator's own measure, whatever its level."""
     from ablate import Evaluator, Mixture
 
     ev = Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False)
+    assert ev.proxy_level == "none"
     scorer = ev.scorer()
     tokens, dd = scorer.doc_tokens, np.asarray(ev.eval_set.doc_domain)
     n = len(ev.eval_set.domains)
-    got = probe.specialisation(ev, tokens, dd, n)
+    got = ev.specialisation().gain
     base = {k: v.detach() for k, v in full_pool.load_base_model().named_parameters()}
     ev.merged.load_state(base, "the seed")
     seed = probe.domain_log_ppl(scorer.score_documents().nll[None], tokens, dd, n)[0]

@@ -324,27 +324,20 @@ class ResultsCache:
         """The stored scores of ``mixture``, if every eval domain has one."""
         if self.store is None:
             return None
-        hit = self.store.get(pool_key, self.eval_set.fingerprint, mixture.key)
-        domains = self.eval_set.domains
-        if hit is None or set(hit) != set(domains):
-            return None
-        scores = {d: DomainScore(*hit[d]) for d in domains}
-        return EvalResult(mixture, self.read(scores), cached=True)
+        scores = self.lookup_model(mixture.key, pool_key)
+        return None if scores is None else EvalResult(mixture, self.read(scores), cached=True)
 
     def record(
         self, mixture: Mixture, scores: Mapping[str, DomainScore], pool_key: str
     ) -> EvalResult:
         """Store ``scores`` (as scored; all domains in one transaction) and return them as
         a result (as read)."""
-        if self.store is not None:
-            rows: dict[str, Row] = {d: (s.tokens, s.nll, s.bytes) for d, s in scores.items()}
-            self.store.put(
-                pool_key, self.eval_set.fingerprint, mixture.key, mixture.as_dict(), rows
-            )
+        self._put(mixture.key, pool_key, mixture.as_dict(), scores)
         return EvalResult(mixture, self.read(scores))
 
     def lookup_model(self, name: str, pool_key: str) -> dict[str, DomainScore] | None:
-        """The stored per-domain scores of a model that is no mixture (the seed), as scored."""
+        """The stored per-domain scores under ``name`` (a mixture's key, or a model that is
+        no mixture: the seed), as scored, if every eval domain has one."""
         if self.store is None:
             return None
         hit = self.store.get(pool_key, self.eval_set.fingerprint, name)
@@ -356,10 +349,20 @@ class ResultsCache:
         self, name: str, pool_key: str, scores: Mapping[str, DomainScore]
     ) -> dict[str, DomainScore]:
         """Store a model's per-domain scores under ``name`` (no mixture) and return them."""
+        self._put(name, pool_key, {}, scores)
+        return dict(scores)
+
+    def _put(
+        self,
+        name: str,
+        pool_key: str,
+        mixture: Mapping[str, float],
+        scores: Mapping[str, DomainScore],
+    ) -> None:
+        """Every domain of ``scores`` in one transaction, as scored."""
         if self.store is not None:
             rows: dict[str, Row] = {d: (s.tokens, s.nll, s.bytes) for d, s in scores.items()}
-            self.store.put(pool_key, self.eval_set.fingerprint, name, {}, rows)
-        return dict(scores)
+            self.store.put(pool_key, self.eval_set.fingerprint, name, mixture, rows)
 
     # ------------------------------------------------------------------ tasks
     def lookup_task(self, task: Task, mixture: Mixture, pool_key: str) -> TaskScore | None:
