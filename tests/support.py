@@ -111,9 +111,50 @@ def run_captured(cmd: list[str], *, timeout: float = 600, **kw: Any):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
 
 
-def run_cli(*args: str, cwd: Path | None = None):
-    """Run the real ``ablate`` console entry in a subprocess; returns CompletedProcess."""
-    return run_captured([sys.executable, "-m", "ablate.cli", "-q", *map(str, args)], cwd=cwd)
+def _main_as_a_process(main: Any, argv: list[str]) -> int:
+    """``main(argv)``'s exit status as the interpreter would make it."""
+    import traceback
+
+    try:
+        return main(argv) or 0
+    except SystemExit as e:  # argparse's usage errors and --help
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
+    except Exception:
+        traceback.print_exc()
+        return 1
+
+
+def run_cli(*args: object, cwd: Path | None = None, subprocess: bool = False):
+    """Run the ``ablate`` command line; returns a ``CompletedProcess``.
+
+    In this process by default (``ablate.cli.main`` with its streams captured, an uncaught
+    exception printed as a traceback with status 1, as the interpreter would): each fresh
+    interpreter pays torch's and transformers' imports, several seconds on a CI machine, and
+    the suite runs the CLI some seventy times. ``subprocess=True`` runs the real console
+    entry in its own interpreter, for what only a process shows (its exit path, pipes, a
+    module's import-time state).
+    """
+    import contextlib
+    import io
+    import os
+    import subprocess as sp
+
+    argv = ["-q", *map(str, args)]
+    if subprocess:
+        return run_captured([sys.executable, "-m", "ablate.cli", *argv], cwd=cwd)
+    from ablate.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd or before)  # contextlib.chdir is 3.11+; the project supports 3.10
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = _main_as_a_process(main, argv)
+    finally:
+        os.chdir(before)
+    return sp.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def domain_evaluator(pool: Path | Any, corpus: dict[str, Path], **kw: Any):

@@ -20,7 +20,7 @@ def test_stdlib_corpus_has_code_and_prose():
 @pytest.mark.slow
 def test_demo_quick_runs_and_reuses(tmp_path):
     out = tmp_path / "demo"
-    r = run_cli("demo", "--quick", "--out", out)
+    r = run_cli("demo", "--quick", "--out", out, subprocess=True)  # README's job, as a process
     assert r.returncode == 0, r.stderr
     assert "best per domain" in r.stdout
     assert (
