@@ -28,6 +28,12 @@ always corrected, and corrected where ``ablate validate``'s rule (``LevelCorrect
 says so from the pair's own numbers; and, from one seed, the shift taken from only ``k``
 real runs (random mixtures, ``--draws`` per seed), what a user with fewer runs gets.
 
+``--affine`` asks whether any per-domain reading of the proxies could do better than a
+level: each domain's log perplexity mapped by the straight line (slope and intercept) that
+fits the real runs of the other mixtures (leave one out), the most a per-domain monotone
+reading fitted on real runs can be expected to give; the bar against two seeds and all, and
+each domain's fitted slope (real log perplexity per unit of the proxy's) beside its gain.
+
 ``--gain ALPHA ...`` measures a correction that needs no real run: the offsets follow how much
 a domain's best member gains over the seed (``specialisation``; the more a partition's own
 training helps its domain, the more the merge overstates that domain's perplexity), so the
@@ -76,6 +82,21 @@ def level_shift(proxy: np.ndarray, real: np.ndarray, rows: np.ndarray | None = N
     if rows is not None:
         return proxy + resid[rows].mean(axis=0)
     return proxy + leave_one_out_offsets(resid)
+
+
+def affine_reading(proxy: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``proxy`` (``(M, D)`` log perplexity) read through each domain's least-squares line
+    to ``real``, mixture i's line fitted on the others; and each domain's slope on all."""
+    m = len(proxy)
+    read = np.empty_like(proxy)
+    for i in range(m):
+        keep = np.arange(m) != i
+        x, y = proxy[keep], real[keep]
+        xc, yc = x - x.mean(0), y - y.mean(0)
+        slope = (xc * yc).sum(0) / (xc * xc).sum(0)
+        read[i] = y.mean(0) + slope * (proxy[i] - x.mean(0))
+    xc, yc = proxy - proxy.mean(0), real - real.mean(0)
+    return read, (xc * yc).sum(0) / (xc * xc).sum(0)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -197,6 +218,23 @@ def gain_rows(ev, proxy, runs, tokens, args) -> list[dict]:
     return rows
 
 
+def affine_row(ev, proxy, runs, tokens, args) -> dict:
+    """The bar with ``affine_reading`` (fitted on the mean of all seeds, leave one mixture
+    out) against two seeds and all of them; each domain's slope and gain. The proxies are
+    read at the pool's proxy level first (a constant per domain: the line absorbs it)."""
+    es = ev.eval_set
+    dd, n = np.asarray(es.doc_domain), len(es.domains)
+    lp = domain_log_ppl(proxy, tokens, dd, n)
+    read, slope = affine_reading(lp, domain_log_ppl(runs.mean(axis=0), tokens, dd, n))
+    guess = as_document_nll(read, tokens, dd)
+    return {
+        "two": bench.verdict(guess, runs[:2], tokens, es, args.seed),
+        "all": bench.verdict(guess, runs, tokens, es, args.seed),
+        "slopes": dict(zip(es.domains, slope.tolist(), strict=True)),
+        "gain": dict(zip(es.domains, ev.specialisation().gain.tolist(), strict=True)),
+    }
+
+
 def domain_pairs(lp: np.ndarray, lr: np.ndarray, domains) -> pd.DataFrame:
     """A validation's ``pairs`` (mixture x domain perplexities) from log perplexities."""
     return pd.DataFrame(
@@ -240,6 +278,12 @@ def main() -> None:
         help="--gain corrects by alpha * specialisation**P (P > 1: convex, most for the most "
         "specialised domains)",
     )
+    ap.add_argument(
+        "--affine",
+        action="store_true",
+        help="also each domain's straight-line reading fitted on the real runs (leave one "
+        "mixture out) and its slopes",
+    )
     args = ap.parse_args()
     # each method's default pool variant and merge, as the suite's cells were built
     args.variant, args.merge = (
@@ -265,12 +309,14 @@ def main() -> None:
         f"| two seeds validate, the rest referee: default | shifted | validate's rule | {ks} |"
     )
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(args.k))
-    gains = {}
+    gains, affine = {}, {}
     for cell, folder in folders.items():
         ev, proxy, runs, tokens = load_cell(folder, args)
         r = measure(ev, proxy, runs, tokens, args)
         if args.gain:
             gains[cell] = gain_rows(ev, proxy, runs, tokens, args)
+        if args.affine:
+            affine[cell] = affine_row(ev, proxy, runs, tokens, args)
         ev.close()
         bars = " | ".join(
             bench.verdict_text(*r[label][i]) for label in ("two", "all") for i in (0, 1)
@@ -299,6 +345,17 @@ def main() -> None:
                     f"{g['pairs']} of {g['cases']} |",
                     flush=True,
                 )
+
+    if args.affine:
+        print("\n| cell | affine, two seeds | affine, all seeds | slope per domain (gain) |")
+        print("|---|---|---|---|")
+        for cell, a in affine.items():
+            slopes = ", ".join(f"{d} {b:.2f} ({a['gain'][d]:.2f})" for d, b in a["slopes"].items())
+            print(
+                f"| {cell} | {bench.verdict_text(*a['two'])} | {bench.verdict_text(*a['all'])} "
+                f"| {slopes} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

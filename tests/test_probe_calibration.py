@@ -75,3 +75,21 @@ def test_specialisation_is_the_seed_minus_the_best_member_per_domain(probe, full
     )
     np.testing.assert_allclose(got, seed - members.min(axis=0), rtol=1e-5, atol=1e-6)
     assert (got > 0).any()  # a member trained on its partition beats the seed somewhere
+
+
+def test_the_affine_reading_recovers_a_line_and_leaves_each_mixture_out(probe):
+    rng = np.random.default_rng(5)
+    lp = rng.normal(5.0, 0.3, (12, 3))
+    slope, icpt = np.array([1.5, 0.8, 2.0]), np.array([-2.0, 1.0, -5.0])
+    read, fitted = probe.affine_reading(lp, icpt + slope * lp)
+    np.testing.assert_allclose(fitted, slope, rtol=1e-10)
+    np.testing.assert_allclose(read, icpt + slope * lp, rtol=1e-10)
+    # With noise, mixture i's reading does not see its own real score: changing it moves
+    # every other mixture's reading but not its own.
+    real = icpt + slope * lp + rng.normal(0, 0.05, lp.shape)
+    moved = real.copy()
+    moved[4] += 1.0
+    a, _ = probe.affine_reading(lp, real)
+    b, _ = probe.affine_reading(lp, moved)
+    np.testing.assert_allclose(a[4], b[4], rtol=1e-12)
+    assert not np.allclose(np.delete(a, 4, axis=0), np.delete(b, 4, axis=0))
