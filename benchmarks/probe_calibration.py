@@ -34,6 +34,10 @@ fits the real runs of the other mixtures (leave one out), the most a per-domain 
 reading fitted on real runs can be expected to give; the bar against two seeds and all, and
 each domain's fitted slope (real log perplexity per unit of the proxy's) beside its gain.
 
+``--blend MERGE`` reads each mixture as the mean of the default's and ``MERGE``'s proxy log
+perplexities (both as stored by ``bench_fidelity.py``; e.g. ``average``), at level ``none``
+and at the pool's ``specialisation`` level: two merges that fail on different cells, joined.
+
 ``--gain ALPHA ...`` measures a correction that needs no real run: the offsets follow how much
 a domain's best member gains over the seed (``specialisation``; the more a partition's own
 training helps its domain, the more the merge overstates that domain's perplexity), so the
@@ -235,6 +239,22 @@ def affine_row(ev, proxy, runs, tokens, args) -> dict:
     }
 
 
+def blend_rows(ev, proxy, runs, tokens, other, args) -> dict:
+    """The bar for the mean of two merges' log perplexities (``proxy`` and ``other``, ``(M,
+    n_docs)`` as scored) per level: ``{level: (two seeds, all seeds)}``."""
+    es = ev.eval_set
+    dd, n = np.asarray(es.doc_domain), len(es.domains)
+    mean = (domain_log_ppl(proxy, tokens, dd, n) + domain_log_ppl(other, tokens, dd, n)) / 2
+    out = {}
+    for level, nats in (("none", 0.0), ("specialisation", ev.specialisation().nats)):
+        guess = as_document_nll(mean - nats, tokens, dd)
+        out[level] = (
+            bench.verdict(guess, runs[:2], tokens, es, args.seed),
+            bench.verdict(guess, runs, tokens, es, args.seed),
+        )
+    return out
+
+
 def domain_pairs(lp: np.ndarray, lr: np.ndarray, domains) -> pd.DataFrame:
     """A validation's ``pairs`` (mixture x domain perplexities) from log perplexities."""
     return pd.DataFrame(
@@ -284,6 +304,12 @@ def main() -> None:
         help="also each domain's straight-line reading fitted on the real runs (leave one "
         "mixture out) and its slopes",
     )
+    ap.add_argument(
+        "--blend",
+        metavar="MERGE",
+        help="also the mean of the default's and MERGE's proxy log perplexities (MERGE's "
+        "proxies as bench_fidelity.py stored them)",
+    )
     args = ap.parse_args()
     # each method's default pool variant and merge, as the suite's cells were built
     args.variant, args.merge = (
@@ -309,7 +335,7 @@ def main() -> None:
         f"| two seeds validate, the rest referee: default | shifted | validate's rule | {ks} |"
     )
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(args.k))
-    gains, affine = {}, {}
+    gains, affine, blends = {}, {}, {}
     for cell, folder in folders.items():
         ev, proxy, runs, tokens = load_cell(folder, args)
         r = measure(ev, proxy, runs, tokens, args)
@@ -317,6 +343,12 @@ def main() -> None:
             gains[cell] = gain_rows(ev, proxy, runs, tokens, args)
         if args.affine:
             affine[cell] = affine_row(ev, proxy, runs, tokens, args)
+        if args.blend:
+            other_ev, other, *_ = load_cell(
+                folder, argparse.Namespace(**{**vars(args), "merge": args.blend})
+            )
+            other_ev.close()
+            blends[cell] = blend_rows(ev, proxy, runs, tokens, other, args)
         ev.close()
         bars = " | ".join(
             bench.verdict_text(*r[label][i]) for label in ("two", "all") for i in (0, 1)
@@ -356,6 +388,16 @@ def main() -> None:
                 f"| {slopes} |",
                 flush=True,
             )
+    if args.blend:
+        print(f"\n| cell | level | {args.merge} and {args.blend}: two seeds | all seeds |")
+        print("|---|---|---|---|")
+        for cell, b in blends.items():
+            for level, (two, every) in b.items():
+                print(
+                    f"| {cell} | {level} | {bench.verdict_text(*two)} | "
+                    f"{bench.verdict_text(*every)} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

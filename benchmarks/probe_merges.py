@@ -17,7 +17,8 @@ none adopted (docs/accuracy.md, "Lifting small shares"):
   d_j / sqrt(sum_k w_k F_k)`` per parameter (``F`` each member's raw Fisher). A parameter
   only one member's data touches moves ``sqrt(w)`` of that member's way, not ``w`` (the
   average) or all of it (the Fisher merge); equal Fisher is the plain average;
-- ``damping:D``: the default with D instead of 1 added (0: ``fisher_tensor``).
+- ``damping:D``: the default with D instead of 1 added (0: ``fisher_tensor``);
+- ``scale:S``: the default merge's step from the seed times S (sixteenth session).
 
 Reads the cells that ``bench_fidelity.py --variants precond --merge fisher_damped
 --repeats 4`` built under ``--work`` (the members' Fisher and the 64 real models of each
@@ -127,19 +128,38 @@ class Damped:
         model.flat.copy_(avg + torch.where(den > 0, num / den.clamp_min(1e-30), 0.0))
 
 
+class Scaled:
+    """``fisher_damped``'s step from the seed times ``scale`` (``theta_0 + scale * (merge -
+    theta_0)``): real training on a mixture answers each weight more steeply than the merge
+    does (``probe_calibration.py --affine``: slopes 1.0-2.5), so a longer step may too."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def apply(self, model, weights: torch.Tensor) -> None:
+        if self._cache is None or self._cache[0] != id(model):
+            self._cache = (id(model), _seed(model))
+        theta0 = self._cache[1]
+        model.precision_weighted_sum_(weights / weights.sum(), "fisher_damped")
+        model.flat.sub_(theta0).mul_(self.scale).add_(theta0)
+
+
 def probe(spec: str):
-    """A probe from its name: ``power:A``, ``adam`` or ``damping:D``."""
+    """A probe from its name: ``power:A``, ``adam``, ``damping:D`` or ``scale:S``."""
     name, _, arg = spec.partition(":")
     try:
         if name == "power":
             return WeightPower(float(arg))
         if name == "damping":
             return Damped(float(arg))
+        if name == "scale":
+            return Scaled(float(arg))
     except ValueError:
         pass
     if name == "adam" and not arg:
         return AdamConsistent()
-    raise argparse.ArgumentTypeError(f"unknown probe {spec!r}: power:A, adam or damping:D")
+    raise argparse.ArgumentTypeError(f"unknown probe {spec!r}: power:A, adam, damping:D or scale:S")
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -187,7 +207,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/fidelity", help="bench_fidelity.py's --work")
     ap.add_argument("--cells", nargs="+", required=True, metavar="CORPUS:SEED:UNIT")
-    ap.add_argument("--probes", nargs="+", default=["damping:1"], help="power:A, adam or damping:D")
+    ap.add_argument(
+        "--probes", nargs="+", default=["damping:1"], help="power:A, adam, damping:D or scale:S"
+    )
     ap.add_argument("--sample", type=int, default=16, help="Dirichlet mixtures (as built)")
     ap.add_argument("--seed", type=int, default=1, help="sample seed (as built)")
     ap.add_argument(

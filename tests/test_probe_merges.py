@@ -64,6 +64,20 @@ def test_damping_one_and_power_one_are_the_shipped_default_and_others_differ(pro
     assert not torch.allclose(_merged(model, w, probes.Damped(3.0))[NAME], shipped[NAME])
 
 
+def test_the_scaled_step_is_the_default_at_one_and_twice_its_step_at_two(probes, full_pool):
+    _fisher(full_pool, lambda i, name, t: torch.rand(t.shape) + i)
+    model = _model(full_pool)
+    w = torch.linspace(1.0, 3.0, len(model.members))
+    w /= w.sum()
+    shipped = _merged(model, w)
+    seed = {k: v.detach() for k, v in full_pool.load_base_model().named_parameters()}
+    torch.testing.assert_close(_merged(model, w, probes.Scaled(1.0))[NAME], shipped[NAME])
+    twice = _merged(model, w, probes.Scaled(2.0))
+    for k in (NAME, "model.norm.weight"):
+        want = seed[k] + 2 * (shipped[k] - seed[k])
+        torch.testing.assert_close(twice[k], want, rtol=1e-5, atol=1e-6)
+
+
 def test_the_adam_consistent_merge_by_hand(probes, full_pool):
     """Member a alone has Fisher 4 on a tensor's first half, both have 1 and 9 on the rest:
     the first half moves sqrt(w_a) of a's way from the seed, the rest w_j sqrt(F_j) d_j /
@@ -111,6 +125,7 @@ def test_probe_names_are_checked(probes):
     assert isinstance(probes.probe("power:0.7"), probes.WeightPower)
     assert isinstance(probes.probe("adam"), probes.AdamConsistent)
     assert probes.probe("damping:2").damping == 2.0
-    for bad in ("power", "damping:x", "adam:1", "median"):
+    assert probes.probe("scale:1.5").scale == 1.5
+    for bad in ("power", "damping:x", "adam:1", "scale", "median"):
         with pytest.raises(Exception, match="unknown probe"):
             probes.probe(bad)
