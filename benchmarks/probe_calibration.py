@@ -91,16 +91,18 @@ def level_shift(proxy: np.ndarray, real: np.ndarray, rows: np.ndarray | None = N
 def affine_reading(proxy: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``proxy`` (``(M, D)`` log perplexity) read through each domain's least-squares line
     to ``real``, mixture i's line fitted on the others; and each domain's slope on all."""
+
+    def slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        xc, yc = x - x.mean(0), y - y.mean(0)
+        return (xc * yc).sum(0) / (xc * xc).sum(0)
+
     m = len(proxy)
     read = np.empty_like(proxy)
     for i in range(m):
         keep = np.arange(m) != i
         x, y = proxy[keep], real[keep]
-        xc, yc = x - x.mean(0), y - y.mean(0)
-        slope = (xc * yc).sum(0) / (xc * xc).sum(0)
-        read[i] = y.mean(0) + slope * (proxy[i] - x.mean(0))
-    xc, yc = proxy - proxy.mean(0), real - real.mean(0)
-    return read, (xc * yc).sum(0) / (xc * xc).sum(0)
+        read[i] = y.mean(0) + slopes(x, y) * (proxy[i] - x.mean(0))
+    return read, slopes(proxy, real)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -224,8 +226,8 @@ def gain_rows(ev, proxy, runs, tokens, args) -> list[dict]:
 
 def affine_row(ev, proxy, runs, tokens, args) -> dict:
     """The bar with ``affine_reading`` (fitted on the mean of all seeds, leave one mixture
-    out) against two seeds and all of them; each domain's slope and gain. The proxies are
-    read at the pool's proxy level first (a constant per domain: the line absorbs it)."""
+    out) against two seeds and all of them; each domain's slope and gain. The proxies as
+    scored: a level is a constant per domain, which the line absorbs."""
     es = ev.eval_set
     dd, n = np.asarray(es.doc_domain), len(es.domains)
     lp = domain_log_ppl(proxy, tokens, dd, n)
