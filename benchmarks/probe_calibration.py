@@ -38,6 +38,12 @@ each domain's fitted slope (real log perplexity per unit of the proxy's) beside 
 perplexities (both as stored by ``bench_fidelity.py``; e.g. ``average``), at level ``none``
 and at the pool's ``specialisation`` level: two merges that fail on different cells, joined.
 
+``--switch MERGE`` measures what a user gets who validates with both merges (the real
+models are shared) and keeps ``MERGE`` only where it meets the bar and the default does not:
+each pair of four seeds validates, the other pair judges (six cases per cell), the
+default, ``MERGE`` and the rule side by side; read at the pool's ``specialisation`` level.
+The same 16 mixtures choose and are judged, so read it as an upper bound.
+
 ``--gain ALPHA ...`` measures a correction that needs no real run: the offsets follow how much
 a domain's best member gains over the seed (``specialisation``; the more a partition's own
 training helps its domain, the more the merge overstates that domain's perplexity), so the
@@ -257,6 +263,32 @@ def blend_rows(ev, proxy, runs, tokens, other, args) -> dict:
     return out
 
 
+def switch_row(ev, proxy, runs, tokens, other, args) -> dict[str, int]:
+    """``--switch``: over each pair of seeds validating and the other pair judging, how
+    often the bar holds for the default (``proxy``), ``other`` and the rule that keeps
+    ``other`` where it alone meets the bar on the validating pair (both at the level)."""
+    es = ev.eval_set
+    dd, n = np.asarray(es.doc_domain), len(es.domains)
+    nats = ev.specialisation().nats
+    guesses = [
+        as_document_nll(domain_log_ppl(p, tokens, dd, n) - nats, tokens, dd) for p in (proxy, other)
+    ]
+    out = {"default": 0, "other": 0, "rule": 0, "switched": 0, "cases": 0}
+    for pair in itertools.combinations(range(len(runs)), 2):
+        rest = [r for r in range(len(runs)) if r not in pair]
+        if len(rest) < 2:
+            continue
+        val = [bench.verdict(g, runs[list(pair)], tokens, es, args.seed)[1] for g in guesses]
+        ok = [bench.verdict(g, runs[rest], tokens, es, args.seed)[1] for g in guesses]
+        switch = val[1] and not val[0]
+        out["default"] += ok[0]
+        out["other"] += ok[1]
+        out["rule"] += ok[1] if switch else ok[0]
+        out["switched"] += switch
+        out["cases"] += 1
+    return out
+
+
 def domain_pairs(lp: np.ndarray, lr: np.ndarray, domains) -> pd.DataFrame:
     """A validation's ``pairs`` (mixture x domain perplexities) from log perplexities."""
     return pd.DataFrame(
@@ -312,6 +344,12 @@ def main() -> None:
         help="also the mean of the default's and MERGE's proxy log perplexities (MERGE's "
         "proxies as bench_fidelity.py stored them)",
     )
+    ap.add_argument(
+        "--switch",
+        metavar="MERGE",
+        help="also: validate with both merges on each pair of seeds, keep MERGE where it "
+        "alone meets the bar, judge on the other pair (needs four seeds)",
+    )
     args = ap.parse_args()
     # each method's default pool variant and merge, as the suite's cells were built
     args.variant, args.merge = (
@@ -319,6 +357,8 @@ def main() -> None:
     )
     if args.repeats < 2:
         ap.error("--repeats: the bar needs two training seeds or more")
+    if args.switch and args.repeats < 4:
+        ap.error("--switch: one pair of seeds validates and another judges: --repeats 4")
     if any(k < 1 or k >= args.sample for k in args.k):
         ap.error(f"--k takes run counts from 1 to {args.sample - 1}")
     folders = bench.probe_cells(
@@ -337,7 +377,7 @@ def main() -> None:
         f"| two seeds validate, the rest referee: default | shifted | validate's rule | {ks} |"
     )
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(args.k))
-    gains, affine, blends = {}, {}, {}
+    gains, affine, blends, switches = {}, {}, {}, {}
     for cell, folder in folders.items():
         ev, proxy, runs, tokens = load_cell(folder, args)
         r = measure(ev, proxy, runs, tokens, args)
@@ -345,12 +385,15 @@ def main() -> None:
             gains[cell] = gain_rows(ev, proxy, runs, tokens, args)
         if args.affine:
             affine[cell] = affine_row(ev, proxy, runs, tokens, args)
-        if args.blend:
+        for merge in dict.fromkeys(m for m in (args.blend, args.switch) if m):
             other_ev, other, *_ = load_cell(
-                folder, argparse.Namespace(**{**vars(args), "merge": args.blend})
+                folder, argparse.Namespace(**{**vars(args), "merge": merge})
             )
             other_ev.close()
-            blends[cell] = blend_rows(ev, proxy, runs, tokens, other, args)
+            if merge == args.blend:
+                blends[cell] = blend_rows(ev, proxy, runs, tokens, other, args)
+            if merge == args.switch:
+                switches[cell] = switch_row(ev, proxy, runs, tokens, other, args)
         ev.close()
         bars = " | ".join(
             bench.verdict_text(*r[label][i]) for label in ("two", "all") for i in (0, 1)
@@ -400,6 +443,19 @@ def main() -> None:
                     f"{bench.verdict_text(*every)} |",
                     flush=True,
                 )
+    if args.switch:
+        print(
+            f"\n| cell | {args.merge} (bar held, of cases) | {args.switch} | the rule "
+            "(switched in) |"
+        )
+        print("|---|---:|---:|---:|")
+        for cell, w in switches.items():
+            c = w["cases"]
+            print(
+                f"| {cell} | {w['default']} of {c} | {w['other']} of {c} | {w['rule']} of {c} "
+                f"({w['switched']}) |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

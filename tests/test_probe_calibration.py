@@ -93,3 +93,31 @@ def test_the_affine_reading_recovers_a_line_and_leaves_each_mixture_out(probe):
     b, _ = probe.affine_reading(lp, moved)
     np.testing.assert_allclose(a[4], b[4], rtol=1e-12)
     assert not np.allclose(np.delete(a, 4, axis=0), np.delete(b, 4, axis=0))
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice")  # per-domain ceilings: unused here
+def test_the_switch_rule_keeps_the_default_unless_only_the_other_merge_holds(probe):
+    """``--switch``: a default that ranks like the real runs is never switched away from; a
+    default that ranks backwards is, wherever the other merge holds on the validating pair."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(11)
+    m, docs_per = 16, 4
+    doc_domain = np.repeat(np.arange(3), docs_per)
+    tokens = np.full(len(doc_domain), 50.0)
+    lp = rng.normal(5.0, 0.2, (m, 3))  # log perplexity per mixture and domain
+    runs = np.stack(
+        [
+            probe.as_document_nll(lp + rng.normal(0, 0.002, lp.shape), tokens, doc_domain)
+            for _ in range(4)
+        ]
+    )
+    es = SimpleNamespace(doc_domain=list(doc_domain), domains=("a", "b", "c"))
+    ev = SimpleNamespace(eval_set=es, specialisation=lambda: SimpleNamespace(nats=np.zeros(3)))
+    args = SimpleNamespace(seed=1)
+    right = probe.as_document_nll(lp, tokens, doc_domain)
+    backwards = probe.as_document_nll(10.0 - lp, tokens, doc_domain)
+    kept = probe.switch_row(ev, right, runs, tokens, backwards, args)
+    assert kept == {"default": 6, "other": 0, "rule": 6, "switched": 0, "cases": 6}
+    switched = probe.switch_row(ev, backwards, runs, tokens, right, args)
+    assert switched == {"default": 0, "other": 6, "rule": 6, "switched": 6, "cases": 6}
