@@ -113,9 +113,10 @@ def affine_reading(proxy: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.
 
 # ---------------------------------------------------------------------------- measuring
 def load_cell(folder: Path, args):
-    """``(ev, proxy, runs, tokens)`` of one cell, its evaluator opened once: the sample's
-    stored proxies (``(M, n_docs)``, what ``validate`` scored) and real runs (``(R, M,
-    n_docs)``). Stops with the build command where a real model is not scored."""
+    """``(ev, proxy, runs, tokens, chosen)`` of one cell, its evaluator opened once: the
+    sample's stored proxies (``(M, n_docs)``, what ``validate`` scored), real runs (``(R, M,
+    n_docs)``) and mixtures. Stops with the build command where a real model is not
+    scored."""
     from ablate.validation.validate import proxy_scores
 
     ns = argparse.Namespace(
@@ -131,7 +132,7 @@ def load_cell(folder: Path, args):
             f"build it with bench_fidelity.py --repeats {args.repeats}"
         )
     proxy = np.stack([proxy_scores(ev, m)[0].nll for m in chosen])
-    return ev, proxy, *got
+    return ev, proxy, *got, chosen
 
 
 def measure(ev, proxy, runs, tokens, args) -> dict:
@@ -230,20 +231,44 @@ def gain_rows(ev, proxy, runs, tokens, args) -> list[dict]:
     return rows
 
 
-def affine_row(ev, proxy, runs, tokens, args) -> dict:
+def weight_response(lp: np.ndarray, lr: np.ndarray, share: np.ndarray, below: float = 1.0):
+    """Per domain, real training's slope of log perplexity on ``log(share + 0.01)`` (the
+    domain's own partition's weight) over the proxies' slope, fitted on the mixtures whose
+    share is below ``below``: how much more steeply training answers a weight."""
+    x = np.log(share + 0.01)
+    keep = share < below
+    return np.array(
+        [
+            np.polyfit(x[keep[:, j], j], lr[keep[:, j], j], 1)[0]
+            / np.polyfit(x[keep[:, j], j], lp[keep[:, j], j], 1)[0]
+            for j in range(lp.shape[1])
+        ]
+    )
+
+
+def affine_row(ev, proxy, runs, tokens, chosen, args) -> dict:
     """The bar with ``affine_reading`` (fitted on the mean of all seeds, leave one mixture
-    out) against two seeds and all of them; each domain's slope and gain. The proxies as
-    scored: a level is a constant per domain, which the line absorbs."""
+    out) against two seeds and all of them; each domain's slope and gain; and the median
+    over domains of ``weight_response`` on all mixtures and on shares below 0.35 (domains
+    named like a partition). The proxies as scored: a level is a constant per domain, which
+    the line absorbs."""
     es = ev.eval_set
     dd, n = np.asarray(es.doc_domain), len(es.domains)
     lp = domain_log_ppl(proxy, tokens, dd, n)
-    read, slope = affine_reading(lp, domain_log_ppl(runs.mean(axis=0), tokens, dd, n))
+    lr = domain_log_ppl(runs.mean(axis=0), tokens, dd, n)
+    read, slope = affine_reading(lp, lr)
     guess = as_document_nll(read, tokens, dd)
+    own = [j for j, d in enumerate(es.domains) if d in ev.partitions]
+    share = np.array([[m.as_dict().get(es.domains[j], 0.0) for j in own] for m in chosen])
     return {
         "two": bench.verdict(guess, runs[:2], tokens, es, args.seed),
         "all": bench.verdict(guess, runs, tokens, es, args.seed),
         "slopes": dict(zip(es.domains, slope.tolist(), strict=True)),
         "gain": dict(zip(es.domains, ev.specialisation().gain.tolist(), strict=True)),
+        "response": tuple(
+            float(np.median(weight_response(lp[:, own], lr[:, own], share, below)))
+            for below in (1.0, 0.35)
+        ),
     }
 
 
@@ -379,12 +404,12 @@ def main() -> None:
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(args.k))
     gains, affine, blends, switches = {}, {}, {}, {}
     for cell, folder in folders.items():
-        ev, proxy, runs, tokens = load_cell(folder, args)
+        ev, proxy, runs, tokens, chosen = load_cell(folder, args)
         r = measure(ev, proxy, runs, tokens, args)
         if args.gain:
             gains[cell] = gain_rows(ev, proxy, runs, tokens, args)
         if args.affine:
-            affine[cell] = affine_row(ev, proxy, runs, tokens, args)
+            affine[cell] = affine_row(ev, proxy, runs, tokens, chosen, args)
         for merge in dict.fromkeys(m for m in (args.blend, args.switch) if m):
             other_ev, other, *_ = load_cell(
                 folder, argparse.Namespace(**{**vars(args), "merge": merge})
@@ -424,13 +449,16 @@ def main() -> None:
                 )
 
     if args.affine:
-        print("\n| cell | affine, two seeds | affine, all seeds | slope per domain (gain) |")
-        print("|---|---|---|---|")
+        print(
+            "\n| cell | affine, two seeds | affine, all seeds | weight response, all / shares "
+            "< 0.35 | slope per domain (gain) |"
+        )
+        print("|---|---|---|---|---|")
         for cell, a in affine.items():
             slopes = ", ".join(f"{d} {b:.2f} ({a['gain'][d]:.2f})" for d, b in a["slopes"].items())
             print(
                 f"| {cell} | {bench.verdict_text(*a['two'])} | {bench.verdict_text(*a['all'])} "
-                f"| {slopes} |",
+                f"| {a['response'][0]:.2f} / {a['response'][1]:.2f} | {slopes} |",
                 flush=True,
             )
     if args.blend:

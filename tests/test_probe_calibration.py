@@ -121,3 +121,18 @@ def test_the_switch_rule_keeps_the_default_unless_only_the_other_merge_holds(pro
     assert kept == {"default": 6, "other": 0, "rule": 6, "switched": 0, "cases": 6}
     switched = probe.switch_row(ev, backwards, runs, tokens, right, args)
     assert switched == {"default": 0, "other": 6, "rule": 6, "switched": 6, "cases": 6}
+
+
+def test_the_weight_response_is_the_ratio_of_the_slopes_on_the_log_share(probe):
+    rng = np.random.default_rng(2)
+    share = rng.dirichlet(np.ones(3), 20)
+    x = np.log(share + 0.01)
+    lp = 5.0 - 0.2 * x
+    lr = 4.0 - np.array([0.3, 0.2, 0.5]) * x
+    np.testing.assert_allclose(probe.weight_response(lp, lr, share), [1.5, 1.0, 2.5])
+    # below a share, only those mixtures: a response that bends above 0.35 is not seen
+    bent = lr - np.where(share >= 0.35, 3.0 * share, 0.0)
+    np.testing.assert_allclose(
+        probe.weight_response(lp, bent, share, 0.35), [1.5, 1.0, 2.5], rtol=1e-10
+    )
+    assert not np.allclose(probe.weight_response(lp, bent, share), [1.5, 1.0, 2.5])
