@@ -92,6 +92,9 @@ VARIANTS: dict[str, dict] = {
     # the default members (seed's second moments) also reading seed data, DeMix-style
     "precondmix50": {"member_preconditioner": "seed", "member_seed_share": 0.5},
     "precondmix20": {"member_preconditioner": "seed", "member_seed_share": 0.2},
+    # the default members at twice the peak rate: do members that travel further answer a
+    # weight as steeply as training does? (sixteenth session)
+    "precond2lr": {"member_preconditioner": "seed", "member_lr": 2 * LR},
 }
 
 
