@@ -119,11 +119,7 @@ def load_cell(folder: Path, args):
     scored."""
     from ablate.validation.validate import proxy_scores
 
-    ns = argparse.Namespace(
-        sample=args.sample, seed=args.seed, repeats=args.repeats, fisher_batches=16
-    )
-    pool = bench.merge_pool(folder, args.variant, args.merge, ns)
-    ev, chosen = bench.cell_sample(folder, ns, pool=pool.path.name, merge=args.merge)
+    ev, chosen = _open(folder, args, args.merge)
     got = bench.real_runs(folder, ev, chosen, args.repeats)
     if got is None:
         ev.close()
@@ -133,6 +129,27 @@ def load_cell(folder: Path, args):
         )
     proxy = np.stack([proxy_scores(ev, m)[0].nll for m in chosen])
     return ev, proxy, *got, chosen
+
+
+def _open(folder: Path, args, merge: str):
+    """``(evaluator, sample)`` of the cell's variant pool merging by ``merge``."""
+    ns = argparse.Namespace(
+        sample=args.sample, seed=args.seed, repeats=args.repeats, fisher_batches=16
+    )
+    pool = bench.merge_pool(folder, args.variant, merge, ns)
+    return bench.cell_sample(folder, ns, pool=pool.path.name, merge=merge)
+
+
+def other_proxies(folder: Path, args, merge: str) -> np.ndarray:
+    """The same sample's proxies merged by ``merge`` (``(M, n_docs)``, as scored; scored and
+    stored where ``bench_fidelity.py`` did not), without reading the real runs again."""
+    from ablate.validation.validate import proxy_scores
+
+    ev, chosen = _open(folder, args, merge)
+    try:
+        return np.stack([proxy_scores(ev, m)[0].nll for m in chosen])
+    finally:
+        ev.close()
 
 
 def measure(ev, proxy, runs, tokens, args) -> dict:
@@ -366,12 +383,14 @@ def main() -> None:
     ap.add_argument(
         "--blend",
         metavar="MERGE",
+        choices=list(bench.POOL_MERGES),
         help="also the mean of the default's and MERGE's proxy log perplexities (MERGE's "
         "proxies as bench_fidelity.py stored them)",
     )
     ap.add_argument(
         "--switch",
         metavar="MERGE",
+        choices=list(bench.POOL_MERGES),
         help="also: validate with both merges on each pair of seeds, keep MERGE where it "
         "alone meets the bar, judge on the other pair (needs four seeds)",
     )
@@ -411,10 +430,7 @@ def main() -> None:
         if args.affine:
             affine[cell] = affine_row(ev, proxy, runs, tokens, chosen, args)
         for merge in dict.fromkeys(m for m in (args.blend, args.switch) if m):
-            other_ev, other, *_ = load_cell(
-                folder, argparse.Namespace(**{**vars(args), "merge": merge})
-            )
-            other_ev.close()
+            other = other_proxies(folder, args, merge)
             if merge == args.blend:
                 blends[cell] = blend_rows(ev, proxy, runs, tokens, other, args)
             if merge == args.switch:
