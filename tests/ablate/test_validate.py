@@ -233,9 +233,12 @@ def test_cli_validate_writes_files_and_reuses_models(full_pool, corpus, tmp_path
         assert [p["real"] for p in csv.DictReader(f)] == [p["real"] for p in pairs]
     # At the other proxy level: the same real models, the proxies as that level reads them.
     assert doc["proxy_level"] == "none"
-    level = run_cli(*args[:-1], "--proxy-level", "specialisation")
+    level = run_cli(*args, "--proxy-level", "specialisation")
     assert level.returncode == 0, level.stderr
-    assert "proxies read at the specialisation level" in level.stdout.splitlines()[0]
+    assert json.loads(level.stdout)["proxy_level"] == "specialisation"
+    text = run_cli(*args[:-1], "--proxy-level", "specialisation")
+    assert text.returncode == 0, text.stderr
+    assert "proxies read at the specialisation level" in text.stdout.splitlines()[0]
     assert _records(full_pool.path) == records
     read = Evaluator(
         full_pool.path,

@@ -243,14 +243,22 @@ def test_preconditioned_full_pools_read_their_proxies_at_the_specialisation_leve
     assert r.returncode == 0, r.stderr
     assert "proxy level specialisation" in r.stdout
     assert "proxy level specialisation" in run_cli("pool", "ls", path).stdout
+    assert (
+        json.loads(run_cli("pool", "ls", path, "--json").stdout)["proxy_level"] == "specialisation"
+    )
     args = ("--eval-data", corpus["eval"], "--eval-by", "domain", "--mixture", "code=1,wiki=3")
-    r = run_cli("eval", seeded.path, *args, "--proxy-level", "none", "--json")
-    assert r.returncode == 0, r.stderr
-    shown = {row["domain"]: row["ppl"] for row in json.loads(r.stdout)}
-    assert shown["code"] == pytest.approx(scored.scores["code"].ppl, rel=1e-5)
-    # people's tables end with what the level (the pool's own here) did
+    shown = {}
+    for level in ("none", "specialisation"):
+        r = run_cli("eval", seeded.path, *args, "--proxy-level", level, "--json")
+        assert r.returncode == 0, r.stderr
+        shown[level] = {row["domain"]: row["ppl"] for row in json.loads(r.stdout)}
+    assert shown["none"]["code"] == pytest.approx(scored.scores["code"].ppl, rel=1e-5)
+    assert shown["specialisation"]["code"] == pytest.approx(got.scores["code"].ppl, rel=1e-5)
+    # people's tables end with what the level (the pool's own here) did; read as scored they
+    # do not
     said = "proxy level specialisation: perplexity read lower by code"
     assert said in run_cli("eval", seeded.path, *args).stdout
+    assert said not in run_cli("eval", seeded.path, *args, "--proxy-level", "none").stdout
     search = ("--eval-data", corpus["eval"], "--eval-by", "domain", "--strategy", "exhaustive")
     r = run_cli("search", seeded.path, *search)
     assert r.returncode == 0, r.stderr
