@@ -251,6 +251,16 @@ class Evaluator:
         whatever level this evaluator reads at: the seed and each partition scored once
         each, or read from the store as scored (``ablate.engine.levels``)."""
         eval_set = self.eval_set if eval_set is None else eval_set
+        seed_lp, parts = self.partition_log_ppl(eval_set)
+        return LevelShift(
+            eval_set.domains, specialisation_shift(seed_lp, parts), seed_lp - parts.min(0)
+        )
+
+    def partition_log_ppl(self, eval_set: EvalSet | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The seed's log perplexity per eval domain ``(D,)`` and each partition's member's
+        ``(N, D)`` (rows in ``partitions`` order), as scored: what the proxy level reads, and
+        how much each member's training moved every domain. Scored once, then stored."""
+        eval_set = self.eval_set if eval_set is None else eval_set
         raw = ResultsCache(self.store, eval_set)
         singles = [Mixture.uniform([p]) for p in self.partitions]
         found = {m.key: raw.lookup(m, self.pool_key(m)) for m in singles}
@@ -285,9 +295,8 @@ class Evaluator:
         def log_ppl(scores: Mapping[str, DomainScore]) -> np.ndarray:
             return np.array([scores[d].nll / scores[d].tokens for d in domains])
 
-        seed_lp = log_ppl(seed)
         parts = np.stack([log_ppl(found[m.key].scores) for m in singles])  # type: ignore[union-attr]
-        return LevelShift(domains, specialisation_shift(seed_lp, parts), seed_lp - parts.min(0))
+        return log_ppl(seed), parts
 
     @property
     def level_shift(self) -> LevelShift | None:

@@ -44,6 +44,13 @@ each pair of four seeds validates, the other pair judges (six cases per cell), t
 default, ``MERGE`` and the rule side by side; read at the pool's ``specialisation`` level.
 The same 16 mixtures choose and are judged, so read it as an upper bound.
 
+``--transfer`` asks whether the members' gains explain what the proxies miss: each domain's
+proxy log perplexity (at the level) plus ``b * own + c * cross``, ``own`` the mixture's share of
+the domain's own partition times that member's gain over the seed on it, ``cross`` the
+other members' gains there weighted by their shares (``transfer_features``); ``(b, c)`` fitted
+on the *other* cells (no real run of the cell: a correction a pool could ship), and, as an
+oracle, on the cell's own real runs of the other mixtures with each domain's level.
+
 ``--gain ALPHA ...`` measures a correction that needs no real run: the offsets follow how much
 a domain's best member gains over the seed (``specialisation``; the more a partition's own
 training helps its domain, the more the merge overstates that domain's perplexity), so the
@@ -331,6 +338,83 @@ def switch_row(ev, proxy, runs, tokens, other, args) -> dict[str, int]:
     return out
 
 
+def transfer_features(
+    share: np.ndarray, partitions, domains, seed_lp: np.ndarray, parts_lp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(own, cross)``, each ``(M, D)``: per mixture (``share``: ``(M, N)`` weights in
+    ``partitions`` order) and eval domain, the weighted gain over the seed (``seed_lp``
+    ``(D,)`` minus ``parts_lp`` ``(N, D)``) of the domain's own partition's member, and of
+    the others'."""
+    gain = seed_lp[None, :] - parts_lp
+    mine = np.array([[p == d for d in domains] for p in partitions])
+    return share @ np.where(mine, gain, 0.0), share @ np.where(mine, 0.0, gain)
+
+
+def transfer_cell(ev, proxy, runs, tokens, chosen) -> dict:
+    """What ``--transfer`` reads of one cell: the proxies' log perplexity at the pool's
+    level, the real runs' (mean of all seeds) and the features."""
+    es = ev.eval_set
+    dd, n = np.asarray(es.doc_domain), len(es.domains)
+    share = np.array([[m.as_dict().get(p, 0.0) for p in ev.partitions] for m in chosen])
+    scored = (ev.partitions, es.domains, *ev.partition_log_ppl())
+    own, cross = transfer_features(share, *scored)
+    uniform = np.full((1, len(ev.partitions)), 1.0 / len(ev.partitions))
+    return {
+        "uniform": transfer_features(uniform, *scored),
+        "lp": domain_log_ppl(proxy, tokens, dd, n) - ev.specialisation().nats,
+        "lr": domain_log_ppl(runs.mean(axis=0), tokens, dd, n),
+        "own": own,
+        "cross": cross,
+        "runs": runs,
+        "tokens": tokens,
+        "es": es,
+    }
+
+
+def _centred(a: np.ndarray) -> np.ndarray:
+    return (a - a.mean(axis=0)).ravel()
+
+
+def transfer_fit(cells: list[dict], rows: np.ndarray | None = None) -> np.ndarray:
+    """``(b, c)``: least squares of real minus proxy on ``own`` and ``cross``, each centred
+    per cell and domain (a level is the proxy level's business), pooled over ``cells``
+    (``rows``: only those mixtures, one cell)."""
+    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+    x = np.concatenate(
+        [np.stack([_centred(pick(c["own"])), _centred(pick(c["cross"]))], 1) for c in cells]
+    )
+    y = np.concatenate([_centred(pick(c["lr"] - c["lp"])) for c in cells])
+    return np.linalg.lstsq(x, y, rcond=None)[0]
+
+
+def transfer_rows(cells: dict[str, dict], seed: int) -> dict[str, dict]:
+    """Per cell: ``(b, c)`` fitted on the other cells and the bar with it (two seeds, all),
+    also with the features less the uniform mixture's (the level there unchanged); the
+    oracle (the cell's own other mixtures, each domain's level too) and its bar."""
+    out = {}
+    for name, c in cells.items():
+        b = transfer_fit([o for k, o in cells.items() if k != name])
+        pooled = c["lp"] + b[0] * c["own"] + b[1] * c["cross"]
+        centred = pooled - b[0] * c["uniform"][0] - b[1] * c["uniform"][1]
+        m = len(c["lp"])
+        oracle = np.empty_like(c["lp"])
+        for i in range(m):
+            rest = np.arange(m) != i
+            bi = transfer_fit([c], rest)
+            level = (c["lr"] - c["lp"] - bi[0] * c["own"] - bi[1] * c["cross"])[rest].mean(0)
+            oracle[i] = c["lp"][i] + bi[0] * c["own"][i] + bi[1] * c["cross"][i] + level
+        row: dict = {"coef": tuple(b.tolist())}
+        dd = np.asarray(c["es"].doc_domain)
+        for label, read in (("pooled", pooled), ("centred", centred), ("oracle", oracle)):
+            guess = as_document_nll(read, c["tokens"], dd)
+            row[label] = tuple(
+                bench.verdict(guess, ref, c["tokens"], c["es"], seed)
+                for ref in (c["runs"][:2], c["runs"])
+            )
+        out[name] = row
+    return out
+
+
 def domain_pairs(lp: np.ndarray, lr: np.ndarray, domains) -> pd.DataFrame:
     """A validation's ``pairs`` (mixture x domain perplexities) from log perplexities."""
     return pd.DataFrame(
@@ -394,6 +478,12 @@ def main() -> None:
         help="also: validate with both merges on each pair of seeds, keep MERGE where it "
         "alone meets the bar, judge on the other pair (needs four seeds)",
     )
+    ap.add_argument(
+        "--transfer",
+        action="store_true",
+        help="also the proxies read with the members' own and cross-domain gains, the "
+        "coefficients fitted on the other cells (and, as an oracle, on the cell's real runs)",
+    )
     args = ap.parse_args()
     # each method's default pool variant and merge, as the suite's cells were built
     args.variant, args.merge = (
@@ -421,7 +511,7 @@ def main() -> None:
         f"| two seeds validate, the rest referee: default | shifted | validate's rule | {ks} |"
     )
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(args.k))
-    gains, affine, blends, switches = {}, {}, {}, {}
+    gains, affine, blends, switches, transfer = {}, {}, {}, {}, {}
     for cell, folder in folders.items():
         ev, proxy, runs, tokens, chosen = load_cell(folder, args)
         r = measure(ev, proxy, runs, tokens, args)
@@ -429,6 +519,8 @@ def main() -> None:
             gains[cell] = gain_rows(ev, proxy, runs, tokens, args)
         if args.affine:
             affine[cell] = affine_row(ev, proxy, runs, tokens, chosen, args)
+        if args.transfer:
+            transfer[cell] = transfer_cell(ev, proxy, runs, tokens, chosen)
         for merge in dict.fromkeys(m for m in (args.blend, args.switch) if m):
             other = other_proxies(folder, args, merge)
             if merge == args.blend:
@@ -475,6 +567,25 @@ def main() -> None:
             print(
                 f"| {cell} | {bench.verdict_text(*a['two'])} | {bench.verdict_text(*a['all'])} "
                 f"| {a['response'][0]:.2f} / {a['response'][1]:.2f} | {slopes} |",
+                flush=True,
+            )
+    if args.transfer:
+        if len(transfer) < 2:
+            raise SystemExit(
+                "probe_calibration: --transfer fits on the other cells: give two or more"
+            )
+        print(
+            "\n| cell | b, c from the other cells | two seeds | all seeds | less the uniform "
+            "mixture's: two seeds | all seeds | oracle: two seeds | oracle: all seeds |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for cell, t in transfer_rows(transfer, args.seed).items():
+            print(
+                f"| {cell} | {t['coef'][0]:+.2f}, {t['coef'][1]:+.2f} | "
+                + " | ".join(
+                    bench.verdict_text(*v) for k in ("pooled", "centred", "oracle") for v in t[k]
+                )
+                + " |",
                 flush=True,
             )
     if args.blend:

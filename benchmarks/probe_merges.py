@@ -18,7 +18,14 @@ none adopted (docs/accuracy.md, "Lifting small shares"):
   only one member's data touches moves ``sqrt(w)`` of that member's way, not ``w`` (the
   average) or all of it (the Fisher merge); equal Fisher is the plain average;
 - ``damping:D``: the default with D instead of 1 added (0: ``fisher_tensor``);
-- ``scale:S``: the default merge's step from the seed times S (sixteenth session).
+- ``scale:S``: the default merge's step from the seed times S (sixteenth session);
+- ``ties:K``: TIES-Merging's trim and disjoint mean (Yadav et al., NeurIPS 2023) in mixture
+  form, over the default's precision weights: each member's step from the seed keeps its
+  largest fraction K by magnitude, each parameter's sign is the default merge's, and only
+  members that agree with it are averaged there (seventeenth session);
+- ``dissent:F``: ``ties:1`` with the members that disagree with the elected sign kept at F
+  times their weight (0: ``ties:1``, 1: the default): halfway between cancelling and
+  following the heavier side.
 
 Reads the cells that ``bench_fidelity.py --variants precond --merge fisher_damped
 --repeats 4`` built under ``--work`` (the members' Fisher and the 64 real models of each
@@ -145,8 +152,56 @@ class Scaled:
         model.flat.sub_(theta0).mul_(self.scale).add_(theta0)
 
 
+class Disjoint:
+    """TIES-Merging's disjoint mean, weighted as the default merge is: ``theta_0 + sum_j q_j
+    d_j m_j / sum_j q_j m_j`` per parameter, ``q_j = w_j P_j`` (``fisher_damped``'s
+    precision), ``d_j`` member j's step from the seed trimmed to its largest fraction
+    ``density`` by magnitude, ``m_j`` where ``d_j`` is non-zero with the sign of ``sum_j q_j
+    d_j``. Where partitions pull a parameter apart, the average cancels their steps and
+    lands between them, but training on the mixture follows the heavier side further: the
+    disjoint mean moves a contested parameter the way the weights elect, all the way, so the
+    merge answers the weights more steeply where they disagree, and as the default where
+    they agree (``ties:1`` drops nothing; one member is that member exactly). ``dissent``
+    keeps the members that disagree at that fraction of their weight (1: the default)."""
+
+    def __init__(self, density: float, dissent: float = 0.0) -> None:
+        if not 0.0 < density <= 1.0 or not 0.0 <= dissent <= 1.0:
+            raise ValueError((density, dissent))
+        self.density = density
+        self.dissent = dissent
+        self._cache: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _steps(self, model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._cache is None or self._cache[0] != id(model):
+            theta0 = _seed(model)
+            steps = model.stack - theta0
+            if self.density < 1.0:
+                keep = max(1, round(self.density * steps.shape[1]))
+                for row in steps:  # one member at a time: the (N, P) sort would double memory
+                    cut = row.abs().kthvalue(row.numel() - keep + 1).values
+                    row.masked_fill_(row.abs() < cut, 0.0)
+            precision = fisher_matrix(model, per_tensor=True).add_(1.0)
+            self._cache = (id(model), theta0, steps, precision)
+        return self._cache[1:]
+
+    def apply(self, model, weights: torch.Tensor) -> None:
+        theta0, steps, precision = self._steps(model)
+        rows = torch.nonzero(weights).flatten().tolist()
+        if len(rows) == 1:
+            model.flat.copy_(model.stack[rows[0]])
+            return
+        d = steps[rows]
+        q = weights[rows].float()[:, None] * precision[rows]
+        elected = torch.sign((q * d).sum(0))
+        agree = (torch.sign(d) == elected) & (d != 0)
+        qa = torch.where(agree, q, self.dissent * q)
+        den = qa.sum(0)
+        step = torch.where(den > 0, (qa * d).sum(0) / den.clamp_min(1e-30), 0.0)
+        model.flat.copy_(theta0 + step)
+
+
 def probe(spec: str):
-    """A probe from its name: ``power:A``, ``adam``, ``damping:D`` or ``scale:S``."""
+    """A probe from its name: ``power:A``, ``adam``, ``damping:D``, ``scale:S`` or ``ties:K``."""
     name, _, arg = spec.partition(":")
     try:
         if name == "power":
@@ -155,11 +210,17 @@ def probe(spec: str):
             return Damped(float(arg))
         if name == "scale":
             return Scaled(float(arg))
+        if name == "ties":
+            return Disjoint(float(arg))
+        if name == "dissent":
+            return Disjoint(1.0, float(arg))
     except ValueError:
         pass
     if name == "adam" and not arg:
         return AdamConsistent()
-    raise argparse.ArgumentTypeError(f"unknown probe {spec!r}: power:A, adam, damping:D or scale:S")
+    raise argparse.ArgumentTypeError(
+        f"unknown probe {spec!r}: power:A, adam, damping:D, scale:S, ties:K or dissent:F"
+    )
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -208,7 +269,10 @@ def main() -> None:
     ap.add_argument("--work", default="runs/fidelity", help="bench_fidelity.py's --work")
     ap.add_argument("--cells", nargs="+", required=True, metavar="CORPUS:SEED:UNIT")
     ap.add_argument(
-        "--probes", nargs="+", default=["damping:1"], help="power:A, adam, damping:D or scale:S"
+        "--probes",
+        nargs="+",
+        default=["damping:1"],
+        help="power:A, adam, damping:D, scale:S, ties:K or dissent:F",
     )
     ap.add_argument("--sample", type=int, default=16, help="Dirichlet mixtures (as built)")
     ap.add_argument("--seed", type=int, default=1, help="sample seed (as built)")

@@ -75,6 +75,70 @@ def test_specialisation_is_the_seed_minus_the_best_member_per_domain(probe, full
     )
     np.testing.assert_allclose(got, seed - members.min(axis=0), rtol=1e-5, atol=1e-6)
     assert (got > 0).any()  # a member trained on its partition beats the seed somewhere
+    seed_lp, parts = ev.partition_log_ppl()  # what --transfer reads: every member, not the best
+    np.testing.assert_allclose(seed_lp, seed, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(parts, members, rtol=1e-5, atol=1e-6)
+
+
+def test_transfer_features_split_each_domain_into_its_own_member_and_the_others(probe):
+    share = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    seed_lp = np.array([5.0, 6.0])  # domains "b", "x": "x" is no partition's
+    parts_lp = np.array([[4.9, 5.0], [4.0, 5.5], [4.5, 6.2]])  # members a, b, c
+    own, cross = probe.transfer_features(share, ("a", "b", "c"), ("b", "x"), seed_lp, parts_lp)
+    np.testing.assert_allclose(own, [[0.5 * 1.0, 0.0], [0.3 * 1.0, 0.0]])
+    np.testing.assert_allclose(
+        cross, [[0.5 * 0.1, 0.5 * 1.0 + 0.5 * 0.5], [0.2 * 0.1 + 0.5 * 0.5, 0.2 + 0.15 - 0.1]]
+    )
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice")  # one seed twice: no seed-vs-seed ceiling
+def test_transfer_fits_recover_the_coefficients_and_the_oracle_each_real_run(probe):
+    """Real runs that follow ``level + b * own + c * cross`` exactly: each cell's pooled
+    coefficients from the other cells are ``(b, c)``, and the oracle reads every mixture's
+    real log perplexity without seeing it."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(4)
+    b, c = -0.3, 0.05
+    cells = {}
+    for k in range(3):
+        m, d = 12, 3
+        lp = rng.normal(5.0, 0.2, (m, d))
+        own, cross = rng.uniform(0, 1, (m, d)), rng.uniform(0, 0.5, (m, d))
+        lr = lp + rng.normal(0, 0.3, d) + b * own + c * cross
+        uniform = (np.full((1, d), 0.3), np.full((1, d), 0.1))
+        cells[f"c{k}"] = {"lp": lp, "lr": lr, "own": own, "cross": cross, "uniform": uniform}
+    for name in cells:
+        got = probe.transfer_fit([o for k, o in cells.items() if k != name])
+        np.testing.assert_allclose(got, [b, c], rtol=1e-8)
+    doc_domain = np.repeat(np.arange(3), 2)
+    tokens = np.full(6, 40.0)
+    for cell in cells.values():
+        runs = probe.as_document_nll(cell["lr"], tokens, doc_domain)
+        cell |= {
+            "runs": np.stack([runs, runs]),
+            "tokens": tokens,
+            "es": SimpleNamespace(doc_domain=list(doc_domain), domains=("a", "b", "c")),
+        }
+    captured = {}
+    real_verdict = probe.bench.verdict
+
+    def spy(guess, ref, tok, es, seed):
+        captured.setdefault("guesses", []).append(guess)
+        return real_verdict(guess, ref, tok, es, seed)
+
+    probe.bench.verdict = spy
+    try:
+        rows = probe.transfer_rows(cells, seed=1)
+    finally:
+        probe.bench.verdict = real_verdict
+    assert rows["c0"]["coef"] == pytest.approx((b, c))
+    for row in rows.values():
+        assert all(ok for _, ok in row["oracle"])
+    pooled, _, centred, _, oracle, _ = captured["guesses"][:6]  # c0's, two seeds then all
+    np.testing.assert_allclose(oracle, cells["c0"]["runs"][0], rtol=1e-8)
+    shift = (b * 0.3 + c * 0.1) * tokens  # the uniform mixture's features, every document
+    np.testing.assert_allclose(pooled - centred, np.broadcast_to(shift, pooled.shape))
 
 
 def test_the_affine_reading_recovers_a_line_and_leaves_each_mixture_out(probe):

@@ -121,11 +121,66 @@ def test_the_adam_consistent_merge_by_hand(probes, full_pool):
     torch.testing.assert_close(even[NAME], 0.25 * ta[NAME] + 0.75 * tb[NAME], rtol=1e-5, atol=1e-6)
 
 
+def test_the_disjoint_mean_follows_the_elected_side_where_members_disagree(probes, full_pool):
+    """With even Fisher: where every member steps the same way, ``ties:1`` is the shipped
+    merge; where they disagree it steps the way the weights elect, at least as far as the
+    shipped merge; one member is that member exactly; ``ties:K`` leaves the seed's value
+    wherever every member's step falls outside its largest fraction K."""
+    _fisher(full_pool, lambda i, name, t: torch.full_like(t, 2.0))
+    model = _model(full_pool)
+    n = len(model.members)
+    w = torch.linspace(1.0, 3.0, n)
+    w /= w.sum()
+    theta0 = probes._seed(model)
+    steps = model.stack - theta0
+    model.merge(w)
+    shipped = model.flat.clone() - theta0
+    model.merge(w, method=probes.Disjoint(1.0))
+    got = model.flat.clone() - theta0
+    signs = torch.sign(steps)
+    agree = (signs == signs[0]).all(0) & (signs[0] != 0)
+    contested = ~agree & (shipped != 0)
+    assert agree.any() and contested.sum() > 100
+    torch.testing.assert_close(got[agree], shipped[agree], rtol=1e-5, atol=1e-7)
+    assert torch.equal(torch.sign(got[contested]), torch.sign(shipped[contested]))
+    assert (got[contested].abs() >= shipped[contested].abs() - 1e-7).all()
+    assert (got[contested].abs() > 1.5 * shipped[contested].abs()).float().mean() > 0.3
+    model.merge(w, method=probes.Disjoint(1.0, dissent=1.0))
+    torch.testing.assert_close(model.flat - theta0, shipped, rtol=1e-5, atol=1e-7)
+    model.merge(w, method=probes.Disjoint(1.0, dissent=0.5))
+    half = (model.flat - theta0)[contested]
+    assert (half.abs() <= got[contested].abs() + 1e-7).all()
+    assert (half.abs() >= shipped[contested].abs() - 1e-7).all()
+    assert not torch.allclose(half, got[contested])
+    one = torch.zeros(n)
+    one[1] = 1.0
+    model.merge(one, method=probes.Disjoint(1.0))
+    assert torch.equal(model.flat, model.stack[1])
+    model.merge(w, method=probes.Disjoint(0.1))
+    trimmed = model.flat - theta0
+    top = torch.zeros_like(agree)
+    for row in steps.abs():
+        top |= row >= row.kthvalue(row.numel() - round(0.1 * row.numel()) + 1).values
+    assert torch.equal(trimmed[~top], torch.zeros_like(trimmed[~top]))
+    assert (trimmed[top] != 0).float().mean() > 0.9
+
+
 def test_probe_names_are_checked(probes):
     assert isinstance(probes.probe("power:0.7"), probes.WeightPower)
     assert isinstance(probes.probe("adam"), probes.AdamConsistent)
     assert probes.probe("damping:2").damping == 2.0
     assert probes.probe("scale:1.5").scale == 1.5
-    for bad in ("power", "damping:x", "adam:1", "scale", "median"):
+    assert probes.probe("ties:0.2").density == 0.2
+    assert probes.probe("dissent:0.5").dissent == 0.5
+    for bad in (
+        "power",
+        "damping:x",
+        "adam:1",
+        "scale",
+        "median",
+        "ties:0",
+        "ties:1.5",
+        "dissent:2",
+    ):
         with pytest.raises(Exception, match="unknown probe"):
             probes.probe(bad)
