@@ -95,6 +95,10 @@ VARIANTS: dict[str, dict] = {
     # the default members at twice the peak rate: do members that travel further answer a
     # weight as steeply as training does? (sixteenth session)
     "precond2lr": {"member_preconditioner": "seed", "member_lr": 2 * LR},
+    # the default members grown again from another member order seed (the seed model, units
+    # and real models shared): how much of a cell's verdict is its members' luck?
+    # (seventeenth session; 2001 = the suite's --seed 1 plus 2000)
+    "precond_ms2": {"member_preconditioner": "seed", "member_order_seed": 2001},
 }
 
 

@@ -26,6 +26,10 @@ none adopted (docs/accuracy.md, "Lifting small shares"):
 - ``dissent:F``: ``ties:1`` with the members that disagree with the elected sign kept at F
   times their weight (0: ``ties:1``, 1: the default): halfway between cancelling and
   following the heavier side.
+- ``soup:VARIANT``: each member averaged with its twin in the cell's ``VARIANT`` pool (the
+  same members grown from another order seed: ``bench_fidelity.py --variants precond_ms2``),
+  merged as the default with the mean of both twins' precisions: two members' training
+  noise averaged before merging (seventeenth session).
 
 Reads the cells that ``bench_fidelity.py --variants precond --merge fisher_damped
 --repeats 4`` built under ``--work`` (the members' Fisher and the 64 real models of each
@@ -200,6 +204,52 @@ class Disjoint:
         model.flat.copy_(theta0 + step)
 
 
+class Soup:
+    """The default merge of each member averaged with its twin in another variant pool of
+    the cell (same partitions and units, another member order seed), under the mean of the
+    twins' ``fisher_damped`` precisions: a member's training noise halved in variance before
+    the merge, at twice the members' training."""
+
+    def __init__(self, variant: str) -> None:
+        if not variant:
+            raise ValueError(variant)
+        self.variant = variant
+        self._cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    def _twins(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is None or self._cache[0] != id(model):
+            from ablate.engine.layout import MemberLayout
+            from ablate.engine.merge import MergedModel
+
+            ns = argparse.Namespace(fisher_batches=16, method="full")
+            cell = model.pool.path.parent
+            if not (cell / self.variant / "pool.json").is_file():
+                raise SystemExit(
+                    f"probe_merges: {cell / self.variant} is not built; run bench_fidelity.py "
+                    f"--variants {self.variant} --merge average fisher_damped first"
+                )
+            pool = bench.merge_pool(cell, self.variant, "fisher_damped", ns)
+            layout = MemberLayout(pool, merge="fisher_damped")
+            twin = MergedModel(
+                pool, layout.members, device=model.device, progress=False, layout=layout
+            )
+            mine = [(r.partition, r.unit) for r in model.members]
+            if [(r.partition, r.unit) for r in twin.members] != mine:
+                raise SystemExit(f"probe_merges: {pool.path} holds other members than {mine}")
+            stack = (model.stack + twin.stack) / 2
+            precision = (
+                fisher_matrix(model, per_tensor=True) + fisher_matrix(twin, per_tensor=True)
+            ) / 2 + 1.0
+            self._cache = (id(model), stack, precision)
+        return self._cache[1], self._cache[2]
+
+    def apply(self, model, weights: torch.Tensor) -> None:
+        stack, precision = self._twins(model)
+        rows = torch.nonzero(weights).flatten().tolist()
+        wf = weights[rows].float()[:, None] * precision[rows]
+        model.flat.copy_((wf * stack[rows]).sum(0) / wf.sum(0))
+
+
 def probe(spec: str):
     """A probe from its name: ``power:A``, ``adam``, ``damping:D``, ``scale:S`` or ``ties:K``."""
     name, _, arg = spec.partition(":")
@@ -214,12 +264,14 @@ def probe(spec: str):
             return Disjoint(float(arg))
         if name == "dissent":
             return Disjoint(1.0, float(arg))
+        if name == "soup":
+            return Soup(arg)
     except ValueError:
         pass
     if name == "adam" and not arg:
         return AdamConsistent()
     raise argparse.ArgumentTypeError(
-        f"unknown probe {spec!r}: power:A, adam, damping:D, scale:S, ties:K or dissent:F"
+        f"unknown probe {spec!r}: power:A, adam, damping:D, scale:S, ties:K, dissent:F or soup:VARIANT"
     )
 
 
@@ -272,7 +324,7 @@ def main() -> None:
         "--probes",
         nargs="+",
         default=["damping:1"],
-        help="power:A, adam, damping:D, scale:S, ties:K or dissent:F",
+        help="power:A, adam, damping:D, scale:S, ties:K, dissent:F or soup:VARIANT",
     )
     ap.add_argument("--sample", type=int, default=16, help="Dirichlet mixtures (as built)")
     ap.add_argument("--seed", type=int, default=1, help="sample seed (as built)")

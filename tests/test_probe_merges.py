@@ -165,6 +165,28 @@ def test_the_disjoint_mean_follows_the_elected_side_where_members_disagree(probe
     assert (trimmed[top] != 0).float().mean() > 0.9
 
 
+def test_a_soup_of_identical_twins_is_the_shipped_merge(probes, full_pool_dir, tmp_path):
+    """``soup:VARIANT`` reads the twin pool beside the cell's own (as ``bench_fidelity.py``
+    lays cells out), averages twin members and their precisions: twins grown alike give the
+    shipped merge; a twin pool that is not built is named with the command that builds it."""
+    import argparse
+    import shutil
+
+    cell = tmp_path / "cell"
+    for name in ("precond", "twin"):
+        shutil.copytree(full_pool_dir, cell / name)
+    ns = argparse.Namespace(fisher_batches=16, method="full")
+    model = _model(probes.bench.merge_pool(cell, "precond", "fisher_damped", ns))
+    w = torch.linspace(1.0, 3.0, len(model.members))
+    w /= w.sum()
+    shipped = _merged(model, w)
+    soup = _merged(model, w, probes.Soup("twin"))
+    for k in shipped:
+        torch.testing.assert_close(soup[k], shipped[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(SystemExit, match="--variants elsewhere"):
+        model.merge(w, method=probes.Soup("elsewhere"))
+
+
 def test_probe_names_are_checked(probes):
     assert isinstance(probes.probe("power:0.7"), probes.WeightPower)
     assert isinstance(probes.probe("adam"), probes.AdamConsistent)
@@ -172,6 +194,7 @@ def test_probe_names_are_checked(probes):
     assert probes.probe("scale:1.5").scale == 1.5
     assert probes.probe("ties:0.2").density == 0.2
     assert probes.probe("dissent:0.5").dissent == 0.5
+    assert probes.probe("soup:precond_ms2").variant == "precond_ms2"
     for bad in (
         "power",
         "damping:x",

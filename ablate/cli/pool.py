@@ -38,7 +38,14 @@ def _flags(model: type, *fields: str, prefix: str = "") -> dict[str, tuple[type,
 # Help text and choices come from the field, defined once.
 RECIPE_FLAGS = {
     **_flags(Recipe, "method", "unit_tokens", "seq_len", "batch_size", "lr", "seed"),
-    **_flags(Recipe, "member_seed_share", "member_schedule", "member_lr", "member_preconditioner"),
+    **_flags(
+        Recipe,
+        "member_seed_share",
+        "member_schedule",
+        "member_lr",
+        "member_preconditioner",
+        "member_order_seed",
+    ),
     **_flags(LoraSpec, "rank", "alpha", prefix="lora-"),
 }
 MANIFEST_FLAGS = _flags(PoolManifest, "merge", "proxy_level")

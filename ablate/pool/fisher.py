@@ -99,7 +99,7 @@ def member_fisher(
         pool.member_sources(rec.partition, rec.unit),
         pool.member_source_weights(),
         recipe.seq_len,
-        member_seed(recipe.seed, f"fisher:{rec.member_id}"),
+        member_seed(recipe.member_rng_seed, f"fisher:{rec.member_id}"),
     )
     acc = {name: torch.zeros_like(p) for name, p in params.items()}  # same shapes, fp32
     n = 0

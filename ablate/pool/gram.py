@@ -113,7 +113,7 @@ def member_gram(
         pool.member_sources(rec.partition, rec.unit),
         pool.member_source_weights(),
         recipe.seq_len,
-        member_seed(recipe.seed, f"gram:{rec.member_id}"),
+        member_seed(recipe.member_rng_seed, f"gram:{rec.member_id}"),
     )
     tokens = 0
     try:

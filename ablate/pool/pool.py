@@ -565,7 +565,7 @@ class Pool:
             sources=lambda: self.member_sources(ref.partition, ref.unit),
             source_weights=self.member_source_weights(),
             tokens=recipe.unit_tokens,
-            seed=member_seed(recipe.seed, ref.member_id),
+            seed=member_seed(recipe.member_rng_seed, ref.member_id),
             # Each member trains on exactly its share of seed data, not a random draw of it.
             exact_mix=share > 0,
             second_moments=(

@@ -29,7 +29,13 @@ MemberPreconditioner = Literal["fresh", "seed"]
 # models train by ``Recipe.real()``, which resets them. Each is left out of the recipe's
 # serialised form while it holds its default, so pools made before they existed keep
 # their pool.json, their keys and their hashes.
-MEMBER_ONLY = ("member_seed_share", "member_schedule", "member_lr", "member_preconditioner")
+MEMBER_ONLY = (
+    "member_seed_share",
+    "member_schedule",
+    "member_lr",
+    "member_preconditioner",
+    "member_order_seed",
+)
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a module's leaf name, or all-linear
 
 
@@ -116,6 +122,17 @@ class Recipe(_Frozen):
         ),
     )
 
+    member_order_seed: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Seed for the members' data order and their Fisher and Gram batches (default: "
+            "seed). Another value grows the same members with fresh training noise (same "
+            "seed model, units and real validation models): how much a pool's decisions "
+            "depend on its members' luck."
+        ),
+    )
+
     @model_serializer(mode="wrap")
     def _omit_default_levers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
@@ -138,6 +155,11 @@ class Recipe(_Frozen):
         if not self.has_member_levers:
             return self
         return self.model_copy(update={n: Recipe.model_fields[n].default for n in MEMBER_ONLY})
+
+    @property
+    def member_rng_seed(self) -> int:
+        """The seed members and their statistics draw from (``member_order_seed`` when set)."""
+        return self.seed if self.member_order_seed is None else self.member_order_seed
 
     @property
     def train_lr(self) -> float:

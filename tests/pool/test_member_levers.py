@@ -112,6 +112,62 @@ def test_levers_are_recorded_and_change_only_the_members(
     assert real.recipe == still.manifest.recipe.real() and not real.recipe.has_member_levers
 
 
+def test_member_order_seed_regrows_the_same_members_with_fresh_noise(
+    tmp_path, full_pool_dir, full_pool, corpus
+):
+    """Another order seed: the same data, other weights, the same real models; the recipe's
+    own seed given as the order seed: the members the default grows, bit for bit."""
+    from ablate.validation.models import plan_for
+
+    plain = Pool.open(full_pool_dir)
+    assert plain.manifest.recipe.member_rng_seed == plain.manifest.recipe.seed
+    other = _levered_pool(tmp_path / "other", full_pool_dir, corpus, member_order_seed=5)
+    same = _levered_pool(
+        tmp_path / "same", full_pool_dir, corpus, member_order_seed=plain.manifest.recipe.seed
+    )
+    raw = json.loads((other.path / "pool.json").read_text())["recipe"]
+    assert raw["member_order_seed"] == 5 and other.manifest.recipe.member_rng_seed == 5
+    for rec in other.members:
+        mine = plain.member(rec.partition, rec.unit)
+        assert rec.data_hash == mine.data_hash
+        a, b = load_tensors(other.weights_path(rec)), load_tensors(plain.weights_path(mine))
+        assert any(not torch.equal(a[k], b[k]) for k in a)
+        twin = load_tensors(same.weights_path(same.member(rec.partition, rec.unit)))
+        assert all(torch.equal(twin[k], b[k]) for k in b)
+    mix = Mixture.parse("code=0.5,wiki=0.5")
+    ev_other = Evaluator(other, corpus["eval"], by="domain", store=False, progress=False)
+    ev_plain = Evaluator(full_pool, corpus["eval"], by="domain", store=False, progress=False)
+    assert (
+        plan_for(ev_other, mix, budget="fixed").key == plan_for(ev_plain, mix, budget="fixed").key
+    )
+    r = run_cli(
+        "pool",
+        "init",
+        tmp_path / "q",
+        "--base",
+        full_pool_dir / "base",
+        "--member-order-seed",
+        "-1",
+    )
+    assert r.returncode != 0 and "member-order-seed" in r.stderr
+    assert not (tmp_path / "q").exists()
+    r = run_cli(
+        "pool",
+        "init",
+        tmp_path / "q",
+        "--base",
+        full_pool_dir / "base",
+        "--seq-len",
+        "32",
+        "--member-order-seed",
+        "3",
+    )
+    assert r.returncode == 0, r.stderr
+    assert (
+        json.loads((tmp_path / "q" / "pool.json").read_text())["recipe"]["member_order_seed"] == 3
+    )
+
+
 def test_lora_pool_takes_the_levers(tmp_path, full_pool_dir, corpus):
     pool = _levered_pool(tmp_path / "lora", full_pool_dir, corpus, method="lora", **LEVERS)
     assert pool.members and pool.verify().ok
