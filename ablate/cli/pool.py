@@ -69,6 +69,7 @@ def _cluster_count(text: str) -> int:
 # Defaults that depend on other flags, as --help states them.
 _DEFAULT_HELP = {
     "member_preconditioner": "seed with --seed-data and --method full, else fresh",
+    "member_order_seed": "--seed",
     "merge": (
         "fisher_damped where members start from the seed's second moments, fisher for "
         "--method lora, else average"

@@ -121,7 +121,6 @@ class Recipe(_Frozen):
             "--seed-data)."
         ),
     )
-
     member_order_seed: int | None = Field(
         None,
         ge=0,

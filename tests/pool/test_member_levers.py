@@ -52,6 +52,11 @@ def test_bad_lever_values_are_refused(bad):
         Recipe(**bad)
 
 
+def _init(path, full_pool_dir, *flags: str):
+    """``ablate pool init PATH --base`` the session pool's seed, with ``flags``."""
+    return run_cli("pool", "init", path, "--base", full_pool_dir / "base", *flags)
+
+
 def _levered_pool(root, full_pool_dir, corpus, **recipe) -> Pool:
     pool = Pool.create(
         root,
@@ -140,28 +145,10 @@ def test_member_order_seed_regrows_the_same_members_with_fresh_noise(
     assert (
         plan_for(ev_other, mix, budget="fixed").key == plan_for(ev_plain, mix, budget="fixed").key
     )
-    r = run_cli(
-        "pool",
-        "init",
-        tmp_path / "q",
-        "--base",
-        full_pool_dir / "base",
-        "--member-order-seed",
-        "-1",
-    )
+    r = _init(tmp_path / "q", full_pool_dir, "--member-order-seed", "-1")
     assert r.returncode != 0 and "member-order-seed" in r.stderr
     assert not (tmp_path / "q").exists()
-    r = run_cli(
-        "pool",
-        "init",
-        tmp_path / "q",
-        "--base",
-        full_pool_dir / "base",
-        "--seq-len",
-        "32",
-        "--member-order-seed",
-        "3",
-    )
+    r = _init(tmp_path / "q", full_pool_dir, "--seq-len", "32", "--member-order-seed", "3")
     assert r.returncode == 0, r.stderr
     assert (
         json.loads((tmp_path / "q" / "pool.json").read_text())["recipe"]["member_order_seed"] == 3
@@ -185,12 +172,9 @@ def test_seed_share_without_seed_data_is_one_line_and_writes_nothing(tmp_path, f
             progress=False,
         )
     assert not (tmp_path / "p").exists()
-    r = run_cli(
-        "pool",
-        "init",
+    r = _init(
         tmp_path / "q",
-        "--base",
-        full_pool_dir / "base",
+        full_pool_dir,
         "--member-seed-share",
         "0.5",
         "--member-schedule",
