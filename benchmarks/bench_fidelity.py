@@ -99,6 +99,7 @@ VARIANTS: dict[str, dict] = {
     # and real models shared): how much of a cell's verdict is its members' luck?
     # (seventeenth session; 2001 = the suite's --seed 1 plus 2000)
     "precond_ms2": {"member_preconditioner": "seed", "member_order_seed": 2001},
+    "precond_ms3": {"member_preconditioner": "seed", "member_order_seed": 3001},
 }
 
 
