@@ -353,15 +353,18 @@ def transfer_features(
 def transfer_cell(ev, proxy, runs, tokens, chosen) -> dict:
     """What ``--transfer`` reads of one cell: the proxies' log perplexity at the pool's
     level, the real runs' (mean of all seeds) and the features."""
+    from ablate.engine.levels import specialisation_shift
+
     es = ev.eval_set
     dd, n = np.asarray(es.doc_domain), len(es.domains)
     share = np.array([[m.as_dict().get(p, 0.0) for p in ev.partitions] for m in chosen])
-    scored = (ev.partitions, es.domains, *ev.partition_log_ppl())
+    seed_lp, parts_lp = ev.partition_log_ppl()  # the level's own inputs, read once
+    scored = (ev.partitions, es.domains, seed_lp, parts_lp)
     own, cross = transfer_features(share, *scored)
     uniform = np.full((1, len(ev.partitions)), 1.0 / len(ev.partitions))
     return {
         "uniform": transfer_features(uniform, *scored),
-        "lp": domain_log_ppl(proxy, tokens, dd, n) - ev.specialisation().nats,
+        "lp": domain_log_ppl(proxy, tokens, dd, n) - specialisation_shift(seed_lp, parts_lp),
         "lr": domain_log_ppl(runs.mean(axis=0), tokens, dd, n),
         "own": own,
         "cross": cross,
@@ -491,6 +494,8 @@ def main() -> None:
     )
     if args.repeats < 2:
         ap.error("--repeats: the bar needs two training seeds or more")
+    if args.transfer and len(args.cells) < 2:
+        ap.error("--transfer fits its coefficients on the other cells: give two --cells or more")
     if args.switch and args.repeats < 4:
         ap.error("--switch: one pair of seeds validates and another judges: --repeats 4")
     if any(k < 1 or k >= args.sample for k in args.k):
@@ -570,10 +575,6 @@ def main() -> None:
                 flush=True,
             )
     if args.transfer:
-        if len(transfer) < 2:
-            raise SystemExit(
-                "probe_calibration: --transfer fits on the other cells: give two or more"
-            )
         print(
             "\n| cell | b, c from the other cells | two seeds | all seeds | less the uniform "
             "mixture's: two seeds | all seeds | oracle: two seeds | oracle: all seeds |"

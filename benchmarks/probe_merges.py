@@ -25,7 +25,7 @@ none adopted (docs/accuracy.md, "Lifting small shares"):
   members that agree with it are averaged there (seventeenth session);
 - ``dissent:F``: ``ties:1`` with the members that disagree with the elected sign kept at F
   times their weight (0: ``ties:1``, 1: the default): halfway between cancelling and
-  following the heavier side.
+  following the heavier side;
 - ``soup:VARIANT``: each member averaged with its twin in the cell's ``VARIANT`` pool (the
   same members grown from another order seed: ``bench_fidelity.py --variants precond_ms2``),
   merged as the default with the mean of both twins' precisions: two members' training
@@ -117,6 +117,18 @@ class AdamConsistent:
         model.flat.copy_(theta0 + (coef * (model.stack[rows] - theta0)).sum(0))
 
 
+def precision_mean(stack: torch.Tensor, precision: torch.Tensor, weights: torch.Tensor):
+    """``sum_j w_j P_j x_j / sum_j w_j P_j`` per parameter over the members with weight
+    (``stack``, ``precision``: ``(N, P)``; ``weights`` summing to 1), the plain weighted
+    average where none of them has precision: the default merge's rule, on any stack."""
+    rows = torch.nonzero(weights).flatten().tolist()
+    w, x = weights[rows].float()[:, None], stack[rows]
+    wf = w * precision[rows]
+    den = wf.sum(0)
+    avg = (w * x).sum(0)
+    return avg + torch.where(den > 0, (wf * (x - avg)).sum(0) / den.clamp_min(1e-30), 0.0)
+
+
 class Damped:
     """``fisher_tensor`` plus ``damping`` (1: ``fisher_damped``, 0: ``fisher_tensor``)."""
 
@@ -127,16 +139,11 @@ class Damped:
     def apply(self, model, weights: torch.Tensor) -> None:
         if self._cache is None or self._cache[0] != id(model):
             self._cache = (id(model), fisher_matrix(model, per_tensor=True).add_(self.damping))
-        precision = self._cache[1]
         rows = torch.nonzero(weights).flatten().tolist()
         if len(rows) == 1:
             model.flat.copy_(model.stack[rows[0]])
             return
-        wf = weights[rows].float()[:, None] * precision[rows]
-        den = wf.sum(0)
-        avg = (weights[rows].float()[:, None] * model.stack[rows]).sum(0)
-        num = (wf * (model.stack[rows] - avg)).sum(0)
-        model.flat.copy_(avg + torch.where(den > 0, num / den.clamp_min(1e-30), 0.0))
+        model.flat.copy_(precision_mean(model.stack, self._cache[1], weights))
 
 
 class Scaled:
@@ -244,14 +251,11 @@ class Soup:
         return self._cache[1], self._cache[2]
 
     def apply(self, model, weights: torch.Tensor) -> None:
-        stack, precision = self._twins(model)
-        rows = torch.nonzero(weights).flatten().tolist()
-        wf = weights[rows].float()[:, None] * precision[rows]
-        model.flat.copy_((wf * stack[rows]).sum(0) / wf.sum(0))
+        model.flat.copy_(precision_mean(*self._twins(model), weights))
 
 
 def probe(spec: str):
-    """A probe from its name: ``power:A``, ``adam``, ``damping:D``, ``scale:S`` or ``ties:K``."""
+    """A probe from its name (the module docstring's list)."""
     name, _, arg = spec.partition(":")
     try:
         if name == "power":

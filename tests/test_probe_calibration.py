@@ -200,3 +200,16 @@ def test_the_weight_response_is_the_ratio_of_the_slopes_on_the_log_share(probe):
         probe.weight_response(lp, bent, share, 0.35), [1.5, 1.0, 2.5], rtol=1e-10
     )
     assert not np.allclose(probe.weight_response(lp, bent, share), [1.5, 1.0, 2.5])
+
+
+def test_transfer_with_one_cell_is_refused_before_anything_is_read(
+    probe, tmp_path, monkeypatch, capsys
+):
+    """``--transfer`` fits on the other cells: one cell is a usage error, said at once (not
+    after every cell has been read)."""
+    argv = ["probe_calibration.py", "--work", str(tmp_path), "--transfer", "--cells", "x:1:2"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        probe.main()
+    assert stop.value.code == 2
+    assert "--transfer fits its coefficients on the other cells" in capsys.readouterr().err
