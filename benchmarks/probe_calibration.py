@@ -54,8 +54,8 @@ oracle, on the cell's own real runs of the other mixtures with each domain's lev
 ``--gain ALPHA ...`` measures a correction that needs no real run: the offsets follow how much
 a domain's best member gains over the seed (``specialisation``; the more a partition's own
 training helps its domain, the more the merge overstates that domain's perplexity), so the
-proxy's log perplexity minus ``alpha`` times that gain (to the power ``--gain-power``), per
-alpha (0: the default).
+proxy's log perplexity minus ``alpha`` times that gain (to the power ``--gain-power``; with
+``--gain-relative``, the gain over the cell's mean gain), per alpha (0: the default).
 """
 
 from __future__ import annotations
@@ -225,6 +225,18 @@ def validate_rule(proxy, lp, runs, tokens, es, seed: int) -> dict:
     return out
 
 
+def gain_feature(gain: np.ndarray, power: float, *, relative: bool = False) -> np.ndarray:
+    """What ``--gain`` multiplies by alpha: each domain's specialisation to ``power``, its
+    sign kept (a domain no member helps is <= 0). ``relative`` divides by the cell's mean
+    absolute gain first, so the correction does not grow with the units: the offsets the
+    real runs give stay about as large while the gains double from 30K- to 120K-token units
+    (docs/accuracy.md, eighteenth session)."""
+    g = np.asarray(gain, dtype=np.float64)
+    if relative:
+        g = g / np.abs(g).mean()
+    return np.sign(g) * np.abs(g) ** power
+
+
 def gain_rows(ev, proxy, runs, tokens, args) -> list[dict]:
     """The proxy-only correction ``log ppl - alpha * specialisation`` per ``--gain`` alpha:
     the bar against two seeds, all of them and each pair; and how well the specialisation
@@ -236,7 +248,7 @@ def gain_rows(ev, proxy, runs, tokens, args) -> list[dict]:
     offsets = (domain_log_ppl(runs.mean(axis=0), tokens, dd, n) - lp).mean(axis=0)
     track = float(np.corrcoef(offsets, gain)[0, 1])
     rows = []
-    shaped = np.sign(gain) * np.abs(gain) ** args.gain_power  # a domain no member helps: <= 0
+    shaped = gain_feature(gain, args.gain_power, relative=args.gain_relative)
     for alpha in [0.0, *args.gain]:
         guess = as_document_nll(lp - alpha * shaped, tokens, dd)
         rows.append(
@@ -462,6 +474,12 @@ def main() -> None:
         "specialised domains)",
     )
     ap.add_argument(
+        "--gain-relative",
+        action="store_true",
+        help="--gain corrects by alpha * (specialisation / the cell's mean)**P: the same size "
+        "at every unit size",
+    )
+    ap.add_argument(
         "--affine",
         action="store_true",
         help="also each domain's straight-line reading fitted on the real runs (leave one "
@@ -487,11 +505,18 @@ def main() -> None:
         help="also the proxies read with the members' own and cross-domain gains, the "
         "coefficients fitted on the other cells (and, as an oracle, on the cell's real runs)",
     )
+    ap.add_argument(
+        "--variant",
+        choices=list(bench.VARIANTS),
+        help="the cells' member pool (default: the method's, precond or plain); e.g. "
+        "precond_ms2, the same recipe's members from another data order",
+    )
     args = ap.parse_args()
     # each method's default pool variant and merge, as the suite's cells were built
-    args.variant, args.merge = (
+    variant, args.merge = (
         ("precond", "fisher_damped") if args.method == "full" else ("plain", "fisher")
     )
+    args.variant = args.variant or variant
     if args.repeats < 2:
         ap.error("--repeats: the bar needs two training seeds or more")
     if args.transfer and len(args.cells) < 2:

@@ -80,6 +80,26 @@ def test_specialisation_is_the_seed_minus_the_best_member_per_domain(probe, full
     np.testing.assert_allclose(parts, members, rtol=1e-5, atol=1e-6)
 
 
+def test_the_gain_feature_is_the_shipped_levels_shape_and_relative_ignores_the_scale(probe):
+    from ablate.engine.levels import POWER, SCALE, specialisation_shift
+
+    gain = np.array([0.3, 1.2, -0.1, 2.5])  # a domain no member helps is read higher
+    seed = np.full(4, 6.0)
+    members = np.stack([seed - gain, seed + 0.5])  # the best member gains ``gain``
+    np.testing.assert_allclose(
+        SCALE * probe.gain_feature(gain, POWER), specialisation_shift(seed, members)
+    )
+    rel = probe.gain_feature(gain, 1.0, relative=True)
+    np.testing.assert_allclose(rel, gain / np.abs(gain).mean())
+    # twice the gains (units twice as long): the same correction, where the plain one doubles
+    np.testing.assert_allclose(
+        probe.gain_feature(2 * gain, 1.5, relative=True),
+        probe.gain_feature(gain, 1.5, relative=True),
+    )
+    np.testing.assert_allclose(probe.gain_feature(2 * gain, 1.0), 2 * gain)
+    assert probe.gain_feature(gain, 1.5)[2] < 0
+
+
 def test_transfer_features_split_each_domain_into_its_own_member_and_the_others(probe):
     share = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
     seed_lp = np.array([5.0, 6.0])  # domains "b", "x": "x" is no partition's
@@ -213,3 +233,20 @@ def test_transfer_with_one_cell_is_refused_before_anything_is_read(
         probe.main()
     assert stop.value.code == 2
     assert "--transfer fits its coefficients on the other cells" in capsys.readouterr().err
+
+
+def test_another_member_draw_is_read_from_its_own_pool_or_refused_with_its_build(
+    probe, tmp_path, monkeypatch, capsys
+):
+    """``--variant precond_ms2`` reads that pool of each cell; where the cell has only the
+    default's, the usage error names the folder and the command that grows it."""
+    (tmp_path / "mlcode" / "seed1-unit2" / "precond").mkdir(parents=True)
+    (tmp_path / "mlcode" / "seed1-unit2" / "precond" / "pool.json").write_text("{}")
+    argv = ["probe_calibration.py", "--work", str(tmp_path), "--cells", "mlcode:1:2"]
+    monkeypatch.setattr("sys.argv", [*argv, "--variant", "precond_ms2"])
+    with pytest.raises(SystemExit) as stop:
+        probe.main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "seed1-unit2/precond_ms2" in err
+    assert "--variants precond_ms2 --merge fisher_damped" in err
