@@ -56,6 +56,10 @@ a domain's best member gains over the seed (``specialisation``; the more a parti
 training helps its domain, the more the merge overstates that domain's perplexity), so the
 proxy's log perplexity minus ``alpha`` times that gain (to the power ``--gain-power``; with
 ``--gain-relative``, the gain over the cell's mean gain), per alpha (0: the default).
+
+Every mode reads each cell's default members; ``--variant precond_ms2`` reads the same recipe's
+members from another data order instead (a second member draw, grown by ``bench_fidelity.py
+--variants precond_ms2``).
 """
 
 from __future__ import annotations
@@ -232,8 +236,9 @@ def gain_feature(gain: np.ndarray, power: float, *, relative: bool = False) -> n
     real runs give stay about as large while the gains double from 30K- to 120K-token units
     (docs/accuracy.md, eighteenth session)."""
     g = np.asarray(gain, dtype=np.float64)
-    if relative:
-        g = g / np.abs(g).mean()
+    scale = np.abs(g).mean()
+    if relative and scale > 0:  # no member gains anywhere: nothing to correct either way
+        g = g / scale
     return np.sign(g) * np.abs(g) ** power
 
 

@@ -98,6 +98,7 @@ def test_the_gain_feature_is_the_shipped_levels_shape_and_relative_ignores_the_s
     )
     np.testing.assert_allclose(probe.gain_feature(2 * gain, 1.0), 2 * gain)
     assert probe.gain_feature(gain, 1.5)[2] < 0
+    np.testing.assert_array_equal(probe.gain_feature(np.zeros(3), 1.5, relative=True), 0.0)
 
 
 def test_transfer_features_split_each_domain_into_its_own_member_and_the_others(probe):
