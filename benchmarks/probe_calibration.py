@@ -236,8 +236,7 @@ def gain_feature(gain: np.ndarray, power: float, *, relative: bool = False) -> n
     real runs give stay about as large while the gains double from 30K- to 120K-token units
     (docs/accuracy.md, eighteenth session)."""
     g = np.asarray(gain, dtype=np.float64)
-    scale = np.abs(g).mean()
-    if relative and scale > 0:  # no member gains anywhere: nothing to correct either way
+    if relative and (scale := np.abs(g).mean()) > 0:  # no gain anywhere: nothing to correct
         g = g / scale
     return np.sign(g) * np.abs(g) ** power
 
