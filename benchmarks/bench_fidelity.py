@@ -469,6 +469,22 @@ def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, a
     return out
 
 
+def _count_tokens(docs: list[str], tok) -> int:
+    """Tokens of ``docs`` as a unit counts them (each document plus its two specials)."""
+    return sum(len(tok(d, add_special_tokens=False)["input_ids"]) + 2 for d in docs)
+
+
+def first_tokens(docs: list[str], tok, tokens: int) -> list[str]:
+    """The shortest prefix of ``docs`` holding ``tokens`` tokens (all of them if fewer)."""
+    n, kept = 0, []
+    for d in docs:
+        kept.append(d)
+        n += _count_tokens([d], tok)
+        if n >= tokens:
+            break
+    return kept
+
+
 def _split(folder: Path, tok, unit_tokens: int, eval_docs: int) -> None:
     """Hold out every 8th document (up to ``eval_docs``) and keep one unit per partition."""
     by: dict[str, list[str]] = {}
@@ -479,13 +495,8 @@ def _split(folder: Path, tok, unit_tokens: int, eval_docs: int) -> None:
     for name, docs in by.items():
         held = docs[::8][:eval_docs]
         rest = [d for i, d in enumerate(docs) if not (i % 8 == 0 and i // 8 < eval_docs)]
-        n, kept = 0, []
-        for d in rest:
-            kept.append(d)
-            n += len(tok(d, add_special_tokens=False)["input_ids"]) + 2
-            if n >= unit_tokens:
-                break
-        if n < unit_tokens:
+        kept = first_tokens(rest, tok, unit_tokens)
+        if (n := _count_tokens(kept, tok)) < unit_tokens:
             print(f"  note: partition {name} holds only {n} of {unit_tokens} tokens")
         train += [{"text": d, "domain": name} for d in kept]
         evals += [{"text": d, "domain": name} for d in held]

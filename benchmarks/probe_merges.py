@@ -29,11 +29,26 @@ none adopted (docs/accuracy.md, "Lifting small shares"):
 - ``soup:VARIANT``: each member averaged with its twin in the cell's ``VARIANT`` pool (the
   same members grown from another order seed: ``bench_fidelity.py --variants precond_ms2``),
   merged as the default with the mean of both twins' precisions: two members' training
-  noise averaged before merging (seventeenth session).
+  noise averaged before merging (seventeenth session);
+- ``exposure:K``: exposure-matched members (nineteenth session). Real training on a mixture
+  sees ``w_j`` of the budget from partition j, and learns a repetitive partition in a
+  fraction of its tokens; the average keeps ``w_j`` of a member that trained on the whole
+  unit. Here each partition also has members trained on the first ``1/2, 1/4, ..., 1/K`` of
+  its unit (each with its own schedule, the pool's recipe at that many tokens; grown once
+  into ``CELL/precond_uTOKENS``, a few minutes), and member j enters the default merge as
+  ``theta_0 + s_j(w_j) / w_j``, ``s_j(f)`` its step from the seed after ``f`` of the unit
+  (linear between the grid's fractions and 0). Equal precisions make the merge ``theta_0 +
+  sum_j s_j(w_j)``: each partition's step after the tokens real training gives it;
+  ``sum:K`` is that plain sum. Measured on ``mlcode`` and ``shellman`` 300K/120K (two
+  seeds): far worse than the default (macro rho 0.85 / 0.89 -> 0.67 / 0.52 at ``K`` 2,
+  0.22 / 0.06 at 8); a short member's step is as long per token as a full one's but points
+  elsewhere (cosine 0.5-0.7 at an eighth of the unit), so reading it swaps the member's
+  direction for a noisier one (docs/accuracy.md, "Exposure-matched members").
 
 Reads the cells that ``bench_fidelity.py --variants precond --merge fisher_damped
 --repeats 4`` built under ``--work`` (the members' Fisher and the 64 real models of each
-cell); trains nothing, merges 16 proxies per cell and probe (about a minute on one thread):
+cell; ``--repeats 2`` reads cells built with two seeds); trains nothing but ``exposure``'s
+short members, merges 16 proxies per cell and probe (about a minute on one thread):
 
     python benchmarks/probe_merges.py --work runs/fidelity --cells mlcode:300000:30000 \
         infra:300000:30000 --probes damping:1 power:0.7 adam
@@ -49,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 from pathlib import Path
 
@@ -254,6 +270,124 @@ class Soup:
         model.flat.copy_(precision_mean(*self._twins(model), weights))
 
 
+def short_pool(cell: Path, tokens: int):
+    """The cell's ``precond`` members grown again on the first ``tokens`` of each unit (the
+    pool's recipe at ``unit_tokens=tokens``: its own warmup and decay over that many), in
+    ``cell/precond_uTOKENS``; grown here where missing (resumable, as every pool)."""
+    import json
+
+    from ablate.pool import Pool
+    from ablate.pool.atomic import write_bytes
+
+    full = Pool.open(cell / "precond")
+    path = cell / f"precond_u{tokens}"
+    data = cell / f"train_u{tokens}.jsonl"
+    if not data.is_file():
+        by: dict[str, list[str]] = {}
+        for line in (cell / "train.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            by.setdefault(r["domain"], []).append(r["text"])
+        lines = [
+            json.dumps({"text": d, "domain": name}) + "\n"
+            for name, docs in by.items()
+            for d in bench.first_tokens(docs, full.tokenizer, tokens)
+        ]
+        write_bytes(data, "".join(lines).encode("utf-8"))
+    if not (path / "pool.json").is_file():
+        Pool.create(
+            path,
+            base=str(full.base_folder.resolve()),
+            seed_data=cell / "seed.jsonl",
+            recipe=full.manifest.recipe.model_copy(update={"unit_tokens": tokens}),
+            progress=False,
+        )
+    pool = Pool.open(path)
+    pool.add([data], by="domain", progress=False)
+    pool.grow(progress=True)
+    return pool
+
+
+class Exposure:
+    """The default merge (or, ``plain``, the average) of ``theta_0 + s_j(w_j) / w_j`` per
+    member (the module docstring's ``exposure:K``): member j's step after ``w_j`` of its
+    unit, at the share of the merge its weight gives it."""
+
+    def __init__(self, finest: int, *, plain: bool = False) -> None:
+        if finest < 2 or finest & (finest - 1):
+            raise ValueError(finest)
+        self.finest = finest
+        self.plain = plain
+        self._cache: tuple | None = None
+
+    def _grid(self, model):
+        """``(fractions, steps, precision, theta_0)``: the grid's fractions ascending (the
+        last 1), the members' steps from the seed at each ``(F, N, P)``, their precision."""
+        if self._cache is None or self._cache[0] != id(model):
+            from ablate.engine.layout import MemberLayout
+            from ablate.engine.merge import MergedModel
+
+            theta0 = _seed(model)
+            cell = model.pool.path.parent
+            unit = model.pool.manifest.recipe.unit_tokens
+            mine = [r.partition for r in model.members]
+            fractions, steps = [], []
+            k = self.finest
+            while k > 1:
+                pool = short_pool(cell, unit // k)
+                short = MergedModel(
+                    pool,
+                    pool.members,
+                    device=model.device,
+                    progress=False,
+                    layout=MemberLayout(pool, merge="average"),
+                )
+                if [r.partition for r in short.members] != mine:
+                    raise SystemExit(f"probe_merges: {pool.path} holds other partitions")
+                fractions.append(1.0 / k)
+                steps.append(short.stack - theta0)
+                k //= 2
+            fractions.append(1.0)
+            steps.append(model.stack - theta0)
+            if self.plain:
+                precision = torch.ones_like(model.stack)
+            else:
+                precision = fisher_matrix(model, per_tensor=True).add_(1.0)
+            self._cache = (
+                id(model),
+                torch.tensor(fractions),
+                torch.stack(steps),
+                precision,
+                theta0,
+            )
+        return self._cache[1:]
+
+    def apply(self, model, weights: torch.Tensor) -> None:
+        fractions, steps, precision, theta0 = self._grid(model)
+        rows = torch.nonzero(weights).flatten().tolist()
+        if len(rows) == 1:
+            model.flat.copy_(model.stack[rows[0]])
+            return
+        per_weight = exposure_rows(fractions, steps, theta0, weights)
+        model.flat.copy_(precision_mean(per_weight, precision, weights))
+
+
+def exposure_rows(
+    fractions: torch.Tensor, steps: torch.Tensor, theta0: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """``(N, P)``: ``theta_0 + s_j(w_j) / w_j`` per member with weight (``theta_0`` where
+    none), ``s_j`` read off the grid (``fractions`` ascending to 1, ``steps`` ``(F, N, P)``)
+    linearly between its fractions and from 0 below the first."""
+    out = theta0.expand(steps.shape[1], -1).clone()
+    for j in torch.nonzero(weights).flatten().tolist():
+        w = float(weights[j])
+        i = min(int(torch.searchsorted(fractions, torch.tensor(w))), len(fractions) - 1)
+        lo_f = 0.0 if i == 0 else float(fractions[i - 1])
+        lo = torch.zeros_like(theta0) if i == 0 else steps[i - 1, j]
+        hi_f, hi = float(fractions[i]), steps[i, j]
+        out[j] += (lo + (w - lo_f) / (hi_f - lo_f) * (hi - lo)) / w
+    return out
+
+
 def probe(spec: str):
     """A probe from its name (the module docstring's list)."""
     name, _, arg = spec.partition(":")
@@ -270,12 +404,17 @@ def probe(spec: str):
             return Disjoint(1.0, float(arg))
         if name == "soup":
             return Soup(arg)
+        if name == "exposure":
+            return Exposure(int(arg))
+        if name == "sum":
+            return Exposure(int(arg), plain=True)
     except ValueError:
         pass
     if name == "adam" and not arg:
         return AdamConsistent()
     raise argparse.ArgumentTypeError(
-        f"unknown probe {spec!r}: power:A, adam, damping:D, scale:S, ties:K, dissent:F or soup:VARIANT"
+        f"unknown probe {spec!r}: power:A, adam, damping:D, scale:S, ties:K, dissent:F, "
+        "soup:VARIANT, exposure:K or sum:K"
     )
 
 
@@ -289,14 +428,14 @@ def measure(folder: Path, specs: list[str], args) -> list[dict]:
     ns = argparse.Namespace(
         sample=args.sample,
         seed=args.seed,
-        repeats=4,
+        repeats=args.repeats,
         fisher_batches=16,
         method="full",
         proxy_level=args.proxy_level,
     )
     pool = bench.merge_pool(folder, "precond", "fisher_damped", ns)
     ev, chosen = bench.cell_sample(folder, ns, pool=pool.path.name, merge="fisher_damped")
-    if (got := bench.real_runs(folder, ev, chosen, 4)) is None:
+    if (got := bench.real_runs(folder, ev, chosen, args.repeats)) is None:
         raise SystemExit(f"probe_merges: {folder} lacks real models; run bench_fidelity.py first")
     runs, tokens = got
     rows = []
@@ -310,10 +449,11 @@ def measure(folder: Path, specs: list[str], args) -> list[dict]:
         proxy = ev.cache.read_documents(DocScores(np.stack(proxy), tokens)).nll
         row = {"probe": spec}
         for label, ref in (("two", runs[:2]), ("four", runs)):
-            row[label] = bench.verdict(proxy, ref, tokens, ev.eval_set, args.seed)
+            if len(ref) == 4 or label == "two":
+                row[label] = bench.verdict(proxy, ref, tokens, ev.eval_set, args.seed)
         row["pairs"] = sum(
             bench.verdict(proxy, runs[list(p)], tokens, ev.eval_set, args.seed)[1]
-            for p in itertools.combinations(range(4), 2)
+            for p in itertools.combinations(range(args.repeats), 2)
         )
         rows.append(row)
     ev.close()
@@ -328,10 +468,17 @@ def main() -> None:
         "--probes",
         nargs="+",
         default=["damping:1"],
-        help="power:A, adam, damping:D, scale:S, ties:K, dissent:F or soup:VARIANT",
+        help="power:A, adam, damping:D, scale:S, ties:K, dissent:F, soup:VARIANT, exposure:K or sum:K",
     )
     ap.add_argument("--sample", type=int, default=16, help="Dirichlet mixtures (as built)")
     ap.add_argument("--seed", type=int, default=1, help="sample seed (as built)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=4,
+        choices=(2, 4),
+        help="training seeds of the cells' real models (as built: --repeats of bench_fidelity.py)",
+    )
     ap.add_argument(
         "--proxy-level",
         default="none",
@@ -356,8 +503,12 @@ def main() -> None:
     print("|---|---|---|---|---:|")
     for cell, folder in folders.items():
         for r in measure(folder, args.probes, args):
-            two, four = bench.verdict_text(*r["two"]), bench.verdict_text(*r["four"])
-            print(f"| {cell} | {r['probe']} | {two} | {four} | {r['pairs']} of 6 |", flush=True)
+            two = bench.verdict_text(*r["two"])
+            four = bench.verdict_text(*r["four"]) if "four" in r else "-"
+            pairs = math.comb(args.repeats, 2)
+            print(
+                f"| {cell} | {r['probe']} | {two} | {four} | {r['pairs']} of {pairs} |", flush=True
+            )
 
 
 if __name__ == "__main__":

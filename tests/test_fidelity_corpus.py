@@ -113,3 +113,19 @@ def test_a_source_shorter_than_the_cell_asks_for_is_built_short_with_a_warning(
     monkeypatch.setitem(bench.CORPORA, "fake", ({"code": long}, [short]))
     bench.build_corpus("fake", need_chars=2000, seed_chars=1000, seed=0)
     assert "the seed data of corpus 'fake' has 270 of the 1,000" in capsys.readouterr().err
+
+
+def test_first_tokens_keeps_the_shortest_prefix_that_holds_the_tokens(bench):
+    """A cell's unit (and ``probe_merges.py``'s short members' data) is the shortest run of
+    whole documents from the start that holds the tokens, counted as units count them
+    (each document's tokens plus two specials)."""
+
+    def tok(text, add_special_tokens):
+        assert add_special_tokens is False
+        return {"input_ids": text.split()}
+
+    docs = ["a b", "c d e", "f"]  # 4, 5 and 3 tokens with the specials
+    assert bench.first_tokens(docs, tok, 1) == ["a b"]
+    assert bench.first_tokens(docs, tok, 4) == ["a b"]
+    assert bench.first_tokens(docs, tok, 5) == ["a b", "c d e"]
+    assert bench.first_tokens(docs, tok, 100) == docs

@@ -187,6 +187,34 @@ def test_a_soup_of_identical_twins_is_the_shipped_merge(probes, full_pool_dir, t
         model.merge(w, method=probes.Soup("elsewhere"))
 
 
+def test_exposure_reads_each_member_at_its_weights_share_of_the_unit(probes):
+    """``exposure:K``: member j enters the merge as ``theta_0 + s_j(w_j) / w_j``, read off
+    the grid of short members linearly (from 0 below its first fraction); steps that grow
+    in proportion to the tokens make every member itself (the default merge), and equal
+    precisions make the plain sum of the steps after each partition's share."""
+    fractions = torch.tensor([0.25, 0.5, 1.0])
+    g = torch.Generator().manual_seed(5)
+    theta0 = torch.randn(7, generator=g)
+    steps = torch.randn(3, 2, 7, generator=g)  # (fractions, members, parameters)
+    w = torch.tensor([0.375, 0.625])
+    rows = probes.exposure_rows(fractions, steps, theta0, w)
+    a, b, _ = steps[:, 0]
+    torch.testing.assert_close(rows[0], theta0 + (a + 0.5 * (b - a)) / 0.375)
+    b1, c1 = steps[1:, 1]
+    torch.testing.assert_close(rows[1], theta0 + (b1 + 0.25 * (c1 - b1)) / 0.625)
+    small = probes.exposure_rows(fractions, steps, theta0, torch.tensor([0.1, 0.0]))
+    torch.testing.assert_close(small[0], theta0 + 4 * a)  # below 1/4: 0.1 / 0.25 of its step
+    torch.testing.assert_close(small[1], theta0)  # no weight, no step
+
+    full = torch.randn(2, 7, generator=g)
+    linear = fractions[:, None, None] * full  # s_j(f) = f * s_j(1)
+    torch.testing.assert_close(probes.exposure_rows(fractions, linear, theta0, w), theta0 + full)
+    flat = torch.ones(2, 7)
+    merged = probes.precision_mean(rows, flat, w)
+    by_hand = theta0 + (a + 0.5 * (b - a)) + (b1 + 0.25 * (c1 - b1))
+    torch.testing.assert_close(merged, by_hand)
+
+
 def test_probe_names_are_checked(probes):
     assert isinstance(probes.probe("power:0.7"), probes.WeightPower)
     assert isinstance(probes.probe("adam"), probes.AdamConsistent)
@@ -195,6 +223,8 @@ def test_probe_names_are_checked(probes):
     assert probes.probe("ties:0.2").density == 0.2
     assert probes.probe("dissent:0.5").dissent == 0.5
     assert probes.probe("soup:precond_ms2").variant == "precond_ms2"
+    assert probes.probe("exposure:8").finest == 8 and not probes.probe("exposure:8").plain
+    assert probes.probe("sum:4").plain
     for bad in (
         "power",
         "damping:x",
@@ -204,6 +234,9 @@ def test_probe_names_are_checked(probes):
         "ties:0",
         "ties:1.5",
         "dissent:2",
+        "exposure:3",
+        "exposure:1",
+        "sum",
     ):
         with pytest.raises(Exception, match="unknown probe"):
             probes.probe(bad)
