@@ -10,7 +10,6 @@ Running it again reuses everything already built (pool, members, scores).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import sysconfig
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ablate.evaluator import Evaluator, results_frame
 from ablate.pool import Pool, TinyModelSpec
-from ablate.pool.atomic import write_bytes
+from ablate.pool.atomic import write_jsonl
 from ablate.pool.method import new_pool_recipe
 from ablate.present.markdown import write_report
 from ablate.present.tables import task_frame
@@ -166,9 +165,17 @@ def continuation_task(docs: list[dict], seed: int = 0) -> list[dict]:
     return items
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    write_bytes(path, text.encode("utf-8"))
+def first_tokens(docs: list[str], tok, tokens: int) -> tuple[list[str], int]:
+    """The shortest prefix of ``docs`` holding ``tokens`` tokens (all of them if fewer) and
+    its tokens, counted as units count them (each document plus its two specials): one
+    partition's single base unit."""
+    n, kept = 0, []
+    for d in docs:
+        kept.append(d)
+        n += len(tok(d, add_special_tokens=False)["input_ids"]) + 2
+        if n >= tokens:
+            break
+    return kept, n
 
 
 def build_pool(
@@ -199,7 +206,7 @@ def build_pool(
             n += len(d)
             if n > seed_chars:
                 break
-        _write_jsonl(out / "seed.jsonl", seed_docs)
+        write_jsonl(out / "seed.jsonl", seed_docs)
         recipe = new_pool_recipe(
             out / "seed.jsonl",
             unit_tokens=s.unit_tokens,
@@ -231,19 +238,13 @@ def build_pool(
     for name, docs in parts.items():
         held = docs[::_EVAL_EVERY][: s.eval_docs]
         held_set = {id(d) for d in held}
-        kept, n = [], 0
-        for d in docs:
-            if id(d) in held_set:
-                continue
-            kept.append(d)
-            n += len(tok(d, add_special_tokens=False)["input_ids"]) + 2
-            if n >= s.unit_tokens:  # exactly one base unit closes here, nothing remains
-                break
+        # exactly one base unit closes at the last kept document, nothing remains
+        kept, _ = first_tokens([d for d in docs if id(d) not in held_set], tok, s.unit_tokens)
         train += [{"text": d, "domain": name} for d in kept]
         evals += [{"text": d, "domain": name} for d in held]
-    _write_jsonl(out / "train.jsonl", train)
-    _write_jsonl(out / "eval.jsonl", evals)
-    _write_jsonl(out / TASK_FILE, continuation_task(evals))
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "eval.jsonl", evals)
+    write_jsonl(out / TASK_FILE, continuation_task(evals))
     pool.add([out / "train.jsonl"], by="domain", progress=progress)
     missing = pool.missing()
     if missing:

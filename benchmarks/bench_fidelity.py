@@ -72,8 +72,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ablate.demo import first_tokens
 from ablate.engine.merges import MERGES, POOL_MERGES
-from ablate.pool.atomic import write_json
+from ablate.pool.atomic import write_json, write_jsonl
 from ablate.pool.storage import PROXY_LEVELS
 
 SITE = Path(sysconfig.get_paths()["purelib"])  # this venv's site-packages
@@ -386,12 +387,6 @@ def corpus_manifest(folder: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- pools
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    from ablate.pool.atomic import write_bytes
-
-    write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
-
-
 def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, args) -> dict:
     """Plain pool (its own tiny seed) and one pool per variant sharing its seed and real
     models; returns {variant: (pool, eval file)}."""
@@ -418,9 +413,9 @@ def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, a
             seed_chars=seed_tokens * 6,
             seed=args.seed,
         )
-        _write_jsonl(folder / "seed.jsonl", [{"text": d} for d in seed_docs])
+        write_jsonl(folder / "seed.jsonl", [{"text": d} for d in seed_docs])
         if not (folder / "parts.jsonl").is_file():
-            _write_jsonl(
+            write_jsonl(
                 folder / "parts.jsonl",
                 [{"text": d, "domain": p} for p, ds in parts.items() for d in ds],
             )
@@ -469,39 +464,28 @@ def build_pools(folder: Path, corpus: str, seed_tokens: int, unit_tokens: int, a
     return out
 
 
-def _count_tokens(docs: list[str], tok) -> int:
-    """Tokens of ``docs`` as a unit counts them (each document plus its two specials)."""
-    return sum(len(tok(d, add_special_tokens=False)["input_ids"]) + 2 for d in docs)
-
-
-def first_tokens(docs: list[str], tok, tokens: int) -> list[str]:
-    """The shortest prefix of ``docs`` holding ``tokens`` tokens (all of them if fewer)."""
-    n, kept = 0, []
-    for d in docs:
-        kept.append(d)
-        n += _count_tokens([d], tok)
-        if n >= tokens:
-            break
-    return kept
+def docs_by_domain(path: Path) -> dict[str, list[str]]:
+    """A ``{"text", "domain"}`` JSONL file's documents per domain, in file order."""
+    by: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        by.setdefault(r["domain"], []).append(r["text"])
+    return by
 
 
 def _split(folder: Path, tok, unit_tokens: int, eval_docs: int) -> None:
     """Hold out every 8th document (up to ``eval_docs``) and keep one unit per partition."""
-    by: dict[str, list[str]] = {}
-    for line in (folder / "parts.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        by.setdefault(r["domain"], []).append(r["text"])
     train, evals = [], []
-    for name, docs in by.items():
+    for name, docs in docs_by_domain(folder / "parts.jsonl").items():
         held = docs[::8][:eval_docs]
         rest = [d for i, d in enumerate(docs) if not (i % 8 == 0 and i // 8 < eval_docs)]
-        kept = first_tokens(rest, tok, unit_tokens)
-        if (n := _count_tokens(kept, tok)) < unit_tokens:
+        kept, n = first_tokens(rest, tok, unit_tokens)
+        if n < unit_tokens:
             print(f"  note: partition {name} holds only {n} of {unit_tokens} tokens")
         train += [{"text": d, "domain": name} for d in kept]
         evals += [{"text": d, "domain": name} for d in held]
-    _write_jsonl(folder / "eval.jsonl", evals)
-    _write_jsonl(folder / "train.jsonl", train)
+    write_jsonl(folder / "eval.jsonl", evals)
+    write_jsonl(folder / "train.jsonl", train)
 
 
 # ---------------------------------------------------------------------------- measuring

@@ -13,7 +13,6 @@ user pays. Members must come out byte-identical (same seeds), which is checked t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -50,19 +49,13 @@ def _docs(tag: int, n: int, length: int = 80) -> list[dict]:
     ]
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    from ablate.pool.atomic import write_bytes
-
-    write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
-    return path
-
-
 def build_pool(root: Path, members: int, unit_tokens: int):
     """A tiny seed model and ``members`` one-unit partitions, nothing trained yet."""
     from ablate.pool import Pool, Recipe, TinyModelSpec
+    from ablate.pool.atomic import write_jsonl
 
-    seed = _write(root / "seed.jsonl", [d for i in range(members) for d in _docs(100 + i, 10)])
-    data = _write(root / "data.jsonl", [d for i in range(members) for d in _docs(i, 9)])
+    seed = write_jsonl(root / "seed.jsonl", [d for i in range(members) for d in _docs(100 + i, 10)])
+    data = write_jsonl(root / "data.jsonl", [d for i in range(members) for d in _docs(i, 9)])
     recipe = Recipe(unit_tokens=unit_tokens, seq_len=32, batch_size=4, lr=3e-3)
     spec = TinyModelSpec(
         vocab_size=300, hidden_size=32, layers=2, heads=2, intermediate_size=64, seed_tokens=3000

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ablate import Evaluator, Mixture  # noqa: E402  (after the path tweak)
 from ablate.pool import Pool, Recipe, TinyModelSpec  # noqa: E402
-from ablate.pool.atomic import write_bytes  # noqa: E402
+from ablate.pool.atomic import write_jsonl  # noqa: E402
 from ablate.strategies import STRATEGIES, search  # noqa: E402
 
 
@@ -62,13 +62,6 @@ def corpus(n_topics: int, docs_per_topic: int, seed: int = 0) -> tuple[list[dict
             rec = {"text": text, "topic": f"t{t:0{width}d}", "domain": f"d{t % 4}"}
             (evals if i == 0 and t % 8 == 0 else train).append(rec)
     return train, evals
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    import json
-
-    write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
-    return path
 
 
 class Timed:

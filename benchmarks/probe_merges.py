@@ -63,9 +63,11 @@ itself; ``--proxy-level specialisation`` reads every probe at the shipped defaul
 from __future__ import annotations
 
 import argparse
+import bisect
 import itertools
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -274,25 +276,23 @@ def short_pool(cell: Path, tokens: int):
     """The cell's ``precond`` members grown again on the first ``tokens`` of each unit (the
     pool's recipe at ``unit_tokens=tokens``: its own warmup and decay over that many), in
     ``cell/precond_uTOKENS``; grown here where missing (resumable, as every pool)."""
-    import json
-
+    from ablate.demo import first_tokens
     from ablate.pool import Pool
-    from ablate.pool.atomic import write_bytes
+    from ablate.pool.atomic import write_jsonl
 
     full = Pool.open(cell / "precond")
     path = cell / f"precond_u{tokens}"
     data = cell / f"train_u{tokens}.jsonl"
     if not data.is_file():
-        by: dict[str, list[str]] = {}
-        for line in (cell / "train.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            by.setdefault(r["domain"], []).append(r["text"])
-        lines = [
-            json.dumps({"text": d, "domain": name}) + "\n"
-            for name, docs in by.items()
-            for d in bench.first_tokens(docs, full.tokenizer, tokens)
-        ]
-        write_bytes(data, "".join(lines).encode("utf-8"))
+        by = bench.docs_by_domain(cell / "train.jsonl")
+        write_jsonl(
+            data,
+            [
+                {"text": d, "domain": name}
+                for name, docs in by.items()
+                for d in first_tokens(docs, full.tokenizer, tokens)[0]
+            ],
+        )
     if not (path / "pool.json").is_file():
         Pool.create(
             path,
@@ -352,13 +352,7 @@ class Exposure:
                 precision = torch.ones_like(model.stack)
             else:
                 precision = fisher_matrix(model, per_tensor=True).add_(1.0)
-            self._cache = (
-                id(model),
-                torch.tensor(fractions),
-                torch.stack(steps),
-                precision,
-                theta0,
-            )
+            self._cache = (id(model), tuple(fractions), torch.stack(steps), precision, theta0)
         return self._cache[1:]
 
     def apply(self, model, weights: torch.Tensor) -> None:
@@ -372,7 +366,7 @@ class Exposure:
 
 
 def exposure_rows(
-    fractions: torch.Tensor, steps: torch.Tensor, theta0: torch.Tensor, weights: torch.Tensor
+    fractions: Sequence[float], steps: torch.Tensor, theta0: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
     """``(N, P)``: ``theta_0 + s_j(w_j) / w_j`` per member with weight (``theta_0`` where
     none), ``s_j`` read off the grid (``fractions`` ascending to 1, ``steps`` ``(F, N, P)``)
@@ -380,11 +374,9 @@ def exposure_rows(
     out = theta0.expand(steps.shape[1], -1).clone()
     for j in torch.nonzero(weights).flatten().tolist():
         w = float(weights[j])
-        i = min(int(torch.searchsorted(fractions, torch.tensor(w))), len(fractions) - 1)
-        lo_f = 0.0 if i == 0 else float(fractions[i - 1])
-        lo = torch.zeros_like(theta0) if i == 0 else steps[i - 1, j]
-        hi_f, hi = float(fractions[i]), steps[i, j]
-        out[j] += (lo + (w - lo_f) / (hi_f - lo_f) * (hi - lo)) / w
+        i = min(bisect.bisect_left(fractions, w), len(fractions) - 1)  # w of 1 + rounding
+        lo_f, lo = (fractions[i - 1], steps[i - 1, j]) if i else (0.0, torch.zeros_like(theta0))
+        out[j] += (lo + (w - lo_f) / (fractions[i] - lo_f) * (steps[i, j] - lo)) / w
     return out
 
 
@@ -447,10 +439,9 @@ def measure(folder: Path, specs: list[str], args) -> list[dict]:
             proxy.append(ev.scorer().score_documents().nll)
         # every probe read at the evaluator's level, as the default's proxies are
         proxy = ev.cache.read_documents(DocScores(np.stack(proxy), tokens)).nll
-        row = {"probe": spec}
-        for label, ref in (("two", runs[:2]), ("four", runs)):
-            if len(ref) == 4 or label == "two":
-                row[label] = bench.verdict(proxy, ref, tokens, ev.eval_set, args.seed)
+        row = {"probe": spec, "two": bench.verdict(proxy, runs[:2], tokens, ev.eval_set, args.seed)}
+        if args.repeats == 4:
+            row["four"] = bench.verdict(proxy, runs, tokens, ev.eval_set, args.seed)
         row["pairs"] = sum(
             bench.verdict(proxy, runs[list(p)], tokens, ev.eval_set, args.seed)[1]
             for p in itertools.combinations(range(args.repeats), 2)

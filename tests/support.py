@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
@@ -71,8 +70,9 @@ def make_docs(domain: str, n: int, seed: int, length: int = 60) -> list[dict]:
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
+    from ablate.pool.atomic import write_jsonl as write
+
+    return write(path, records)
 
 
 def tiny_recipe(**kw):

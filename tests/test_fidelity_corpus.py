@@ -125,7 +125,7 @@ def test_first_tokens_keeps_the_shortest_prefix_that_holds_the_tokens(bench):
         return {"input_ids": text.split()}
 
     docs = ["a b", "c d e", "f"]  # 4, 5 and 3 tokens with the specials
-    assert bench.first_tokens(docs, tok, 1) == ["a b"]
-    assert bench.first_tokens(docs, tok, 4) == ["a b"]
-    assert bench.first_tokens(docs, tok, 5) == ["a b", "c d e"]
-    assert bench.first_tokens(docs, tok, 100) == docs
+    assert bench.first_tokens(docs, tok, 1) == (["a b"], 4)
+    assert bench.first_tokens(docs, tok, 4) == (["a b"], 4)
+    assert bench.first_tokens(docs, tok, 5) == (["a b", "c d e"], 9)
+    assert bench.first_tokens(docs, tok, 100) == (docs, 12)

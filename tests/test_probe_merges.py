@@ -192,7 +192,7 @@ def test_exposure_reads_each_member_at_its_weights_share_of_the_unit(probes):
     the grid of short members linearly (from 0 below its first fraction); steps that grow
     in proportion to the tokens make every member itself (the default merge), and equal
     precisions make the plain sum of the steps after each partition's share."""
-    fractions = torch.tensor([0.25, 0.5, 1.0])
+    fractions = (0.25, 0.5, 1.0)
     g = torch.Generator().manual_seed(5)
     theta0 = torch.randn(7, generator=g)
     steps = torch.randn(3, 2, 7, generator=g)  # (fractions, members, parameters)
@@ -207,7 +207,7 @@ def test_exposure_reads_each_member_at_its_weights_share_of_the_unit(probes):
     torch.testing.assert_close(small[1], theta0)  # no weight, no step
 
     full = torch.randn(2, 7, generator=g)
-    linear = fractions[:, None, None] * full  # s_j(f) = f * s_j(1)
+    linear = torch.tensor(fractions)[:, None, None] * full  # s_j(f) = f * s_j(1)
     torch.testing.assert_close(probes.exposure_rows(fractions, linear, theta0, w), theta0 + full)
     flat = torch.ones(2, 7)
     merged = probes.precision_mean(rows, flat, w)

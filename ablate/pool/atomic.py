@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as sorted, indented JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     write_bytes(path, text.encode("utf-8"))
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> Path:
+    """Write ``records`` one JSON object per line, atomically; returns the path (corpus files
+    are written, then handed on)."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    write_bytes(path, text.encode("utf-8"))
+    return Path(path)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from ablate.cli import main
 from ablate.engine.results import ResultsStore
 from ablate.pool import PoolError
 from ablate.pool.atomic import write_json
+from ablate.pool.atomic import write_jsonl as atomic_jsonl
 
 
 def _enospc(filename: object = None) -> OSError:
@@ -77,10 +78,12 @@ def test_full_disk_while_tokenizing(full_pool, tmp_path: Path, monkeypatch, caps
     assert tree_digest(full_pool.path) == before
 
 
-def test_full_disk_while_replacing_a_json_record(tmp_path: Path, monkeypatch) -> None:
-    """An atomic rewrite that fails half-way leaves the old record, byte for byte."""
+@pytest.mark.parametrize("write", [write_json, atomic_jsonl], ids=["json", "jsonl"])
+def test_full_disk_while_replacing_a_json_record(tmp_path: Path, monkeypatch, write) -> None:
+    """An atomic rewrite that fails half-way leaves the old record, byte for byte (a JSON
+    record, or a JSON-lines file such as the demo's corpus)."""
     record = tmp_path / "pool.json"
-    write_json(record, {"format_version": 1, "old": True})
+    write(record, [{"format_version": 1, "old": True}])
     before = tree_digest(tmp_path)
     real_fdopen = os.fdopen
 
@@ -105,7 +108,7 @@ def test_full_disk_while_replacing_a_json_record(tmp_path: Path, monkeypatch) ->
         "ablate.pool.atomic.os.fdopen", lambda *a, **k: HalfFull(real_fdopen(*a, **k))
     )
     with pytest.raises(OSError) as err:
-        write_json(record, {"format_version": 1, "new": True})
+        write(record, [{"format_version": 1, "new": True}])
     assert err.value.errno == errno.ENOSPC
     assert tree_digest(tmp_path) == before  # old bytes, and no temporary left beside them
 
