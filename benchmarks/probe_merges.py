@@ -310,7 +310,8 @@ def short_pool(cell: Path, tokens: int):
 class Exposure:
     """The default merge (or, ``plain``, the average) of ``theta_0 + s_j(w_j) / w_j`` per
     member (the module docstring's ``exposure:K``): member j's step after ``w_j`` of its
-    unit, at the share of the merge its weight gives it."""
+    unit, at the share of the merge its weight gives it. The precisions are the full
+    members' (the short members have no Fisher of their own)."""
 
     def __init__(self, finest: int, *, plain: bool = False) -> None:
         if finest < 2 or finest & (finest - 1):
